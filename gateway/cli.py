@@ -1,0 +1,87 @@
+"""The ``gateway`` command: serve, check-config, hash-key."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from .policy import PolicyError, hash_key, load_policy
+from .settings import EMBEDDED_CONFIG, Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="knowledge-gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, help=f"policy YAML (default: {EMBEDDED_CONFIG.name}, embedded)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument(
+        "--local-model",
+        action="store_true",
+        help="also start llama.cpp's server with Gemma 3 270M on 127.0.0.1:8081 (needs the 'local' extra)",
+    )
+    serve.add_argument("--data-dir", type=Path, default=Path("data"), help="for the local model's files")
+
+    check = commands.add_parser("check-config", help="validate a policy file without starting")
+    check.add_argument("file", type=Path)
+
+    hashing = commands.add_parser("hash-key", help="print the key_sha256 for a team key (read from stdin)")
+    hashing.add_argument("key", nargs="?", help="the key (default: read one line from stdin)")
+
+    args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return _check_config(args.file)
+    if args.command == "hash-key":
+        key = args.key if args.key is not None else sys.stdin.readline().strip()
+        print(hash_key(key))
+        return 0
+    return _serve(args)
+
+
+def _check_config(path: Path) -> int:
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{path}: ok ({len(policy.providers)} providers, {len(policy.models)} models, "
+        f"{len(policy.routes)} routes, {len(policy.teams)} teams)"
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {k: v for k, v in {"config": args.config, "host": args.host, "port": args.port}.items() if v is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        policy = load_policy(settings.config)
+    except PolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    from .app import create_app  # after validation: a bad config fails fast, before imports
+
+    app = create_app(settings, policy)
+    if not args.local_model:
+        web.run_app(app, host=settings.host, port=settings.port, access_log=None)
+        return 0
+    from .localmodel import LocalModelError, LocalModelServer
+
+    try:
+        with LocalModelServer(args.data_dir) as local:
+            print(f"local model serving at {local.base_url}", file=sys.stderr)
+            web.run_app(app, host=settings.host, port=settings.port, access_log=None)
+    except LocalModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,241 @@
+"""The routing policy: providers, pinned models, routes and teams, validated from YAML.
+
+Policy is data, loaded once and passed down; nothing here is mutated at run time (a reload builds
+a new ``Policy``). Every object forbids unknown keys so that a typo fails start-up with a message
+that names the file and the field instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .validation import describe
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
+# Upstream ids that name a moving target rather than a dated version.
+_FLOATING = re.compile(r"(^|[-_.:/])(latest|preview|exp|experimental)([-_.:/]|$)|:latest$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Model):
+    """Seconds. ``first_byte`` bounds the wait for response headers and between stream reads."""
+
+    connect: float = Field(default=5.0, gt=0)
+    first_byte: float = Field(default=60.0, gt=0)
+    total: float = Field(default=300.0, gt=0)
+
+
+class _ProviderBase(_Model):
+    name: Name
+    base_url: str
+    api_key_env: str | None = None
+    region: str = "us"
+    headers: dict[str, str] = Field(default_factory=dict)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    max_connections: int = Field(default=100, ge=1)
+    max_concurrency: int = Field(default=256, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def api_key(self, environ: Mapping[str, str]) -> str | None:
+        """The provider key from the environment; ``None`` when none is configured."""
+        return environ.get(self.api_key_env) if self.api_key_env else None
+
+    def adapter_options(self) -> dict[str, Any]:
+        return {}
+
+
+class OpenAIProvider(_ProviderBase):
+    """OpenAI and every OpenAI-compatible server (vLLM, llama.cpp, xAI, Moonshot, OpenRouter)."""
+
+    kind: Literal["openai"]
+    stream_usage: bool = True  # ask for stream_options.include_usage upstream
+
+    def adapter_options(self) -> dict[str, Any]:
+        return {"stream_usage": self.stream_usage}
+
+
+class AnthropicProvider(_ProviderBase):
+    kind: Literal["anthropic"]
+    anthropic_version: str = "2023-06-01"
+    default_max_tokens: int = Field(default=4096, ge=1)
+
+    def adapter_options(self) -> dict[str, Any]:
+        return {
+            "anthropic_version": self.anthropic_version,
+            "default_max_tokens": self.default_max_tokens,
+        }
+
+
+class GeminiProvider(_ProviderBase):
+    kind: Literal["gemini"]
+    api_version: str = "v1beta"
+
+    def adapter_options(self) -> dict[str, Any]:
+        return {"api_version": self.api_version}
+
+
+class OllamaProvider(_ProviderBase):
+    kind: Literal["ollama"]
+    keep_alive: str | None = None
+
+    def adapter_options(self) -> dict[str, Any]:
+        return {"keep_alive": self.keep_alive} if self.keep_alive else {}
+
+
+ProviderConfig = Annotated[
+    OpenAIProvider | AnthropicProvider | GeminiProvider | OllamaProvider,
+    Field(discriminator="kind"),
+]
+
+
+class Price(_Model):
+    """USD per one million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class ModelConfig(_Model):
+    """An alias pinned to one exact upstream version at one provider."""
+
+    name: Name
+    provider: Name
+    id: str = Field(min_length=1)
+    price: Price = Field(default_factory=lambda: Price(input=0, output=0))
+    tier: Literal["cheap", "standard", "frontier"] = "standard"
+    context_window: int = Field(default=128_000, ge=1)
+    supports_tools: bool = True
+    supports_json: bool = True
+    allow_floating: bool = False
+
+    @model_validator(mode="after")
+    def _pinned(self) -> ModelConfig:
+        if not self.allow_floating and _FLOATING.search(self.id):
+            raise ValueError(
+                f"id {self.id!r} is a floating alias, not a pinned version; pin a dated version "
+                "or set allow_floating: true"
+            )
+        return self
+
+
+class RouteConfig(_Model):
+    """What a client's ``model`` names: candidates tried in order."""
+
+    name: Name
+    candidates: list[Name] = Field(min_length=1)
+    strategy: Literal["priority"] = "priority"
+    task_type: str = "general"
+
+
+class TeamConfig(_Model):
+    """A calling team: its key (SHA-256 only), what it may use and where its data may go."""
+
+    name: Name
+    key_sha256: list[str] = Field(min_length=1)
+    routes: list[str] = Field(default_factory=lambda: ["*"])
+    regions: list[str] | None = None  # None: any region
+
+    @field_validator("key_sha256", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex_digests(cls, value: list[str]) -> list[str]:
+        for digest in value:
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ValueError("each key_sha256 must be 64 lowercase hex digits (sha256 of the key)")
+        return value
+
+    def may_use(self, route: str) -> bool:
+        return "*" in self.routes or route in self.routes
+
+
+class Policy(_Model):
+    """The whole validated policy file."""
+
+    providers: list[ProviderConfig] = Field(min_length=1)
+    models: list[ModelConfig] = Field(min_length=1)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    teams: list[TeamConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references(self) -> Policy:
+        _unique("providers", [p.name for p in self.providers])
+        _unique("models", [m.name for m in self.models])
+        _unique("routes", [r.name for r in self.routes])
+        _unique("teams", [t.name for t in self.teams])
+        providers = {p.name for p in self.providers}
+        models = {m.name for m in self.models}
+        for i, model in enumerate(self.models):
+            if model.provider not in providers:
+                raise ValueError(f"models[{i}].provider: unknown provider {model.provider!r}")
+        for i, route in enumerate(self.routes):
+            if route.name in models:
+                raise ValueError(f"routes[{i}].name: {route.name!r} is also a model alias")
+            for candidate in route.candidates:
+                if candidate not in models:
+                    raise ValueError(f"routes[{i}].candidates: unknown model {candidate!r}")
+        callable_names = models | {r.name for r in self.routes}
+        seen_keys: set[str] = set()
+        for i, team in enumerate(self.teams):
+            for name in team.routes:
+                if name != "*" and name not in callable_names:
+                    raise ValueError(f"teams[{i}].routes: unknown route or model {name!r}")
+            for digest in team.key_sha256:
+                if digest in seen_keys:
+                    raise ValueError(f"teams[{i}].key_sha256: a key is shared with another team")
+                seen_keys.add(digest)
+        return self
+
+
+def _unique(field: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for i, name in enumerate(names):
+        if name in seen:
+            raise ValueError(f"{field}[{i}].name: duplicate name {name!r}")
+        seen.add(name)
+
+
+class PolicyError(Exception):
+    """A policy file that cannot be used; the message names the file and the field."""
+
+
+def hash_key(key: str) -> str:
+    """The SHA-256 hex digest a policy stores instead of a team key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def load_policy(path: str | os.PathLike[str]) -> Policy:
+    """Read and validate a YAML policy file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: the policy must be a mapping with providers, models, teams")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(f"{path}: {describe(exc)}") from exc

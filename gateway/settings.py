@@ -1,0 +1,25 @@
+"""Process settings from the environment (``GATEWAY_*``); routing policy lives in the YAML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_CONFIG = Path(__file__).parent / "configs" / "local.yaml"
+
+
+class Settings(BaseSettings):
+    """Everything about the process; ``GATEWAY_`` + the upper-case field name sets each."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    config: Path = Field(default=EMBEDDED_CONFIG, description="policy YAML file")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    deadline_s: float = Field(default=30.0, gt=0, description="default overall request deadline")
+    redis_url: str | None = None
+    qdrant_url: str | None = None
+    log_level: str = "INFO"
