@@ -1,1 +1,1 @@
-"""Semantic cache: exact and embedding lookups in strict isolation scopes (see the [cache] issue)."""
+"""Semantic cache: exact and embedding lookups in strict isolation scopes."""

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
@@ -32,7 +32,9 @@ _HTTP_ERRORS: dict[int, tuple[str, str]] = {
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     """Every failure becomes ``{"error": {...}}`` with the request id; never a traceback."""
     request_id = uuid.uuid4().hex
     request[REQUEST_ID] = request_id
@@ -44,13 +46,13 @@ async def error_middleware(request: web.Request, handler: web.Handler) -> web.St
         if exc.status < 400:
             raise
         kind, code = _HTTP_ERRORS.get(exc.status, ("invalid_request_error", "http_error"))
-        error = InvalidRequest(f"{exc.reason}: {request.method} {request.path}", code=code)
-        error.status, error.type = exc.status, kind
-        return error_response(error, request_id)
+        http_error = InvalidRequest(f"{exc.reason}: {request.method} {request.path}", code=code)
+        http_error.status, http_error.type = exc.status, kind
+        return error_response(http_error, request_id)
     except Exception:
         log.exception("unhandled error in request %s", request_id)
-        error = GatewayError(f"The gateway failed to handle the request (id {request_id}).")
-        return error_response(error, request_id)
+        failure = GatewayError(f"The gateway failed to handle the request (id {request_id}).")
+        return error_response(failure, request_id)
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -73,8 +75,12 @@ async def retrieve_model(request: web.Request) -> web.Response:
     if name not in catalog.names_for(team):
         raise ModelNotFound(f"The model {name!r} does not exist or is not available to you.")
     return web.json_response(
-        {"id": name, "object": "model", "created": request.app[STARTED],
-         "owned_by": "knowledge-gateway"},
+        {
+            "id": name,
+            "object": "model",
+            "created": request.app[STARTED],
+            "owned_by": "knowledge-gateway",
+        },
         dumps=_dumps,
     )
 
@@ -97,7 +103,9 @@ async def readyz(request: web.Request) -> web.Response:
     }
     checks = {
         "providers": providers,
-        "redis": "not configured (in-process state)" if not runtime.settings.redis_url else "configured",
+        "redis": "not configured (in-process state)"
+        if not runtime.settings.redis_url
+        else "configured",
         "qdrant": "not configured" if not runtime.settings.qdrant_url else "configured",
     }
     return web.json_response({"status": "ready", "checks": checks}, dumps=_dumps)

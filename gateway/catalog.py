@@ -93,7 +93,9 @@ class Catalog:
         scheme, _, key = authorization.partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
-            raise AuthenticationFailed("Malformed Authorization header: expected 'Bearer <team key>'.")
+            raise AuthenticationFailed(
+                "Malformed Authorization header: expected 'Bearer <team key>'."
+            )
         digest = hashlib.sha256(key.encode()).hexdigest()
         team = self._teams.get(digest)
         # compare_digest keeps the final check constant-time; the dict lookup is on a hash.

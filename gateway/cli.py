@@ -19,20 +19,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--config", type=Path, help=f"policy YAML (default: {EMBEDDED_CONFIG.name}, embedded)")
+    serve.add_argument(
+        "--config", type=Path, help=f"policy YAML (default: {EMBEDDED_CONFIG.name}, embedded)"
+    )
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080)")
     serve.add_argument(
         "--local-model",
         action="store_true",
-        help="also start llama.cpp's server with Gemma 3 270M on 127.0.0.1:8081 (needs the 'local' extra)",
+        help="also start llama.cpp's server with Gemma 3 270M on 127.0.0.1:8081 ('local' extra)",
     )
-    serve.add_argument("--data-dir", type=Path, default=Path("data"), help="for the local model's files")
+    serve.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="for the local model's files"
+    )
 
     check = commands.add_parser("check-config", help="validate a policy file without starting")
     check.add_argument("file", type=Path)
 
-    hashing = commands.add_parser("hash-key", help="print the key_sha256 for a team key (read from stdin)")
+    hashing = commands.add_parser(
+        "hash-key", help="print the key_sha256 for a team key (read from stdin)"
+    )
     hashing.add_argument("key", nargs="?", help="the key (default: read one line from stdin)")
 
     args = parser.parse_args(argv)
@@ -59,7 +65,11 @@ def _check_config(path: Path) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in {"config": args.config, "host": args.host, "port": args.port}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {"config": args.config, "host": args.host, "port": args.port}.items()
+        if v is not None
+    }
     settings = Settings(**overrides)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"

@@ -10,9 +10,9 @@ with ``gateway/``; it imports nothing from either.
     ├── InvalidRequest                 400 invalid_request_error   (bad JSON, schema, parameters)
     │   └── PayloadTooLarge            413
     ├── AuthenticationFailed           401 authentication_error     (missing or unknown team key)
-    ├── ModelNotAllowed                403 permission_error          (route not in the team's policy)
-    ├── ModelNotFound                  404 invalid_request_error     (no such route or alias)
-    ├── NoEligibleProvider             503 service_unavailable       (residency/capability left none)
+    ├── ModelNotAllowed                403 permission_error        (route not in the team's policy)
+    ├── ModelNotFound                  404 invalid_request_error   (no such route or alias)
+    ├── NoEligibleProvider             503 service_unavailable     (residency left no candidate)
     └── UpstreamError                  502 upstream_error            (a provider failed)
         ├── UpstreamRateLimited        429  retry_after from the provider
         ├── UpstreamOverloaded         503  5xx, Anthropic 529, Gemini UNAVAILABLE
@@ -21,6 +21,7 @@ with ``gateway/``; it imports nothing from either.
         ├── ContentBlocked             400  moderation / safety block
         ├── UpstreamInvalidRequest     400  the provider rejected the request: the client's error
         ├── UpstreamAuthError          502  the provider rejected the gateway's credentials
+        ├── UpstreamModelNotFound      502  the pinned model is gone (404): a misconfiguration
         └── UpstreamProtocolError      502  non-JSON body, truncated stream, unknown shape
 """
 
@@ -189,6 +190,15 @@ class UpstreamAuthError(UpstreamError):
     """The provider rejected the gateway's own credentials: a misconfiguration, not the client's."""
 
     code = "upstream_auth_error"
+
+
+class UpstreamModelNotFound(UpstreamError):
+    """The provider does not serve the pinned model (404): the operator's error, never the client's.
+
+    Retryable: another candidate may serve the request while someone fixes the pin.
+    """
+
+    code = "upstream_model_not_found"
 
 
 class UpstreamProtocolError(UpstreamError):

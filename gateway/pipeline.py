@@ -74,7 +74,9 @@ async def dispatch(runtime: Runtime, ctx: RequestContext, candidate: Candidate) 
 async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
     """The request body as a JSON object, within ``limit`` bytes."""
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The request body is {request.content_length} bytes; the limit is {limit}.")
+        raise PayloadTooLarge(
+            f"The request body is {request.content_length} bytes; the limit is {limit}."
+        )
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
@@ -86,7 +88,9 @@ async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
+        raise InvalidRequest(
+            f"The request body is not valid JSON: {exc}", code="invalid_json"
+        ) from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     return body

@@ -162,7 +162,9 @@ class TeamConfig(_Model):
     def _hex_digests(cls, value: list[str]) -> list[str]:
         for digest in value:
             if not re.fullmatch(r"[0-9a-f]{64}", digest):
-                raise ValueError("each key_sha256 must be 64 lowercase hex digits (sha256 of the key)")
+                raise ValueError(
+                    "each key_sha256 must be 64 lowercase hex digits (sha256 of the key)"
+                )
         return value
 
     def may_use(self, route: str) -> bool:

@@ -12,7 +12,9 @@ from .context import RequestContext
 from .errors import GatewayError, UpstreamError
 
 
-def gateway_headers(ctx: RequestContext, completion: Completion, candidate: Candidate | None) -> dict[str, str]:
+def gateway_headers(
+    ctx: RequestContext, completion: Completion, candidate: Candidate | None
+) -> dict[str, str]:
     headers = {
         "x-request-id": ctx.request_id,
         "x-gateway-route": ctx.route.name,

@@ -74,8 +74,10 @@ async def stream_answer(
         finally:
             ctx.upstream_s += time.perf_counter() - sent
         served = Completion(
-            body={}, served_model=upstream.state.served_model or candidate.target.model,
-            usage=upstream.state.usage, finish_reason=None,
+            body={},
+            served_model=upstream.state.served_model or candidate.target.model,
+            usage=upstream.state.usage,
+            finish_reason=None,
         )
         response = web.StreamResponse(
             headers={**SSE_HEADERS, **gateway_headers(ctx, served, candidate)}
@@ -84,8 +86,8 @@ async def stream_answer(
         try:
             for chunk in held:
                 await response.write(sse(chunk))
-            await _relay(response, chunks, upstream)
-            if ctx.chat.wants_stream_usage:
+            completed = await _relay(response, chunks, upstream)
+            if completed and ctx.chat.wants_stream_usage:
                 await response.write(sse(upstream.state.usage_chunk()))
             await response.write(DONE)
         except ConnectionResetError:
@@ -95,8 +97,11 @@ async def stream_answer(
 
 async def _relay(
     response: web.StreamResponse, chunks: AsyncIterator[dict[str, Any]], upstream: UpstreamStream
-) -> None:
-    """Copy the rest of the stream; an upstream failure becomes an error event, not a splice."""
+) -> bool:
+    """Copy the rest of the stream; an upstream failure becomes an error event, not a splice.
+
+    Returns whether the upstream stream completed.
+    """
     try:
         async for chunk in chunks:
             await response.write(sse(chunk))
@@ -105,3 +110,5 @@ async def _relay(
             "stream from %s failed after content was sent: %s", upstream.target.provider, exc.code
         )
         await response.write(sse(exc.to_body()))
+        return False
+    return True

@@ -21,6 +21,7 @@ from gateway.errors import (
     UpstreamAuthError,
     UpstreamError,
     UpstreamInvalidRequest,
+    UpstreamModelNotFound,
     UpstreamOverloaded,
     UpstreamProtocolError,
     UpstreamRateLimited,
@@ -106,9 +107,7 @@ class StreamState:
     # Adapter-private bookkeeping, e.g. content-block index -> tool-call index.
     scratch: dict[str, Any] = field(default_factory=dict)
 
-    def chunk(
-        self, delta: dict[str, Any], finish_reason: str | None = None
-    ) -> dict[str, Any]:
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         """An OpenAI ``chat.completion.chunk`` with one choice."""
         if not self.role_sent:
             delta = {"role": "assistant", **delta}
@@ -118,7 +117,9 @@ class StreamState:
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.served_model or self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
         }
 
     def usage_chunk(self) -> dict[str, Any]:
@@ -228,6 +229,11 @@ def classify_status(
         # Never echo the provider's text: it may quote the key it rejected.
         return UpstreamAuthError(
             f"{provider} rejected the gateway's credentials (HTTP {status})", **kwargs
+        )
+    if status == 404:
+        # The gateway pinned the model and built the URL: a 404 is its configuration's fault.
+        return UpstreamModelNotFound(
+            f"{provider} does not serve the pinned model: {message}", **kwargs
         )
     if status == 429:
         return UpstreamRateLimited(f"{provider} is rate limiting: {message}", **kwargs)

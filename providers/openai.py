@@ -94,9 +94,7 @@ class OpenAIAdapter:
                 provider=target.provider,
             ) from exc
         if finish_reason == "content_filter" and not message.get("content"):
-            raise ContentBlocked(
-                f"{target.provider} filtered the answer", provider=target.provider
-            )
+            raise ContentBlocked(f"{target.provider} filtered the answer", provider=target.provider)
         usage = _usage(payload.get("usage"))
         payload.setdefault("id", new_completion_id())
         payload["object"] = "chat.completion"
@@ -115,7 +113,9 @@ class OpenAIAdapter:
             return []
         payload = load_json(data, state.provider)
         if not isinstance(payload, dict):
-            raise UpstreamProtocolError("stream event is not a JSON object", provider=state.provider)
+            raise UpstreamProtocolError(
+                "stream event is not a JSON object", provider=state.provider
+            )
         if "error" in payload:
             message, code = _error_fields(payload)
             raise _classify(500, message, code, provider=state.provider, retry_after=None)

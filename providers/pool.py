@@ -121,7 +121,10 @@ class ProviderPool:
 
     @contextlib.asynccontextmanager
     async def stream(self, target: Target, request: ChatRequest) -> AsyncIterator[UpstreamStream]:
-        """Open a streaming attempt; errors before the first event raise here, later ones while iterating."""
+        """Open a streaming attempt.
+
+        Errors before the first event raise here; later ones while iterating the stream.
+        """
         member = self._member(target.provider)
         upstream = member.adapter.build_request(request, target)
         opened = False
@@ -172,7 +175,9 @@ class UpstreamStream:
 
 
 @contextlib.asynccontextmanager
-async def _send(member: _Member, upstream: UpstreamRequest) -> AsyncIterator[aiohttp.ClientResponse]:
+async def _send(
+    member: _Member, upstream: UpstreamRequest
+) -> AsyncIterator[aiohttp.ClientResponse]:
     session = member.session
     if session is None:
         raise UpstreamConnectionError(
@@ -185,7 +190,7 @@ async def _send(member: _Member, upstream: UpstreamRequest) -> AsyncIterator[aio
 
 
 async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[StreamEvent]:
-    """Server-sent events per the WHATWG spec: ``event:``/``data:`` fields, blank line dispatches."""
+    """Server-sent events (WHATWG): ``event:``/``data:`` fields; a blank line dispatches."""
     event: str | None = None
     data: list[bytes] = []
     async for raw in _lines(response):
@@ -255,4 +260,3 @@ def _redacted(exc: UpstreamError, target: Target) -> UpstreamError:
         exc.message = exc.message.replace(secret, "[redacted]")
         exc.args = (exc.message,)
     return exc
-

@@ -160,7 +160,9 @@ class ChatRequest(BaseModel):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
     seed: StrictInt | None = None
-    n: StrictInt | None = Field(default=None, ge=1, le=1)  # one choice: fallback and caching need one
+    n: StrictInt | None = Field(
+        default=None, ge=1, le=1
+    )  # one choice: fallback and caching need one
     presence_penalty: StrictFloat | StrictInt | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: StrictFloat | StrictInt | None = Field(default=None, ge=-2, le=2)
 

@@ -1,1 +1,1 @@
-"""Knowledge base: Qdrant collections, ingestion and ACL-filtered search (see the [knowledge] issue)."""
+"""Knowledge base: Qdrant collections, ingestion and ACL-filtered search."""

@@ -21,7 +21,8 @@ async def test_sdk_chat_through_gateway(sdk: openai.AsyncOpenAI, fakes: Fakes) -
     raw = await sdk.chat.completions.with_raw_response.create(model="gpt", messages=HELLO)
     completion = raw.parse()
     assert completion.choices[0].message.content == "Hi there, team."
-    assert completion.usage is not None and completion.usage.total_tokens == 9
+    assert completion.usage is not None
+    assert completion.usage.total_tokens == 9
     assert raw.headers["x-gateway-provider"] == "openai"
     assert raw.headers["x-gateway-model"] == "gpt-4o-mini-2024-07-18"
     assert raw.headers["x-gateway-route"] == "gpt"

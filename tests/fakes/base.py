@@ -19,7 +19,7 @@ from aiohttp import web
 
 @dataclass(frozen=True)
 class Ok:
-    """A normal answer. With ``tool_call`` (name, arguments) and tools in the request, a tool call."""
+    """A normal answer; with ``tool_call`` (name, arguments) and tools in the request, a call."""
 
     text: str = "Hello from the fake provider."
     tool_call: tuple[str, dict[str, Any]] | None = None
@@ -140,7 +140,9 @@ class FakeProvider:
         return body, behaviour
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
     )

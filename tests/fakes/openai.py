@@ -60,8 +60,12 @@ class FakeOpenAI(FakeProvider):
 
     async def models(self, request: web.Request) -> web.Response:
         return json_response(
-            {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model", "created": 0,
-                                         "owned_by": "openai"}]}
+            {
+                "object": "list",
+                "data": [
+                    {"id": "gpt-4o-mini", "object": "model", "created": 0, "owned_by": "openai"}
+                ],
+            }
         )
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -84,9 +88,14 @@ class FakeOpenAI(FakeProvider):
             return malformed_response()
         if isinstance(behaviour, Blocked):
             return json_response(
-                {"error": {"message": "Your request was rejected as a result of our safety system.",
-                           "type": "invalid_request_error", "param": None,
-                           "code": "content_policy_violation"}},
+                {
+                    "error": {
+                        "message": "Your request was rejected as a result of our safety system.",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "content_policy_violation",
+                    }
+                },
                 400,
             )
         stream = bool(body.get("stream"))
@@ -131,12 +140,14 @@ class FakeOpenAI(FakeProvider):
             "object": "chat.completion",
             "created": int(time.time()),
             "model": ok.served_model or body.get("model", ""),
-            "choices": [{
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": "tool_calls" if tool_call else ok.finish,
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": "tool_calls" if tool_call else ok.finish,
+                }
+            ],
             "usage": self._usage(ok),
             "service_tier": "default",
             "system_fingerprint": "fp_fake",
@@ -162,8 +173,12 @@ class FakeOpenAI(FakeProvider):
         await response.write(self._chunk(cid, model, {"role": "assistant", "content": ""}, None))
         tool_call = self._tool_call(body, ok)
         if tool_call:
-            first = {"index": 0, "id": tool_call["id"], "type": "function",
-                     "function": {"name": tool_call["function"]["name"], "arguments": ""}}
+            first = {
+                "index": 0,
+                "id": tool_call["id"],
+                "type": "function",
+                "function": {"name": tool_call["function"]["name"], "arguments": ""},
+            }
             await response.write(self._chunk(cid, model, {"tool_calls": [first]}, None))
             arguments = tool_call["function"]["arguments"]
             for i in range(0, len(arguments), 8):
@@ -176,9 +191,15 @@ class FakeOpenAI(FakeProvider):
             finish = ok.finish
         await response.write(self._chunk(cid, model, {}, finish))
         if (body.get("stream_options") or {}).get("include_usage"):
-            usage_chunk = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
-                           "model": model, "system_fingerprint": "fp_fake", "choices": [],
-                           "usage": self._usage(ok)}
+            usage_chunk = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "system_fingerprint": "fp_fake",
+                "choices": [],
+                "usage": self._usage(ok),
+            }
             await response.write(b"data: " + orjson.dumps(usage_chunk) + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
