@@ -9,6 +9,7 @@ ends the stream with an OpenAI-style error event; two models' output is never sp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -44,16 +45,13 @@ def _has_content(chunk: dict[str, Any]) -> bool:
     return False
 
 
-async def _first_content(
-    chunks: AsyncIterator[dict[str, Any]], deadline: float
-) -> list[dict[str, Any]]:
+async def _first_content(chunks: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
     """Chunks up to and including the first that carries content (all of them if none does)."""
     held: list[dict[str, Any]] = []
-    async with asyncio.timeout(deadline):
-        async for chunk in chunks:
-            held.append(chunk)
-            if _has_content(chunk):
-                break
+    async for chunk in chunks:
+        held.append(chunk)
+        if _has_content(chunk):
+            break
     return held
 
 
@@ -62,10 +60,15 @@ async def stream_answer(
 ) -> web.StreamResponse:
     deadline = runtime.settings.deadline_s
     sent = time.perf_counter()
-    async with runtime.pool.stream(candidate.target, ctx.chat) as upstream:
-        chunks = aiter(upstream)
+    async with contextlib.AsyncExitStack() as stack:
         try:
-            held = await _first_content(chunks, deadline)
+            # The deadline covers connecting, the provider's headers and the first content.
+            async with asyncio.timeout(deadline):
+                upstream = await stack.enter_async_context(
+                    runtime.pool.stream(candidate.target, ctx.chat)
+                )
+                chunks = aiter(upstream)
+                held = await _first_content(chunks)
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"{candidate.provider.name} sent no content within the {deadline:g} s deadline",
