@@ -1,0 +1,545 @@
+"""How much latency and throughput the gateway costs over a bare aiohttp forwarder.
+
+Compares, in one run and on 127.0.0.1 only:
+
+  (a) a fake OpenAI-compatible upstream, called directly;
+  (b) a bare aiohttp forwarder in front of it (the floor any aiohttp proxy pays);
+  (c) ``gateway serve`` on the OpenAI pass-through path in front of it.
+
+Each server runs in its own process; the load comes from ``wrk`` (or, when it is missing, a
+Python load generator in its own process). Run from the repository root::
+
+    python -m bench.overhead [--duration 10] [--connections 32] [--only a,b,c]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.policy import hash_key
+
+HOST = "127.0.0.1"
+PATH = "/v1/chat/completions"
+TEAM_KEY = "bench-team-key-0001"
+ALIAS = "bench-chat"
+UPSTREAM_MODEL = "gpt-4o-mini-2024-07-18"
+FAKE_CONTENT = "The capital of France is Paris."
+WARMUP_S = 2.0
+OVERHEAD_SAMPLES = 500
+TARGET_ADDED_P50_MS = 0.35
+TARGET_THROUGHPUT_SHARE = 0.50
+
+# A realistic non-streaming answer (~400 bytes), fixed so every request costs the same.
+FAKE_BODY = json.dumps(
+    {
+        "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+        "object": "chat.completion",
+        "created": 1741569952,
+        "model": UPSTREAM_MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": FAKE_CONTENT, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 24,
+            "completion_tokens": 8,
+            "total_tokens": 32,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
+        "system_fingerprint": "fp_06737a9306",
+    },
+    separators=(",", ":"),
+).encode()
+
+REQUEST_BODY = json.dumps(
+    {
+        "model": ALIAS,
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        "max_tokens": 64,
+        "temperature": 0.2,
+    },
+    separators=(",", ":"),
+)
+REQUEST_HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {TEAM_KEY}"}
+
+LABELS = {
+    "a": "(a) fake upstream, direct",
+    "b": "(b) bare aiohttp forwarder",
+    "c": "(c) gateway pass-through",
+}
+
+
+class BenchError(Exception):
+    """A setup or correctness failure that makes the figures meaningless."""
+
+
+# --------------------------------------------------------------------------- server roles
+
+
+async def _fake_completion(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(body=FAKE_BODY, content_type="application/json")
+
+
+def serve_upstream(port: int) -> None:
+    """(a): answers every chat completion with ``FAKE_BODY``; no sleeps."""
+    app = web.Application()
+    app.router.add_post(PATH, _fake_completion)
+    web.run_app(app, host=HOST, port=port, access_log=None, print=None)
+
+
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+def forwarder_app(upstream_url: str) -> web.Application:
+    """(b): read the body, POST it upstream on one shared session, return body and status."""
+
+    async def session_lifetime(app: web.Application) -> AsyncIterator[None]:
+        app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+        yield
+        await app[SESSION].close()
+
+    async def forward(request: web.Request) -> web.Response:
+        body = await request.read()
+        async with request.app[SESSION].post(
+            upstream_url, data=body, headers={"Content-Type": "application/json"}
+        ) as response:
+            payload = await response.read()
+            return web.Response(
+                body=payload, status=response.status, content_type="application/json"
+            )
+
+    app = web.Application()
+    app.cleanup_ctx.append(session_lifetime)
+    app.router.add_post(PATH, forward)
+    return app
+
+
+def serve_forwarder(port: int, upstream_url: str) -> None:
+    web.run_app(forwarder_app(upstream_url), host=HOST, port=port, access_log=None, print=None)
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile of an ascending sequence."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+async def _python_load(
+    url: str, duration: float, connections: int, max_requests: int
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    failures = 0
+    sent = 0
+    deadline = time.perf_counter() + duration
+    body = REQUEST_BODY.encode()
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal failures, sent
+            while sent < max_requests and time.perf_counter() < deadline:
+                sent += 1
+                start = time.perf_counter()
+                try:
+                    async with session.post(url, data=body, headers=REQUEST_HEADERS) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                latencies.append(time.perf_counter() - start)
+                failures += not ok
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.perf_counter() - began
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "errors": failures,
+        "rps": len(latencies) / elapsed if elapsed > 0 else 0.0,
+        "latency_ms": {str(p): percentile(latencies, p) * 1000 for p in (50, 75, 90, 99)},
+    }
+
+
+def serve_loadgen(url: str, duration: float, connections: int, max_requests: int) -> None:
+    """The fallback load generator: prints one JSON line with its figures."""
+    result = asyncio.run(_python_load(url, duration, connections, max_requests))
+    print(json.dumps(result), flush=True)
+
+
+ROLES: dict[str, Callable[[list[str]], None]] = {
+    "_upstream": lambda a: serve_upstream(int(a[0])),
+    "_forwarder": lambda a: serve_forwarder(int(a[0]), a[1]),
+    "_loadgen": lambda a: serve_loadgen(a[0], float(a[1]), int(a[2]), int(a[3])),
+}
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+@dataclass
+class Result:
+    rps: float
+    latency_ms: dict[int, float]
+    requests: int
+    errors: int
+
+
+class Procs:
+    """Every subprocess started; ``close`` stops them all (SIGINT, then SIGKILL)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> Path:
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        self.procs.append((name, proc))
+        return log
+
+    def close(self) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    for _ in range(300):  # 15 s at most
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise BenchError(f"{name} exited with code {proc.returncode} at start:\n{tail}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{name} did not listen on {HOST}:{port} within 15 s (log: {log})")
+
+
+def policy_yaml(upstream_port: int) -> str:
+    return f"""\
+providers:
+  - name: fake
+    kind: openai
+    base_url: http://{HOST}:{upstream_port}/v1
+    region: us
+models:
+  - name: {ALIAS}
+    provider: fake
+    id: {UPSTREAM_MODEL}
+teams:
+  - name: bench
+    key_sha256: {hash_key(TEAM_KEY)}
+    routes: ["*"]
+"""
+
+
+def start_servers(procs: Procs, selected: str) -> dict[str, str]:
+    """Start the upstream and what ``selected`` needs; the URL of each target."""
+    me = [sys.executable, "-m", "bench.overhead"]
+    upstream_port = free_port()
+    log = procs.start("upstream", [*me, "_upstream", str(upstream_port)])
+    wait_ready("fake upstream", upstream_port, procs.procs[-1][1], log)
+    urls = {"a": f"http://{HOST}:{upstream_port}{PATH}"}
+    if "b" in selected:
+        port = free_port()
+        log = procs.start("forwarder", [*me, "_forwarder", str(port), urls["a"]])
+        wait_ready("forwarder", port, procs.procs[-1][1], log)
+        urls["b"] = f"http://{HOST}:{port}{PATH}"
+    if "c" in selected:
+        urls["c"] = start_gateway(procs, upstream_port, [sys.executable, "-m", "gateway"])
+    return {k: v for k, v in urls.items() if k in selected}
+
+
+def start_gateway(procs: Procs, upstream_port: int, launcher: list[str]) -> str:
+    config = procs.workdir / "policy.yaml"
+    config.write_text(policy_yaml(upstream_port), encoding="utf-8")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_LOG_LEVEL"] = "WARNING"
+    cmd = [*launcher, "serve", "--config", str(config), "--host", HOST, "--port", str(port)]
+    log = procs.start("gateway", cmd, env)
+    wait_ready("gateway", port, procs.procs[-1][1], log)
+    return f"http://{HOST}:{port}{PATH}"
+
+
+async def _check(urls: dict[str, str]) -> None:
+    async with aiohttp.ClientSession() as session:
+        for key, url in urls.items():
+            async with session.post(url, data=REQUEST_BODY, headers=REQUEST_HEADERS) as response:
+                text = await response.text()
+                status = response.status
+            try:
+                content = json.loads(text)["choices"][0]["message"]["content"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                content = None
+            if status != 200 or content != FAKE_CONTENT:
+                raise BenchError(
+                    f"correctness check failed for {LABELS[key]} ({url}): HTTP {status}, "
+                    f"expected 200 with content {FAKE_CONTENT!r}; body: {text[:400]}"
+                )
+
+
+async def _overhead_samples(url: str, count: int) -> list[float]:
+    values: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(count):
+            async with session.post(url, data=REQUEST_BODY, headers=REQUEST_HEADERS) as response:
+                await response.read()
+                header = response.headers.get("x-gateway-overhead-ms")
+            if response.status != 200 or header is None:
+                raise BenchError(f"gateway answered {response.status} without the overhead header")
+            values.append(float(header))
+    return sorted(values)
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def parse_wrk(output: str) -> Result:
+    latency = {
+        int(m[1]): float(m[2]) * _UNITS[m[3]]
+        for m in re.finditer(r"^\s*(50|75|90|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", output, re.M)
+    }
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"(\d+) requests in", output)
+    if rps is None or total is None:
+        raise BenchError(f"cannot parse wrk's output:\n{output}")
+    errors = 0
+    if non2xx := re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output):
+        errors += int(non2xx[1])
+    if sock := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    ):
+        errors += sum(int(sock[i]) for i in range(1, 5))
+    return Result(float(rps[1]), latency, int(total[1]), errors)
+
+
+class LoadGen:
+    """``wrk`` with a Lua script for the POST, or the Python fallback in its own process."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.wrk = shutil.which("wrk")
+        self.script = workdir / "post.lua"
+        headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in REQUEST_HEADERS.items())
+        self.script.write_text(
+            f'wrk.method = "POST"\nwrk.body = [==[{REQUEST_BODY}]==]\n{headers}', encoding="utf-8"
+        )
+
+    def describe(self) -> str:
+        if self.wrk is None:
+            return "python fallback (aiohttp, own process)"
+        out = subprocess.run([self.wrk, "-v"], capture_output=True, text=True, check=False)
+        return (out.stdout or out.stderr).splitlines()[0].strip()
+
+    def run(self, url: str, connections: int, duration: float) -> Result:
+        if self.wrk is None:
+            cmd = [sys.executable, "-m", "bench.overhead", "_loadgen", url, str(duration)]
+            cmd += [str(connections), str(max(1000, int(duration * 50_000)))]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+            if out.returncode != 0:
+                raise BenchError(f"the Python load generator failed:\n{out.stderr[-2000:]}")
+            data = json.loads(out.stdout.strip().splitlines()[-1])
+            latency = {int(k): v for k, v in data["latency_ms"].items()}
+            return Result(data["rps"], latency, data["requests"], data["errors"])
+        seconds = max(1, round(duration))
+        cmd = [self.wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+        cmd += ["-s", str(self.script), url]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        if out.returncode != 0:
+            raise BenchError(f"wrk failed ({out.returncode}):\n{out.stderr}{out.stdout}")
+        return parse_wrk(out.stdout)
+
+
+def machine_context(loadgen: LoadGen) -> list[str]:
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return [
+        f"nproc:    {affinity or os.cpu_count()} (cpu_count {os.cpu_count()})",
+        f"python:   {sys.version.split()[0]} ({sys.executable})",
+        f"aiohttp:  {aiohttp.__version__}",
+        f"loadgen:  {loadgen.describe()}",
+    ]
+
+
+def _fmt(value: float | None, width: int = 9, digits: int = 3, sign: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "-".rjust(width)
+    return f"{value:+.{digits}f}".rjust(width) if sign else f"{value:.{digits}f}".rjust(width)
+
+
+def report(c1: dict[str, Result], cn: dict[str, Result], connections: int) -> list[str]:
+    lines = [
+        "",
+        f"{'target':<30}{'p50 ms':>9}{'p75 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+        f"{'req/s c=1':>11}{f'req/s c={connections}':>13}",
+    ]
+    for key, label in LABELS.items():
+        if key not in c1:
+            continue
+        lat = c1[key].latency_ms
+        lines.append(
+            f"{label:<30}{_fmt(lat.get(50))}{_fmt(lat.get(75))}{_fmt(lat.get(90))}"
+            f"{_fmt(lat.get(99))}{_fmt(c1[key].rps, 11, 0)}{_fmt(cn[key].rps, 13, 0)}"
+        )
+    failed = {k: r.errors for d in (c1, cn) for k, r in d.items() if r.errors}
+    if failed:
+        lines.append(f"WARNING: non-2xx or socket errors during load: {failed}")
+
+    def added(x: str, y: str) -> tuple[float, float] | None:
+        if x not in c1 or y not in c1:
+            return None
+        return c1[x].latency_ms[50] - c1[y].latency_ms[50], (
+            c1[x].latency_ms[99] - c1[y].latency_ms[99]
+        )
+
+    lines += ["", f"{'derived (c=1 latency)':<30}{'p50 ms':>9}{'p99 ms':>9}"]
+    for x, y, target in (("c", "a", ""), ("c", "b", "target"), ("b", "a", "")):
+        diff = added(x, y)
+        if diff is None:
+            continue
+        note = ""
+        if target:
+            verdict = "MET" if diff[0] <= TARGET_ADDED_P50_MS else "MISSED"
+            note = f"   target added p50 <= {TARGET_ADDED_P50_MS} ms: {verdict}"
+        lines.append(
+            f"{f'added by ({x}) over ({y})':<30}{_fmt(diff[0], sign=True)}"
+            f"{_fmt(diff[1], sign=True)}{note}"
+        )
+    if "b" in cn and "c" in cn and cn["b"].rps > 0:
+        share = cn["c"].rps / cn["b"].rps
+        verdict = "MET" if share >= TARGET_THROUGHPUT_SHARE else "MISSED"
+        lines.append(
+            f"{f'throughput (c)/(b), c={connections}':<30}{share * 100:>8.1f}%"
+            f"{'':>9}   target >= {TARGET_THROUGHPUT_SHARE * 100:.0f} %: {verdict}"
+        )
+    if "a" in cn and "b" in cn and cn["a"].rps > 0:
+        lines.append(
+            f"{f'throughput (b)/(a), c={connections}':<30}{cn['b'].rps / cn['a'].rps * 100:>8.1f}%"
+        )
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    selected = "".join(k for k in "abc" if k in args.only.replace(",", ""))
+    if not selected:
+        raise BenchError("--only must name at least one of a, b, c")
+    with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
+        workdir = Path(tmp)
+        procs = Procs(workdir)
+        loadgen = LoadGen(workdir)
+        try:
+            print("\n".join(machine_context(loadgen)), flush=True)
+            if loadgen.wrk is None:
+                print(
+                    "wrk not found: install it with `apt-get install -y wrk`; using the Python "
+                    "load generator (higher own cost, figures are less precise)",
+                    flush=True,
+                )
+            if (os.cpu_count() or 1) < 4:
+                print(
+                    "note: fewer than 4 CPUs; load generator, proxy and upstream share cores, "
+                    "so absolute figures (throughput most) are pessimistic",
+                    flush=True,
+                )
+            urls = start_servers(procs, selected)
+            asyncio.run(_check(urls))
+            print("correctness: every selected target answers 200 with the fake's content")
+            c1: dict[str, Result] = {}
+            cn: dict[str, Result] = {}
+            for conns, results in ((1, c1), (args.connections, cn)):
+                for key, url in urls.items():
+                    print(f"  {LABELS[key]}: c={conns}, {args.duration:g} s ...", flush=True)
+                    loadgen.run(url, conns, WARMUP_S)
+                    results[key] = loadgen.run(url, conns, args.duration)
+            print("\n".join(report(c1, cn, args.connections)))
+            if "c" in urls:
+                samples = asyncio.run(_overhead_samples(urls["c"], OVERHEAD_SAMPLES))
+                print(
+                    f"gateway self-reported x-gateway-overhead-ms over {len(samples)} sequential "
+                    f"requests: p50 {percentile(samples, 50):.3f} ms, "
+                    f"p99 {percentile(samples, 99):.3f} ms"
+                )
+        finally:
+            procs.close()
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=32, help="the throughput run's -c")
+    parser.add_argument("--only", default="a,b,c", help="targets to run, e.g. b,c")
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.connections < 1:
+        parser.error("--duration must be > 0 and --connections >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ROLES:
+        with contextlib.suppress(KeyboardInterrupt):
+            ROLES[argv[0]](argv[1:])
+        return 0
+    try:
+        return run(parse_args(argv))
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
