@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -10,16 +12,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from providers.pool import ProviderPool
 
+from .alerts import Alerts
+from .breakers import BreakerBoard
 from .catalog import Catalog
+from .decisions import DecisionLog
 from .errors import GatewayError, InvalidRequest, ModelNotFound
+from .metrics import Metrics
 from .pipeline import chat_completions
 from .policy import Policy
 from .responses import error_response
-from .runtime import REQUEST_ID, RUNTIME, Runtime
+from .router import Router
+from .runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
 from .settings import Settings
+from .shared import LocalState, RedisState, SharedState
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +45,7 @@ async def error_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """Every failure becomes ``{"error": {...}}`` with the request id; never a traceback."""
+    request[REQUEST_STARTED] = time.perf_counter()
     request_id = uuid.uuid4().hex
     request[REQUEST_ID] = request_id
     try:
@@ -116,20 +126,61 @@ def _dumps(value: object) -> str:
 
 
 STARTED = web.AppKey("started", int)
+SYNC_INTERVAL_S = 0.5
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    runtime = request.app[RUNTIME]
+    gauge = runtime.metrics.breaker_state
+    for key, state in runtime.board.states().items():
+        gauge.labels(key).set({"closed": 0, "half_open": 1, "open": 2}[state])
+    return web.Response(
+        body=generate_latest(runtime.metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]) -> Runtime:
+    """The objects every request uses, for ``policy``."""
+    catalog = Catalog(policy, environ)
+    shared: SharedState = (
+        RedisState(settings.redis_url, prefix=settings.redis_prefix)
+        if settings.redis_url
+        else LocalState()
+    )
+    alerts = Alerts(settings.alert_webhook_url)
+    metrics_ = Metrics()
+
+    def breaker_changed(key: str, state: str, reason: str) -> None:
+        if state == "open":
+            alerts.emit("breaker_opened", f"breaker {key} opened: {reason}", key=key, reason=reason)
+
+    board = BreakerBoard(policy.routing.breaker, shared, on_change=breaker_changed)
+    return Runtime(
+        settings=settings,
+        catalog=catalog,
+        pool=ProviderPool(catalog.endpoints),
+        shared=shared,
+        board=board,
+        router=Router(policy.routing, board),
+        alerts=alerts,
+        metrics=metrics_,
+        decisions=DecisionLog(),
+    )
 
 
 def create_app(
     settings: Settings, policy: Policy, environ: Mapping[str, str] | None = None
 ) -> web.Application:
     """The gateway application for ``policy``; provider keys come from ``environ``."""
-    catalog = Catalog(policy, os.environ if environ is None else environ)
     app = web.Application(
         middlewares=[error_middleware],
         client_max_size=settings.max_body_bytes,
     )
-    app[RUNTIME] = Runtime(settings=settings, catalog=catalog, pool=ProviderPool(catalog.endpoints))
+    app[RUNTIME] = build_runtime(settings, policy, os.environ if environ is None else environ)
     app[STARTED] = int(time.time())
-    app.cleanup_ctx.append(_pool_lifetime)
+    app.cleanup_ctx.append(_lifetimes)
     app.add_routes(
         [
             web.post("/v1/chat/completions", chat_completions),
@@ -137,13 +188,29 @@ def create_app(
             web.get("/v1/models/{model}", retrieve_model),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
+            web.get("/metrics", metrics),
         ]
     )
     return app
 
 
-async def _pool_lifetime(app: web.Application) -> AsyncIterator[None]:
-    pool = app[RUNTIME].pool
-    await pool.start()
+async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    await runtime.pool.start()
+    sync = asyncio.create_task(_sync_shared_state(runtime), name="shared-state-sync")
     yield
-    await pool.close()
+    sync.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sync
+    await runtime.board.drain()
+    await runtime.pool.close()
+    await runtime.alerts.close()
+    await runtime.shared.close()
+
+
+async def _sync_shared_state(runtime: Runtime) -> None:
+    """Pull other replicas' breaker transitions and embargoes, twice a second."""
+    catalog = runtime.catalog
+    while True:
+        await runtime.board.sync(catalog.breaker_keys, catalog.provider_names)
+        await asyncio.sleep(SYNC_INTERVAL_S)

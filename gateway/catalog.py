@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from providers.base import Target
 from providers.pool import Endpoint
 
 from .errors import AuthenticationFailed, ModelNotAllowed, ModelNotFound
-from .policy import ModelConfig, Policy, ProviderConfig, TeamConfig
+from .policy import CompositeWeights, ModelConfig, Policy, ProviderConfig, TeamConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,8 @@ class Route:
     name: str
     task_type: str
     candidates: tuple[Candidate, ...]
+    strategy: str = "priority"
+    weights: CompositeWeights = field(default_factory=CompositeWeights)
 
 
 class Catalog:
@@ -70,7 +72,13 @@ class Catalog:
                 name=route.name,
                 task_type=route.task_type,
                 candidates=tuple(candidates[c] for c in route.candidates),
+                strategy=route.strategy,
+                weights=route.weights,
             )
+        self.breaker_keys = [f"provider:{p.name}" for p in policy.providers] + [
+            f"model:{m.name}" for m in policy.models
+        ]
+        self.provider_names = [p.name for p in policy.providers]
         self.endpoints = tuple(
             Endpoint(
                 name=p.name,

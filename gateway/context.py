@@ -10,6 +10,7 @@ from providers.base import Completion
 from providers.schema import ChatRequest
 
 from .catalog import Route
+from .decisions import Decision
 from .policy import TeamConfig
 
 
@@ -18,10 +19,14 @@ class RequestContext:
     """What the pipeline knows about one request; interceptors read and annotate it."""
 
     request_id: str
-    started: float
+    started: float  # perf_counter at arrival
     team: TeamConfig
     route: Route
     chat: ChatRequest
+    task_type: str
+    deadline: float  # event-loop time by which the request must be answered
+    deadline_s: float
+    decision: Decision
     upstream_s: float = 0.0  # time spent waiting on providers
     notes: dict[str, Any] = field(default_factory=dict)
 

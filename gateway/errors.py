@@ -13,11 +13,13 @@ with ``gateway/``; it imports nothing from either.
     ├── ModelNotAllowed                403 permission_error        (route not in the team's policy)
     ├── ModelNotFound                  404 invalid_request_error   (no such route or alias)
     ├── NoEligibleProvider             503 service_unavailable     (residency left no candidate)
+    ├── AllProvidersFailed             503 service_unavailable     (every attempt failed, listed)
+    ├── DeadlineExceeded               504 timeout                 (the request's deadline ran out)
     └── UpstreamError                  502 upstream_error            (a provider failed)
         ├── UpstreamRateLimited        429  retry_after from the provider
         ├── UpstreamOverloaded         503  5xx, Anthropic 529, Gemini UNAVAILABLE
         ├── UpstreamTimeout            504  connect, first byte or deadline
-        ├── UpstreamConnectionError    502  refused, reset, DNS
+        ├── UpstreamConnectionError    502  refused, DNS (code ..._reset: dropped before a byte)
         ├── ContentBlocked             400  moderation / safety block
         ├── UpstreamInvalidRequest     400  the provider rejected the request: the client's error
         ├── UpstreamAuthError          502  the provider rejected the gateway's credentials
@@ -43,20 +45,28 @@ class GatewayError(Exception):
         if code is not None:
             self.code = code
         self.param = param
+        # Headers the pipeline adds on the way out (request id, regions the prompt reached).
+        self.extra_headers: dict[str, str] = {}
+        # The router's attempts (provider, region, error class), when any were made.
+        self.attempts: list[dict[str, Any]] | None = None
 
     def to_body(self) -> dict[str, Any]:
         """The OpenAI-style error body."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code,
         }
+        if self.attempts is not None:
+            error["attempts"] = self.attempts
+        return {"error": error}
 
     def headers(self) -> dict[str, str]:
-        """Extra response headers this error carries (e.g. ``Retry-After``)."""
+        """Response headers this error carries (``Retry-After``, the pipeline's extras)."""
+        return {**self._own_headers(), **self.extra_headers}
+
+    def _own_headers(self) -> dict[str, str]:
         return {}
 
 
@@ -107,6 +117,42 @@ class NoEligibleProvider(GatewayError):
     code = "no_eligible_provider"
 
 
+class _WithAttempts(GatewayError):
+    """An error that lists every attempt the router made (provider, region, error class)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: list[dict[str, Any]],
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.retry_after = retry_after
+
+    def _own_headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class AllProvidersFailed(_WithAttempts):
+    """Every eligible candidate was tried (within the attempt budget) and failed."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "all_providers_failed"
+
+
+class DeadlineExceeded(_WithAttempts):
+    """The request's overall deadline ran out before any candidate answered."""
+
+    status = 504
+    type = "timeout"
+    code = "deadline_exceeded"
+
+
 class UpstreamError(GatewayError):
     """A provider failed. ``provider`` names it; ``retryable`` says whether another try may help."""
 
@@ -134,7 +180,7 @@ class UpstreamError(GatewayError):
         """A stable short name for metrics and decision records."""
         return self.code
 
-    def headers(self) -> dict[str, str]:
+    def _own_headers(self) -> dict[str, str]:
         if self.retry_after is None:
             return {}
         return {"Retry-After": str(max(1, round(self.retry_after)))}

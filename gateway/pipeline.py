@@ -1,14 +1,13 @@
 """The request pipeline, top to bottom in one place.
 
-auth -> validate -> resolve route -> interceptors (cache, knowledge) -> choose candidate ->
-dispatch -> respond -> interceptors see the answer.
+auth -> validate -> resolve route -> interceptors (cache, knowledge) -> plan candidates ->
+attempts with fallback -> respond -> interceptors see the answer -> decision record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -20,55 +19,133 @@ from providers.schema import ChatRequest
 
 from .catalog import Candidate
 from .context import RequestContext
-from .errors import InvalidRequest, PayloadTooLarge, UpstreamTimeout
+from .decisions import Decision
+from .errors import GatewayError, InvalidRequest, PayloadTooLarge
+from .fallback import Outcome, run_attempts
+from .policy import RoutingConfig
 from .responses import completion_response
-from .router import eligible
-from .runtime import REQUEST_ID, RUNTIME, Runtime
+from .runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
 from .streaming import stream_answer
 from .validation import describe
+
+_TASK_MAX = 64
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``."""
-    started = time.perf_counter()
     runtime = request.app[RUNTIME]
     catalog = runtime.catalog
+    routing = catalog.policy.routing
     team = catalog.authenticate(request.headers.get("Authorization"))
     chat = parse_chat_request(await read_json_body(request, runtime.settings.max_body_bytes))
     route = catalog.resolve_route(team, chat.model)
+    task_type = _task_type(request, route.task_type)
+    deadline_s = _deadline_s(request, routing)
     ctx = RequestContext(
-        request_id=request.get(REQUEST_ID) or uuid.uuid4().hex,
-        started=started,
+        request_id=request[REQUEST_ID],
+        started=request[REQUEST_STARTED],
         team=team,
         route=route,
         chat=chat,
+        task_type=task_type,
+        deadline=asyncio.get_running_loop().time() + deadline_s,
+        deadline_s=deadline_s,
+        decision=Decision(
+            request_id=request[REQUEST_ID],
+            team=team.name,
+            route=route.name,
+            task_type=task_type,
+            strategy=route.strategy,
+            stream=chat.stream,
+        ),
     )
+    try:
+        response = await _answer(request, runtime, ctx)
+    except GatewayError as exc:
+        ctx.decision.status, ctx.decision.error = exc.status, exc.code
+        if regions := ctx.decision.regions_sent:
+            exc.extra_headers["x-gateway-regions"] = ",".join(regions)
+        raise
+    finally:
+        _record(runtime, ctx)
+    return response
+
+
+async def _answer(
+    request: web.Request, runtime: Runtime, ctx: RequestContext
+) -> web.StreamResponse:
     for interceptor in runtime.interceptors:
         if (answer := await interceptor.before(ctx)) is not None:
             return completion_response(ctx, answer, None)
-    candidate = eligible(route, team)[0]
-    if chat.stream:
-        return await stream_answer(request, runtime, ctx, candidate)
-    completion = await dispatch(runtime, ctx, candidate)
+    plan = runtime.router.plan(
+        ctx.route,
+        ctx.team,
+        ctx.chat,
+        task_type=ctx.task_type,
+        regions=_requested_regions(request),
+        strategy=ctx.route.strategy,
+    )
+    ctx.decision.candidates = plan.verdicts
+    if ctx.chat.stream:
+        return await stream_answer(request, runtime, ctx, plan)
+
+    async def complete(candidate: Candidate) -> Outcome[Completion]:
+        completion = await runtime.pool.complete(candidate.target, ctx.chat)
+        return Outcome(completion, completion.served_model)
+
+    completion, candidate = await run_attempts(runtime, ctx, plan, complete)
     for interceptor in runtime.interceptors:
         await interceptor.after(ctx, completion)
     return completion_response(ctx, completion, candidate)
 
 
-async def dispatch(runtime: Runtime, ctx: RequestContext, candidate: Candidate) -> Completion:
-    """One non-streaming attempt within the request's deadline."""
-    sent = time.perf_counter()
+def _record(runtime: Runtime, ctx: RequestContext) -> None:
+    decision = ctx.decision
+    decision.total_ms = (time.perf_counter() - ctx.started) * 1000
+    decision.overhead_ms = ctx.overhead_ms()
+    runtime.decisions.record(decision)
+    metrics = runtime.metrics
+    provider = decision.attempts[-1].provider if decision.attempts else "none"
+    metrics.requests.labels(decision.route, provider, str(decision.status), "provider").inc()
+    metrics.duration.labels(decision.route).observe(decision.total_ms / 1000)
+    metrics.overhead.observe(decision.overhead_ms / 1000)
+
+
+def _task_type(request: web.Request, default: str) -> str:
+    task = request.headers.get("x-gateway-task")
+    if task is None:
+        return default
+    task = task.strip()
+    if not task or len(task) > _TASK_MAX or not task.replace("-", "").replace("_", "").isalnum():
+        raise InvalidRequest(
+            "x-gateway-task must be a short name (letters, digits, '-', '_').",
+            param="x-gateway-task",
+        )
+    return task
+
+
+def _deadline_s(request: web.Request, routing: RoutingConfig) -> float:
+    raw = request.headers.get("x-gateway-deadline-ms")
+    if raw is None:
+        return routing.default_deadline_s
     try:
-        async with asyncio.timeout(runtime.settings.deadline_s):
-            return await runtime.pool.complete(candidate.target, ctx.chat)
-    except TimeoutError as exc:
-        raise UpstreamTimeout(
-            f"{candidate.provider.name} did not answer within the "
-            f"{runtime.settings.deadline_s:g} s deadline",
-            provider=candidate.provider.name,
-        ) from exc
-    finally:
-        ctx.upstream_s += time.perf_counter() - sent
+        value = float(raw) / 1000
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= routing.max_deadline_s:
+        raise InvalidRequest(
+            f"x-gateway-deadline-ms must be a number of milliseconds in "
+            f"(0, {routing.max_deadline_s * 1000:g}].",
+            param="x-gateway-deadline-ms",
+        )
+    return value
+
+
+def _requested_regions(request: web.Request) -> list[str] | None:
+    raw = request.headers.get("x-gateway-regions")
+    if raw is None:
+        return None
+    return [r.strip() for r in raw.split(",") if r.strip()]
 
 
 async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:

@@ -41,6 +41,9 @@ class _ProviderBase(_Model):
     base_url: str
     api_key_env: str | None = None
     region: str = "us"
+    # Providers of one family share a moderation layer and an outage domain: a safety block skips
+    # the whole family, and fallback prefers another family. Default: see ``family_name``.
+    family: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     max_connections: int = Field(default=100, ge=1)
@@ -59,6 +62,15 @@ class _ProviderBase(_Model):
 
     def adapter_options(self) -> dict[str, Any]:
         return {}
+
+    @property
+    def family_name(self) -> str:
+        """``family``, else the wire protocol for single-vendor kinds, else the provider name."""
+        if self.family:
+            return self.family
+        return self.kind if self.kind in ("anthropic", "gemini") else self.name
+
+    kind: str
 
 
 class OpenAIProvider(_ProviderBase):
@@ -123,7 +135,11 @@ class ModelConfig(_Model):
     context_window: int = Field(default=128_000, ge=1)
     supports_tools: bool = True
     supports_json: bool = True
+    supports_streaming: bool = True
     allow_floating: bool = False
+    # What to do when the provider serves another version than ``id``: alert (and answer), or
+    # treat the answer as a failure and fall back.
+    on_drift: Literal["alert", "fail_over"] = "alert"
 
     @model_validator(mode="after")
     def _pinned(self) -> ModelConfig:
@@ -135,13 +151,66 @@ class ModelConfig(_Model):
         return self
 
 
+class CompositeWeights(_Model):
+    """Weights of the ``composite`` strategy; each term is normalised to 0..1 (1 = best)."""
+
+    quality: float = Field(default=0.5, ge=0)
+    latency: float = Field(default=0.25, ge=0)
+    cost: float = Field(default=0.25, ge=0)
+
+
 class RouteConfig(_Model):
-    """What a client's ``model`` names: candidates tried in order."""
+    """What a client's ``model`` names: candidates and how to order them."""
 
     name: Name
     candidates: list[Name] = Field(min_length=1)
-    strategy: Literal["priority"] = "priority"
+    strategy: Literal["priority", "latency", "cost", "composite"] = "priority"
+    weights: CompositeWeights = Field(default_factory=CompositeWeights)
     task_type: str = "general"
+
+
+# What the router does after a failed attempt, by error class.
+ErrorAction = Literal["retry_then_next", "next", "skip_family", "stop", "open_breaker"]
+
+
+class ErrorPolicy(_Model):
+    """Per error class: ``next`` candidate (preferring another family), ``retry_then_next``
+    (one immediate retry on the same provider), ``skip_family`` (no candidate of the same
+    family), ``stop`` (return the error as is), ``open_breaker`` (open the provider's breaker,
+    alert, then next)."""
+
+    connection: ErrorAction = "retry_then_next"
+    rate_limited: ErrorAction = "next"
+    overloaded: ErrorAction = "next"
+    timeout: ErrorAction = "next"
+    bad_response: ErrorAction = "next"
+    model_not_found: ErrorAction = "open_breaker"
+    content_blocked: ErrorAction = "skip_family"
+    invalid_request: ErrorAction = "stop"
+    auth: ErrorAction = "open_breaker"
+    drift: ErrorAction = "next"
+
+
+class BreakerConfig(_Model):
+    """Circuit breakers per provider and per model."""
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    error_rate: float = Field(default=0.5, gt=0, le=1)
+    window_s: float = Field(default=30.0, gt=0)
+    min_requests: int = Field(default=10, ge=1)
+    open_s: float = Field(default=15.0, gt=0)  # before a half-open probe
+    max_open_s: float = Field(default=300.0, gt=0)  # backoff cap after failed probes
+    probe_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class RoutingConfig(_Model):
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    default_deadline_s: float = Field(default=30.0, gt=0)
+    max_deadline_s: float = Field(default=120.0, gt=0)
+    default_retry_after_s: float = Field(default=2.0, ge=0)  # embargo after a 429 without one
+    latency_alpha: float = Field(default=0.2, gt=0, le=1)  # EWMA smoothing
+    errors: ErrorPolicy = Field(default_factory=ErrorPolicy)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
 
 
 class TeamConfig(_Model):
@@ -178,6 +247,7 @@ class Policy(_Model):
     models: list[ModelConfig] = Field(min_length=1)
     routes: list[RouteConfig] = Field(default_factory=list)
     teams: list[TeamConfig] = Field(min_length=1)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
 
     @model_validator(mode="after")
     def _references(self) -> Policy:

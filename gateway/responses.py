@@ -22,8 +22,12 @@ def gateway_headers(
         "x-gateway-overhead-ms": f"{ctx.overhead_ms():.3f}",
     }
     if candidate is not None:
+        decision = ctx.decision
         headers["x-gateway-provider"] = candidate.provider.name
         headers["x-gateway-region"] = candidate.region
+        headers["x-gateway-regions"] = ",".join(decision.regions_sent)
+        headers["x-gateway-fallbacks"] = str(decision.fallbacks)
+        headers["x-gateway-task"] = ctx.task_type
     return headers
 
 

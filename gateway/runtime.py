@@ -8,9 +8,15 @@ from aiohttp import web
 
 from providers.pool import ProviderPool
 
+from .alerts import Alerts
+from .breakers import BreakerBoard
 from .catalog import Catalog
 from .context import Interceptor
+from .decisions import DecisionLog
+from .metrics import Metrics
+from .router import Router
 from .settings import Settings
+from .shared import SharedState
 
 
 @dataclass(slots=True)
@@ -18,8 +24,15 @@ class Runtime:
     settings: Settings
     catalog: Catalog
     pool: ProviderPool
+    shared: SharedState
+    board: BreakerBoard
+    router: Router
+    alerts: Alerts
+    metrics: Metrics
+    decisions: DecisionLog
     interceptors: tuple[Interceptor, ...] = field(default_factory=tuple)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
 REQUEST_ID = web.RequestKey("request_id", str)
+REQUEST_STARTED = web.RequestKey("request_started", float)  # perf_counter at arrival

@@ -19,7 +19,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    deadline_s: float = Field(default=30.0, gt=0, description="default overall request deadline")
     redis_url: str | None = None
+    redis_prefix: str = Field(default="gw", description="key prefix: one per gateway deployment")
+    alert_webhook_url: str | None = None
     qdrant_url: str | None = None
     log_level: str = "INFO"

@@ -8,11 +8,10 @@ ends the stream with an OpenAI-style error event; two models' output is never sp
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,8 +22,10 @@ from providers.pool import UpstreamStream
 
 from .catalog import Candidate
 from .context import RequestContext
-from .errors import UpstreamError, UpstreamTimeout
+from .errors import UpstreamError
+from .fallback import Outcome, run_attempts
 from .responses import gateway_headers
+from .router import Plan
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -55,27 +56,40 @@ async def _first_content(chunks: AsyncIterator[dict[str, Any]]) -> list[dict[str
     return held
 
 
+@dataclass(slots=True)
+class _Opened:
+    """A stream that produced its first content: what the client will be sent."""
+
+    upstream: UpstreamStream
+    chunks: AsyncIterator[dict[str, Any]]
+    held: list[dict[str, Any]]
+    stack: contextlib.AsyncExitStack
+
+
+async def _open(runtime: Runtime, ctx: RequestContext, candidate: Candidate) -> Outcome[_Opened]:
+    """One streaming attempt, up to the first content; a failure closes the upstream."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        upstream = await stack.enter_async_context(runtime.pool.stream(candidate.target, ctx.chat))
+        chunks = aiter(upstream)
+        held = await _first_content(chunks)
+    except BaseException as exc:
+        # Exit with the exception so the pool translates and redacts it on the way out.
+        await stack.__aexit__(type(exc), exc, exc.__traceback__)
+        raise
+    served = upstream.state.served_model or candidate.target.model
+    return Outcome(_Opened(upstream, chunks, held, stack), served, discard=stack.aclose)
+
+
 async def stream_answer(
-    request: web.Request, runtime: Runtime, ctx: RequestContext, candidate: Candidate
+    request: web.Request, runtime: Runtime, ctx: RequestContext, plan: Plan
 ) -> web.StreamResponse:
-    deadline = runtime.settings.deadline_s
-    sent = time.perf_counter()
-    async with contextlib.AsyncExitStack() as stack:
-        try:
-            # The deadline covers connecting, the provider's headers and the first content.
-            async with asyncio.timeout(deadline):
-                upstream = await stack.enter_async_context(
-                    runtime.pool.stream(candidate.target, ctx.chat)
-                )
-                chunks = aiter(upstream)
-                held = await _first_content(chunks)
-        except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"{candidate.provider.name} sent no content within the {deadline:g} s deadline",
-                provider=candidate.provider.name,
-            ) from exc
-        finally:
-            ctx.upstream_s += time.perf_counter() - sent
+    """Stream the first candidate that produces content; fail over invisibly before that."""
+    opened, candidate = await run_attempts(
+        runtime, ctx, plan, lambda candidate: _open(runtime, ctx, candidate)
+    )
+    async with opened.stack:
+        upstream = opened.upstream
         served = Completion(
             body={},
             served_model=upstream.state.served_model or candidate.target.model,
@@ -87,19 +101,23 @@ async def stream_answer(
         )
         await response.prepare(request)
         try:
-            for chunk in held:
+            for chunk in opened.held:
                 await response.write(sse(chunk))
-            completed = await _relay(response, chunks, upstream)
+            completed = await _relay(response, opened.chunks, upstream, ctx)
             if completed and ctx.chat.wants_stream_usage:
                 await response.write(sse(upstream.state.usage_chunk()))
             await response.write(DONE)
         except ConnectionResetError:
             log.info("client %s went away mid-stream", ctx.request_id)
+            ctx.decision.events.append({"type": "client_disconnected"})
     return response
 
 
 async def _relay(
-    response: web.StreamResponse, chunks: AsyncIterator[dict[str, Any]], upstream: UpstreamStream
+    response: web.StreamResponse,
+    chunks: AsyncIterator[dict[str, Any]],
+    upstream: UpstreamStream,
+    ctx: RequestContext,
 ) -> bool:
     """Copy the rest of the stream; an upstream failure becomes an error event, not a splice.
 
@@ -112,6 +130,7 @@ async def _relay(
         log.warning(
             "stream from %s failed after content was sent: %s", upstream.target.provider, exc.code
         )
+        ctx.decision.events.append({"type": "stream_failed_after_content", "error": exc.code})
         await response.write(sse(exc.to_body()))
         return False
     return True

@@ -241,8 +241,12 @@ def _transport_error(exc: BaseException, provider: str) -> UpstreamError:
         return UpstreamConnectionError(
             f"cannot connect to {provider}: {exc.os_error.strerror or exc}", provider=provider
         )
+    # Connected, then dropped before an answer (reset, server disconnected): often a stale
+    # keep-alive connection, which one immediate retry fixes.
     return UpstreamConnectionError(
-        f"connection to {provider} failed: {type(exc).__name__}", provider=provider
+        f"connection to {provider} was dropped: {type(exc).__name__}",
+        provider=provider,
+        code="upstream_connection_reset",
     )
 
 

@@ -26,13 +26,13 @@ async def test_hanging_upstream_is_cut_at_the_deadline(
     make_gateway: Any, sdk_for: SdkFactory, fakes: Fakes
 ) -> None:
     fakes.openai.push(Hang(5.0))
-    sdk = sdk_for(await make_gateway(deadline_s=0.5))
+    sdk = sdk_for(await make_gateway(policy_for(fakes, routing={"default_deadline_s": 0.5})))
     started = time.perf_counter()
     with pytest.raises(openai.APIStatusError) as caught:
         await sdk.chat.completions.create(model="gpt", messages=HELLO)
     elapsed = time.perf_counter() - started
     assert caught.value.status_code == 504
-    assert caught.value.response.json()["error"]["code"] == "upstream_timeout"
+    assert caught.value.response.json()["error"]["code"] == "deadline_exceeded"
     assert elapsed < 2.0
 
 
@@ -40,7 +40,7 @@ async def test_hanging_stream_is_cut_at_the_deadline(
     make_gateway: Any, sdk_for: SdkFactory, fakes: Fakes
 ) -> None:
     fakes.anthropic.push(Hang(5.0))
-    sdk = sdk_for(await make_gateway(deadline_s=0.5))
+    sdk = sdk_for(await make_gateway(policy_for(fakes, routing={"default_deadline_s": 0.5})))
     with pytest.raises(openai.APIStatusError) as caught:
         await sdk.chat.completions.create(model="claude", messages=HELLO, stream=True)
     assert caught.value.status_code == 504

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,11 @@ class Blocked:
 
 
 @dataclass(frozen=True)
+class Drop:
+    """Accept the request, then close the connection without a byte of answer (a reset)."""
+
+
+@dataclass(frozen=True)
 class Hang:
     """Wait ``seconds`` before answering with ``then``."""
 
@@ -63,7 +69,21 @@ class Hang:
     then: Any = field(default_factory=Ok)
 
 
-Behaviour = Ok | Fail | Malformed | CutStream | Blocked | Hang
+Behaviour = Ok | Fail | Malformed | CutStream | Blocked | Hang | Drop
+
+
+class _Dropped(Exception):
+    """Raised inside a handler after the connection was aborted on purpose."""
+
+
+@web.middleware
+async def _drop_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except _Dropped:
+        return web.Response(status=499)  # never sent: the transport is gone
 
 
 @dataclass
@@ -91,7 +111,7 @@ class FakeProvider:
         raise NotImplementedError
 
     async def start(self) -> str:
-        app = web.Application()
+        app = web.Application(middlewares=[_drop_middleware])
         app.add_routes(self.routes())
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
@@ -137,6 +157,10 @@ class FakeProvider:
         while isinstance(behaviour, Hang):
             await asyncio.sleep(behaviour.seconds)
             behaviour = behaviour.then
+        if isinstance(behaviour, Drop):
+            if request.transport is not None:
+                request.transport.abort()
+            raise _Dropped
         return body, behaviour
 
 

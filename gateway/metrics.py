@@ -1,0 +1,56 @@
+"""Prometheus metrics, in a registry per application (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
+
+
+class Metrics:
+    """Every metric the gateway exports; ``registry`` is what ``/metrics`` renders."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gateway_requests",
+            "Requests answered",
+            ["route", "provider", "status", "source"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "gateway_attempts", "Calls to providers", ["provider", "model", "outcome"], registry=r
+        )
+        self.fallbacks = Counter(
+            "gateway_fallbacks",
+            "Moves to another candidate after a failure",
+            ["from_provider", "to_provider", "reason"],
+            registry=r,
+        )
+        self.drift = Counter(
+            "gateway_version_drift",
+            "Answers served by another version than the pin",
+            ["model", "pinned", "served"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "gateway_breaker_state",
+            "Breaker state: 0 closed, 1 half-open, 2 open",
+            ["key"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "gateway_request_duration_seconds",
+            "Total request time",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "gateway_overhead_seconds",
+            "Gateway time excluding providers",
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
