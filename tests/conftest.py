@@ -19,6 +19,8 @@ from tests.fakes.gemini import FakeGemini
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeOpenAI
 
+pytest_plugins = ["tests.worlds"]
+
 TEAM_KEY = "sk-team-alpha-0123456789"
 EU_TEAM_KEY = "sk-team-eu-0123456789"
 LIMITED_TEAM_KEY = "sk-team-limited-0123456789"
