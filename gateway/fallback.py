@@ -61,6 +61,7 @@ class Outcome(Generic[T]):
     value: T
     served_model: str
     discard: Callable[[], Awaitable[None]] | None = None
+    wire_s: float | None = None  # time on the wire, when the pool measured it
 
 
 class VersionDrift(UpstreamError):
@@ -145,7 +146,8 @@ async def run_attempts(
                     queue = _prefer_other_family(queue, candidate.provider.family_name)
                     continue
                 elapsed = time.perf_counter() - sent
-                ctx.upstream_s += elapsed
+                # Only time on the wire counts as upstream: translating is the gateway's work.
+                ctx.upstream_s += elapsed if outcome.wire_s is None else outcome.wire_s
                 _record(runtime, ctx, candidate, "ok", elapsed, served=outcome.served_model)
                 for key in keys:
                     board.record_success(key)

@@ -91,7 +91,7 @@ async def _answer(
 
     async def complete(candidate: Candidate) -> Outcome[Completion]:
         completion = await runtime.pool.complete(candidate.target, ctx.chat)
-        return Outcome(completion, completion.served_model)
+        return Outcome(completion, completion.served_model, wire_s=completion.wire_s)
 
     completion, candidate = await run_attempts(runtime, ctx, plan, complete)
     for interceptor in runtime.interceptors:

@@ -81,6 +81,7 @@ class Completion:
     served_model: str  # the upstream version that actually answered
     usage: Usage
     finish_reason: str | None
+    wire_s: float = 0.0  # time on the wire: request sent to body read (set by the pool)
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,7 +96,8 @@ class OpenAIAdapter:
         if finish_reason == "content_filter" and not message.get("content"):
             raise ContentBlocked(f"{target.provider} filtered the answer", provider=target.provider)
         usage = _usage(payload.get("usage"))
-        payload.setdefault("id", new_completion_id())
+        if "id" not in payload:
+            payload["id"] = new_completion_id()
         payload["object"] = "chat.completion"
         payload["usage"] = usage.to_openai()
         return Completion(

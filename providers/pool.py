@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,7 @@ class ProviderPool:
         member = self._member(target.provider)
         upstream = member.adapter.build_request(request, target)
         async with member.semaphore:
+            sent = time.perf_counter()
             try:
                 async with asyncio.timeout(member.endpoint.total_timeout):
                     async with _send(member, upstream) as response:
@@ -112,12 +114,15 @@ class ProviderPool:
                 raise _redacted(exc, target) from exc.__cause__
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise _redacted(_transport_error(exc, target.provider), target) from exc
+        wire_s = time.perf_counter() - sent
         if status >= 400:
             raise _redacted(member.adapter.classify_error(status, headers, body, target), target)
         try:
-            return member.adapter.parse_response(body, target)
+            completion = member.adapter.parse_response(body, target)
         except UpstreamError as exc:
             raise _redacted(exc, target) from exc.__cause__
+        completion.wire_s = wire_s
+        return completion
 
     @contextlib.asynccontextmanager
     async def stream(self, target: Target, request: ChatRequest) -> AsyncIterator[UpstreamStream]:
