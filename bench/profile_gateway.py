@@ -30,7 +30,7 @@ from bench.overhead import (
 )
 
 
-def profile(seconds: float, out: Path, top: int) -> None:
+def profile(seconds: float, out: Path, top: int, connections: int = 1) -> None:
     with tempfile.TemporaryDirectory(prefix="gw-prof-") as tmp:
         procs = Procs(Path(tmp))
         loadgen = LoadGen(Path(tmp))
@@ -45,8 +45,11 @@ def profile(seconds: float, out: Path, top: int) -> None:
             launcher = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "gateway"]
             url = start_gateway(procs, port, launcher)
             asyncio.run(_check({"c": url}))
-            result = loadgen.run(url, 1, seconds)
-            print(f"profiled load: {result.requests} requests, {result.rps:.0f} req/s (c=1)")
+            result = loadgen.run(url, connections, seconds)
+            print(
+                f"profiled load: {result.requests} requests, {result.rps:.0f} req/s "
+                f"(c={connections})"
+            )
             gateway = procs.procs[-1][1]
             gateway.send_signal(signal.SIGINT)
             try:
@@ -66,9 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/gw.prof"))
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--connections", type=int, default=1)
     args = parser.parse_args(argv)
     try:
-        profile(args.seconds, args.out, args.top)
+        profile(args.seconds, args.out, args.top, args.connections)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -93,6 +93,11 @@ class BreakerBoard:
         return {key: self.state(key) for key in self._breakers}
 
     # -- probes ---------------------------------------------------------------------------
+    def probing_due(self, key: str) -> bool:
+        """Whether a request to ``key`` would be a half-open probe (cheap, synchronous)."""
+        breaker = self._breakers.get(key)
+        return breaker is not None and breaker.state != CLOSED
+
     async def acquire_probe(self, key: str) -> bool:
         """For a half-open breaker: may this request be the probe?"""
         breaker = self._breakers.get(key)

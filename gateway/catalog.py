@@ -87,7 +87,6 @@ class Catalog:
                 first_byte_timeout=p.timeouts.first_byte,
                 total_timeout=p.timeouts.total,
                 max_connections=p.max_connections,
-                max_concurrency=p.max_concurrency,
             )
             for p in policy.providers
         )

@@ -106,7 +106,9 @@ async def run_attempts(
                     )
                     continue
                 keys = breaker_keys(candidate)
-                if not all([await board.acquire_probe(key) for key in keys]):
+                if not all(
+                    [await board.acquire_probe(key) for key in keys if board.probing_due(key)]
+                ):
                     decision.events.append(
                         {"type": "skipped", "model": candidate.model.name, "reason": "probe taken"}
                     )
@@ -266,7 +268,8 @@ def _record(
             detail=detail,
         )
     )
-    runtime.metrics.attempts.labels(candidate.provider.name, candidate.model.name, outcome).inc()
+    metrics = runtime.metrics
+    metrics.child(metrics.attempts, candidate.provider.name, candidate.model.name, outcome).inc()
 
 
 def _summary(ctx: RequestContext) -> str:

@@ -106,8 +106,10 @@ def _record(runtime: Runtime, ctx: RequestContext) -> None:
     runtime.decisions.record(decision)
     metrics = runtime.metrics
     provider = decision.attempts[-1].provider if decision.attempts else "none"
-    metrics.requests.labels(decision.route, provider, str(decision.status), "provider").inc()
-    metrics.duration.labels(decision.route).observe(decision.total_ms / 1000)
+    metrics.child(
+        metrics.requests, decision.route, provider, str(decision.status), "provider"
+    ).inc()
+    metrics.child(metrics.duration, decision.route).observe(decision.total_ms / 1000)
     metrics.overhead.observe(decision.overhead_ms / 1000)
 
 

@@ -46,8 +46,8 @@ class _ProviderBase(_Model):
     family: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
+    # Connections to this provider, which is also its concurrency cap: more requests queue.
     max_connections: int = Field(default=100, ge=1)
-    max_concurrency: int = Field(default=256, ge=1)
 
     @field_validator("base_url")
     @classmethod

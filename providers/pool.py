@@ -7,7 +7,6 @@ into the gateway's error tree. Adapters stay pure; this module does their I/O.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -23,7 +22,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 
-from .base import Completion, ProviderAdapter, StreamEvent, StreamState, Target, UpstreamRequest
+from .base import Completion, ProviderAdapter, StreamEvent, StreamState, Target
 from .registry import adapter_for
 from .schema import ChatRequest
 
@@ -38,34 +37,44 @@ class Endpoint:
     first_byte_timeout: float = 60.0
     total_timeout: float = 300.0
     max_connections: int = 100
-    max_concurrency: int = 256
 
 
 class _Member:
-    __slots__ = ("adapter", "endpoint", "semaphore", "session")
+    __slots__ = ("adapter", "endpoint", "session", "stream_timeout")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.adapter: ProviderAdapter = adapter_for(endpoint.kind)
-        self.semaphore = asyncio.Semaphore(endpoint.max_concurrency)
         self.session: aiohttp.ClientSession | None = None
+        # A stream may run as long as it keeps sending: no total, an idle (sock_read) limit.
+        self.stream_timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=endpoint.connect_timeout,
+            sock_connect=endpoint.connect_timeout,
+            sock_read=endpoint.first_byte_timeout,
+        )
 
     def open(self) -> None:
         ep = self.endpoint
+        # The connector's limit is the provider's concurrency cap: requests beyond it queue
+        # (within their deadline) instead of opening more connections.
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=ep.max_connections, limit_per_host=ep.max_connections, ttl_dns_cache=300
             ),
             timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=ep.connect_timeout,
+                total=ep.total_timeout,
                 sock_connect=ep.connect_timeout,
                 sock_read=ep.first_byte_timeout,
             ),
-            auto_decompress=True,
-            raise_for_status=False,
-            skip_auto_headers=("User-Agent",),
         )
+
+    def started(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            raise UpstreamConnectionError(
+                f"the pool is not started for {self.endpoint.name}", provider=self.endpoint.name
+            )
+        return self.session
 
 
 class ProviderPool:
@@ -101,19 +110,18 @@ class ProviderPool:
     async def complete(self, target: Target, request: ChatRequest) -> Completion:
         """One non-streaming attempt. Raises an ``UpstreamError`` subclass on any failure."""
         member = self._member(target.provider)
+        session = member.started()
         upstream = member.adapter.build_request(request, target)
-        async with member.semaphore:
-            sent = time.perf_counter()
-            try:
-                async with asyncio.timeout(member.endpoint.total_timeout):
-                    async with _send(member, upstream) as response:
-                        body = await response.read()
-                        status = response.status
-                        headers = response.headers
-            except UpstreamError as exc:
-                raise _redacted(exc, target) from exc.__cause__
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise _redacted(_transport_error(exc, target.provider), target) from exc
+        sent = time.perf_counter()
+        try:
+            async with session.request(
+                upstream.method, upstream.url, data=upstream.body, headers=upstream.headers
+            ) as response:
+                body = await response.read()
+                status = response.status
+                headers = response.headers
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise _redacted(_transport_error(exc, target.provider), target) from exc
         wire_s = time.perf_counter() - sent
         if status >= 400:
             raise _redacted(member.adapter.classify_error(status, headers, body, target), target)
@@ -131,24 +139,30 @@ class ProviderPool:
         Errors before the first event raise here; later ones while iterating the stream.
         """
         member = self._member(target.provider)
+        session = member.started()
         upstream = member.adapter.build_request(request, target)
         opened = False
-        async with member.semaphore:
-            try:
-                async with _send(member, upstream) as response:
-                    if response.status >= 400:
-                        body = await response.read()
-                        raise member.adapter.classify_error(
-                            response.status, response.headers, body, target
-                        )
-                    opened = True
-                    yield UpstreamStream(member.adapter, target, response)
-            except UpstreamError as exc:
-                raise _redacted(exc, target) from exc.__cause__
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                if opened:
-                    raise  # raised by the caller's body (e.g. writing to its client), not ours
-                raise _redacted(_transport_error(exc, target.provider), target) from exc
+        try:
+            async with session.request(
+                upstream.method,
+                upstream.url,
+                data=upstream.body,
+                headers=upstream.headers,
+                timeout=member.stream_timeout,
+            ) as response:
+                if response.status >= 400:
+                    body = await response.read()
+                    raise member.adapter.classify_error(
+                        response.status, response.headers, body, target
+                    )
+                opened = True
+                yield UpstreamStream(member.adapter, target, response)
+        except UpstreamError as exc:
+            raise _redacted(exc, target) from exc.__cause__
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if opened:
+                raise  # raised by the caller's body (e.g. writing to its client), not ours
+            raise _redacted(_transport_error(exc, target.provider), target) from exc
 
 
 class UpstreamStream:
@@ -177,21 +191,6 @@ class UpstreamStream:
             f"{self.target.provider} ended the stream before its final event",
             provider=self.target.provider,
         )
-
-
-@contextlib.asynccontextmanager
-async def _send(
-    member: _Member, upstream: UpstreamRequest
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    session = member.session
-    if session is None:
-        raise UpstreamConnectionError(
-            f"the pool is not started for {member.endpoint.name}", provider=member.endpoint.name
-        )
-    async with session.request(
-        upstream.method, upstream.url, data=upstream.body, headers=dict(upstream.headers)
-    ) as response:
-        yield response
 
 
 async def _sse(response: aiohttp.ClientResponse) -> AsyncIterator[StreamEvent]:
