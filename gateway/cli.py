@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -51,6 +52,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(args)
 
 
+def _tune_gc(gen0_threshold: int) -> None:
+    """Tune the collector for a long-running server (measured: bench/README.md).
+
+    Every request allocates a few hundred short-lived container objects; with CPython's default
+    threshold of 700 the young generation is collected every couple of requests and the full
+    collections walk every module object loaded at start-up: 18 % of the CPU under load.
+    Freezing what start-up built and raising the young threshold cuts that to ~1 %.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, gen1, gen2)
+
+
 def _check_config(path: Path) -> int:
     try:
         policy = load_policy(path)
@@ -82,6 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import create_app  # after validation: a bad config fails fast, before imports
 
     app = create_app(settings, policy)
+    _tune_gc(settings.gc_gen0_threshold)
     if not args.local_model:
         web.run_app(app, host=settings.host, port=settings.port, access_log=None)
         return 0

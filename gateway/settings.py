@@ -24,3 +24,4 @@ class Settings(BaseSettings):
     alert_webhook_url: str | None = None
     qdrant_url: str | None = None
     log_level: str = "INFO"
+    gc_gen0_threshold: int = Field(default=10_000, ge=100, description="see cli._tune_gc")
