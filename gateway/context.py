@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cache.embedder import Embedder, Vector
 from providers.base import Completion
-from providers.schema import ChatRequest
+from providers.schema import ChatRequest, content_text
 
 from .catalog import Route
 from .decisions import Decision
 from .policy import TeamConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -27,11 +31,43 @@ class RequestContext:
     deadline: float  # event-loop time by which the request must be answered
     deadline_s: float
     decision: Decision
+    embedder: Embedder | None = None
     upstream_s: float = 0.0  # time spent waiting on providers
     notes: dict[str, Any] = field(default_factory=dict)
+    # Response headers set by stages (x-gateway-cache, x-gateway-source, ...).
+    headers: dict[str, str] = field(default_factory=dict)
+    _embedding: Vector | None = None
+    _embedded: bool = False
 
     def overhead_ms(self) -> float:
         return (time.perf_counter() - self.started - self.upstream_s) * 1000
+
+    @property
+    def query_text(self) -> str:
+        """The final user turn's text: what the cache and the knowledge base look up."""
+        for message in reversed(self.chat.messages):
+            if message.role == "user":
+                return content_text(message.content)
+        return ""
+
+    async def query_embedding(self) -> Vector | None:
+        """The final user turn's embedding, computed at most once per request.
+
+        ``None`` without an embedder, for an empty query, or when the embedder fails (the
+        failure is logged; the request goes on uncached: fail-open).
+        """
+        if self._embedded:
+            return self._embedding
+        self._embedded = True
+        text = self.query_text
+        if self.embedder is None or not text:
+            return None
+        try:
+            self._embedding = await self.embedder.embed(text)
+        except Exception:  # any embedder failure: answer uncached rather than fail
+            log.exception("embedding failed for request %s; continuing without", self.request_id)
+            self.notes["embedding_failed"] = True
+        return self._embedding
 
 
 class Interceptor(Protocol):

@@ -21,6 +21,8 @@ def gateway_headers(
         "x-gateway-model": completion.served_model,
         "x-gateway-overhead-ms": f"{ctx.overhead_ms():.3f}",
     }
+    if ctx.headers:
+        headers.update(ctx.headers)
     if candidate is not None:
         decision = ctx.decision
         headers["x-gateway-provider"] = candidate.provider.name
