@@ -95,8 +95,9 @@ class DecisionLog:
 
     def record(self, decision: Decision) -> None:
         self._recent.append(decision)
-        if log.isEnabledFor(logging.INFO):
-            log.info(orjson.dumps(decision.to_dict()).decode())
+        # DEBUG: a JSON line per request is for a log pipeline that asks for it, not the console.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(orjson.dumps(decision.to_dict()).decode())
 
     def recent(self, limit: int = 100) -> list[Decision]:
         return list(self._recent)[-limit:]
