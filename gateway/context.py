@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +32,8 @@ class RequestContext:
     deadline: float  # event-loop time by which the request must be answered
     deadline_s: float
     decision: Decision
+    request_headers: Mapping[str, str] = field(default_factory=dict)
+    allowed_regions: list[str] | None = None  # the team's, narrowed by x-gateway-regions
     embedder: Embedder | None = None
     upstream_s: float = 0.0  # time spent waiting on providers
     notes: dict[str, Any] = field(default_factory=dict)

@@ -51,6 +51,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.cache_lookups = Counter(
+            "gateway_cache_lookups", "Cache lookups by result", ["result"], registry=r
+        )
+        self.cache_errors = Counter(
+            "gateway_cache_errors", "Cache store or embedder failures (answered uncached)",
+            ["operation"], registry=r,
+        )
         self.overhead = Histogram(
             "gateway_overhead_seconds",
             "Gateway time excluding providers",

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .cache_config import CacheConfig
 from .validation import describe
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
@@ -248,6 +249,7 @@ class Policy(_Model):
     routes: list[RouteConfig] = Field(default_factory=list)
     teams: list[TeamConfig] = Field(min_length=1)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    cache: CacheConfig | None = None  # absent: no semantic cache
 
     @model_validator(mode="after")
     def _references(self) -> Policy:

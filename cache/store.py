@@ -1,0 +1,280 @@
+"""Cache storage: Redis is the source of truth; an in-process store stands in without Redis.
+
+Layout under ``<prefix>:c`` (prefix per deployment):
+
+    e:<id>         hash   scope, team, route, query, answer (JSON), vec (float32), created, hits,
+                          fp (knowledge chunks used), state (hit-policy state); expires with the TTL
+    x:<exact>      string entry id for the exact fast path; same TTL
+    s:<scope>      zset   entry ids by last use: the per-scope LRU cap
+    team:<t>, route:<r>   sets of scopes, for invalidation by team or route
+    chunk:<id>     set    entries built on a knowledge chunk, for invalidation on re-ingest
+    events         stream add / del / scope events that keep every replica's index in sync
+    config         hash   run-time settings per team, route and default (JSON)
+
+Every call may raise ``CacheUnavailable``; the cache stage treats that as a miss (fail-open).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .embedder import Vector
+
+
+class CacheUnavailable(Exception):
+    """The store could not be reached; the caller answers uncached."""
+
+
+@dataclass(slots=True)
+class Entry:
+    """One cached answer and what it was looked up by."""
+
+    id: int
+    scope: str
+    team: str
+    route: str
+    query: str
+    answer: dict[str, Any]  # the OpenAI chat.completion body
+    vector: Vector | None
+    created: float = field(default_factory=time.time)
+    hits: int = 0
+    fingerprint: list[str] = field(default_factory=list)
+    state: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    op: str  # "add" | "del" | "scope" | "all"
+    id: int = 0
+    scope: str = ""
+
+
+class Store(Protocol):
+    async def exact(self, key: str) -> Entry | None: ...
+    async def get(self, entry_id: int) -> Entry | None: ...
+    async def put(self, entry: Entry, exact_key: str, ttl_s: float, cap: int) -> list[int]: ...
+    async def touch(self, entry: Entry) -> None: ...
+    async def save_state(self, entry_id: int, state: bytes) -> None: ...
+    async def invalidate(
+        self, *, team: str | None, route: str | None, chunks: Iterable[str] | None
+    ) -> int: ...
+    def entries(self) -> AsyncIterator[Entry]: ...
+    async def events(self, after: str, block_ms: int) -> tuple[str, list[Event]]: ...
+    async def latest_event(self) -> str: ...
+    async def get_config(self) -> dict[str, dict[str, Any]]: ...
+    async def set_config(self, key: str, values: dict[str, Any] | None) -> None: ...
+    async def close(self) -> None: ...
+
+
+def _encode(entry: Entry) -> dict[str, bytes | str | float | int]:
+    return {
+        "scope": entry.scope,
+        "team": entry.team,
+        "route": entry.route,
+        "query": entry.query,
+        "answer": orjson.dumps(entry.answer),
+        "vec": entry.vector.astype(np.float32).tobytes() if entry.vector is not None else b"",
+        "created": entry.created,
+        "hits": entry.hits,
+        "fp": orjson.dumps(entry.fingerprint),
+        "state": entry.state,
+    }
+
+
+def _decode(entry_id: int, raw: dict[bytes, bytes]) -> Entry | None:
+    try:
+        vec = raw.get(b"vec", b"")
+        return Entry(
+            id=entry_id,
+            scope=raw[b"scope"].decode(),
+            team=raw[b"team"].decode(),
+            route=raw[b"route"].decode(),
+            query=raw[b"query"].decode(),
+            answer=orjson.loads(raw[b"answer"]),
+            vector=np.frombuffer(vec, dtype=np.float32).copy() if vec else None,
+            created=float(raw[b"created"]),
+            hits=int(raw.get(b"hits", b"0")),
+            fingerprint=orjson.loads(raw.get(b"fp", b"[]")),
+            state=raw.get(b"state", b""),
+        )
+    except (KeyError, ValueError, orjson.JSONDecodeError):
+        return None  # a half-written or foreign key: treat as absent
+
+
+class RedisStore:
+    """The shared store. Writes that follow a response run in the background of the request."""
+
+    def __init__(self, url: str, *, prefix: str = "gw", timeout_s: float = 0.25) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self._reader = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s)
+        self.p = f"{prefix}:c"
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError) as exc:
+            raise CacheUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def exact(self, key: str) -> Entry | None:
+        found = await self._call(self._redis.get(f"{self.p}:x:{key}"))
+        return await self.get(int(found)) if found else None
+
+    async def get(self, entry_id: int) -> Entry | None:
+        raw = await self._call(self._redis.hgetall(f"{self.p}:e:{entry_id}"))
+        return _decode(entry_id, raw) if raw else None
+
+    async def put(self, entry: Entry, exact_key: str, ttl_s: float, cap: int) -> list[int]:
+        p, ttl = self.p, max(1, int(ttl_s))
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(f"{p}:e:{entry.id}", mapping=_encode(entry))  # type: ignore[arg-type]
+        pipe.expire(f"{p}:e:{entry.id}", ttl)
+        pipe.set(f"{p}:x:{exact_key}", entry.id, ex=ttl)
+        pipe.zadd(f"{p}:s:{entry.scope}", {str(entry.id): time.time()})
+        pipe.sadd(f"{p}:team:{entry.team}", entry.scope)
+        pipe.sadd(f"{p}:route:{entry.route}", entry.scope)
+        for chunk in entry.fingerprint:
+            pipe.sadd(f"{p}:chunk:{chunk.partition(':')[0]}", entry.id)
+        pipe.xadd(
+            f"{p}:events",
+            {"op": "add", "id": entry.id, "scope": entry.scope},
+            maxlen=100_000,
+            approximate=True,
+        )
+        pipe.zcard(f"{p}:s:{entry.scope}")
+        results = await self._call(pipe.execute())
+        over = int(results[-1]) - cap
+        if over <= 0:
+            return []
+        evicted = await self._call(self._redis.zpopmin(f"{p}:s:{entry.scope}", over))
+        ids = [int(member) for member, _ in evicted]
+        await self._delete(ids, entry.scope)
+        return ids
+
+    async def _delete(self, ids: list[int], scope: str) -> None:
+        if not ids:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id in ids:
+            pipe.delete(f"{self.p}:e:{entry_id}")
+            pipe.zrem(f"{self.p}:s:{scope}", entry_id)
+            pipe.xadd(
+                f"{self.p}:events",
+                {"op": "del", "id": entry_id, "scope": scope},
+                maxlen=100_000,
+                approximate=True,
+            )
+        await self._call(pipe.execute())
+
+    async def touch(self, entry: Entry) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(f"{self.p}:s:{entry.scope}", {str(entry.id): time.time()}, xx=True)
+        pipe.hincrby(f"{self.p}:e:{entry.id}", "hits", 1)
+        await self._call(pipe.execute())
+
+    async def save_state(self, entry_id: int, state: bytes) -> None:
+        key = f"{self.p}:e:{entry_id}"
+        # Only if the entry still exists: never resurrect an evicted entry as a stub.
+        if await self._call(self._redis.exists(key)):
+            await self._call(self._redis.hset(key, "state", state))
+
+    async def invalidate(
+        self,
+        *,
+        team: str | None = None,
+        route: str | None = None,
+        chunks: Iterable[str] | None = None,
+    ) -> int:
+        p, removed = self.p, 0
+        if chunks is not None:
+            for chunk in chunks:
+                ids = await self._call(self._redis.smembers(f"{p}:chunk:{chunk}"))
+                for raw in ids:
+                    entry = await self.get(int(raw))
+                    if entry is not None:
+                        await self._delete([entry.id], entry.scope)
+                        removed += 1
+                await self._call(self._redis.delete(f"{p}:chunk:{chunk}"))
+            return removed
+        if team is None and route is None:
+            scopes = [key.decode().split(":s:", 1)[1] async for key in self._scan(f"{p}:s:*")]
+        else:
+            sets = [f"{p}:team:{team}"] if team else []
+            sets += [f"{p}:route:{route}"] if route else []
+            members = await self._call(self._redis.sinter(sets))
+            scopes = [m.decode() for m in members]
+        for scope in scopes:
+            ids = [int(m) for m in await self._call(self._redis.zrange(f"{p}:s:{scope}", 0, -1))]
+            pipe = self._redis.pipeline(transaction=False)
+            for entry_id in ids:
+                pipe.delete(f"{p}:e:{entry_id}")
+            pipe.delete(f"{p}:s:{scope}")
+            pipe.xadd(
+                f"{p}:events",
+                {"op": "scope", "id": 0, "scope": scope},
+                maxlen=100_000,
+                approximate=True,
+            )
+            await self._call(pipe.execute())
+            removed += len(ids)
+        return removed
+
+    async def _scan(self, pattern: str) -> AsyncIterator[bytes]:
+        try:
+            async for key in self._redis.scan_iter(match=pattern, count=1000):
+                yield key
+        except (RedisError, OSError) as exc:
+            raise CacheUnavailable(str(exc)) from exc
+
+    async def entries(self) -> AsyncIterator[Entry]:
+        async for key in self._scan(f"{self.p}:e:*"):
+            entry = await self.get(int(key.decode().rsplit(":", 1)[1]))
+            if entry is not None:
+                yield entry
+
+    async def events(self, after: str, block_ms: int) -> tuple[str, list[Event]]:
+        try:
+            found: Any = await self._reader.xread(
+                {f"{self.p}:events": after}, count=1000, block=block_ms
+            )
+        except (RedisError, OSError) as exc:
+            raise CacheUnavailable(str(exc)) from exc
+        events, last = [], after
+        for _, items in found or []:
+            for event_id, fields in items:
+                last = event_id.decode()
+                events.append(
+                    Event(
+                        op=fields[b"op"].decode(),
+                        id=int(fields.get(b"id", b"0")),
+                        scope=fields.get(b"scope", b"").decode(),
+                    )
+                )
+        return last, events
+
+    async def latest_event(self) -> str:
+        found = await self._call(self._redis.xrevrange(f"{self.p}:events", count=1))
+        return found[0][0].decode() if found else "0-0"
+
+    async def get_config(self) -> dict[str, dict[str, Any]]:
+        raw = await self._call(self._redis.hgetall(f"{self.p}:config"))
+        return {k.decode(): orjson.loads(v) for k, v in raw.items()}
+
+    async def set_config(self, key: str, values: dict[str, Any] | None) -> None:
+        if values is None:
+            await self._call(self._redis.hdel(f"{self.p}:config", key))
+        else:
+            await self._call(self._redis.hset(f"{self.p}:config", key, orjson.dumps(values)))
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._reader.aclose()

@@ -1,0 +1,305 @@
+"""The semantic cache as a pipeline stage: exact path, then the request's scope index.
+
+``before`` answers from the cache or lets the request go on; ``after`` stores the provider's
+answer (in the background: the client never waits on Redis) and records verification outcomes.
+Isolation is structural: a lookup only ever searches the request's own scope (see cache/scope.py),
+and a fetched entry whose scope differs is never served. Redis or the embedder failing means
+"miss" plus a log line and a metric: the request is still answered (fail-open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any, Protocol
+
+from cache.embedder import Embedder
+from cache.guard import conflict
+from cache.index import ScopedIndexes
+from cache.scope import exact_key, normalise, scope_of
+from cache.store import CacheUnavailable, Entry, Store
+from providers.base import Completion, Usage, new_completion_id
+
+from .cache_config import CacheConfig, CacheSettings, effective
+from .context import RequestContext
+from .metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+CACHEABLE_FINISH = frozenset({"stop", "length"})
+
+
+class HitDecider(Protocol):
+    """When the nearest entry may be served (see cache/hits.py)."""
+
+    def decide(self, similarity: float, entry: Entry, settings: CacheSettings) -> str:
+        """``"hit"``, ``"verify"`` (ask the provider and compare) or ``"miss"``."""
+        ...
+
+    def observe(self, similarity: float, entry: Entry, correct: bool) -> bytes:
+        """Learn from a verification or client feedback; the entry's new state."""
+        ...
+
+
+class CacheStage:
+    """Interceptor: exact and semantic lookups in the request's isolation scope."""
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        store: Store,
+        embedder: Embedder,
+        decider: HitDecider,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.embedder = embedder
+        self.decider = decider
+        self.metrics = metrics
+        self.indexes = ScopedIndexes(embedder.dim)
+        self.runtime: dict[str, dict[str, Any]] = {}
+        self.healthy = True
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- the request path -----------------------------------------------------------------
+    def settings_for(self, ctx: RequestContext) -> CacheSettings:
+        return effective(self.config, self.runtime, team=ctx.team.name, route=ctx.route.name)
+
+    async def before(self, ctx: RequestContext) -> Completion | None:
+        settings = self.settings_for(ctx)
+        mode = (ctx.request_headers.get("x-gateway-cache") or "").strip().lower()
+        if reason := _bypass_reason(ctx, settings, mode):
+            ctx.notes["cache"] = "bypass"
+            ctx.headers["x-gateway-cache"] = "bypass"
+            self._count("bypass")
+            log.debug("cache bypass for %s: %s", ctx.request_id, reason)
+            return None
+        scope = scope_of(
+            team=ctx.team.name,
+            route=ctx.route.name,
+            chat=ctx.chat,
+            regions=ctx.allowed_regions,
+        )
+        ctx.notes["cache_scope"] = scope
+        ctx.notes["cache_settings"] = settings
+        ctx.headers["x-gateway-cache"] = "miss"
+        if mode == "refresh":
+            ctx.headers["x-gateway-cache"] = "refresh"
+            self._count("refresh")
+            return None
+        try:
+            answer = await self._lookup(ctx, scope, settings)
+        except CacheUnavailable as exc:
+            self._unavailable("lookup", exc)
+            return None
+        if answer is None:
+            self._count("miss")
+        return answer
+
+    async def _lookup(
+        self, ctx: RequestContext, scope: str, settings: CacheSettings
+    ) -> Completion | None:
+        query = ctx.query_text
+        entry = await self.store.exact(exact_key(scope, query))
+        if entry is not None and entry.scope == scope:
+            return self._serve(ctx, entry, 1.0, "exact")
+        vector = await ctx.query_embedding()
+        if vector is None:
+            return None
+        for key, similarity in self.indexes.nearest(scope, vector, 4):
+            entry = await self.store.get(key)
+            if entry is None:  # expired or evicted elsewhere
+                self.indexes.remove(key)
+                continue
+            if entry.scope != scope:  # defence in depth: never served across scopes
+                continue
+            if reason := conflict(query, entry.query):
+                ctx.decision.events.append({"type": "cache_guard", "reason": reason})
+                continue
+            verdict = self.decider.decide(similarity, entry, settings)
+            if verdict == "hit":
+                return self._serve(ctx, entry, similarity, "semantic")
+            if verdict == "verify":
+                ctx.notes["cache_verify"] = (entry, similarity)
+                self._count("verify")
+            return None  # the nearest eligible entry decides; farther ones are less alike
+        return None
+
+    def _serve(self, ctx: RequestContext, entry: Entry, similarity: float, kind: str) -> Completion:
+        body = dict(entry.answer)
+        body["id"] = new_completion_id()
+        body["created"] = int(time.time())
+        body["usage"] = Usage().to_openai()  # no tokens were spent
+        ctx.headers["x-gateway-cache"] = "hit"
+        ctx.headers["x-gateway-cache-similarity"] = f"{similarity:.4f}"
+        ctx.headers["x-gateway-source"] = "cache"
+        ctx.notes["cache"] = kind
+        ctx.decision.events.append(
+            {"type": "cache_hit", "kind": kind, "similarity": round(similarity, 4), "entry": entry.id}
+        )
+        self._count(f"hit_{kind}")
+        self._spawn(self.store.touch(entry))
+        served = str(body.get("model") or "cache")
+        choices = body.get("choices") or [{}]
+        return Completion(
+            body=body, served_model=served, usage=Usage(), finish_reason=choices[0].get("finish_reason")
+        )
+
+    async def after(self, ctx: RequestContext, completion: Completion) -> None:
+        scope = ctx.notes.get("cache_scope")
+        settings = ctx.notes.get("cache_settings")
+        if scope is None or not isinstance(settings, CacheSettings) or ctx.notes.get("cache") == "bypass":
+            return
+        self._spawn(self._store(ctx, scope, settings, completion, ctx.notes.get("cache_verify")))
+
+    async def _store(
+        self,
+        ctx: RequestContext,
+        scope: str,
+        settings: CacheSettings,
+        completion: Completion,
+        verify: tuple[Entry, float] | None,
+    ) -> None:
+        text = _answer_text(completion)
+        if text is None or completion.finish_reason not in CACHEABLE_FINISH:
+            return
+        try:
+            if verify is not None:
+                entry, similarity = verify
+                correct = await self._same_answer(text, _answer_text_of(entry.answer) or "")
+                state = self.decider.observe(similarity, entry, correct)
+                await self.store.save_state(entry.id, state)
+                ctx.decision.events.append({"type": "cache_verified", "correct": correct})
+                self._count("verified_correct" if correct else "verified_wrong")
+            vector = await ctx.query_embedding()
+            new = Entry(
+                id=random.getrandbits(63),
+                scope=scope,
+                team=ctx.team.name,
+                route=ctx.route.name,
+                query=ctx.query_text,
+                answer=completion.body,
+                vector=vector,
+                fingerprint=list(ctx.notes.get("knowledge_fingerprint") or ()),
+            )
+            evicted = await self.store.put(
+                new, exact_key(scope, new.query), settings.ttl_s, settings.max_entries_per_scope
+            )
+            if vector is not None:
+                self.indexes.add(scope, new.id, vector)
+            for old in evicted:
+                self.indexes.remove(old)
+        except CacheUnavailable as exc:
+            self._unavailable("store", exc)
+
+    async def _same_answer(self, fresh: str, cached: str) -> bool:
+        """Whether the provider's fresh answer says what the cached one says."""
+        if normalise(fresh) == normalise(cached):
+            return True
+        a, b = await asyncio.gather(self.embedder.embed(fresh), self.embedder.embed(cached))
+        return float(a @ b) >= 0.95
+
+    # -- background work ------------------------------------------------------------------
+    async def load(self) -> int:
+        """Build the indexes from the store (at start; requests miss until an entry is in)."""
+        loaded = 0
+        async for entry in self.store.entries():
+            if entry.vector is not None:
+                self.indexes.add(entry.scope, entry.id, entry.vector)
+                loaded += 1
+        return loaded
+
+    async def follow(self, stop: asyncio.Event) -> None:
+        """Keep the indexes in sync with the other replicas; survive Redis outages."""
+        last = "$"
+        while not stop.is_set():
+            try:
+                if last == "$":
+                    last = await self.store.latest_event()
+                    await self.load()
+                last, events = await self.store.events(last, block_ms=1000)
+                for event in events:
+                    await self._apply(event.op, event.id, event.scope)
+                self._recovered()
+            except CacheUnavailable as exc:
+                self._unavailable("sync", exc)
+                last = "$"  # reload once Redis is back: we may have missed events
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+    async def _apply(self, op: str, entry_id: int, scope: str) -> None:
+        if op == "add":
+            entry = await self.store.get(entry_id)
+            if entry is not None and entry.vector is not None:
+                self.indexes.add(entry.scope, entry.id, entry.vector)
+        elif op == "del":
+            self.indexes.remove(entry_id)
+        elif op == "scope":
+            self.indexes.drop_scope(scope)
+
+    async def refresh_config(self, stop: asyncio.Event, every_s: float = 2.0) -> None:
+        """Pick up run-time overrides set by ops on any replica."""
+        while not stop.is_set():
+            try:
+                self.runtime = await self.store.get_config()
+            except CacheUnavailable as exc:
+                self._unavailable("config", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every_s)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _count(self, result: str) -> None:
+        self.metrics.child(self.metrics.cache_lookups, result).inc()
+
+    def _unavailable(self, operation: str, exc: Exception) -> None:
+        self.metrics.child(self.metrics.cache_errors, operation).inc()
+        if self.healthy:
+            log.warning("cache store unavailable (%s: %s); answering uncached", operation, exc)
+        self.healthy = False
+
+    def _recovered(self) -> None:
+        if not self.healthy:
+            log.info("cache store is back")
+        self.healthy = True
+
+
+def _bypass_reason(ctx: RequestContext, settings: CacheSettings, mode: str) -> str | None:
+    if not settings.enabled:
+        return "disabled for this team or route"
+    if mode == "bypass":
+        return "x-gateway-cache: bypass"
+    temperature = ctx.chat.temperature
+    if temperature is not None and temperature > settings.max_temperature:
+        return f"temperature {temperature} above {settings.max_temperature}"
+    if not ctx.query_text:
+        return "no user turn to look up"
+    return None
+
+
+def _answer_text(completion: Completion) -> str | None:
+    return _answer_text_of(completion.body)
+
+
+def _answer_text_of(body: Mapping[str, Any]) -> str | None:
+    """The text of a plain answer; ``None`` for tool calls or anything else not cacheable."""
+    try:
+        message = body["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    if message.get("tool_calls") or not isinstance(message.get("content"), str):
+        return None
+    content: str = message["content"]
+    return content or None
