@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -49,7 +49,7 @@ def scope_of(
     team: str,
     route: str,
     chat: ChatRequest,
-    regions: Sequence[str] | None,
+    regions: Iterable[str] | None,
 ) -> str:
     """The isolation scope of ``chat``: a 32-hex-digit hash of every answer-changing part."""
     messages = list(chat.messages)

@@ -14,11 +14,14 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cache.embedder import Embedder
 from providers.pool import ProviderPool
 
 from .alerts import Alerts
 from .breakers import BreakerBoard
+from .caching import running_cache
 from .catalog import Catalog
+from .context import Interceptor
 from .decisions import DecisionLog
 from .errors import GatewayError, InvalidRequest, ModelNotFound
 from .metrics import Metrics
@@ -171,14 +174,22 @@ def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]
 
 
 def create_app(
-    settings: Settings, policy: Policy, environ: Mapping[str, str] | None = None
+    settings: Settings,
+    policy: Policy,
+    environ: Mapping[str, str] | None = None,
+    *,
+    embedder: Embedder | None = None,
 ) -> web.Application:
-    """The gateway application for ``policy``; provider keys come from ``environ``."""
+    """The gateway application for ``policy``; provider keys come from ``environ``.
+
+    ``embedder``: share an already loaded model (tests, several apps in one process).
+    """
     app = web.Application(
         middlewares=[error_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[RUNTIME] = build_runtime(settings, policy, os.environ if environ is None else environ)
+    app[RUNTIME].embedder = embedder
     app[STARTED] = int(time.time())
     app.cleanup_ctx.append(_lifetimes)
     app.add_routes(
@@ -196,16 +207,36 @@ def create_app(
 
 async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
+    policy = runtime.catalog.policy
     await runtime.pool.start()
-    sync = asyncio.create_task(_sync_shared_state(runtime), name="shared-state-sync")
-    yield
-    sync.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sync
+    async with contextlib.AsyncExitStack() as stack:
+        stages: list[Interceptor] = []
+        if policy.cache is not None and policy.cache.enabled:
+            if runtime.embedder is None:
+                runtime.embedder = await asyncio.to_thread(make_embedder, runtime.settings)
+                stack.push_async_callback(runtime.embedder.close)
+            stages.append(
+                await stack.enter_async_context(
+                    running_cache(policy.cache, runtime.settings, runtime.embedder, runtime.metrics)
+                )
+            )
+        runtime.interceptors = tuple(stages)
+        sync = asyncio.create_task(_sync_shared_state(runtime), name="shared-state-sync")
+        yield
+        sync.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sync
     await runtime.board.drain()
     await runtime.pool.close()
     await runtime.alerts.close()
     await runtime.shared.close()
+
+
+def make_embedder(settings: Settings) -> Embedder:
+    """The embedding model the cache and the knowledge base share."""
+    from cache.embedder import SentenceEmbedder
+
+    return SentenceEmbedder()
 
 
 async def _sync_shared_state(runtime: Runtime) -> None:

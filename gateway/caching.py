@@ -14,19 +14,21 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from typing import Any, Protocol
 
 from cache.embedder import Embedder
 from cache.guard import conflict
 from cache.index import ScopedIndexes
+from cache.local_store import LocalStore
 from cache.scope import exact_key, normalise, scope_of
-from cache.store import CacheUnavailable, Entry, Store
+from cache.store import CacheUnavailable, Entry, RedisStore, Store
 from providers.base import Completion, Usage, new_completion_id
 
 from .cache_config import CacheConfig, CacheSettings, effective
 from .context import RequestContext
 from .metrics import Metrics
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,21 @@ class HitDecider(Protocol):
     def observe(self, similarity: float, entry: Entry, correct: bool) -> bytes:
         """Learn from a verification or client feedback; the entry's new state."""
         ...
+
+
+class ThresholdDecider:
+    """One similarity threshold (``static_threshold``, default 0.9): what GPTCache and RedisVL
+    do, kept for ops who want it and as the baseline the learned policy is measured against."""
+
+    def __init__(self, default: float = 0.9) -> None:
+        self.default = default
+
+    def decide(self, similarity: float, entry: Entry, settings: CacheSettings) -> str:
+        threshold = settings.static_threshold or self.default
+        return "hit" if similarity >= threshold else "miss"
+
+    def observe(self, similarity: float, entry: Entry, correct: bool) -> bytes:
+        return entry.state
 
 
 class CacheStage:
@@ -140,20 +157,32 @@ class CacheStage:
         ctx.headers["x-gateway-source"] = "cache"
         ctx.notes["cache"] = kind
         ctx.decision.events.append(
-            {"type": "cache_hit", "kind": kind, "similarity": round(similarity, 4), "entry": entry.id}
+            {
+                "type": "cache_hit",
+                "kind": kind,
+                "similarity": round(similarity, 4),
+                "entry": entry.id,
+            }
         )
         self._count(f"hit_{kind}")
         self._spawn(self.store.touch(entry))
         served = str(body.get("model") or "cache")
         choices = body.get("choices") or [{}]
         return Completion(
-            body=body, served_model=served, usage=Usage(), finish_reason=choices[0].get("finish_reason")
+            body=body,
+            served_model=served,
+            usage=Usage(),
+            finish_reason=choices[0].get("finish_reason"),
         )
 
     async def after(self, ctx: RequestContext, completion: Completion) -> None:
         scope = ctx.notes.get("cache_scope")
         settings = ctx.notes.get("cache_settings")
-        if scope is None or not isinstance(settings, CacheSettings) or ctx.notes.get("cache") == "bypass":
+        if (
+            scope is None
+            or not isinstance(settings, CacheSettings)
+            or ctx.notes.get("cache") == "bypass"
+        ):
             return
         self._spawn(self._store(ctx, scope, settings, completion, ctx.notes.get("cache_verify")))
 
@@ -303,3 +332,31 @@ def _answer_text_of(body: Mapping[str, Any]) -> str | None:
         return None
     content: str = message["content"]
     return content or None
+
+
+@contextlib.asynccontextmanager
+async def running_cache(
+    config: CacheConfig,
+    settings: Settings,
+    embedder: Embedder,
+    metrics: Metrics,
+) -> AsyncIterator[CacheStage]:
+    """A cache stage with its store and background sync, for the application's lifetime."""
+    store: Store = (
+        RedisStore(settings.redis_url, prefix=settings.redis_prefix)
+        if settings.redis_url
+        else LocalStore()
+    )
+    stage = CacheStage(config, store, embedder, ThresholdDecider(), metrics)
+    stop = asyncio.Event()
+    tasks = [
+        asyncio.create_task(stage.follow(stop), name="cache-index-sync"),
+        asyncio.create_task(stage.refresh_config(stop), name="cache-config-sync"),
+    ]
+    try:
+        yield stage
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await stage.drain()
+        await store.close()

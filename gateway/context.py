@@ -33,7 +33,7 @@ class RequestContext:
     deadline_s: float
     decision: Decision
     request_headers: Mapping[str, str] = field(default_factory=dict)
-    allowed_regions: list[str] | None = None  # the team's, narrowed by x-gateway-regions
+    allowed_regions: frozenset[str] | None = None  # the team's, narrowed by x-gateway-regions
     embedder: Embedder | None = None
     upstream_s: float = 0.0  # time spent waiting on providers
     notes: dict[str, Any] = field(default_factory=dict)

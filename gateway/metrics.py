@@ -55,8 +55,10 @@ class Metrics:
             "gateway_cache_lookups", "Cache lookups by result", ["result"], registry=r
         )
         self.cache_errors = Counter(
-            "gateway_cache_errors", "Cache store or embedder failures (answered uncached)",
-            ["operation"], registry=r,
+            "gateway_cache_errors",
+            "Cache store or embedder failures (answered uncached)",
+            ["operation"],
+            registry=r,
         )
         self.overhead = Histogram(
             "gateway_overhead_seconds",

@@ -24,8 +24,9 @@ from .errors import GatewayError, InvalidRequest, PayloadTooLarge
 from .fallback import Outcome, run_attempts
 from .policy import RoutingConfig
 from .responses import completion_response
+from .router import allowed_regions
 from .runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
-from .streaming import stream_answer
+from .streaming import replay_stream, stream_answer
 from .validation import describe
 
 _TASK_MAX = 64
@@ -41,6 +42,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     route = catalog.resolve_route(team, chat.model)
     task_type = _task_type(request, route.task_type)
     deadline_s = _deadline_s(request, routing)
+    requested = _requested_regions(request)
     ctx = RequestContext(
         request_id=request[REQUEST_ID],
         started=request[REQUEST_STARTED],
@@ -58,7 +60,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             strategy=route.strategy,
             stream=chat.stream,
         ),
+        request_headers=request.headers,
+        allowed_regions=allowed_regions(team.regions, requested),
+        embedder=runtime.embedder,
     )
+    ctx.notes["requested_regions"] = requested
     try:
         response = await _answer(request, runtime, ctx)
     except GatewayError as exc:
@@ -76,13 +82,16 @@ async def _answer(
 ) -> web.StreamResponse:
     for interceptor in runtime.interceptors:
         if (answer := await interceptor.before(ctx)) is not None:
+            ctx.decision.served_model = answer.served_model
+            if ctx.chat.stream:
+                return await replay_stream(request, ctx, answer)
             return completion_response(ctx, answer, None)
     plan = runtime.router.plan(
         ctx.route,
         ctx.team,
         ctx.chat,
         task_type=ctx.task_type,
-        regions=_requested_regions(request),
+        regions=ctx.notes["requested_regions"],
         strategy=ctx.route.strategy,
     )
     ctx.decision.candidates = plan.verdicts

@@ -89,7 +89,7 @@ class Router:
         regions: Sequence[str] | None = None,
         strategy: str = "priority",
     ) -> Plan:
-        allowed = _allowed_regions(team.regions, regions)
+        allowed = allowed_regions(team.regions, regions)
         prompt_tokens, output_tokens = estimate_tokens(chat)
         verdicts: list[CandidateVerdict] = []
         kept: list[Candidate] = []
@@ -187,7 +187,7 @@ class Router:
         return NEUTRAL_QUALITY if score is None else score
 
 
-def _allowed_regions(
+def allowed_regions(
     team_regions: list[str] | None, requested: Sequence[str] | None
 ) -> frozenset[str] | None:
     """The team's regions, narrowed (never widened) by the request's header."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from cache.embedder import Embedder
 from providers.pool import ProviderPool
 
 from .alerts import Alerts
@@ -31,6 +32,7 @@ class Runtime:
     metrics: Metrics
     decisions: DecisionLog
     interceptors: tuple[Interceptor, ...] = field(default_factory=tuple)
+    embedder: Embedder | None = None
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -100,16 +100,91 @@ async def stream_answer(
             headers={**SSE_HEADERS, **gateway_headers(ctx, served, candidate)}
         )
         await response.prepare(request)
+        transcript = _Transcript()
         try:
             for chunk in opened.held:
+                transcript.add(chunk)
                 await response.write(sse(chunk))
-            completed = await _relay(response, opened.chunks, upstream, ctx)
+            completed = await _relay(response, opened.chunks, upstream, ctx, transcript)
             if completed and ctx.chat.wants_stream_usage:
                 await response.write(sse(upstream.state.usage_chunk()))
             await response.write(DONE)
         except ConnectionResetError:
             log.info("client %s went away mid-stream", ctx.request_id)
             ctx.decision.events.append({"type": "client_disconnected"})
+            completed = False
+    if completed and (answer := transcript.completion(upstream, candidate.target.model)):
+        for interceptor in runtime.interceptors:
+            await interceptor.after(ctx, answer)
+    return response
+
+
+class _Transcript:
+    """The text of a streamed answer, so that later stages (the cache) see it whole."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.tool_calls = False
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("tool_calls"):
+                self.tool_calls = True
+            if content := delta.get("content"):
+                self.parts.append(content)
+
+    def completion(self, upstream: UpstreamStream, pinned: str) -> Completion | None:
+        if self.tool_calls or not self.parts:
+            return None
+        state = upstream.state
+        served = state.served_model or pinned
+        body = {
+            "id": state.id,
+            "object": "chat.completion",
+            "created": state.created,
+            "model": served,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(self.parts)},
+                    "logprobs": None,
+                    "finish_reason": state.finish_reason,
+                }
+            ],
+            "usage": state.usage.to_openai(),
+        }
+        return Completion(body, served, state.usage, state.finish_reason)
+
+
+async def replay_stream(
+    request: web.Request, ctx: RequestContext, answer: Completion
+) -> web.StreamResponse:
+    """A complete answer (from the cache or the knowledge base) sent as OpenAI SSE chunks."""
+    response = web.StreamResponse(headers={**SSE_HEADERS, **gateway_headers(ctx, answer, None)})
+    await response.prepare(request)
+    body = answer.body
+    base = {
+        "id": body.get("id"),
+        "object": "chat.completion.chunk",
+        "created": body.get("created"),
+        "model": answer.served_model,
+    }
+    message = body["choices"][0]["message"]
+    text = message.get("content") or ""
+    pieces = [text[i : i + 64] for i in range(0, len(text), 64)] or [""]
+    try:
+        for i, piece in enumerate(pieces):
+            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+            await response.write(sse({**base, "choices": [choice]}))
+        finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": answer.finish_reason}
+        await response.write(sse({**base, "choices": [finish]}))
+        if ctx.chat.wants_stream_usage:
+            await response.write(sse({**base, "choices": [], "usage": answer.usage.to_openai()}))
+        await response.write(DONE)
+    except ConnectionResetError:
+        log.info("client %s went away mid-stream", ctx.request_id)
     return response
 
 
@@ -118,6 +193,7 @@ async def _relay(
     chunks: AsyncIterator[dict[str, Any]],
     upstream: UpstreamStream,
     ctx: RequestContext,
+    transcript: _Transcript,
 ) -> bool:
     """Copy the rest of the stream; an upstream failure becomes an error event, not a splice.
 
@@ -125,6 +201,7 @@ async def _relay(
     """
     try:
         async for chunk in chunks:
+            transcript.add(chunk)
             await response.write(sse(chunk))
     except UpstreamError as exc:
         log.warning(
