@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
+from gateway.localmodel import free_port
 from gateway.policy import Policy, hash_key
 from gateway.settings import Settings
 from tests.fakes.anthropic import FakeAnthropic
@@ -121,8 +127,15 @@ GatewayFactory = Callable[..., Any]
 def make_gateway(aiohttp_client: Callable[..., Any], fakes: Fakes) -> Callable[..., Any]:
     """Build an in-process gateway on the fakes; keyword arguments override Settings fields."""
 
-    async def build(policy: Policy | None = None, **settings: Any) -> TestClient[Any, Any]:
-        app = create_app(Settings(**settings), policy or policy_for(fakes), environ=PROVIDER_KEYS)
+    async def build(
+        policy: Policy | None = None, *, embedder: Any = None, **settings: Any
+    ) -> TestClient[Any, Any]:
+        app = create_app(
+            Settings(**settings),
+            policy or policy_for(fakes),
+            environ=PROVIDER_KEYS,
+            embedder=embedder,
+        )
         client: TestClient[Any, Any] = await aiohttp_client(app)
         return client
 
@@ -158,3 +171,66 @@ async def sdk_for() -> AsyncIterator[SdkFactory]:
 @pytest.fixture
 def sdk(gateway: TestClient[Any, Any], sdk_for: SdkFactory) -> openai.AsyncOpenAI:
     return sdk_for(gateway)
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Iterator[Any]:
+    """The real embedding model, loaded once per test session (~6 s)."""
+    from cache.embedder import SentenceEmbedder
+
+    # Its worker is a daemon thread: nothing to tear down at the end of the session.
+    yield SentenceEmbedder()
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a free port, for outage tests (kill, restart)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

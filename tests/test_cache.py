@@ -1,0 +1,289 @@
+"""The semantic cache through the HTTP API: hits, isolation, guards, streaming, Redis, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.runtime import RUNTIME
+from tests.conftest import (
+    LIMITED_TEAM_KEY,
+    TEAM_KEY,
+    Fakes,
+    RedisServer,
+    SdkFactory,
+    policy_for,
+)
+from tests.fakes.base import Fail, Ok
+
+QUESTION = "How do I reset my password?"
+PARAPHRASE = "How can I reset my password?"
+SHARED_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def cached_policy(fakes: Fakes, **cache: Any) -> Any:
+    return policy_for(fakes, cache={"static_threshold": 0.85, **cache})
+
+
+async def ask(
+    client: TestClient[Any, Any],
+    text: str = QUESTION,
+    *,
+    key: str = TEAM_KEY,
+    headers: dict[str, str] | None = None,
+    **body: Any,
+) -> tuple[int, dict[str, Any], Any]:
+    payload = {"model": "gpt", "messages": [{"role": "user", "content": text}], **body}
+    response = await client.post(
+        "/v1/chat/completions",
+        json=payload,
+        headers={"Authorization": f"Bearer {key}", **(headers or {})},
+    )
+    return response.status, await response.json(), response.headers
+
+
+async def settle(client: TestClient[Any, Any]) -> None:
+    """Wait for the background store of the previous answer."""
+    for stage in client.app[RUNTIME].interceptors:
+        await stage.drain()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+async def cached(make_gateway: Any, fakes: Fakes, embedder: Any) -> TestClient[Any, Any]:
+    client: TestClient[Any, Any] = await make_gateway(cached_policy(fakes), embedder=embedder)
+    return client
+
+
+async def test_exact_repeat_is_served_from_cache(
+    cached: TestClient[Any, Any], fakes: Fakes
+) -> None:
+    fakes.openai.push(Ok(text="Use the reset link on the sign-in page."))
+    _, first, headers = await ask(cached)
+    assert headers["x-gateway-cache"] == "miss"
+    await settle(cached)
+    status, second, headers = await ask(cached, "  how do I RESET my password?  ")
+    assert status == 200
+    assert headers["x-gateway-cache"] == "hit"
+    assert headers["x-gateway-source"] == "cache"
+    assert headers["x-gateway-cache-similarity"] == "1.0000"
+    assert second["choices"][0]["message"]["content"] == "Use the reset link on the sign-in page."
+    assert second["usage"]["total_tokens"] == 0
+    assert second["id"] != first["id"]
+    assert len(fakes.openai.requests) == 1
+
+
+async def test_paraphrase_is_a_semantic_hit(cached: TestClient[Any, Any], fakes: Fakes) -> None:
+    await ask(cached)
+    await settle(cached)
+    status, _, headers = await ask(cached, PARAPHRASE)
+    assert status == 200
+    assert headers["x-gateway-cache"] == "hit"
+    assert 0.85 <= float(headers["x-gateway-cache-similarity"]) < 1
+    assert len(fakes.openai.requests) == 1
+
+
+async def test_unrelated_question_misses(cached: TestClient[Any, Any], fakes: Fakes) -> None:
+    await ask(cached)
+    await settle(cached)
+    _, _, headers = await ask(cached, "What is the travel allowance for Berlin?")
+    assert headers["x-gateway-cache"] == "miss"
+    assert len(fakes.openai.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (
+            "Transfer 100 dollars to my savings account",
+            "Transfer 500 dollars to my savings account",
+        ),
+        ("Can I cancel my card?", "Can I not cancel my card?"),
+        ("What is the weather in Paris?", "What is the weather in London?"),
+    ],
+)
+async def test_near_duplicates_that_differ_in_meaning_miss(
+    make_gateway: Any, fakes: Fakes, embedder: Any, first: str, second: str
+) -> None:
+    client = await make_gateway(cached_policy(fakes, static_threshold=0.5), embedder=embedder)
+    await ask(client, first)
+    await settle(client)
+    _, _, headers = await ask(client, second)
+    assert headers["x-gateway-cache"] == "miss"
+    assert len(fakes.openai.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "variation",
+    [
+        {"key": LIMITED_TEAM_KEY},  # another team
+        {"model": "claude"},  # another route
+        {"temperature": 0.9},  # another temperature bucket
+        {"max_tokens": 10},  # another output limit
+        {"headers": {"x-gateway-regions": "us"}},  # another residency
+        {"messages_prefix": [{"role": "system", "content": "Answer in French."}]},
+        {
+            "messages_prefix": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+            ]
+        },
+        {"response_format": {"type": "json_object"}},
+    ],
+)
+async def test_no_entry_is_served_across_scopes(
+    cached: TestClient[Any, Any], fakes: Fakes, variation: dict[str, Any]
+) -> None:
+    await ask(cached)
+    await settle(cached)
+    variation = dict(variation)
+    prefix = variation.pop("messages_prefix", None)
+    if prefix is not None:
+        variation["messages"] = [*prefix, {"role": "user", "content": QUESTION}]
+    status, _, headers = await ask(cached, **variation)
+    assert status == 200
+    assert headers["x-gateway-cache"] != "hit"
+
+
+async def test_bypass_refresh_and_hot_temperature(
+    cached: TestClient[Any, Any], fakes: Fakes
+) -> None:
+    await ask(cached)
+    await settle(cached)
+    _, _, headers = await ask(cached, headers={"x-gateway-cache": "bypass"})
+    assert headers["x-gateway-cache"] == "bypass"
+    _, _, headers = await ask(cached, temperature=1.5)
+    assert headers["x-gateway-cache"] == "bypass"
+    fakes.openai.push(Ok(text="A fresher answer."))
+    _, body, headers = await ask(cached, headers={"x-gateway-cache": "refresh"})
+    assert headers["x-gateway-cache"] == "refresh"
+    await settle(cached)
+    _, body, headers = await ask(cached)
+    assert headers["x-gateway-cache"] == "hit"
+    assert body["choices"][0]["message"]["content"] == "A fresher answer."
+
+
+async def test_tool_calls_and_errors_are_not_cached(
+    cached: TestClient[Any, Any], fakes: Fakes
+) -> None:
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    fakes.openai.push(Ok(tool_call=("lookup", {"q": "x"})), Ok(tool_call=("lookup", {"q": "x"})))
+    await ask(cached, tools=tools)
+    await settle(cached)
+    _, _, headers = await ask(cached, tools=tools)
+    assert headers["x-gateway-cache"] == "miss"
+    fakes.openai.push(Fail(503))
+    status, _, _ = await ask(cached, "A question that fails")
+    assert status == 503
+    await settle(cached)
+    _, _, headers = await ask(cached, "A question that fails")
+    assert headers["x-gateway-cache"] == "miss"
+
+
+async def test_streamed_answers_are_stored_and_hits_stream(
+    cached: TestClient[Any, Any], fakes: Fakes, sdk_for: SdkFactory
+) -> None:
+    sdk = sdk_for(cached)
+    fakes.openai.push(Ok(text="Streamed once, cached since."))
+    stream = await sdk.chat.completions.create(
+        model="gpt", messages=[{"role": "user", "content": QUESTION}], stream=True
+    )
+    assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    await settle(cached)
+    raw = await sdk.chat.completions.with_raw_response.create(
+        model="gpt",
+        messages=[{"role": "user", "content": PARAPHRASE}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    assert raw.headers["x-gateway-cache"] == "hit"
+    chunks = [c async for c in raw.parse()]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Streamed once, cached since."
+    assert chunks[-1].usage is not None
+    assert len(fakes.openai.requests) == 1
+
+
+async def test_embedder_failure_answers_uncached(
+    cached: TestClient[Any, Any], fakes: Fakes
+) -> None:
+    class Broken:
+        name, dim = "broken", 384
+
+        async def embed(self, text: str) -> Any:
+            raise RuntimeError("model crashed")
+
+    cached.app[RUNTIME].embedder = Broken()  # type: ignore[assignment]
+    status, _, headers = await ask(cached, "Something never asked before")
+    assert status == 200
+    assert headers["x-gateway-cache"] == "miss"
+
+
+# -- Redis -----------------------------------------------------------------------------------
+
+
+async def test_two_replicas_share_entries_and_settings(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    settings = {"redis_url": SHARED_REDIS, "redis_prefix": f"gw-test-{uuid.uuid4().hex[:8]}"}
+    first = await make_gateway(cached_policy(fakes), embedder=embedder, **settings)
+    second = await make_gateway(cached_policy(fakes), embedder=embedder, **settings)
+    await asyncio.sleep(0.3)  # both replicas following the event stream
+    fakes.openai.push(Ok(text="Shared answer."))
+    await ask(first)
+    await settle(first)
+    for _ in range(40):  # the second replica indexes it from the Redis stream
+        _, body, headers = await ask(second, PARAPHRASE, headers={"x-gateway-cache": ""})
+        if headers["x-gateway-cache"] == "hit":
+            break
+        await asyncio.sleep(0.1)
+    assert headers["x-gateway-cache"] == "hit"
+    assert body["choices"][0]["message"]["content"] == "Shared answer."
+    # Ops turn the cache off for the team on one replica; the other applies it within seconds.
+    stage = first.app[RUNTIME].interceptors[0]
+    await stage.store.set_config("team:alpha", {"enabled": False})  # type: ignore[attr-defined]
+    for _ in range(40):
+        _, _, headers = await ask(second)
+        if headers["x-gateway-cache"] == "bypass":
+            break
+        await asyncio.sleep(0.1)
+    assert headers["x-gateway-cache"] == "bypass"
+
+
+async def test_redis_outage_loses_no_request_and_the_cache_comes_back(
+    make_gateway: Any, fakes: Fakes, embedder: Any, redis_server: RedisServer
+) -> None:
+    client = await make_gateway(cached_policy(fakes), embedder=embedder, redis_url=redis_server.url)
+    await ask(client)
+    await settle(client)
+    _, _, headers = await ask(client)
+    assert headers["x-gateway-cache"] == "hit"
+    redis_server.stop()
+    for i in range(5):
+        status, body, headers = await ask(client, f"question {i} during the outage")
+        assert status == 200
+        assert body["choices"][0]["message"]["content"]
+    metrics = await (await client.get("/metrics")).text()
+    assert "gateway_cache_errors_total" in metrics
+    redis_server.start()  # same port, empty
+    await asyncio.sleep(1.5)
+    await ask(client, "after the outage")
+    await settle(client)
+    _, _, headers = await ask(client, "after the outage")
+    assert headers["x-gateway-cache"] == "hit"
+
+
+def test_cache_config_in_policy_is_validated() -> None:
+    from gateway.cache_config import validate_override
+
+    assert validate_override({"max_error_rate": 0.02}) == {"max_error_rate": 0.02}
+    with pytest.raises(ValueError, match="max_error_rate"):
+        validate_override({"max_error_rate": 2})
+    with pytest.raises(ValueError, match="colour"):
+        validate_override({"colour": "red"})
+    assert orjson.dumps({"ok": True})
