@@ -174,12 +174,12 @@ def sdk(gateway: TestClient[Any, Any], sdk_for: SdkFactory) -> openai.AsyncOpenA
 
 
 @pytest.fixture(scope="session")
-def embedder() -> Iterator[Any]:
+def embedder() -> Any:
     """The real embedding model, loaded once per test session (~6 s)."""
     from cache.embedder import SentenceEmbedder
 
     # Its worker is a daemon thread: nothing to tear down at the end of the session.
-    yield SentenceEmbedder()
+    return SentenceEmbedder()
 
 
 class RedisServer:

@@ -6,7 +6,6 @@ import asyncio
 import uuid
 from typing import Any
 
-import openai
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
