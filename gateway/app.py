@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cache.embedder import Embedder
 from providers.pool import ProviderPool
 
+from . import admin
 from .alerts import Alerts
 from .breakers import BreakerBoard
 from .caching import running_cache
@@ -200,6 +201,7 @@ def create_app(
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics),
+            *admin.ROUTES,
         ]
     )
     return app

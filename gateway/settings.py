@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_prefix: str = Field(default="gw", description="key prefix: one per gateway deployment")
     alert_webhook_url: str | None = None
+    admin_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     qdrant_url: str | None = None
     log_level: str = "INFO"
     gc_gen0_threshold: int = Field(default=10_000, ge=100, description="see cli._tune_gc")
