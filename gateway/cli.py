@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from . import cache_cli
 from .policy import PolicyError, hash_key, load_policy
 from .settings import EMBEDDED_CONFIG, Settings
 
@@ -42,7 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     hashing.add_argument("key", nargs="?", help="the key (default: read one line from stdin)")
 
+    cache_cli.add_parser(commands)
+
     args = parser.parse_args(argv)
+    if args.command == "cache":
+        return cache_cli.run(args)
     if args.command == "check-config":
         return _check_config(args.file)
     if args.command == "hash-key":
