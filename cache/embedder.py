@@ -4,6 +4,11 @@ One request's embedding is computed once (the pipeline hands it to the cache and
 knowledge lookup). Concurrent requests share forward passes: ``embed`` queues the text and a
 single worker thread encodes whatever is queued, up to ``max_batch`` texts, waiting at most
 ``max_wait_s`` for company once the first text arrived.
+
+``BatchingEmbedder`` owns that worker; a backend only supplies ``encode`` (a synchronous batch
+forward pass). ``SentenceEmbedder`` runs sentence-transformers on torch; ``OnnxEmbedder``
+(``cache.onnx_embedder``) runs the same weights on onnxruntime; ``cache.embedders.make_embedder``
+picks one by name.
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +30,8 @@ import numpy.typing as npt
 log = logging.getLogger(__name__)
 
 Vector = npt.NDArray[np.float32]
+
+BUNDLED_MODEL_NAME = "all-MiniLM-L6-v2"
 
 
 class Embedder(Protocol):
@@ -40,7 +48,13 @@ class Embedder(Protocol):
         """Embeddings of ``texts``, one row each (for ingestion and offline tools)."""
         ...
 
-    async def close(self) -> None: ...
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Synchronous batch encoding, one row per text (blocks: not for the event loop)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop the worker once queued texts are answered; later ``embed`` calls raise."""
+        ...
 
 
 def bundled_model_path() -> Path:
@@ -60,7 +74,92 @@ class _Pending:
     queued: float = field(default_factory=time.perf_counter)
 
 
-class SentenceEmbedder:
+class BatchingEmbedder(ABC):
+    """The micro-batching worker shared by every backend; subclasses implement ``encode``.
+
+    A subclass loads its model, sets ``name`` and ``dim``, then calls ``super().__init__``: the
+    worker starts there and may call ``encode`` at once.
+    """
+
+    name: str
+    dim: int
+
+    def __init__(self, *, max_batch: int = 32, max_wait_s: float = 0.002) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._queue: list[_Pending] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self.batches = 0  # forward passes run, for tests and benchmarks
+        self.texts = 0
+        self._thread = threading.Thread(
+            target=self._work, name=f"embedder-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    @abstractmethod
+    def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        """Synchronous batch encoding: one unit-length float32 row per text."""
+
+    async def embed(self, text: str) -> Vector:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Vector] = loop.create_future()
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the embedder is closed")
+            self._queue.append(_Pending(text, future, loop))
+            self._cond.notify()
+        return await future
+
+    async def embed_many(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        return await asyncio.to_thread(self.encode, texts)
+
+    async def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        await asyncio.to_thread(self._thread.join, 5)
+
+    @property
+    def running(self) -> bool:
+        """Whether the worker thread is alive (``False`` once ``close`` returned)."""
+        return self._thread.is_alive()
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            try:
+                vectors = self.encode([p.text for p in batch])
+            except Exception as exc:  # handed to every waiter, not swallowed
+                for pending in batch:
+                    _deliver(pending, _fail, exc)
+                continue
+            self.batches += 1
+            self.texts += len(batch)
+            for pending, vector in zip(batch, vectors, strict=True):
+                _deliver(pending, _resolve, vector)
+
+    def _next_batch(self) -> list[_Pending] | None:
+        """Up to ``max_batch`` queued texts; ``None`` once closed and drained."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            # Let concurrent callers join the batch, but never hold the first one longer than
+            # max_wait_s, and stop waiting as soon as the batch is full.
+            deadline = self._queue[0].queued + self.max_wait_s
+            while len(self._queue) < self.max_batch and not self._closed:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            return batch
+
+
+class SentenceEmbedder(BatchingEmbedder):
     """sentence-transformers on the CPU, one worker thread, micro-batched."""
 
     def __init__(
@@ -79,17 +178,9 @@ class SentenceEmbedder:
             torch.set_num_threads(threads)
         path = Path(model_path) if model_path else bundled_model_path()
         self._model = SentenceTransformer(str(path), device="cpu")
-        self.name = path.name if model_path else "all-MiniLM-L6-v2"
+        self.name = path.name if model_path else BUNDLED_MODEL_NAME
         self.dim = int(self._model.get_embedding_dimension() or 384)
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
-        self._queue: list[_Pending] = []
-        self._cond = threading.Condition()
-        self._closed = False
-        self.batches = 0  # forward passes run, for tests and benchmarks
-        self.texts = 0
-        self._thread = threading.Thread(target=self._work, name="embedder", daemon=True)
-        self._thread.start()
+        super().__init__(max_batch=max_batch, max_wait_s=max_wait_s)
 
     def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         """Synchronous batch encoding (offline tools, ingestion)."""
@@ -102,49 +193,19 @@ class SentenceEmbedder:
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    async def embed(self, text: str) -> Vector:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Vector] = loop.create_future()
-        with self._cond:
-            if self._closed:
-                raise RuntimeError("the embedder is closed")
-            self._queue.append(_Pending(text, future, loop))
-            self._cond.notify()
-        return await future
 
-    async def embed_many(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        return await asyncio.to_thread(self.encode, texts)
+_T = TypeVar("_T")
 
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if self._closed and not self._queue:
-                    return
-                first = self._queue[0].queued
-            # Let concurrent callers join the batch, but never hold the first one long.
-            wait = self.max_wait_s - (time.perf_counter() - first)
-            if wait > 0 and len(self._queue) < self.max_batch:
-                time.sleep(wait)
-            with self._cond:
-                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            try:
-                vectors = self.encode([p.text for p in batch])
-            except Exception as exc:  # handed to every waiter, not swallowed
-                for pending in batch:
-                    pending.loop.call_soon_threadsafe(_fail, pending.future, exc)
-                continue
-            self.batches += 1
-            self.texts += len(batch)
-            for pending, vector in zip(batch, vectors, strict=True):
-                pending.loop.call_soon_threadsafe(_resolve, pending.future, vector)
 
-    async def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        await asyncio.to_thread(self._thread.join, 5)
+def _deliver(
+    pending: _Pending, settle: Callable[[asyncio.Future[Vector], _T], None], value: _T
+) -> None:
+    try:
+        pending.loop.call_soon_threadsafe(settle, pending.future, value)
+    except RuntimeError:
+        # The caller's event loop closed while its text was queued: nobody is left to answer,
+        # and the worker must keep serving the others.
+        log.debug("embedding dropped: its event loop is closed")
 
 
 def _resolve(future: asyncio.Future[Vector], vector: Vector) -> None:

@@ -34,9 +34,9 @@ def embedded_policy_on(server: LocalModelServer) -> Policy:
 
 
 async def test_local_model_answers_through_gateway(
-    local_server: LocalModelServer, aiohttp_client: Any, sdk_for: SdkFactory
+    local_server: LocalModelServer, aiohttp_client: Any, sdk_for: SdkFactory, embedder: Any
 ) -> None:
-    app = create_app(Settings(), embedded_policy_on(local_server), environ={})
+    app = create_app(Settings(), embedded_policy_on(local_server), environ={}, embedder=embedder)
     sdk = sdk_for(await aiohttp_client(app), key="dev-key")
     raw = await sdk.chat.completions.with_raw_response.create(
         model="default",
