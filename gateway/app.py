@@ -9,6 +9,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -115,13 +116,20 @@ async def readyz(request: web.Request) -> web.Response:
         }
         for p in runtime.catalog.policy.providers
     }
-    checks = {
+    redis = "not configured (per-process state)"
+    if isinstance(runtime.shared, RedisState):
+        redis = "ok" if await runtime.shared.ping() else "unreachable (degraded: per-process state)"
+    breakers = runtime.board.states()
+    checks: dict[str, Any] = {
         "providers": providers,
-        "redis": "not configured (in-process state)"
-        if not runtime.settings.redis_url
-        else "configured",
-        "qdrant": "not configured" if not runtime.settings.qdrant_url else "configured",
+        "breakers_open": sorted(key for key, state in breakers.items() if state != "closed"),
+        "redis": redis,
+        "stages": {
+            type(stage).__name__: "ok" if getattr(stage, "healthy", True) else "degraded"
+            for stage in runtime.interceptors
+        },
     }
+    # Degraded dependencies fail open, so the gateway stays ready; the body says what is off.
     return web.json_response({"status": "ready", "checks": checks}, dumps=_dumps)
 
 
