@@ -26,6 +26,7 @@ from .catalog import Catalog
 from .context import Interceptor
 from .decisions import DecisionLog
 from .errors import GatewayError, InvalidRequest, ModelNotFound
+from .feedback import post_feedback
 from .metrics import Metrics
 from .pipeline import chat_completions
 from .policy import Policy
@@ -209,6 +210,7 @@ def create_app(
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics),
+            web.post("/v1/feedback", post_feedback),
             *admin.ROUTES,
         ]
     )

@@ -15,10 +15,12 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
-from cache.embedder import Embedder
+from cache.embedder import Embedder, Vector
 from cache.guard import conflict
+from cache.hits import NEIGHBOURS, Assessment, EntryState, HitPolicy, ScopeState
 from cache.index import ScopedIndexes
 from cache.local_store import LocalStore
 from cache.scope import exact_key, normalise, scope_of
@@ -35,31 +37,15 @@ log = logging.getLogger(__name__)
 CACHEABLE_FINISH = frozenset({"stop", "length"})
 
 
-class HitDecider(Protocol):
-    """When the nearest entry may be served (see cache/hits.py)."""
+@dataclass(frozen=True, slots=True)
+class _Comparison:
+    """A lookup whose fresh answer will be compared with the cached ones."""
 
-    def decide(self, similarity: float, entry: Entry, settings: CacheSettings) -> str:
-        """``"hit"``, ``"verify"`` (ask the provider and compare) or ``"miss"``."""
-        ...
-
-    def observe(self, similarity: float, entry: Entry, correct: bool) -> bytes:
-        """Learn from a verification or client feedback; the entry's new state."""
-        ...
-
-
-class ThresholdDecider:
-    """One similarity threshold (``static_threshold``, default 0.9): what GPTCache and RedisVL
-    do, kept for ops who want it and as the baseline the learned policy is measured against."""
-
-    def __init__(self, default: float = 0.9) -> None:
-        self.default = default
-
-    def decide(self, similarity: float, entry: Entry, settings: CacheSettings) -> str:
-        threshold = settings.static_threshold or self.default
-        return "hit" if similarity >= threshold else "miss"
-
-    def observe(self, similarity: float, entry: Entry, correct: bool) -> bytes:
-        return entry.state
+    neighbours: list[tuple[Entry, float]]
+    assessment: Assessment
+    conflict: str | None
+    agreement: int
+    verified: bool
 
 
 class CacheStage:
@@ -70,14 +56,17 @@ class CacheStage:
         config: CacheConfig,
         store: Store,
         embedder: Embedder,
-        decider: HitDecider,
         metrics: Metrics,
+        policy: HitPolicy | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.embedder = embedder
-        self.decider = decider
+        self.policy = policy or HitPolicy()
         self.metrics = metrics
+        # Learned per scope on this replica (counts, additive); entries' states live in the store.
+        self._scopes: dict[str, ScopeState] = {}
+        self._rng = random.Random()
         self.indexes = ScopedIndexes(embedder.dim)
         self.runtime: dict[str, dict[str, Any]] = {}
         self.healthy = True
@@ -128,24 +117,60 @@ class CacheStage:
         vector = await ctx.query_embedding()
         if vector is None:
             return None
-        for key, similarity in self.indexes.nearest(scope, vector, 4):
-            entry = await self.store.get(key)
+        neighbours = await self._neighbours(scope, vector)
+        if not neighbours:
+            if settings.static_threshold is None:
+                self.policy.record(self._scope_state(scope), None)
+            return None
+        entry, similarity = neighbours[0]
+        reason = conflict(query, entry.query)
+        if reason:
+            ctx.decision.events.append({"type": "cache_guard", "reason": reason})
+        if settings.static_threshold is not None:  # one fixed threshold, nothing learned
+            if reason is None and similarity >= settings.static_threshold:
+                return self._serve(ctx, entry, similarity, "semantic")
+            return None
+        cached = _answer_text_of(entry.answer)
+        agreement = sum(_same(_answer_text_of(r.answer), cached) for r, _ in neighbours[1:])
+        state = self._scope_state(scope)
+        assessment = self.policy.assess(
+            similarity,
+            EntryState.from_bytes(entry.state),
+            state,
+            settings.max_error_rate,
+            conflict=reason,
+            agreement=agreement,
+        )
+        self.policy.record(state, assessment)
+        verdict = assessment.decision(self._rng)
+        if verdict == "hit":
+            return self._serve(ctx, entry, similarity, "semantic")
+        if verdict == "verify" or self.policy.compare_on_miss(similarity):
+            # The fresh answer is fetched anyway: compare it with the cached ones (learning).
+            ctx.notes["cache_compare"] = _Comparison(
+                neighbours, assessment, reason, agreement, verified=verdict == "verify"
+            )
+            if verdict == "verify":
+                self._count("verify")
+        return None
+
+    async def _neighbours(self, scope: str, vector: Vector) -> list[tuple[Entry, float]]:
+        """The nearest entry and its runners-up, all of this scope, best first."""
+        found = self.indexes.nearest(scope, vector, 1 + NEIGHBOURS)
+        entries = await asyncio.gather(*(self.store.get(key) for key, _ in found))
+        neighbours = []
+        for (key, similarity), entry in zip(found, entries, strict=True):
             if entry is None:  # expired or evicted elsewhere
                 self.indexes.remove(key)
-                continue
-            if entry.scope != scope:  # defence in depth: never served across scopes
-                continue
-            if reason := conflict(query, entry.query):
-                ctx.decision.events.append({"type": "cache_guard", "reason": reason})
-                continue
-            verdict = self.decider.decide(similarity, entry, settings)
-            if verdict == "hit":
-                return self._serve(ctx, entry, similarity, "semantic")
-            if verdict == "verify":
-                ctx.notes["cache_verify"] = (entry, similarity)
-                self._count("verify")
-            return None  # the nearest eligible entry decides; farther ones are less alike
-        return None
+            elif entry.scope == scope:  # defence in depth: never served across scopes
+                neighbours.append((entry, similarity))
+        return neighbours
+
+    def _scope_state(self, scope: str) -> ScopeState:
+        state = self._scopes.get(scope)
+        if state is None:
+            state = self._scopes[scope] = ScopeState()
+        return state
 
     def _serve(self, ctx: RequestContext, entry: Entry, similarity: float, kind: str) -> Completion:
         body = dict(entry.answer)
@@ -162,6 +187,7 @@ class CacheStage:
                 "kind": kind,
                 "similarity": round(similarity, 4),
                 "entry": entry.id,
+                "scope": entry.scope,
             }
         )
         self._count(f"hit_{kind}")
@@ -184,7 +210,7 @@ class CacheStage:
             or ctx.notes.get("cache") == "bypass"
         ):
             return
-        self._spawn(self._store(ctx, scope, settings, completion, ctx.notes.get("cache_verify")))
+        self._spawn(self._store(ctx, scope, settings, completion, ctx.notes.get("cache_compare")))
 
     async def _store(
         self,
@@ -192,19 +218,15 @@ class CacheStage:
         scope: str,
         settings: CacheSettings,
         completion: Completion,
-        verify: tuple[Entry, float] | None,
+        comparison: _Comparison | None,
     ) -> None:
         text = _answer_text(completion)
         if text is None or completion.finish_reason not in CACHEABLE_FINISH:
             return
         try:
-            if verify is not None:
-                entry, similarity = verify
-                correct = await self._same_answer(text, _answer_text_of(entry.answer) or "")
-                state = self.decider.observe(similarity, entry, correct)
-                await self.store.save_state(entry.id, state)
-                ctx.decision.events.append({"type": "cache_verified", "correct": correct})
-                self._count("verified_correct" if correct else "verified_wrong")
+            new_state = EntryState.from_bytes(b"")
+            if comparison is not None:
+                await self._learn(ctx, scope, text, comparison, new_state)
             vector = await ctx.query_embedding()
             new = Entry(
                 id=random.getrandbits(63),
@@ -215,6 +237,7 @@ class CacheStage:
                 answer=completion.body,
                 vector=vector,
                 fingerprint=list(ctx.notes.get("knowledge_fingerprint") or ()),
+                state=new_state.to_bytes(),
             )
             evicted = await self.store.put(
                 new, exact_key(scope, new.query), settings.ttl_s, settings.max_entries_per_scope
@@ -226,12 +249,52 @@ class CacheStage:
         except CacheUnavailable as exc:
             self._unavailable("store", exc)
 
-    async def _same_answer(self, fresh: str, cached: str) -> bool:
-        """Whether the provider's fresh answer says what the cached one says."""
-        if normalise(fresh) == normalise(cached):
-            return True
-        a, b = await asyncio.gather(self.embedder.embed(fresh), self.embedder.embed(cached))
-        return float(a @ b) >= 0.95
+    async def _learn(
+        self,
+        ctx: RequestContext,
+        scope: str,
+        fresh: str,
+        comparison: _Comparison,
+        new_state: EntryState,
+    ) -> None:
+        """Compare the fresh answer with the nearest cached ones and learn from it."""
+        state = self._scope_state(scope)
+        (entry, similarity), *runners = comparison.neighbours
+        correct = _same(fresh, _answer_text_of(entry.answer))
+        entry_state = EntryState.from_bytes(entry.state)
+        self.policy.observe(
+            entry_state,
+            state,
+            similarity,
+            correct,
+            assessment=comparison.assessment,
+            verified=comparison.verified,
+            conflict=comparison.conflict,
+            agreement=comparison.agreement,
+        )
+        self.policy.learn(new_state, state, similarity, correct)
+        await self.store.save_state(entry.id, entry_state.to_bytes())
+        for runner, runner_similarity in runners:
+            same = _same(fresh, _answer_text_of(runner.answer))
+            runner_state = EntryState.from_bytes(runner.state)
+            self.policy.learn(runner_state, state, runner_similarity, same)
+            self.policy.learn(new_state, state, runner_similarity, same)
+            await self.store.save_state(runner.id, runner_state.to_bytes())
+        ctx.decision.events.append(
+            {"type": "cache_compared", "correct": correct, "verified": comparison.verified}
+        )
+        if comparison.verified:
+            self._count("verified_correct" if correct else "verified_wrong")
+
+    async def feedback(self, entry_id: int, scope: str, similarity: float) -> bool:
+        """A client says a cached answer was wrong: the entry stops hitting at that similarity."""
+        entry = await self.store.get(entry_id)
+        if entry is None or entry.scope != scope:
+            return False
+        entry_state = EntryState.from_bytes(entry.state)
+        self.policy.observe(entry_state, self._scope_state(scope), similarity, False, feedback=True)
+        await self.store.save_state(entry.id, entry_state.to_bytes())
+        return True
 
     # -- background work ------------------------------------------------------------------
     async def load(self) -> int:
@@ -318,6 +381,16 @@ def _bypass_reason(ctx: RequestContext, settings: CacheSettings, mode: str) -> s
     return None
 
 
+def _same(fresh: str | None, cached: str | None) -> bool:
+    """Whether two answers say the same: equal up to case and spacing.
+
+    Cheap on purpose (it runs for every neighbour of every compared lookup). For providers whose
+    answers vary in wording this under-counts agreement, which makes the policy more cautious,
+    never less: fewer hits, not more wrong ones.
+    """
+    return fresh is not None and cached is not None and normalise(fresh) == normalise(cached)
+
+
 def _answer_text(completion: Completion) -> str | None:
     return _answer_text_of(completion.body)
 
@@ -347,7 +420,7 @@ async def running_cache(
         if settings.redis_url
         else LocalStore()
     )
-    stage = CacheStage(config, store, embedder, ThresholdDecider(), metrics)
+    stage = CacheStage(config, store, embedder, metrics)
     stop = asyncio.Event()
     tasks = [
         asyncio.create_task(stage.follow(stop), name="cache-index-sync"),

@@ -99,5 +99,12 @@ class DecisionLog:
         if log.isEnabledFor(logging.DEBUG):
             log.debug(orjson.dumps(decision.to_dict()).decode())
 
+    def find(self, request_id: str) -> Decision | None:
+        """A recent decision by request id (newest first; ``None`` once it left the ring)."""
+        for decision in reversed(self._recent):
+            if decision.request_id == request_id:
+                return decision
+        return None
+
     def recent(self, limit: int = 100) -> list[Decision]:
         return list(self._recent)[-limit:]

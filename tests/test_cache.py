@@ -286,3 +286,51 @@ def test_cache_config_in_policy_is_validated() -> None:
     with pytest.raises(ValueError, match="colour"):
         validate_override({"colour": "red"})
     assert orjson.dumps({"ok": True})
+
+
+# -- the learned hit policy ------------------------------------------------------------------
+
+
+async def test_learned_policy_is_cautious_when_cold_and_takes_feedback(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    client = await make_gateway(
+        policy_for(fakes, cache={"max_error_rate": 0.01}), embedder=embedder
+    )
+    await ask(client, "How do I reset my password")
+    await settle(client)
+    # A cold scope serves only near-identical wording...
+    _, _, headers = await ask(client, "How do I reset my password??")
+    assert headers["x-gateway-cache"] == "hit"
+    request_id = headers["x-request-id"]
+    # ...not a looser paraphrase it has learned nothing about.
+    _, _, headers = await ask(client, "Is there a way to change the password I forgot?")
+    assert headers["x-gateway-cache"] == "miss"
+    # The client says the cached answer was wrong: that entry stops serving at that similarity.
+    response = await client.post(
+        "/v1/feedback",
+        json={"request_id": request_id, "score": 0.0, "comment": "wrong account"},
+        headers={"Authorization": f"Bearer {TEAM_KEY}"},
+    )
+    assert response.status == 200
+    assert (await response.json())["cache_corrected"] is True
+    _, _, headers = await ask(client, "How do I reset my password??")
+    assert headers["x-gateway-cache"] == "miss"
+
+
+async def test_feedback_is_only_for_the_requesting_team(
+    cached: TestClient[Any, Any], fakes: Fakes
+) -> None:
+    _, _, headers = await ask(cached)
+    response = await cached.post(
+        "/v1/feedback",
+        json={"request_id": headers["x-request-id"], "score": 0.1},
+        headers={"Authorization": f"Bearer {LIMITED_TEAM_KEY}"},
+    )
+    assert response.status == 404
+    response = await cached.post(
+        "/v1/feedback",
+        json={"request_id": headers["x-request-id"], "score": 3},
+        headers={"Authorization": f"Bearer {TEAM_KEY}"},
+    )
+    assert response.status == 400

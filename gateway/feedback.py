@@ -1,0 +1,50 @@
+"""``POST /v1/feedback``: a client grades an answer it received.
+
+``{"request_id": "...", "score": 0..1, "comment": "..."}``, authorised for the team that made the
+request (looked up in the recent decision records). A low score on a cached answer is negative
+feedback to the cache: that entry stops hitting at that similarity and its scope learns from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .caching import CacheStage
+from .errors import InvalidRequest, ModelNotFound
+from .runtime import RUNTIME
+
+WRONG_BELOW = 0.5
+
+
+async def post_feedback(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    team = runtime.catalog.authenticate(request.headers.get("Authorization"))
+    try:
+        body: Any = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    request_id, score = body.get("request_id"), body.get("score")
+    if not isinstance(request_id, str) or not request_id:
+        raise InvalidRequest("request_id is required.", param="request_id")
+    if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
+        raise InvalidRequest("score must be a number from 0 to 1.", param="score")
+    decision = runtime.decisions.find(request_id)
+    if decision is None or decision.team != team.name:
+        # Another team's request is reported as unknown: ids are not an oracle.
+        raise ModelNotFound(f"No recent request {request_id!r} of yours.", code="request_not_found")
+    decision.events.append({"type": "feedback", "score": score})
+    cache_corrected = False
+    if score < WRONG_BELOW:
+        hit = next((e for e in decision.events if e.get("type") == "cache_hit"), None)
+        stage = next((s for s in runtime.interceptors if isinstance(s, CacheStage)), None)
+        if hit is not None and stage is not None and hit.get("kind") == "semantic":
+            cache_corrected = await stage.feedback(hit["entry"], hit["scope"], hit["similarity"])
+    return web.Response(
+        body=orjson.dumps({"ok": True, "cache_corrected": cache_corrected}),
+        content_type="application/json",
+    )
