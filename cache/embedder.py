@@ -14,8 +14,10 @@ picks one by name.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -32,6 +34,27 @@ log = logging.getLogger(__name__)
 Vector = npt.NDArray[np.float32]
 
 BUNDLED_MODEL_NAME = "all-MiniLM-L6-v2"
+
+
+def _share_system_libstdcxx() -> None:
+    """Make the system libstdc++ the process's C++ runtime before usearch loads.
+
+    usearch's extension (cache.index) links libstdc++ statically and exports its copy's
+    ``std::locale`` ids; a C++ extension loaded after it (onnxruntime: SIGSEGV in
+    ``codecvt::do_unshift`` on import) then indexes its locale facets with the wrong ids. With the
+    shared libstdc++ in the global scope first, usearch binds to it instead. This module is
+    imported before cache.index wherever both are (the gateway, the tests, the benchmarks); the
+    guard belongs beside the usearch import and should move there.
+    """
+    if sys.platform != "linux":
+        return
+    try:
+        ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
+    except OSError:  # no shared libstdc++ on this system: nothing for usearch to clash with
+        return
+
+
+_share_system_libstdcxx()
 
 
 class Embedder(Protocol):

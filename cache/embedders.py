@@ -1,0 +1,65 @@
+"""Pick the embedding backend by a setting: ``torch``, ``onnx`` or ``onnx-int8``.
+
+- ``torch``: sentence-transformers on torch, the reference.
+- ``onnx``: the same weights exported once to ONNX and run on onnxruntime; vectors match the
+  reference (cosine > 0.999999), so indexes built by either are interchangeable.
+- ``onnx-int8``: dynamically int8-quantised weights; faster still, but its vectors differ
+  (cosine ~0.99 to the reference), so it gets its own ``name`` and similarity thresholds tuned on
+  fp32 vectors need re-checking before use. It runs one text per forward pass: dynamic
+  quantisation scales activations over the whole batch, so a batched text's vector would depend
+  on its neighbours (cosine down to 0.987 to itself alone), and the same query could hit or miss
+  depending on concurrent traffic.
+
+The exported files live under ``<data_dir>/models/`` and are built on first use (torch,
+transformers and onnx are needed then, not afterwards).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, get_args
+
+from cache.embedder import BUNDLED_MODEL_NAME, BatchingEmbedder, bundled_model_path
+
+EmbedderKind = Literal["torch", "onnx", "onnx-int8"]
+EMBEDDER_KINDS: tuple[str, ...] = get_args(EmbedderKind)
+
+
+def make_embedder(
+    kind: str,
+    data_dir: Path,
+    *,
+    model_path: str | Path | None = None,
+    max_batch: int = 32,
+    max_wait_s: float = 0.002,
+    threads: int | None = None,
+) -> BatchingEmbedder:
+    """The embedder of ``kind`` for the model in ``model_path`` (default: the bundled
+    all-MiniLM-L6-v2), exporting it under ``data_dir / "models"`` first if ONNX needs it.
+
+    ``max_batch`` is ignored for ``onnx-int8``, which always encodes one text per pass."""
+    if kind not in EMBEDDER_KINDS:
+        raise ValueError(f"unknown embedder kind {kind!r}; expected one of {EMBEDDER_KINDS}")
+    if kind == "torch":
+        from cache.embedder import SentenceEmbedder
+
+        return SentenceEmbedder(
+            model_path, max_batch=max_batch, max_wait_s=max_wait_s, threads=threads
+        )
+
+    from cache.onnx_embedder import OnnxEmbedder, export_onnx
+
+    model_dir = Path(model_path) if model_path else bundled_model_path()
+    name = model_dir.name if model_path else BUNDLED_MODEL_NAME
+    quantize = kind == "onnx-int8"
+    exported = export_onnx(model_dir, Path(data_dir) / "models" / f"{name}.onnx", quantize)
+    onnx_path = exported.int8 if quantize and exported.int8 else exported.fp32
+    return OnnxEmbedder(
+        onnx_path,
+        model_dir,
+        # Same name as the torch reference for identical vectors; int8 vectors are not.
+        name=f"{name}-int8" if quantize else name,
+        max_batch=1 if quantize else max_batch,  # int8: batch-invariant vectors (see above)
+        max_wait_s=max_wait_s,
+        threads=threads,
+    )

@@ -1,0 +1,164 @@
+"""Embedding backends: the ONNX export reproduces sentence-transformers, and the shared
+micro-batching worker batches, fails and stops as it promises."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from cache.embedder import BatchingEmbedder, SentenceEmbedder, bundled_model_path
+from cache.embedders import make_embedder
+from cache.onnx_embedder import OnnxEmbedder, OnnxExport, export_onnx
+
+TEXTS = [
+    "How do I locate my card?",
+    "I still have not received my new card, I ordered over a week ago.",
+    "  leading and trailing spaces  ",
+    "Ünïcödé café: naïve façade",
+    "",
+    "why " * 300,  # past the 256-token limit: truncated like sentence-transformers does
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("embedder-data")
+
+
+@pytest.fixture(scope="module")
+def exported(data_dir: Path) -> OnnxExport:
+    # export_onnx silences the exporter's known, checked warnings itself (see
+    # _known_export_warnings_ignored); any other warning still fails the tests.
+    path = data_dir / "models" / "all-MiniLM-L6-v2.onnx"
+    return export_onnx(bundled_model_path(), path, quantize=True)
+
+
+@pytest.fixture(scope="module")
+def onnx(exported: OnnxExport) -> Iterator[OnnxEmbedder]:
+    embedder = OnnxEmbedder(exported.fp32)
+    yield embedder
+    asyncio.run(embedder.close())
+
+
+@pytest.fixture(scope="module")
+def onnx_int8(exported: OnnxExport) -> Iterator[OnnxEmbedder]:
+    assert exported.int8 is not None
+    embedder = OnnxEmbedder(exported.int8, name="all-MiniLM-L6-v2-int8")
+    yield embedder
+    asyncio.run(embedder.close())
+
+
+@pytest.fixture
+def patient(exported: OnnxExport) -> Iterator[OnnxEmbedder]:
+    """A fresh embedder that waits 200 ms for company: concurrent calls surely share a pass."""
+    embedder = OnnxEmbedder(exported.fp32, max_wait_s=0.2)
+    yield embedder
+    asyncio.run(embedder.close())
+
+
+def cosines(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    return np.asarray((a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.parametrize("backend", ["embedder", "onnx", "onnx_int8"])
+def test_vectors_are_unit_length_float32(backend: str, request: pytest.FixtureRequest) -> None:
+    embedder: BatchingEmbedder = request.getfixturevalue(backend)
+    vectors = embedder.encode(TEXTS)
+    assert vectors.shape == (len(TEXTS), embedder.dim) == (len(TEXTS), 384)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_onnx_matches_sentence_transformers(embedder: SentenceEmbedder, onnx: OnnxEmbedder) -> None:
+    assert onnx.name == embedder.name  # identical vectors: indexes are interchangeable
+    assert cosines(onnx.encode(TEXTS), embedder.encode(TEXTS)).min() > 0.999
+
+
+def test_onnx_vector_does_not_depend_on_its_batch(onnx: OnnxEmbedder) -> None:
+    batched = onnx.encode(TEXTS)  # padded to the longest text
+    alone = np.stack([onnx.encode([text])[0] for text in TEXTS])
+    assert cosines(alone, batched).min() > 0.99999
+
+
+def test_int8_is_close_to_sentence_transformers(
+    embedder: SentenceEmbedder, onnx_int8: OnnxEmbedder
+) -> None:
+    assert cosines(onnx_int8.encode(TEXTS), embedder.encode(TEXTS)).min() > 0.95
+
+
+async def test_embed_and_embed_many_match_encode(onnx: OnnxEmbedder) -> None:
+    expected = onnx.encode(TEXTS[:3])
+    one = await onnx.embed(TEXTS[0])
+    many = await onnx.embed_many(TEXTS[:3])
+    np.testing.assert_allclose(one, expected[0], atol=1e-6)
+    np.testing.assert_allclose(many, expected, atol=1e-6)
+
+
+async def test_concurrent_embeds_share_forward_passes(patient: OnnxEmbedder) -> None:
+    texts = [f"{text} #{i}" for i, text in enumerate(TEXTS[:4] * 4)]
+    vectors = await asyncio.gather(*(patient.embed(text) for text in texts))
+    assert patient.texts == len(texts)
+    assert patient.batches < len(texts)
+    # Each caller gets its own text's vector back, not a neighbour's.
+    np.testing.assert_allclose(np.stack(vectors), patient.encode(texts), atol=1e-5)
+
+
+async def test_failing_encode_raises_to_every_waiter(
+    patient: OnnxEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failure = RuntimeError("onnxruntime fell over")
+
+    def broken(texts: Sequence[str]) -> npt.NDArray[np.float32]:
+        raise failure
+
+    with monkeypatch.context() as patch:
+        patch.setattr(patient, "encode", broken)
+        results = await asyncio.gather(*(patient.embed(t) for t in TEXTS), return_exceptions=True)
+    assert results == [failure] * len(TEXTS)
+    # The worker survived the failure and serves the next callers.
+    assert (await patient.embed(TEXTS[0])).shape == (384,)
+
+
+async def test_close_answers_queued_texts_then_stops_the_worker(patient: OnnxEmbedder) -> None:
+    pending = [asyncio.ensure_future(patient.embed(text)) for text in TEXTS]
+    await asyncio.sleep(0)  # queued; the worker is waiting up to 200 ms for more
+    await patient.close()
+    assert all(vector.shape == (384,) for vector in await asyncio.gather(*pending))
+    assert not patient.running
+    with pytest.raises(RuntimeError, match="closed"):
+        await patient.embed("too late")
+
+
+async def test_make_embedder_reuses_the_export(data_dir: Path, exported: OnnxExport) -> None:
+    assert exported.int8 is not None
+    before = {path: path.stat().st_mtime_ns for path in (exported.fp32, exported.int8)}
+    for kind, name in (("onnx", "all-MiniLM-L6-v2"), ("onnx-int8", "all-MiniLM-L6-v2-int8")):
+        embedder = make_embedder(kind, data_dir)
+        try:
+            assert isinstance(embedder, OnnxEmbedder)
+            assert embedder.name == name
+        finally:
+            await embedder.close()
+    assert {path: path.stat().st_mtime_ns for path in before} == before
+    with pytest.raises(ValueError, match="unknown embedder kind"):
+        make_embedder("tensorflow", data_dir)
+
+
+async def test_int8_vectors_do_not_depend_on_their_batch(
+    data_dir: Path, exported: OnnxExport
+) -> None:
+    # Dynamic quantisation scales activations over the whole batch; make_embedder therefore runs
+    # int8 one text per pass, so a query embeds the same alone, in a batch, or under load.
+    embedder = make_embedder("onnx-int8", data_dir, max_batch=32)
+    try:
+        alone = np.stack([embedder.encode([text])[0] for text in TEXTS])
+        assert np.array_equal(embedder.encode(TEXTS), alone)
+        concurrent = await asyncio.gather(*(embedder.embed(text) for text in TEXTS))
+        assert np.array_equal(np.stack(concurrent), alone)
+    finally:
+        await embedder.close()
