@@ -27,6 +27,7 @@ from .context import Interceptor
 from .decisions import DecisionLog
 from .errors import GatewayError, InvalidRequest, ModelNotFound
 from .feedback import post_feedback
+from .knowledge import open_knowledge
 from .metrics import Metrics
 from .pipeline import chat_completions
 from .policy import Policy
@@ -223,15 +224,23 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
     await runtime.pool.start()
     async with contextlib.AsyncExitStack() as stack:
         stages: list[Interceptor] = []
-        if policy.cache is not None and policy.cache.enabled:
-            if runtime.embedder is None:
-                runtime.embedder = await asyncio.to_thread(make_embedder, runtime.settings)
-                stack.push_async_callback(runtime.embedder.close)
+        caching = policy.cache is not None and policy.cache.enabled
+        if (caching or policy.knowledge is not None) and runtime.embedder is None:
+            runtime.embedder = await asyncio.to_thread(make_embedder, runtime.settings)
+            stack.push_async_callback(runtime.embedder.close)
+        if caching and policy.cache is not None and runtime.embedder is not None:
+            # First: a cached answer (already built on the knowledge it needed) ends the request.
             stages.append(
                 await stack.enter_async_context(
                     running_cache(policy.cache, runtime.settings, runtime.embedder, runtime.metrics)
                 )
             )
+        knowledge = await open_knowledge(
+            runtime.settings, policy, runtime.embedder, metrics=runtime.metrics
+        )
+        if knowledge is not None:
+            stack.push_async_callback(knowledge.close)
+            stages.append(knowledge)
         runtime.interceptors = tuple(stages)
         sync = asyncio.create_task(_sync_shared_state(runtime), name="shared-state-sync")
         yield

@@ -1,13 +1,15 @@
-"""The ``gateway`` command: serve, check-config, hash-key."""
+"""The ``gateway`` command: serve, check-config, hash-key, cache, ingest."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -44,8 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     hashing.add_argument("key", nargs="?", help="the key (default: read one line from stdin)")
 
     cache_cli.add_parser(commands)
+    _add_ingest_parser(commands)
 
     args = parser.parse_args(argv)
+    if args.command == "ingest":
+        return _ingest(args)
     if args.command == "cache":
         return cache_cli.run(args)
     if args.command == "check-config":
@@ -116,3 +121,97 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _add_ingest_parser(commands: Any) -> None:
+    ingest = commands.add_parser(
+        "ingest",
+        help="add or update documents in the knowledge base",
+        description="Markdown, text, HTML, JSONL FAQ (question/answer) and PDF (with pypdf). "
+        "Re-running updates changed chunks and removes deleted ones, per file. The store is "
+        "GATEWAY_QDRANT_URL, else the embedded one under GATEWAY_KNOWLEDGE_PATH (stop the "
+        "gateway first: one process at a time opens it).",
+    )
+    ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+    ingest.add_argument("--kb", required=True, help="the knowledge base (a tag in the collection)")
+    ingest.add_argument(
+        "--teams", required=True, help="teams that may read it, comma-separated; '*' for all"
+    )
+    ingest.add_argument(
+        "--residency", default="", help="regions its text may be sent to, comma-separated"
+    )
+    ingest.add_argument(
+        "--collection", help="Qdrant collection (default: the policy's knowledge.collection)"
+    )
+    ingest.add_argument("--config", type=Path, help="policy YAML (for knowledge.collection)")
+    ingest.add_argument(
+        "--root", type=Path, help="sources are named relative to it (default: current folder)"
+    )
+    ingest.add_argument(
+        "--prune",
+        action="store_true",
+        help="also remove files that disappeared from the folders given",
+    )
+    ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from retrieval.ingest import IngestError, ingest
+    from retrieval.store import StoreUnavailable, open_store
+
+    settings = Settings(**({"config": args.config} if args.config else {}))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    collection = args.collection
+    if collection is None:
+        try:
+            knowledge = load_policy(settings.config).knowledge
+        except PolicyError as exc:
+            print(f"error: {exc} (or pass --collection)", file=sys.stderr)
+            return 2
+        collection = knowledge.collection if knowledge else "company-kb"
+    teams = [t.strip() for t in args.teams.split(",") if t.strip()]
+    residency = [r.strip() for r in args.residency.split(",") if r.strip()]
+    from .app import make_embedder
+
+    async def run() -> int:
+        store = open_store(
+            collection=collection,
+            url=settings.qdrant_url,
+            api_key=settings.qdrant_api_key,
+            path=settings.knowledge_path,
+            engine=settings.knowledge_engine,
+        )
+        try:
+            await store.exists()  # a locked or unreachable store fails before the model loads
+        except StoreUnavailable:
+            await store.close()
+            raise
+        embedder = await asyncio.to_thread(make_embedder, settings)
+        try:
+            result = await ingest(
+                args.paths,
+                store=store,
+                embedder=embedder,
+                kb=args.kb,
+                teams=teams,
+                residency=residency,
+                root=args.root,
+                prune=args.prune,
+                progress=not args.no_progress,
+            )
+        finally:
+            await embedder.close()
+            await store.close()
+        for failure in result.failed:
+            print(f"error: {failure}", file=sys.stderr)
+        print(result.summary())
+        return 1 if result.failed else 0
+
+    try:
+        return asyncio.run(run())
+    except IngestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"error: knowledge store unavailable: {exc}", file=sys.stderr)
+        return 1

@@ -60,6 +60,17 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.knowledge_hits = Counter(
+            "gateway_knowledge_hits",
+            "Knowledge lookups that answered (kind=answer) or attached context (kind=context)",
+            ["kind"],
+            registry=r,
+        )
+        self.knowledge_errors = Counter(
+            "gateway_knowledge_errors",
+            "Knowledge store failures and timeouts (the request went on without it)",
+            registry=r,
+        )
         self.overhead = Histogram(
             "gateway_overhead_seconds",
             "Gateway time excluding providers",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +24,13 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="gw", description="key prefix: one per gateway deployment")
     alert_webhook_url: str | None = None
     admin_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-    qdrant_url: str | None = None
+    qdrant_url: str | None = Field(default=None, description="a Qdrant server; unset: embedded")
+    qdrant_api_key: str | None = None
+    knowledge_path: Path = Field(
+        default=Path("data/qdrant"), description="the embedded knowledge store (no qdrant_url)"
+    )
+    # The embedded engine: Qdrant Edge (in-process HNSW), or qdrant-client's local mode (brute
+    # force; slow past ~20k chunks). Measured in bench/knowledge.py; see the README.
+    knowledge_engine: Literal["edge", "qdrant-local"] = "edge"
     log_level: str = "INFO"
     gc_gen0_threshold: int = Field(default=10_000, ge=100, description="see cli._tune_gc")
