@@ -255,9 +255,9 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
 
 def make_embedder(settings: Settings) -> Embedder:
     """The embedding model the cache and the knowledge base share."""
-    from cache.embedder import SentenceEmbedder
+    from cache.embedders import make_embedder as build
 
-    return SentenceEmbedder()
+    return build(settings.embedder, settings.data_dir)
 
 
 async def _sync_shared_state(runtime: Runtime) -> None:

@@ -32,5 +32,9 @@ class Settings(BaseSettings):
     # The embedded engine: Qdrant Edge (in-process HNSW), or qdrant-client's local mode (brute
     # force; slow past ~20k chunks). Measured in bench/knowledge.py; see the README.
     knowledge_engine: Literal["edge", "qdrant-local"] = "edge"
+    embedder: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="torch", description="embedding backend (cache/embedders.py)"
+    )
+    data_dir: Path = Field(default=Path("data"), description="exported models and local state")
     log_level: str = "INFO"
     gc_gen0_threshold: int = Field(default=10_000, ge=100, description="see cli._tune_gc")
