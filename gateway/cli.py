@@ -155,6 +155,22 @@ def _add_ingest_parser(commands: Any) -> None:
     ingest.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+async def _invalidate_cached_answers(settings: Settings, chunk_ids: list[str]) -> None:
+    """Drop cached answers built on chunks that changed or are gone (every replica's index
+    follows through the cache's event stream)."""
+    from cache.store import CacheUnavailable, RedisStore
+
+    assert settings.redis_url is not None
+    store = RedisStore(settings.redis_url, prefix=settings.redis_prefix, timeout_s=5)
+    try:
+        removed = await store.invalidate(chunks=chunk_ids)
+        print(f"cache: removed {removed} cached answers built on changed chunks")
+    except CacheUnavailable as exc:
+        print(f"warning: could not invalidate cached answers: {exc}", file=sys.stderr)
+    finally:
+        await store.close()
+
+
 def _ingest(args: argparse.Namespace) -> int:
     from retrieval.ingest import IngestError, ingest
     from retrieval.store import StoreUnavailable, open_store
@@ -205,6 +221,8 @@ def _ingest(args: argparse.Namespace) -> int:
         for failure in result.failed:
             print(f"error: {failure}", file=sys.stderr)
         print(result.summary())
+        if result.stale_ids and settings.redis_url:
+            await _invalidate_cached_answers(settings, result.stale_ids)
         return 1 if result.failed else 0
 
     try:

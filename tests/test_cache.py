@@ -334,3 +334,37 @@ async def test_feedback_is_only_for_the_requesting_team(
         headers={"Authorization": f"Bearer {TEAM_KEY}"},
     )
     assert response.status == 400
+
+
+async def test_reingested_chunks_invalidate_answers_built_on_them() -> None:
+    from cache.store import Entry, RedisStore
+
+    store = RedisStore(SHARED_REDIS, prefix=f"gw-test-{uuid.uuid4().hex[:8]}")
+    try:
+        built_on = Entry(
+            id=1,
+            scope="s",
+            team="t",
+            route="r",
+            query="q1",
+            answer={"choices": []},
+            vector=None,
+            fingerprint=["chunk-a:v1", "chunk-b:v3"],
+        )
+        unrelated = Entry(
+            id=2,
+            scope="s",
+            team="t",
+            route="r",
+            query="q2",
+            answer={"choices": []},
+            vector=None,
+            fingerprint=["chunk-c:v1"],
+        )
+        for entry in (built_on, unrelated):
+            await store.put(entry, f"x{entry.id}", ttl_s=60, cap=10)
+        assert await store.invalidate(chunks=["chunk-b"]) == 1
+        assert await store.get(1) is None
+        assert await store.get(2) is not None
+    finally:
+        await store.close()
