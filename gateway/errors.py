@@ -49,6 +49,7 @@ class GatewayError(Exception):
         self.extra_headers: dict[str, str] = {}
         # The router's attempts (provider, region, error class), when any were made.
         self.attempts: list[dict[str, Any]] | None = None
+        self.retry_after: float | None = None  # seconds, sent as Retry-After
 
     def to_body(self) -> dict[str, Any]:
         """The OpenAI-style error body."""
@@ -67,7 +68,9 @@ class GatewayError(Exception):
         return {**self._own_headers(), **self.extra_headers}
 
     def _own_headers(self) -> dict[str, str]:
-        return {}
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
 class InvalidRequest(GatewayError):
@@ -131,11 +134,6 @@ class _WithAttempts(GatewayError):
         self.attempts = attempts
         self.retry_after = retry_after
 
-    def _own_headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
-
 
 class AllProvidersFailed(_WithAttempts):
     """Every eligible candidate was tried (within the attempt budget) and failed."""
@@ -179,11 +177,6 @@ class UpstreamError(GatewayError):
     def error_class(self) -> str:
         """A stable short name for metrics and decision records."""
         return self.code
-
-    def _own_headers(self) -> dict[str, str]:
-        if self.retry_after is None:
-            return {}
-        return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
 class UpstreamRateLimited(UpstreamError):
