@@ -71,6 +71,8 @@ FILLER = (
 
 @dataclass
 class Row:
+    """One line of the printed table."""
+
     store: str
     chunks: int
     upsert_per_s: float | None = None

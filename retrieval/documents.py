@@ -36,12 +36,16 @@ class DocumentError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Heading:
-    level: int  # 1..6
+    """A heading of ``level`` 1 (the title) to 6."""
+
+    level: int
     text: str
 
 
 @dataclass(frozen=True, slots=True)
 class Paragraph:
+    """A block of text: a paragraph, a list item, a table row, a code block."""
+
     text: str
 
 

@@ -46,11 +46,15 @@ class Empty:
 
 @dataclass(frozen=True, slots=True)
 class All:
+    """Every condition holds."""
+
     conditions: tuple[Condition, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class AnyOf:
+    """At least one condition holds."""
+
     conditions: tuple[Condition, ...]
 
 
