@@ -43,10 +43,10 @@ from .base import (
     parse_retry_after,
 )
 from .gemini_request import (
-    _calling_config,
-    _contents,
-    _declaration,
-    _generation_config,
+    calling_config,
+    contents_of,
+    declaration,
+    generation_config,
 )
 from .schema import (
     ChatRequest,
@@ -80,18 +80,18 @@ class GeminiAdapter:
 
     def build_request(self, request: ChatRequest, target: Target) -> UpstreamRequest:
         """The ``generateContent`` (or ``streamGenerateContent?alt=sse``) call for ``request``."""
-        system, contents = _contents(request.messages)
+        system, contents = contents_of(request.messages)
         body: dict[str, Any] = {"contents": contents}
         if system:
             body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
-        config = _generation_config(request)
+        config = generation_config(request)
         if config:
             body["generationConfig"] = config
         if request.tools:
-            declarations = [_declaration(tool.function) for tool in request.tools]
+            declarations = [declaration(tool.function) for tool in request.tools]
             body["tools"] = [{"functionDeclarations": declarations}]
             if request.tool_choice is not None:
-                body["toolConfig"] = {"functionCallingConfig": _calling_config(request.tool_choice)}
+                body["toolConfig"] = {"functionCallingConfig": calling_config(request.tool_choice)}
         # ``user`` has no counterpart in the Developer API's generateContent: it is not sent.
         version = target.options.get("api_version", "v1beta")
         model = target.model.removeprefix("models/")

@@ -28,7 +28,7 @@ from .schema import (
 TOOL_CHOICE_MODES: dict[str, str] = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
 
 
-def _contents(messages: list[Message]) -> tuple[list[str], list[dict[str, Any]]]:
+def contents_of(messages: list[Message]) -> tuple[list[str], list[dict[str, Any]]]:
     """(system texts, Gemini ``contents``) with consecutive same-role turns merged.
 
     Gemini has no tool role: tool results are ``functionResponse`` parts of a user turn, so
@@ -139,7 +139,7 @@ def _tool_response(text: str) -> dict[str, Any]:
     return value if value is not None else {"result": text}
 
 
-def _generation_config(request: ChatRequest) -> dict[str, Any]:
+def generation_config(request: ChatRequest) -> dict[str, Any]:
     fields = {
         "temperature": request.temperature,
         "topP": request.top_p,
@@ -162,7 +162,7 @@ def _generation_config(request: ChatRequest) -> dict[str, Any]:
     return config
 
 
-def _declaration(function: FunctionDefinition) -> dict[str, Any]:
+def declaration(function: FunctionDefinition) -> dict[str, Any]:
     declaration: dict[str, Any] = {"name": function.name}
     if function.description:
         declaration["description"] = function.description
@@ -173,7 +173,7 @@ def _declaration(function: FunctionDefinition) -> dict[str, Any]:
     return declaration
 
 
-def _calling_config(choice: ToolChoice) -> dict[str, Any]:
+def calling_config(choice: ToolChoice) -> dict[str, Any]:
     if isinstance(choice, NamedToolChoice):
         return {"mode": "ANY", "allowedFunctionNames": [choice.function.name]}
     return {"mode": TOOL_CHOICE_MODES[choice]}
