@@ -29,7 +29,8 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from cache.embedder import Embedder, SentenceEmbedder
+from cache.embedder import BatchingEmbedder, Embedder
+from cache.embedders import make_embedder
 from cache.index import ScopeIndex
 from gateway.app import create_app
 from gateway.policy import Policy, hash_key
@@ -148,7 +149,7 @@ def _verifications(app: web.Application) -> int:
     from gateway.runtime import RUNTIME
 
     metrics = app[RUNTIME].metrics
-    sample = metrics.cache_lookups.collect()[0].samples
+    sample = next(iter(metrics.cache_lookups.collect())).samples
     return int(
         sum(
             s.value
@@ -211,7 +212,7 @@ def index_lookup(size: int, dim: int = 384) -> tuple[float, float, float]:
     return build, pct(timings, 50), pct(timings, 99)
 
 
-def embedding_throughput(embedder: SentenceEmbedder, texts: list[str]) -> tuple[float, float]:
+def embedding_throughput(embedder: BatchingEmbedder, texts: list[str]) -> tuple[float, float]:
     sample = texts[:256]
     start_ = time.perf_counter()
     for text in sample[:64]:
@@ -229,8 +230,11 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.limit:
         rows = rows[: args.limit]
     intents = dict(rows)
-    print(f"dataset: {args.dataset} test, {len(rows)} queries, seed {args.seed}")
-    embedder = SentenceEmbedder()
+    print(
+        f"dataset: {args.dataset} test, {len(rows)} queries, seed {args.seed}, "
+        f"embedder {args.embedder}"
+    )
+    embedder = make_embedder(args.embedder, Path("data"))
     runner, upstream_url = await start(upstream(intents))
     try:
         print(f"\n{'setting':18s} {'hits':>7s} {'false':>7s} {'verify':>7s}")
@@ -270,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--index-size", type=int, default=0)
+    parser.add_argument("--embedder", choices=["torch", "onnx", "onnx-int8"], default="torch")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     asyncio.run(main_async(args))
