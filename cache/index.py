@@ -11,9 +11,14 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+
+# isort: off
+# cache.embedder first: it makes the system libstdc++ the process's C++ runtime, without which
+# loading onnxruntime after usearch crashes (see cache/embedder.py, _share_system_libstdcxx).
+from .embedder import Vector
 from usearch.index import Index
 
-from .embedder import Vector
+# isort: on
 
 
 class ScopeIndex:
