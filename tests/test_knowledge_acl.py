@@ -109,7 +109,9 @@ async def test_a_locked_embedded_store_passes_through(
     """The module's store holds the shard: a second opener (a second process, say) fails."""
     assert isinstance(kb_store.path, Path)
     other = open_store(collection="company-kb", url=None, path=kb_store.path.parent.parent)
-    policy = knowledge_policy()
+    # A generous lookup timeout: on a loaded machine the embedding alone can pass the default
+    # 0.5 s, and this test is about the lock, not the timeout.
+    policy = knowledge_policy(timeout_s=30)
     stage = stage_for(other, policy)
     ctx = make_ctx(policy, "support", FAQ_QUESTION, embedder=embedder)
     assert await stage.before(ctx) is None
