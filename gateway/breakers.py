@@ -1,7 +1,8 @@
 """Circuit breakers per provider and per model, and Retry-After embargoes.
 
-A breaker opens on ``consecutive_failures`` in a row, or on an error rate over ``window_s`` once
-``min_requests`` were seen, or at once when forced (the provider rejected the gateway's key). After
+A breaker opens on ``consecutive_failures`` in a row, or on an error rate over ``window_s`` (its
+latest 1,024 outcomes at most) once ``min_requests`` were seen, or at once when forced (the
+provider rejected the gateway's key). After
 ``open_s`` it is half-open: one probe request (one across all replicas, through a shared lock) may
 go; success closes it, failure reopens it for twice as long (capped at ``max_open_s``).
 
@@ -25,6 +26,7 @@ from .shared import BreakerRecord, SharedState
 log = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+OUTCOMES_KEPT = 1024
 
 
 @dataclass(slots=True)
@@ -35,7 +37,9 @@ class _Breaker:
     opened_count: int = 0
     reason: str = ""
     consecutive: int = 0
-    outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
+    # The error rate looks at the window's latest outcomes, at most OUTCOMES_KEPT of them: the
+    # deque is appended on every request, so it must not grow with traffic.
+    outcomes: deque[tuple[float, bool]] = field(default_factory=lambda: deque(maxlen=OUTCOMES_KEPT))
     probing: bool = False
 
 

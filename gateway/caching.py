@@ -61,7 +61,6 @@ class CacheStage:
     ) -> None:
         self.config = config
         self.store = store
-        self.embedder = embedder
         self.policy = policy or HitPolicy()
         self.metrics = metrics
         # Learned per scope on this replica (counts, additive); entries' states live in the store.
@@ -130,8 +129,8 @@ class CacheStage:
             if reason is None and similarity >= settings.static_threshold:
                 return self._serve(ctx, entry, similarity, "semantic")
             return None
-        cached = _answer_text_of(entry.answer)
-        agreement = sum(_same(_answer_text_of(r.answer), cached) for r, _ in neighbours[1:])
+        cached = _answer_text(entry.answer)
+        agreement = sum(_same(_answer_text(r.answer), cached) for r, _ in neighbours[1:])
         state = self._scope_state(scope)
         assessment = self.policy.assess(
             similarity,
@@ -220,7 +219,7 @@ class CacheStage:
         completion: Completion,
         comparison: _Comparison | None,
     ) -> None:
-        text = _answer_text(completion)
+        text = _answer_text(completion.body)
         if text is None or completion.finish_reason not in CACHEABLE_FINISH:
             return
         try:
@@ -260,7 +259,7 @@ class CacheStage:
         """Compare the fresh answer with the nearest cached ones and learn from it."""
         state = self._scope_state(scope)
         (entry, similarity), *runners = comparison.neighbours
-        correct = _same(fresh, _answer_text_of(entry.answer))
+        correct = _same(fresh, _answer_text(entry.answer))
         entry_state = EntryState.from_bytes(entry.state)
         self.policy.observe(
             entry_state,
@@ -275,7 +274,7 @@ class CacheStage:
         self.policy.learn(new_state, state, similarity, correct)
         await self.store.save_state(entry.id, entry_state.to_bytes())
         for runner, runner_similarity in runners:
-            same = _same(fresh, _answer_text_of(runner.answer))
+            same = _same(fresh, _answer_text(runner.answer))
             runner_state = EntryState.from_bytes(runner.state)
             self.policy.learn(runner_state, state, runner_similarity, same)
             self.policy.learn(new_state, state, runner_similarity, same)
@@ -391,11 +390,7 @@ def _same(fresh: str | None, cached: str | None) -> bool:
     return fresh is not None and cached is not None and normalise(fresh) == normalise(cached)
 
 
-def _answer_text(completion: Completion) -> str | None:
-    return _answer_text_of(completion.body)
-
-
-def _answer_text_of(body: Mapping[str, Any]) -> str | None:
+def _answer_text(body: Mapping[str, Any]) -> str | None:
     """The text of a plain answer; ``None`` for tool calls or anything else not cacheable."""
     try:
         message = body["choices"][0]["message"]
