@@ -73,6 +73,13 @@ class Decision:
     error: str | None = None
     overhead_ms: float | None = None
     total_ms: float | None = None
+    # What the answer cost: filled once an upstream answered (cache and knowledge answers cost 0).
+    source: str = "provider"  # provider | cache | knowledge | error
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    # Quality signals of the answer (heuristics, feedback, judge), by signal name.
+    quality: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fallbacks(self) -> int:

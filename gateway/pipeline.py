@@ -19,6 +19,7 @@ from providers.schema import ChatRequest
 
 from .catalog import Candidate
 from .context import RequestContext
+from .cost import charge
 from .decisions import Decision
 from .errors import GatewayError, InvalidRequest, PayloadTooLarge
 from .fallback import Outcome, run_attempts
@@ -83,6 +84,7 @@ async def _answer(
     for interceptor in runtime.interceptors:
         if (answer := await interceptor.before(ctx)) is not None:
             ctx.decision.served_model = answer.served_model
+            ctx.decision.source = ctx.headers.get("x-gateway-source", "cache")
             if ctx.chat.stream:
                 return await replay_stream(request, ctx, answer)
             return completion_response(ctx, answer, None)
@@ -103,6 +105,7 @@ async def _answer(
         return Outcome(completion, completion.served_model, wire_s=completion.wire_s)
 
     completion, candidate = await run_attempts(runtime, ctx, plan, complete)
+    charge(ctx.decision, candidate.model, completion.usage)
     for interceptor in runtime.interceptors:
         await interceptor.after(ctx, completion)
     return completion_response(ctx, completion, candidate)
@@ -116,7 +119,7 @@ def _record(runtime: Runtime, ctx: RequestContext) -> None:
     metrics = runtime.metrics
     provider = decision.attempts[-1].provider if decision.attempts else "none"
     metrics.child(
-        metrics.requests, decision.route, provider, str(decision.status), "provider"
+        metrics.requests, decision.route, provider, str(decision.status), decision.source
     ).inc()
     metrics.child(metrics.duration, decision.route).observe(decision.total_ms / 1000)
     metrics.overhead.observe(decision.overhead_ms / 1000)

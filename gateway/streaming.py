@@ -22,6 +22,7 @@ from providers.pool import UpstreamStream
 
 from .catalog import Candidate
 from .context import RequestContext
+from .cost import charge
 from .errors import UpstreamError
 from .fallback import Outcome, run_attempts
 from .responses import gateway_headers
@@ -113,6 +114,8 @@ async def stream_answer(
             log.info("client %s went away mid-stream", ctx.request_id)
             ctx.decision.events.append({"type": "client_disconnected"})
             completed = False
+    # Whatever the upstream streamed was generated and billed, completed or not.
+    charge(ctx.decision, candidate.model, upstream.state.usage)
     if completed and (answer := transcript.completion(upstream, candidate.target.model)):
         for interceptor in runtime.interceptors:
             await interceptor.after(ctx, answer)
