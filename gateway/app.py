@@ -29,6 +29,7 @@ from .errors import GatewayError, InvalidRequest, ModelNotFound
 from .feedback import post_feedback
 from .knowledge import open_knowledge
 from .metrics import Metrics
+from .openapi import get_openapi
 from .pipeline import chat_completions
 from .policy import Policy
 from .responses import error_response
@@ -211,6 +212,7 @@ def create_app(
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics),
+            web.get("/openapi.json", get_openapi),
             web.post("/v1/feedback", post_feedback),
             *admin.ROUTES,
         ]
