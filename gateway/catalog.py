@@ -63,6 +63,8 @@ class Catalog:
                 options=provider.adapter_options(),
             )
             candidates[model.name] = Candidate(model=model, provider=provider, target=target)
+        # Alias -> candidate, for calls outside any route (gateway eval, shadow traffic).
+        self.by_alias: Mapping[str, Candidate] = candidates
         self._routes: dict[str, Route] = {
             name: Route(name=name, task_type="general", candidates=(candidate,))
             for name, candidate in candidates.items()

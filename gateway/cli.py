@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import cache_cli
+from . import cache_cli, eval_cli
 from .policy import PolicyError, hash_key, load_policy
 from .settings import EMBEDDED_CONFIG, Settings
 
@@ -46,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hashing.add_argument("key", nargs="?", help="the key (default: read one line from stdin)")
 
     cache_cli.add_parser(commands)
+    eval_cli.add_parser(commands)
     _add_ingest_parser(commands)
 
     args = parser.parse_args(argv)
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _ingest(args)
     if args.command == "cache":
         return cache_cli.run(args)
+    if args.command == "eval":
+        return eval_cli.run(args)
     if args.command == "check-config":
         return _check_config(args.file)
     if args.command == "hash-key":
