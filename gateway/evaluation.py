@@ -40,12 +40,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from providers.base import Completion
 from providers.pool import ProviderPool
-from providers.schema import ChatRequest, content_text
+from providers.schema import ChatRequest
 
 from .catalog import Candidate, Catalog
 from .cost import usage_cost
 from .errors import GatewayError
-from .grading import grade
+from .grading import conversation_text, grade
 from .policy import Policy
 from .validation import describe
 
@@ -356,7 +356,7 @@ async def _run_one(
     run.served_model = completion.served_model
     run.cost_usd = usage_cost(candidate.model, completion.usage)
     text = answer_text(completion)
-    question = _question(chat)
+    question = conversation_text(chat)
     for check in task.checks:
         if isinstance(check, JudgeCheck):
             ok, why = await _judge(plan, catalog, pool, gate, check, question, text, run)
@@ -395,7 +395,3 @@ async def _judge(
         return False, f"judge: unreadable grade from {alias}"
     ok = graded.score >= threshold
     return ok, "" if ok else f"judge: {graded.score:.2f} < {threshold:g}"
-
-
-def _question(chat: ChatRequest) -> str:
-    return "\n".join(f"{m.role}: {content_text(m.content)}" for m in chat.messages)

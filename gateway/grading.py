@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import orjson
 
 from providers.pool import ProviderPool
-from providers.schema import ChatRequest
+from providers.schema import ChatRequest, content_text
 
 from .catalog import Candidate
 from .cost import usage_cost
@@ -32,6 +32,11 @@ class Grade:
     score: float | None  # None: the judge's reply held no readable score
     reason: str
     cost_usd: float
+
+
+def conversation_text(chat: ChatRequest) -> str:
+    """The conversation a judge reads: one ``role: text`` line per message."""
+    return "\n".join(f"{m.role}: {content_text(m.content)}" for m in chat.messages)
 
 
 def judge_request(judge: Candidate, rubric: str, question: str, answer: str) -> ChatRequest:
