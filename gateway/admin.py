@@ -18,7 +18,14 @@ from cache.store import CacheUnavailable
 
 from .cache_config import validate_override
 from .caching import CacheStage
-from .errors import AuthenticationFailed, GatewayError, InvalidRequest, ModelNotAllowed
+from .decision_store import DecisionQuery
+from .errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InvalidRequest,
+    ModelNotAllowed,
+    ModelNotFound,
+)
 from .runtime import RUNTIME, Runtime
 
 
@@ -126,13 +133,43 @@ async def invalidate_cache(request: web.Request) -> web.Response:
 
 
 async def recent_decisions(request: web.Request) -> web.Response:
-    """``GET /admin/decisions?limit=N``: the latest decision records, newest last."""
+    """``GET /admin/decisions?team=&route=&status=&source=&since=&limit=``: the latest matching
+    decision records, newest last; every replica's when Redis holds the decision stream
+    (``x-gateway-decisions: redis``), else this replica's (``local``)."""
     runtime = _authorise(request)
-    try:
-        limit = max(1, min(1000, int(request.query.get("limit", "100"))))
-    except ValueError as exc:
-        raise InvalidRequest("limit must be a number.", param="limit") from exc
-    return _json_response([d.to_dict() for d in runtime.decisions.recent(limit)])
+    query = DecisionQuery.from_params(request.query)
+    records, origin = await runtime.decisions.query(query)
+    response = _json_response(records[::-1])
+    response.headers["x-gateway-decisions"] = origin
+    return response
+
+
+async def get_decision(request: web.Request) -> web.Response:
+    """``GET /admin/decisions/{request_id}``: one decision record, from any replica."""
+    runtime = _authorise(request)
+    request_id = request.match_info["request_id"]
+    decision = await runtime.decisions.lookup(request_id)
+    if decision is None:
+        raise ModelNotFound(f"No decision record for {request_id!r}.", code="decision_not_found")
+    return _json_response(decision.to_dict())
+
+
+async def get_quality(request: web.Request) -> web.Response:
+    """``GET /admin/quality``: scores per (model, version, task type), detectors, regressions."""
+    return _json_response(_authorise(request).quality.snapshot())
+
+
+async def promote_quality(request: web.Request) -> web.Response:
+    """``POST /admin/quality/promote`` ``{"model", "task_type"}``: end a regression's demotion."""
+    runtime = _authorise(request)
+    body = await _json(request)
+    model, task_type = body.get("model"), body.get("task_type")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model (a model alias) is required.", param="model")
+    if not isinstance(task_type, str) or not task_type:
+        raise InvalidRequest("task_type is required.", param="task_type")
+    promoted = await runtime.quality.promote(model, task_type)
+    return _json_response({"model": model, "task_type": task_type, "promoted": promoted})
 
 
 ROUTES = [
@@ -140,4 +177,5 @@ ROUTES = [
     web.put("/admin/cache/config", put_cache_config),
     web.post("/admin/cache/invalidate", invalidate_cache),
     web.get("/admin/decisions", recent_decisions),
+    web.get("/admin/decisions/{request_id}", get_decision),
 ]

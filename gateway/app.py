@@ -24,6 +24,7 @@ from .breakers import BreakerBoard
 from .caching import running_cache
 from .catalog import Catalog
 from .context import Interceptor
+from .decision_store import decision_sinks
 from .decisions import DecisionLog
 from .errors import GatewayError, InvalidRequest, ModelNotFound
 from .feedback import post_feedback
@@ -37,6 +38,8 @@ from .router import Router
 from .runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
 from .settings import Settings
 from .shared import LocalState, RedisState, SharedState
+from .telemetry import running_telemetry
+from .tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +171,7 @@ def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]
     metrics_ = Metrics()
 
     def breaker_changed(key: str, state: str, reason: str) -> None:
+        metrics_.child(metrics_.breaker_transitions, key, state).inc()
         if state == "open":
             alerts.emit("breaker_opened", f"breaker {key} opened: {reason}", key=key, reason=reason)
 
@@ -181,7 +185,10 @@ def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]
         router=Router(policy.routing, board),
         alerts=alerts,
         metrics=metrics_,
-        decisions=DecisionLog(),
+        decisions=DecisionLog(
+            settings.decision_ring_size, sinks=decision_sinks(settings, metrics_)
+        ),
+        tracing=Tracing.from_settings(settings),
     )
 
 
@@ -225,6 +232,7 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
     policy = runtime.catalog.policy
     await runtime.pool.start()
     async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(running_telemetry(runtime))
         stages: list[Interceptor] = []
         caching = policy.cache is not None and policy.cache.enabled
         if (caching or policy.knowledge is not None) and runtime.embedder is None:

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 
 from . import cache_cli, eval_cli
 from .policy import PolicyError, hash_key, load_policy
@@ -108,18 +107,19 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     from .app import create_app  # after validation: a bad config fails fast, before imports
+    from .lifecycle import serve
 
     app = create_app(settings, policy)
     _tune_gc(settings.gc_gen0_threshold)
     if not args.local_model:
-        web.run_app(app, host=settings.host, port=settings.port, access_log=None)
+        serve(app, settings)  # SIGHUP reloads the policy; SIGTERM drains (gateway.lifecycle)
         return 0
     from .localmodel import LocalModelError, LocalModelServer
 
     try:
         with LocalModelServer(args.data_dir) as local:
             print(f"local model serving at {local.base_url}", file=sys.stderr)
-            web.run_app(app, host=settings.host, port=settings.port, access_log=None)
+            serve(app, settings)
     except LocalModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

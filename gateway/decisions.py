@@ -1,19 +1,26 @@
 """The decision record: why a request went where it went, one JSON object per request.
 
-No prompt text: the record names candidates, verdicts, attempts, versions and timings. It is
-written as a JSON line to the ``gateway.decisions`` logger and kept in a bounded in-process ring
-(the admin API and the dashboard read it).
+No prompt text by default: the record names candidates, verdicts, attempts, versions, timings and
+a SHA-256 of the prompt's messages; a team with ``log_prompts: true`` gets the messages too.
+``DecisionLog`` keeps a bounded in-process ring (what this replica saw) and, when configured,
+hands each record to ``DecisionSinks`` (gateway/decision_store.py), which write them in the
+background to a bounded Redis stream and a JSON-lines file. The request path only appends to two
+deques; it never awaits Redis or the disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from .decision_store import DecisionQuery, DecisionSinks
 
 log = logging.getLogger("gateway.decisions")
 
@@ -42,6 +49,7 @@ class Attempt:
     served_model: str | None = None
     status: int | None = None
     detail: str = ""
+    ended_at: float = field(default_factory=time.time)  # wall clock: when the call returned
 
     def public(self) -> dict[str, Any]:
         """What an error body may show the client."""
@@ -80,6 +88,22 @@ class Decision:
     cost_usd: float = 0.0
     # Quality signals of the answer (heuristics, feedback, judge), by signal name.
     quality: dict[str, Any] = field(default_factory=dict)
+    # The tier router's choice (gateway.tiering): tier, predicted gain, threshold, exploration.
+    tiering: dict[str, Any] = field(default_factory=dict)
+    # Latency breakdown besides total and overhead: time on the wire to providers, and for
+    # streams the time to the first content sent to the client.
+    upstream_ms: float | None = None
+    ttft_ms: float | None = None
+    # The interceptors' verdicts: {"result": hit|miss|bypass|refresh, "kind", "similarity"} and
+    # {"result": answer|context|none|off|error|..., "chunks": [{"id", "score"}]}.
+    cache: dict[str, Any] | None = None
+    knowledge: dict[str, Any] | None = None
+    # SHA-256 of the client's messages (canonical JSON); computed off the request path.
+    prompt_sha256: str | None = None
+    # The client's messages, kept only for teams with ``log_prompts: true``.
+    prompt: list[Any] | None = None
+    # Not serialised: the messages to hash, set when the request ends.
+    messages: Any = field(default=None, repr=False, compare=False)
 
     @property
     def fallbacks(self) -> int:
@@ -90,28 +114,94 @@ class Decision:
         """Every region the prompt was sent to, in order of first use."""
         return list(dict.fromkeys(a.region for a in self.attempts))
 
+    def hash_prompt(self) -> str | None:
+        """``prompt_sha256``, computed once from ``messages``."""
+        if self.prompt_sha256 is None and self.messages is not None:
+            canonical = orjson.dumps(self.messages, option=orjson.OPT_SORT_KEYS)
+            self.prompt_sha256 = hashlib.sha256(canonical).hexdigest()
+        return self.prompt_sha256
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON record (what the log, the stream and the admin API carry)."""
+        self.hash_prompt()
+        record = {name: getattr(self, name) for name in _SCALARS}
+        record["candidates"] = [asdict(c) for c in self.candidates]
+        record["attempts"] = [asdict(a) for a in self.attempts]
+        record["events"] = [dict(e) for e in self.events]
+        record["quality"] = dict(self.quality)
+        record["fallbacks"] = self.fallbacks
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Decision:
+        """A decision read back from the stream (another replica's, e.g. for feedback)."""
+        known = {f.name for f in fields(cls)} - {"messages"}
+        values = {k: v for k, v in record.items() if k in known}
+        values["candidates"] = [CandidateVerdict(**c) for c in record.get("candidates") or ()]
+        values["attempts"] = [Attempt(**a) for a in record.get("attempts") or ()]
+        return cls(**values)
+
+
+_COMPOUND = {"candidates", "attempts", "events", "quality", "messages"}
+_SCALARS = tuple(f.name for f in fields(Decision) if f.name not in _COMPOUND)
 
 
 class DecisionLog:
-    """Bounded ring of recent decisions plus the JSON-lines logger."""
+    """The recent decisions of this replica, and the hand-off to the durable sinks.
 
-    def __init__(self, size: int = 1000) -> None:
+    ``recent``/``find`` read the in-process ring (synchronous, for the dashboard and tests);
+    ``lookup``/``query`` read the shared Redis stream when there is one, so that every replica
+    sees every replica's decisions, and fall back to the ring.
+    """
+
+    def __init__(self, size: int = 1000, sinks: DecisionSinks | None = None) -> None:
         self._recent: deque[Decision] = deque(maxlen=size)
+        self.sinks = sinks
 
     def record(self, decision: Decision) -> None:
         self._recent.append(decision)
+        if self.sinks is not None:
+            self.sinks.submit(decision)
         # DEBUG: a JSON line per request is for a log pipeline that asks for it, not the console.
         if log.isEnabledFor(logging.DEBUG):
             log.debug(orjson.dumps(decision.to_dict()).decode())
 
     def find(self, request_id: str) -> Decision | None:
-        """A recent decision by request id (newest first; ``None`` once it left the ring)."""
+        """A recent decision of this replica by request id (``None`` once it left the ring)."""
         for decision in reversed(self._recent):
             if decision.request_id == request_id:
                 return decision
         return None
 
     def recent(self, limit: int = 100) -> list[Decision]:
+        """This replica's latest decisions, oldest first."""
+        if limit >= len(self._recent):
+            return list(self._recent)
         return list(self._recent)[-limit:]
+
+    async def lookup(self, request_id: str) -> Decision | None:
+        """A decision by request id: this replica's ring, else the shared stream."""
+        found = self.find(request_id)
+        if found is None and self.sinks is not None:
+            record = await self.sinks.lookup(request_id)
+            if record is not None:
+                found = Decision.from_dict(record)
+        return found
+
+    async def query(self, query: DecisionQuery) -> tuple[list[dict[str, Any]], str]:
+        """Records matching ``query``, newest first, and where they came from (``redis`` or
+        ``local``: the ring, without Redis or while it is down)."""
+        if self.sinks is not None:
+            found = await self.sinks.query(query)
+            if found is not None:
+                return found, "redis"
+        matches = []
+        for decision in reversed(self._recent):
+            if query.since is not None and decision.started_at < query.since:
+                continue
+            record = decision.to_dict()
+            if query.matches(record):
+                matches.append(record)
+                if len(matches) >= query.limit:
+                    break
+        return matches, "local"

@@ -115,7 +115,11 @@ async def run_attempts(
                     continue
                 if previous is not None and errors:
                     runtime.metrics.fallbacks.labels(
-                        previous.provider.name, candidate.provider.name, errors[-1].code
+                        previous.model.name,
+                        candidate.model.name,
+                        previous.provider.name,
+                        candidate.provider.name,
+                        errors[-1].code,
                     ).inc()
                 previous = candidate
                 sent = time.perf_counter()

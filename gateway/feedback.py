@@ -33,7 +33,8 @@ async def post_feedback(request: web.Request) -> web.Response:
         raise InvalidRequest("request_id is required.", param="request_id")
     if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
         raise InvalidRequest("score must be a number from 0 to 1.", param="score")
-    decision = runtime.decisions.find(request_id)
+    # This replica's ring, else the shared decision stream (the request may have gone elsewhere).
+    decision = await runtime.decisions.lookup(request_id)
     if decision is None or decision.team != team.name:
         # Another team's request is reported as unknown: ids are not an oracle.
         raise ModelNotFound(f"No recent request {request_id!r} of yours.", code="request_not_found")

@@ -223,7 +223,9 @@ def direct_answer(ctx: RequestContext, hit: Hit) -> Completion:
     ctx.headers[CITATION_HEADER] = _citation(hit)
     ctx.notes["knowledge"] = "answer"
     ctx.notes["knowledge_fingerprint"] = _fingerprint([hit])
-    ctx.decision.events.append({"type": "knowledge_answer", "chunk": hit.id, "kb": kb})
+    ctx.decision.events.append(
+        {"type": "knowledge_answer", "chunk": hit.id, "kb": kb, "score": round(hit.score, 4)}
+    )
     return Completion(body=body, served_model=served, usage=Usage(), finish_reason="stop")
 
 
@@ -272,7 +274,12 @@ def attach_context(ctx: RequestContext, passages: list[Hit], max_chars: int) -> 
     ctx.notes["knowledge"] = "context"
     ctx.notes["knowledge_fingerprint"] = _fingerprint(used)
     ctx.notes["knowledge_citations"] = [
-        {"id": h.id, "source": h.payload.get("source"), "section": h.payload.get("section")}
+        {
+            "id": h.id,
+            "score": round(h.score, 4),
+            "source": h.payload.get("source"),
+            "section": h.payload.get("section"),
+        }
         for h in used
     ]
     return used

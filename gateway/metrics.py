@@ -19,8 +19,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "gateway_requests",
-            "Requests answered",
-            ["route", "provider", "status", "source"],
+            "Requests answered, by route, served model alias, provider, HTTP status and source",
+            ["route", "model", "provider", "status", "source"],
             registry=r,
         )
         self.attempts = Counter(
@@ -29,7 +29,7 @@ class Metrics:
         self.fallbacks = Counter(
             "gateway_fallbacks",
             "Moves to another candidate after a failure",
-            ["from_provider", "to_provider", "reason"],
+            ["from_model", "to_model", "from_provider", "to_provider", "reason"],
             registry=r,
         )
         self.drift = Counter(
@@ -47,8 +47,46 @@ class Metrics:
         self.duration = Histogram(
             "gateway_request_duration_seconds",
             "Total request time",
-            ["route"],
+            ["route", "source"],
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time of one call to a provider (each attempt)",
+            ["provider", "model", "outcome"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "Streams: request arrival to the first content sent to the client",
+            ["route", "model", "source"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "gateway_tokens",
+            "Tokens billed by providers, by team, task type, model alias and kind",
+            ["team", "task_type", "model", "kind"],
+            registry=r,
+        )
+        self.cost = Counter(
+            "gateway_cost_usd",
+            "USD spent on providers (usage x the model's price), by team, task type and model",
+            ["team", "task_type", "model"],
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "gateway_breaker_transitions",
+            "Breaker state changes seen by this replica",
+            ["key", "state"],
+            registry=r,
+        )
+        self.decision_writes = Counter(
+            "gateway_decision_records",
+            "Decision records written to a sink (redis, file) or dropped (queue), by result",
+            ["sink", "result"],
             registry=r,
         )
         self.cache_lookups = Counter(
@@ -77,6 +115,18 @@ class Metrics:
             buckets=_OVERHEAD_BUCKETS,
             registry=r,
         )
+        self.rate_limited = Counter(
+            "gateway_rate_limited",
+            "Requests refused by a team limit (limit: requests, tokens, budget)",
+            ["team", "limit"],
+            registry=r,
+        )
+        self.limits_fallback = Counter(
+            "gateway_limits_fallback",
+            "Team-limit decisions made per replica because Redis was unreachable",
+            ["operation"],
+            registry=r,
+        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: the hot path skips prometheus' label checks."""
@@ -85,3 +135,13 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*labels)
         return found
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """The current samples called ``name`` with their labels, e.g. ``gateway_requests_total``
+        or ``gateway_request_duration_seconds_count`` (what a dashboard sums up)."""
+        return [
+            (dict(sample.labels), sample.value)
+            for family in self.registry.collect()
+            for sample in family.samples
+            if sample.name == name
+        ]

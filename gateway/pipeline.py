@@ -7,7 +7,6 @@ attempts with fallback -> respond -> interceptors see the answer -> decision rec
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import orjson
@@ -28,6 +27,7 @@ from .responses import completion_response
 from .router import allowed_regions
 from .runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
 from .streaming import replay_stream, stream_answer
+from .telemetry import complete_decision, observe_request
 from .validation import describe
 
 _TASK_MAX = 64
@@ -74,7 +74,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             exc.extra_headers["x-gateway-regions"] = ",".join(regions)
         raise
     finally:
-        _record(runtime, ctx)
+        _record(runtime, ctx, chat)
     return response
 
 
@@ -111,18 +111,11 @@ async def _answer(
     return completion_response(ctx, completion, candidate)
 
 
-def _record(runtime: Runtime, ctx: RequestContext) -> None:
+def _record(runtime: Runtime, ctx: RequestContext, chat: ChatRequest) -> None:
     decision = ctx.decision
-    decision.total_ms = (time.perf_counter() - ctx.started) * 1000
-    decision.overhead_ms = ctx.overhead_ms()
+    complete_decision(ctx, chat)  # timings, cache/knowledge verdicts, prompt hash or text
     runtime.decisions.record(decision)
-    metrics = runtime.metrics
-    provider = decision.attempts[-1].provider if decision.attempts else "none"
-    metrics.child(
-        metrics.requests, decision.route, provider, str(decision.status), decision.source
-    ).inc()
-    metrics.child(metrics.duration, decision.route).observe(decision.total_ms / 1000)
-    metrics.overhead.observe(decision.overhead_ms / 1000)
+    observe_request(runtime, ctx, chat)  # Prometheus metrics and, when configured, the trace
 
 
 def _task_type(request: web.Request, default: str) -> str:

@@ -18,6 +18,7 @@ from .metrics import Metrics
 from .router import Router
 from .settings import Settings
 from .shared import SharedState
+from .tracing import Tracing
 
 
 @dataclass(slots=True)
@@ -33,6 +34,7 @@ class Runtime:
     decisions: DecisionLog
     interceptors: tuple[Interceptor, ...] = field(default_factory=tuple)
     embedder: Embedder | None = None
+    tracing: Tracing | None = None  # None: no OTLP endpoint, no spans
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -38,3 +38,19 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), description="exported models and local state")
     log_level: str = "INFO"
     gc_gen0_threshold: int = Field(default=10_000, ge=100, description="see cli._tune_gc")
+    # SIGTERM: /readyz turns not-ready, serving goes on for drain_delay_s (load balancers stop
+    # sending), then in-flight requests and streams get up to shutdown_timeout_s to finish.
+    drain_delay_s: float = Field(default=0.0, ge=0)
+    shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    # Telemetry (gateway/telemetry.py): decision records and traces.
+    decision_log: Path | None = Field(
+        default=None, description="append each decision record here as a JSON line"
+    )
+    decision_stream_maxlen: int = Field(
+        default=10_000, ge=100, description="Redis stream of decisions: about this many kept"
+    )
+    decision_ring_size: int = Field(default=1000, ge=10, description="decisions kept in memory")
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces"
+    )
+    otlp_service_name: str = "knowledge-gateway"

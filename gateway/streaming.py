@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,7 @@ async def stream_answer(
             for chunk in opened.held:
                 transcript.add(chunk)
                 await response.write(sse(chunk))
+            ctx.decision.ttft_ms = (time.perf_counter() - ctx.started) * 1000
             completed = await _relay(response, opened.chunks, upstream, ctx, transcript)
             if completed and ctx.chat.wants_stream_usage:
                 await response.write(sse(upstream.state.usage_chunk()))
@@ -181,6 +183,8 @@ async def replay_stream(
             delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
             await response.write(sse({**base, "choices": [choice]}))
+            if i == 0:
+                ctx.decision.ttft_ms = (time.perf_counter() - ctx.started) * 1000
         finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": answer.finish_reason}
         await response.write(sse({**base, "choices": [finish]}))
         if ctx.chat.wants_stream_usage:

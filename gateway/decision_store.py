@@ -1,0 +1,319 @@
+"""Where decision records go after the request: a bounded Redis stream and a JSON-lines file.
+
+``DecisionSinks.submit`` appends to a bounded deque (the request path's only cost); a background
+task drains it every ``interval_s`` in batches: each record is serialised once, then the batch is
+written with one pipelined ``XADD … MAXLEN ~ N`` per record (one round trip) and one append to
+the file (in a worker thread). A Redis outage costs the records of the outage on the stream (the
+ring and the file still have them) and one log line; writes resume when Redis is back.
+
+The stream is ``<prefix>:decisions``; each entry holds ``rid`` (the request id) and ``d`` (the
+record's JSON). Reads (``lookup``, ``query``) scan it newest first: it is bounded, and the
+decisions people ask about (feedback, the admin API) are recent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from .decisions import Decision
+    from .metrics import Metrics
+    from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+PAGE = 500  # stream entries per XREVRANGE
+YIELD_EVERY = 32  # records serialised between two yields to the event loop
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionQuery:
+    """Filters of ``GET /admin/decisions``; ``None`` matches anything.
+
+    ``status``: an exact code (``"429"``), a class (``"5xx"``) or ``"error"`` (any status >= 400).
+    ``since``: epoch seconds (a record's ``started_at``).
+    """
+
+    team: str | None = None
+    route: str | None = None
+    status: str | None = None
+    source: str | None = None
+    since: float | None = None
+    limit: int = 100
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str], *, max_limit: int = 1000) -> DecisionQuery:
+        """From ``GET /admin/decisions``'s query string; raises ``InvalidRequest``."""
+        try:
+            limit = max(1, min(max_limit, int(params.get("limit", "100"))))
+        except ValueError as exc:
+            raise InvalidRequest("limit must be a number.", param="limit") from exc
+        since: float | None = None
+        if (raw := params.get("since")) is not None:
+            since = _since(raw)
+        status = params.get("status")
+        if status is not None and not (
+            status == "error" or re.fullmatch(r"[1-5](xx|\d\d)", status)
+        ):
+            raise InvalidRequest(
+                "status must be a code (429), a class (5xx) or 'error'.", param="status"
+            )
+        return cls(
+            team=params.get("team"),
+            route=params.get("route"),
+            status=status,
+            source=params.get("source"),
+            since=since,
+            limit=limit,
+        )
+
+    def matches(self, record: dict[str, Any]) -> bool:
+        if self.team is not None and record.get("team") != self.team:
+            return False
+        if self.route is not None and record.get("route") != self.route:
+            return False
+        if self.source is not None and record.get("source") != self.source:
+            return False
+        if self.since is not None and float(record.get("started_at") or 0) < self.since:
+            return False
+        return self.status is None or _status_matches(self.status, int(record.get("status") or 0))
+
+
+def _since(raw: str) -> float:
+    """Epoch seconds, or an ISO 8601 time (UTC unless it says otherwise)."""
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise InvalidRequest(
+            "since must be epoch seconds or an ISO 8601 time.", param="since"
+        ) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _status_matches(wanted: str, status: int) -> bool:
+    if wanted == "error":
+        return status >= 400
+    if len(wanted) == 3 and wanted.endswith("xx") and wanted[0].isdigit():
+        return status // 100 == int(wanted[0])
+    return str(status) == wanted
+
+
+def decision_sinks(settings: Settings, metrics: Metrics | None = None) -> DecisionSinks | None:
+    """The sinks ``settings`` configure: the Redis stream with ``GATEWAY_REDIS_URL``, the file
+    with ``GATEWAY_DECISION_LOG``; ``None`` with neither (the ring alone)."""
+    if not settings.redis_url and settings.decision_log is None:
+        return None
+    return DecisionSinks(
+        redis_url=settings.redis_url,
+        prefix=settings.redis_prefix,
+        maxlen=settings.decision_stream_maxlen,
+        path=settings.decision_log,
+        metrics=metrics,
+    )
+
+
+class DecisionSinks:
+    """The durable copies of decision records: Redis stream and/or JSON-lines file."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str | None = None,
+        prefix: str = "gw",
+        maxlen: int = 10_000,
+        path: Path | None = None,
+        metrics: Metrics | None = None,
+        batch_size: int = 256,
+        interval_s: float = 0.2,
+        pending_max: int = 20_000,
+    ) -> None:
+        self.key = f"{prefix}:decisions"
+        self.maxlen = maxlen
+        self.path = path
+        self.metrics = metrics
+        self.batch_size = batch_size
+        self.interval_s = interval_s
+        self._redis = (
+            aioredis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            if redis_url
+            else None
+        )
+        self._pending: deque[Decision] = deque(maxlen=pending_max)
+        self._file: IO[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._healthy = True
+        self.dropped = 0
+
+    @property
+    def shared(self) -> bool:
+        """Whether reads see every replica's records (a Redis stream is configured)."""
+        return self._redis is not None
+
+    # -- the request path -----------------------------------------------------------------
+    def submit(self, decision: Decision) -> None:
+        pending = self._pending
+        if len(pending) == pending.maxlen:  # the writer is far behind: the oldest goes
+            self.dropped += 1
+            self._count("queue", "dropped")
+        pending.append(decision)
+
+    # -- lifetime -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = await asyncio.to_thread(self.path.open, "ab")
+        self._task = asyncio.create_task(self._run(), name="decision-writer")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self.flush()
+        if self._file is not None:
+            await asyncio.to_thread(self._file.close)
+            self._file = None
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.flush()
+            except Exception:  # the writer must outlive any one bad batch
+                log.exception("writing decision records failed; continuing")
+
+    async def flush(self) -> None:
+        """Write everything pending now (the background task calls this; so do reads)."""
+        async with self._lock:
+            while self._pending:
+                batch = [
+                    self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))
+                ]
+                await self._write(batch)
+
+    async def _write(self, batch: list[Decision]) -> None:
+        lines: list[tuple[str, bytes]] = []
+        for i, decision in enumerate(batch, 1):
+            lines.append((decision.request_id, orjson.dumps(decision.to_dict())))
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # serialising is CPU: let requests run in between
+        if self._file is not None:
+            blob = b"".join(line + b"\n" for _, line in lines)
+            try:
+                await asyncio.to_thread(self._append, blob)
+            except OSError as exc:
+                log.warning("cannot append decision records to %s: %s", self.path, exc)
+                self._count("file", "error", len(lines))
+            else:
+                self._count("file", "ok", len(lines))
+        if self._redis is not None:
+            await self._xadd(lines)
+
+    def _append(self, blob: bytes) -> None:
+        assert self._file is not None
+        self._file.write(blob)
+        self._file.flush()
+
+    async def _xadd(self, lines: list[tuple[str, bytes]]) -> None:
+        assert self._redis is not None
+        pipe = self._redis.pipeline(transaction=False)
+        for request_id, line in lines:
+            pipe.xadd(
+                self.key, {"rid": request_id, "d": line}, maxlen=self.maxlen, approximate=True
+            )
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            if self._healthy:
+                log.warning(
+                    "redis unavailable for decision records (%s); they stay in the ring "
+                    "and the file until it is back",
+                    exc,
+                )
+            self._healthy = False
+            self._count("redis", "error", len(lines))
+            return
+        if not self._healthy:
+            log.info("redis is back; decision records are streamed again")
+        self._healthy = True
+        self._count("redis", "ok", len(lines))
+
+    def _count(self, sink: str, result: str, n: int = 1) -> None:
+        if self.metrics is not None:
+            self.metrics.child(self.metrics.decision_writes, sink, result).inc(n)
+
+    # -- reads ----------------------------------------------------------------------------
+    async def lookup(self, request_id: str) -> dict[str, Any] | None:
+        """The record of ``request_id`` from the stream; ``None`` if absent or unreadable."""
+        if self._redis is None:
+            return None
+        await self.flush()
+        try:
+            async for rid, raw in self._scan("-"):
+                if rid == request_id.encode():
+                    record: dict[str, Any] = orjson.loads(raw)
+                    return record
+        except (RedisError, OSError) as exc:
+            log.warning("cannot read decision records from redis: %s", exc)
+        return None
+
+    async def query(self, query: DecisionQuery) -> list[dict[str, Any]] | None:
+        """Matching records, newest first; ``None`` without Redis or when it fails."""
+        if self._redis is None:
+            return None
+        await self.flush()
+        start = "-" if query.since is None else f"{int(query.since * 1000)}-0"
+        found: list[dict[str, Any]] = []
+        try:
+            async for _, raw in self._scan(start):
+                record = orjson.loads(raw)
+                if query.matches(record):
+                    found.append(record)
+                    if len(found) >= query.limit:
+                        break
+        except (RedisError, OSError) as exc:
+            log.warning("cannot read decision records from redis: %s", exc)
+            return None
+        return found
+
+    async def _scan(self, start: str) -> Any:
+        """``(rid, json)`` of stream entries from newest back to ``start``."""
+        assert self._redis is not None
+        end = "+"
+        while True:
+            entries: list[Any] = (
+                await self._redis.xrevrange(self.key, max=end, min=start, count=PAGE) or []
+            )
+            for _entry_id, values in entries:
+                yield values.get(b"rid", b""), values.get(b"d", b"{}")
+            if len(entries) < PAGE:
+                return
+            last = entries[-1][0]
+            end = "(" + (last.decode() if isinstance(last, bytes) else str(last))
