@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cache.embedder import Embedder
 from providers.pool import ProviderPool
 
-from . import admin
+from . import admin, lifecycle
 from .alerts import Alerts
 from .breakers import BreakerBoard
 from .caching import running_cache
@@ -135,6 +135,8 @@ async def readyz(request: web.Request) -> web.Response:
             for stage in runtime.interceptors
         },
     }
+    if request.app[lifecycle.LIFECYCLE].draining:  # shutting down: send traffic elsewhere
+        return web.json_response({"status": "draining", "checks": checks}, status=503, dumps=_dumps)
     # Degraded dependencies fail open, so the gateway stays ready; the body says what is off.
     return web.json_response({"status": "ready", "checks": checks}, dumps=_dumps)
 
@@ -224,6 +226,7 @@ def create_app(
             *admin.ROUTES,
         ]
     )
+    lifecycle.install(app, os.environ if environ is None else environ)
     return app
 
 
@@ -272,7 +275,7 @@ def make_embedder(settings: Settings) -> Embedder:
 
 async def _sync_shared_state(runtime: Runtime) -> None:
     """Pull other replicas' breaker transitions and embargoes, twice a second."""
-    catalog = runtime.catalog
     while True:
+        catalog = runtime.catalog  # a reload may swap it
         await runtime.board.sync(catalog.breaker_keys, catalog.provider_names)
         await asyncio.sleep(SYNC_INTERVAL_S)

@@ -108,6 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     from .app import create_app  # after validation: a bad config fails fast, before imports
     from .lifecycle import serve
+    from .lifecycle import serve
 
     app = create_app(settings, policy)
     _tune_gc(settings.gc_gen0_threshold)

@@ -35,7 +35,7 @@ _TASK_MAX = 64
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``."""
-    runtime = request.app[RUNTIME]
+    runtime = request.app[RUNTIME].snapshot()  # a reload mid-request does not change it
     catalog = runtime.catalog
     routing = catalog.policy.routing
     team = catalog.authenticate(request.headers.get("Authorization"))
@@ -44,6 +44,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     task_type = _task_type(request, route.task_type)
     deadline_s = _deadline_s(request, routing)
     requested = _requested_regions(request)
+    # The team's limits (429 when over); a well-formed, allowed request is what counts.
+    limit_headers = await runtime.limits.admit(team) if runtime.limits is not None else {}
     ctx = RequestContext(
         request_id=request[REQUEST_ID],
         started=request[REQUEST_STARTED],
@@ -66,6 +68,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         embedder=runtime.embedder,
     )
     ctx.notes["requested_regions"] = requested
+    ctx.headers.update(limit_headers)
     try:
         response = await _answer(request, runtime, ctx)
     except GatewayError as exc:
@@ -75,6 +78,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         _record(runtime, ctx, chat)
+        if runtime.limits is not None:
+            used = ctx.decision
+            runtime.limits.charge(team, used.prompt_tokens + used.completion_tokens, used.cost_usd)
     return response
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -14,10 +15,12 @@ from .breakers import BreakerBoard
 from .catalog import Catalog
 from .context import Interceptor
 from .decisions import DecisionLog
+from .limits import Limits
 from .metrics import Metrics
 from .router import Router
 from .settings import Settings
 from .shared import SharedState
+from .teams import TeamRegistry
 from .tracing import Tracing
 
 
@@ -34,6 +37,12 @@ class Runtime:
     decisions: DecisionLog
     interceptors: tuple[Interceptor, ...] = field(default_factory=tuple)
     embedder: Embedder | None = None
+    limits: Limits | None = None  # team limits and budgets (gateway.lifecycle installs them)
+    teams: TeamRegistry | None = None  # the run-time team overlay
+
+    def snapshot(self) -> Runtime:
+        """A shallow copy: a request keeps the catalog and pool it started with across a reload."""
+        return copy.copy(self)
     tracing: Tracing | None = None  # None: no OTLP endpoint, no spans
 
 
