@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cache.embedder import Embedder
 from providers.pool import ProviderPool
 
-from . import admin, lifecycle
+from . import admin, dashboard, lifecycle
 from .alerts import Alerts
 from .breakers import BreakerBoard
 from .caching import running_cache
@@ -226,6 +226,7 @@ def create_app(
             *admin.ROUTES,
         ]
     )
+    dashboard.setup(app)
     lifecycle.install(app, os.environ if environ is None else environ)
     return app
 

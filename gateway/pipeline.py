@@ -121,6 +121,9 @@ def _record(runtime: Runtime, ctx: RequestContext, chat: ChatRequest) -> None:
     decision = ctx.decision
     complete_decision(ctx, chat)  # timings, cache/knowledge verdicts, prompt hash or text
     runtime.decisions.record(decision)
+    runtime.series.observe(
+        decision, cache=ctx.headers.get("x-gateway-cache"), knowledge=ctx.notes.get("knowledge")
+    )
     observe_request(runtime, ctx, chat)  # Prometheus metrics and, when configured, the trace
 
 

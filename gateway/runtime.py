@@ -20,6 +20,7 @@ from .metrics import Metrics
 from .router import Router
 from .settings import Settings
 from .shared import SharedState
+from .timeseries import TrafficSeries
 from .teams import TeamRegistry
 from .tracing import Tracing
 
@@ -37,6 +38,7 @@ class Runtime:
     decisions: DecisionLog
     interceptors: tuple[Interceptor, ...] = field(default_factory=tuple)
     embedder: Embedder | None = None
+    series: TrafficSeries = field(default_factory=TrafficSeries)  # the dashboard's traffic
     limits: Limits | None = None  # team limits and budgets (gateway.lifecycle installs them)
     teams: TeamRegistry | None = None  # the run-time team overlay
 
