@@ -31,7 +31,8 @@ def limited_policy(fakes: Fakes, **limits: Any) -> Policy:
 
 def runtime_of(client: TestClient[Any, Any]) -> Runtime:
     assert client.app is not None
-    return client.app[RUNTIME]
+    runtime: Runtime = client.app[RUNTIME]
+    return runtime
 
 
 async def ask(client: TestClient[Any, Any], **extra: Any) -> Any:
