@@ -38,7 +38,9 @@ from .router import Router
 from .runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
 from .settings import Settings
 from .shared import LocalState, RedisState, SharedState
+from .tasks import TaskClassifier
 from .telemetry import running_telemetry
+from .tiering import TierRouter
 from .tracing import Tracing
 
 log = logging.getLogger(__name__)
@@ -191,6 +193,7 @@ def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]
             settings.decision_ring_size, sinks=decision_sinks(settings, metrics_)
         ),
         tracing=Tracing.from_settings(settings),
+        tiers=TierRouter(policy) if any(r.tiering for r in policy.routes) else None,
     )
 
 
@@ -239,9 +242,19 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
         await stack.enter_async_context(running_telemetry(runtime))
         stages: list[Interceptor] = []
         caching = policy.cache is not None and policy.cache.enabled
-        if (caching or policy.knowledge is not None) and runtime.embedder is None:
+        examples = {name: t.examples for name, t in policy.task_types.items() if t.examples}
+        wants_embedder = caching or policy.knowledge is not None or examples or runtime.tiers
+        if wants_embedder and runtime.embedder is None:
             runtime.embedder = await asyncio.to_thread(make_embedder, runtime.settings)
             stack.push_async_callback(runtime.embedder.close)
+        if examples and runtime.embedder is not None:
+            classifier = policy.task_classifier
+            runtime.tasks = await TaskClassifier.build(
+                runtime.embedder,
+                examples,
+                min_confidence=classifier.min_confidence,
+                temperature=classifier.temperature,
+            )
         if caching and policy.cache is not None and runtime.embedder is not None:
             # First: a cached answer (already built on the knowledge it needed) ends the request.
             stages.append(

@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, check-config, hash-key, cache, ingest."""
+"""The ``gateway`` command: serve, check-config, hash-key, cache, router, ingest."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 
-from . import cache_cli, eval_cli
+from . import cache_cli, eval_cli, router_cli
 from .policy import PolicyError, hash_key, load_policy
 from .settings import EMBEDDED_CONFIG, Settings
 
@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     hashing.add_argument("key", nargs="?", help="the key (default: read one line from stdin)")
 
     cache_cli.add_parser(commands)
+    router_cli.add_parser(commands)
     eval_cli.add_parser(commands)
     _add_ingest_parser(commands)
 
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _ingest(args)
     if args.command == "cache":
         return cache_cli.run(args)
+    if args.command == "router":
+        return router_cli.run(args)
     if args.command == "eval":
         return eval_cli.run(args)
     if args.command == "check-config":

@@ -39,6 +39,8 @@ async def post_feedback(request: web.Request) -> web.Response:
         # Another team's request is reported as unknown: ids are not an oracle.
         raise ModelNotFound(f"No recent request {request_id!r} of yours.", code="request_not_found")
     decision.events.append({"type": "feedback", "score": score})
+    if runtime.tiers is not None:  # the tier router learns from the grade of the tier it chose
+        runtime.tiers.observe(request_id, float(score))
     cache_corrected = False
     if score < WRONG_BELOW:
         hit = next((e for e in decision.events if e.get("type") == "cache_hit"), None)

@@ -27,7 +27,9 @@ from .responses import completion_response
 from .router import allowed_regions
 from .runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
 from .streaming import replay_stream, stream_answer
+from .tasks import apply_task_type
 from .telemetry import complete_decision, observe_request
+from .tiering import apply_tier, settle_tier
 from .validation import describe
 
 _TASK_MAX = 64
@@ -70,6 +72,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     ctx.notes["requested_regions"] = requested
     ctx.headers.update(limit_headers)
     try:
+        explicit = "x-gateway-task" in request.headers
+        await apply_task_type(ctx, runtime.tasks, catalog, explicit=explicit)
         response = await _answer(request, runtime, ctx)
     except GatewayError as exc:
         ctx.decision.status, ctx.decision.error = exc.status, exc.code
@@ -103,6 +107,7 @@ async def _answer(
         strategy=ctx.route.strategy,
     )
     ctx.decision.candidates = plan.verdicts
+    plan = await apply_tier(runtime.tiers, ctx, plan)
     if ctx.chat.stream:
         return await stream_answer(request, runtime, ctx, plan)
 
@@ -120,6 +125,7 @@ async def _answer(
 def _record(runtime: Runtime, ctx: RequestContext, chat: ChatRequest) -> None:
     decision = ctx.decision
     complete_decision(ctx, chat)  # timings, cache/knowledge verdicts, prompt hash or text
+    settle_tier(runtime.tiers, ctx)
     runtime.decisions.record(decision)
     runtime.series.observe(
         decision, cache=ctx.headers.get("x-gateway-cache"), knowledge=ctx.notes.get("knowledge")

@@ -160,6 +160,24 @@ class CompositeWeights(_Model):
     cost: float = Field(default=0.25, ge=0)
 
 
+Tier = Literal["cheap", "standard", "frontier"]
+
+
+class TieringConfig(_Model):
+    """A route's learned choice between its cheap and frontier candidates (gateway.tiering).
+
+    ``max_frontier_share`` is the one knob: the most the frontier tier may take of the route's
+    requests (the ones with the highest predicted gain, and only when the gain is positive).
+    ``exploration`` sends that share of requests to the other tier so both keep being measured.
+    """
+
+    max_frontier_share: float = Field(default=0.3, ge=0, le=1)
+    exploration: float = Field(default=0.05, ge=0, le=0.5)
+    neighbours: int = Field(default=32, ge=1, le=512)
+    memory: int = Field(default=4096, ge=16, le=100_000)  # outcomes kept for the route
+    window: int = Field(default=500, ge=10, le=100_000)  # recent decisions the share is over
+
+
 class RouteConfig(_Model):
     """What a client's ``model`` names: candidates and how to order them."""
 
@@ -168,6 +186,24 @@ class RouteConfig(_Model):
     strategy: Literal["priority", "latency", "cost", "composite"] = "priority"
     weights: CompositeWeights = Field(default_factory=CompositeWeights)
     task_type: str = "general"
+    tiering: TieringConfig | None = None  # absent: no tier choice, the strategy's order
+
+
+class TaskTypeConfig(_Model):
+    """A task type: the route it goes to, the tiers it may use, labelled examples."""
+
+    route: Name | None = None  # requests of this type naming a route go to this one instead
+    tiers: list[Tier] | None = Field(default=None, min_length=1)  # None: any tier
+    # Cold start: the frontier's expected quality gain on this type before any outcome.
+    frontier_gain: float = Field(default=0.0, ge=-1, le=1)
+    examples: list[str] = Field(default_factory=list)  # prompts for the classifier
+
+
+class TaskClassifierConfig(_Model):
+    """Nearest-centroid task classification of requests without ``x-gateway-task``."""
+
+    min_confidence: float = Field(default=0.5, ge=0, le=1)
+    temperature: float = Field(default=0.05, gt=0)
 
 
 # What the router does after a failed attempt, by error class.
@@ -312,6 +348,8 @@ class Policy(_Model):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     cache: CacheConfig | None = None  # absent: no semantic cache
     knowledge: KnowledgeConfig | None = None  # absent: no knowledge lookup
+    task_types: dict[Name, TaskTypeConfig] = Field(default_factory=dict)
+    task_classifier: TaskClassifierConfig = Field(default_factory=TaskClassifierConfig)
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
@@ -331,6 +369,9 @@ class Policy(_Model):
                 if candidate not in models:
                     raise ValueError(f"routes[{i}].candidates: unknown model {candidate!r}")
         callable_names = models | {r.name for r in self.routes}
+        for name, task in self.task_types.items():
+            if task.route is not None and task.route not in callable_names:
+                raise ValueError(f"task_types.{name}.route: unknown route {task.route!r}")
         seen_keys: set[str] = set()
         for i, team in enumerate(self.teams):
             for name in team.routes:

@@ -20,8 +20,10 @@ from .metrics import Metrics
 from .router import Router
 from .settings import Settings
 from .shared import SharedState
+from .tasks import TaskClassifier
 from .timeseries import TrafficSeries
 from .teams import TeamRegistry
+from .tiering import TierRouter
 from .tracing import Tracing
 
 
@@ -38,6 +40,8 @@ class Runtime:
     decisions: DecisionLog
     interceptors: tuple[Interceptor, ...] = field(default_factory=tuple)
     embedder: Embedder | None = None
+    tasks: TaskClassifier | None = None  # None: no labelled task examples in policy
+    tiers: TierRouter | None = None  # None: no route has tiering
     series: TrafficSeries = field(default_factory=TrafficSeries)  # the dashboard's traffic
     limits: Limits | None = None  # team limits and budgets (gateway.lifecycle installs them)
     teams: TeamRegistry | None = None  # the run-time team overlay

@@ -1,0 +1,168 @@
+"""Tier-router benchmark: RouteLLM's MMLU and GSM8K, RouterBench's ARC, MBPP and Winogrande.
+
+For each dataset this writes TRAIN and TEST JSONL files under ``--work`` (default
+/tmp/router_bench), runs ``gateway router replay --report`` on them end to end, and prints the
+held-out figures: APGR, CPT(50 %), CPT(80 %) for the router, a random router and a prompt-length
+router; on RouterBench also the USD cost of reaching 95 % of GPT-4's quality.
+
+Splits (stated, seeded):
+- RouteLLM MMLU and GSM8K: the contaminated prompts dropped, then a random half (seed ``--seed``)
+  trains and the other half is held out. Weak = Mixtral-8x7B-Instruct, strong = GPT-4-1106.
+- RouterBench (0-shot, RouterDC's re-split): its own train and test files. Cheap =
+  Mixtral-8x7B-chat, frontier = GPT-4-1106, costs from the files' per-model ``total_cost``.
+
+The data is read from ../shared/benchmarks/data/router and never copied into the repository;
+nothing fitted here is kept. Embeddings are cached in ``--work``/emb.npz (minutes on a CPU once).
+
+    python -m bench.router [--data DIR] [--work DIR] [--seed 0] [--only mmlu,gsm8k,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gateway.router_metrics import apgr
+
+csv.field_size_limit(10**9)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "benchmarks" / "data" / "router"
+WEAK, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
+RB_CHEAP, RB_FRONTIER = "mistralai/mixtral-8x7b-chat", "gpt-4-1106-preview"
+ROUTERBENCH = {"arc": "arc_challenge", "mbpp": "mbpp", "winogrande": "winograde"}
+
+
+def _truth(value: str) -> float:
+    return 1.0 if value.strip().lower() in ("true", "1", "1.0") else 0.0
+
+
+def _contaminated(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    return {json.loads(line)["eval_prompt"] for line in path.open() if line.strip()}
+
+
+def _routellm_rows(data: Path, name: str) -> list[dict[str, Any]]:
+    if name == "mmlu":
+        files = sorted(glob.glob(str(data / "routellm/mmlu/responses/*.csv")))
+    else:
+        files = [str(data / "routellm/gsm8k/gsm8k_responses.csv")]
+    dropped = _contaminated(data / f"routellm/{name}/contaminated_prompts.jsonl")
+    rows = []
+    for file in files:
+        with open(file, newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row["prompt"] in dropped:
+                    continue
+                rows.append(
+                    {
+                        "prompt": row["prompt"],
+                        "quality": {"cheap": _truth(row[WEAK]), "frontier": _truth(row[STRONG])},
+                    }
+                )
+    return rows
+
+
+def _routerbench_rows(data: Path, stem: str, part: str) -> list[dict[str, Any]]:
+    rows = []
+    with open(data / f"routerbench_zs/{stem}_{part}.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows.append(
+                {
+                    "prompt": row["prompt"],
+                    "quality": {
+                        "cheap": float(row[RB_CHEAP]),
+                        "frontier": float(row[RB_FRONTIER]),
+                    },
+                    "cost": {
+                        "cheap": float(row[f"{RB_CHEAP}|total_cost"]),
+                        "frontier": float(row[f"{RB_FRONTIER}|total_cost"]),
+                    },
+                }
+            )
+    return rows
+
+
+def _write(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as out:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+
+
+def _split(rows: list[dict[str, Any]], seed: int) -> tuple[list[Any], list[Any]]:
+    order = np.random.default_rng(seed).permutation(len(rows))
+    half = len(rows) // 2
+    return [rows[i] for i in order[:half]], [rows[i] for i in order[half:]]
+
+
+def datasets(data: Path, seed: int) -> dict[str, tuple[list[Any], list[Any]]]:
+    out = {name: _split(_routellm_rows(data, name), seed) for name in ("mmlu", "gsm8k")}
+    pooled_train: list[Any] = []
+    pooled_test: list[Any] = []
+    for name, stem in ROUTERBENCH.items():
+        train = _routerbench_rows(data, stem, "train")
+        test = _routerbench_rows(data, stem, "test")
+        out[f"routerbench-{name}"] = (train, test)
+        pooled_train += train
+        pooled_test += test
+    out["routerbench-all"] = (pooled_train, pooled_test)
+    return out
+
+
+def run_replay(work: Path, name: str, train: list[Any], test: list[Any]) -> str:
+    folder = work / name
+    _write(folder / "train.jsonl", train)
+    _write(folder / "test.jsonl", test)
+    command = [
+        sys.executable, "-m", "gateway", "router", "replay",
+        "--train", str(folder / "train.jsonl"),
+        "--score", str(folder / "test.jsonl"),
+        "--out", str(folder / "scores.jsonl"),
+        "--embedding-cache", str(work / "emb.npz"),
+        "--report",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{name}: replay failed:\n{done.stderr}")
+    took = time.perf_counter() - started
+    return done.stdout + f"(replay took {took:.1f} s)\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/router_bench"))
+    parser.add_argument("--seed", type=int, default=0, help="MMLU and GSM8K train/test split")
+    parser.add_argument("--only", help="comma-separated dataset names")
+    args = parser.parse_args(argv)
+    wanted = set(args.only.split(",")) if args.only else None
+    summary = []
+    for name, (train, test) in datasets(args.data, args.seed).items():
+        if wanted and name not in wanted:
+            continue
+        print(f"== {name}: train {len(train)}, held-out test {len(test)}")
+        output = run_replay(args.work, name, train, test)
+        print(output)
+        lines = (args.work / name / "scores.jsonl").read_text().splitlines()
+        scores = [json.loads(line)["frontier_score"] for line in lines]
+        weak = np.array([r["quality"]["cheap"] for r in test])
+        strong = np.array([r["quality"]["frontier"] for r in test])
+        summary.append((name, apgr(np.array(scores), weak, strong)))
+    print("held-out APGR: " + ", ".join(f"{n} {v:.3f}" for n, v in summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,171 @@
+"""``gateway router replay``: end to end on small synthetic files, and RouteLLM's metrics on
+hand-computable cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.cli import main
+from gateway.router_embeddings import embed_cached
+from gateway.router_metrics import apgr, cost_to_reach, cpt, pgr_curve, random_figures
+
+NAMES = ["Ada", "Grace", "Linus", "Barbara", "Edsger", "Donald", "Frances", "Ken", "Radia", "Tim"]
+
+
+def math_prompt(i: int) -> str:
+    return f"Compute {37 + i} * {41 + 3 * i} - {i * 7}."
+
+
+def chat_prompt(i: int) -> str:
+    name = NAMES[i % len(NAMES)]
+    return (
+        f"Please write a short, warm and friendly welcome note for my new colleague {name}, "
+        f"who joins the support team on Monday number {i}."
+    )
+
+
+def rows(kind: str, count: int, start: int = 0) -> list[dict[str, Any]]:
+    """Math prompts: only the frontier gets them right. Chat prompts: both tiers do."""
+    make, quality = (
+        (math_prompt, {"cheap": 0, "frontier": 1})
+        if kind == "math"
+        else (chat_prompt, {"cheap": 1, "frontier": 1})
+    )
+    return [{"prompt": make(i), "quality": quality} for i in range(start, start + count)]
+
+
+def write(path: Path, items: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(item) + "\n" for item in items))
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path: Path, embedder: Any) -> Path:
+    """Embeddings of every prompt the tests use, so the command needs no model of its own."""
+    path = tmp_path / "emb.npz"
+    texts = [math_prompt(i) for i in range(60)] + [chat_prompt(i) for i in range(60)]
+    embed_cached(texts, embedder.encode, embedder.name, path)
+    return path
+
+
+def replay(tmp_path: Path, cache: Path, train: Path, test: Path, *extra: str) -> list[Any]:
+    out = tmp_path / "scores.jsonl"
+    args = ["router", "replay", "--train", str(train), "--score", str(test), "--out", str(out)]
+    assert main([*args, "--embedding-cache", str(cache), *extra]) == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def interleaved_test() -> list[dict[str, Any]]:
+    math, chat = rows("math", 4, start=40), rows("chat", 4, start=40)
+    return [item for pair in zip(chat, math, strict=True) for item in pair]
+
+
+def test_scores_every_test_line_in_order(tmp_path: Path, cache: Path) -> None:
+    train = write(tmp_path / "train.jsonl", rows("math", 24) + rows("chat", 24))
+    test_items = [{"prompt": r["prompt"], "id": n} for n, r in enumerate(interleaved_test())]
+    scored = replay(tmp_path, cache, train, write(tmp_path / "test.jsonl", test_items))
+    assert [s["prompt"] for s in scored] == [t["prompt"] for t in test_items]
+    assert all(set(s) == {"prompt", "frontier_score"} for s in scored)
+    math_scores = [s["frontier_score"] for s in scored if s["prompt"].startswith("Compute")]
+    chat_scores = [s["frontier_score"] for s in scored if not s["prompt"].startswith("Compute")]
+    assert min(math_scores) > max(chat_scores)
+
+
+def test_learns_only_from_train(tmp_path: Path, cache: Path) -> None:
+    test_items = interleaved_test()
+    # The test file's own labels say the opposite of the training file's: they must not matter.
+    flipped = [
+        {"prompt": t["prompt"], "quality": {"cheap": 1 - t["quality"]["cheap"], "frontier": 0}}
+        for t in test_items
+    ]
+    train = write(tmp_path / "train.jsonl", rows("math", 24) + rows("chat", 24))
+    plain = replay(tmp_path, cache, train, write(tmp_path / "a.jsonl", test_items))
+    relabelled = replay(tmp_path, cache, train, write(tmp_path / "b.jsonl", flipped))
+    assert plain == relabelled
+    # Swapping the training labels flips the ranking: the scores come from TRAIN.
+    swapped = [
+        {"prompt": r["prompt"], "quality": {"cheap": 1, "frontier": 1}} for r in rows("math", 24)
+    ] + [{"prompt": r["prompt"], "quality": {"cheap": 0, "frontier": 1}} for r in rows("chat", 24)]
+    other = replay(
+        tmp_path, cache, write(tmp_path / "swapped.jsonl", swapped), tmp_path / "a.jsonl"
+    )
+    math_scores = [s["frontier_score"] for s in other if s["prompt"].startswith("Compute")]
+    chat_scores = [s["frontier_score"] for s in other if not s["prompt"].startswith("Compute")]
+    assert max(math_scores) < min(chat_scores)
+
+
+def test_report_on_a_hand_computable_case(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """4 math prompts (only the frontier right) and 4 longer chat prompts (both right): weak
+    0.5, strong 1.0. A perfect router's PGR over k = 0..8 strong calls is 0, .25, .5, .75, 1, 1,
+    1, 1, 1: APGR 6/8 = 0.75, CPT(50%) = 2/8, CPT(80%) = 4/8. The length router sends the
+    (longer) chat prompts first: PGR 0 x5 then .25, .5, .75, 1: APGR 2/8 = 0.25."""
+    train = write(tmp_path / "train.jsonl", rows("math", 24) + rows("chat", 24))
+    replay(tmp_path, cache, train, write(tmp_path / "test.jsonl", interleaved_test()), "--report")
+    report = capsys.readouterr().out
+    lines = {line.split("  ")[0].strip(): line for line in report.splitlines()}
+    assert "APGR 0.750  CPT(50%)  25.0%  CPT(80%)  50.0%" in lines["router"]
+    assert "APGR 0.250  CPT(50%)  75.0%  CPT(80%) 100.0%" in lines["prompt length"]
+    assert "APGR 0.500  CPT(50%)  50.0%  CPT(80%)  87.5%" in lines["random"]
+    assert "cheap quality 0.5000, frontier quality 1.0000" in report
+
+
+def test_a_bad_training_line_names_its_place(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train = write(tmp_path / "train.jsonl", [*rows("math", 2), {"prompt": "no quality"}])
+    test = write(tmp_path / "test.jsonl", rows("chat", 1))
+    args = ["router", "replay", "--train", str(train), "--score", str(test)]
+    assert main([*args, "--out", str(tmp_path / "o.jsonl"), "--embedding-cache", str(cache)]) == 2
+    assert "train.jsonl:3: expected 'quality'" in capsys.readouterr().err
+
+
+def test_other_tier_keys(tmp_path: Path, cache: Path) -> None:
+    items = [
+        {"prompt": r["prompt"], "quality": {"mini": r["quality"]["cheap"], "big": 1}}
+        for r in rows("math", 12) + rows("chat", 12)
+    ]
+    train = write(tmp_path / "train.jsonl", items)
+    scored = replay(
+        tmp_path, cache, train, write(tmp_path / "t.jsonl", interleaved_test()),
+        "--cheap", "mini", "--frontier", "big",
+    )  # fmt: skip
+    assert len(scored) == 8
+
+
+def test_apgr_of_oracle_constant_and_reversed_scores() -> None:
+    weak, strong = np.zeros(4), np.array([1.0, 1.0, 0.0, 0.0])
+    oracle = np.array([2.0, 1.0, 0.0, 0.0])
+    assert pgr_curve(oracle, weak, strong).tolist() == [0, 0.5, 1, 1, 1]
+    assert apgr(oracle, weak, strong) == pytest.approx(0.75)
+    assert cpt(oracle, weak, strong, 0.5) == pytest.approx(0.25)
+    assert cpt(oracle, weak, strong, 0.8) == pytest.approx(0.5)
+    # A constant score is a random router in expectation: exactly 0.5, whatever the order.
+    assert apgr(np.zeros(4), weak, strong) == pytest.approx(0.5)
+    # Reversed (ties at the bottom share their gain): PGR 0, 0, 0, .5, 1.
+    assert apgr(np.array([0.0, 0.0, 1.0, 2.0]), weak, strong) == pytest.approx(0.25)
+
+
+def test_random_router_is_the_expectation_over_orders() -> None:
+    rng = np.random.default_rng(1)
+    weak, strong = (rng.random(400) < 0.6).astype(float), (rng.random(400) < 0.8).astype(float)
+    area, cpt50, _ = random_figures(weak, strong)
+    assert area == pytest.approx(0.5)
+    assert cpt50 == pytest.approx(0.5, abs=0.01)
+    shuffled = [apgr(rng.random(400), weak, strong) for _ in range(300)]
+    assert float(np.mean(shuffled)) == pytest.approx(area, abs=0.02)
+
+
+def test_cost_to_reach_a_quality() -> None:
+    weak, strong = np.array([0.0, 1.0, 1.0]), np.ones(3)
+    cheap_cost, frontier_cost = np.full(3, 1.0), np.full(3, 10.0)
+    # Routing the one prompt the cheap model fails reaches full quality for 10 + 1 + 1.
+    cost, share = cost_to_reach(np.array([1.0, 0, 0]), weak, strong, cheap_cost, frontier_cost, 1.0)
+    assert cost == 12.0
+    assert share == pytest.approx(1 / 3)

@@ -1,0 +1,144 @@
+"""The tier router's decisions: cold start, learning from outcomes, the share knob, exploration."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gateway.policy import Policy, hash_key
+from gateway.tiering import FRONTIER, TierRouter, quality_signal
+
+DIM = 384
+BOTH = {"cheap", "frontier"}
+
+
+def policy(tiering: dict[str, Any], task_types: dict[str, Any] | None = None) -> Policy:
+    return Policy.model_validate(
+        {
+            "providers": [{"name": "p", "kind": "openai", "base_url": "http://127.0.0.1:9"}],
+            "models": [
+                {"name": "small", "provider": "p", "id": "small-1", "tier": "cheap"},
+                {"name": "big", "provider": "p", "id": "big-1", "tier": "frontier"},
+            ],
+            "routes": [{"name": "r", "candidates": ["small", "big"], "tiering": tiering}],
+            "teams": [{"name": "t", "key_sha256": hash_key("k")}],
+            "task_types": task_types or {},
+        }
+    )
+
+
+def unit(rng: np.random.Generator, center: np.ndarray, noise: float = 0.02) -> np.ndarray:
+    v = center + noise * rng.standard_normal(DIM)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+@pytest.fixture
+def centers() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal(DIM), rng.standard_normal(DIM)
+    return a / np.linalg.norm(a), b / np.linalg.norm(b)
+
+
+def teach(router: TierRouter, rng: np.random.Generator, center: np.ndarray, cheap: float,
+          frontier: float, count: int, tag: str) -> None:  # fmt: skip
+    """Outcomes of both tiers near ``center``."""
+    for i in range(count):
+        for tier, quality in (("cheap", cheap), (FRONTIER, frontier)):
+            request_id = f"{tag}-{tier}-{i}"
+            router.remember(request_id, "r", unit(rng, center))
+            router.served(request_id, tier, quality)
+
+
+def frontier_share(decisions: list[Any]) -> float:
+    return float(sum(d.tier == FRONTIER for d in decisions)) / len(decisions)
+
+
+def test_cold_start_follows_the_task_types_prior(centers: Any) -> None:
+    router = TierRouter(
+        policy(
+            {"max_frontier_share": 1.0, "exploration": 0},
+            {"chat": {"frontier_gain": 0.0}, "proof": {"frontier_gain": 0.3}},
+        ),
+        seed=1,
+    )
+    vector = unit(np.random.default_rng(1), centers[0])
+    chat = router.decide("r", "chat", vector, BOTH)
+    proof = router.decide("r", "proof", vector, BOTH)
+    assert chat is not None
+    assert (chat.tier, chat.reason) == ("cheap", "no predicted gain")
+    assert proof is not None
+    assert proof.tier == FRONTIER
+    assert proof.predicted_gain == pytest.approx(0.3)
+
+
+def test_learns_where_the_frontier_pays(centers: Any) -> None:
+    rng = np.random.default_rng(2)
+    router = TierRouter(policy({"max_frontier_share": 0.5, "exploration": 0}), seed=2)
+    hard, easy = centers
+    teach(router, rng, hard, cheap=0.2, frontier=0.9, count=20, tag="hard")
+    teach(router, rng, easy, cheap=0.9, frontier=0.9, count=20, tag="easy")
+    assert router.outcomes("r") == 80
+    decisions = []
+    for i in range(100):
+        center = hard if i % 2 else easy
+        decision = router.decide("r", "general", unit(rng, center), BOTH)
+        assert decision is not None
+        decisions.append((center is hard, decision))
+    assert all(d.predicted_gain > 0.4 for is_hard, d in decisions if is_hard)
+    assert all(abs(d.predicted_gain) < 0.05 for is_hard, d in decisions if not is_hard)
+    # After the first few (the threshold needs history), hard prompts go to the frontier.
+    late = decisions[10:]
+    assert all(d.tier == FRONTIER for is_hard, d in late if is_hard)
+    assert all(d.tier == "cheap" for is_hard, d in late if not is_hard)
+
+
+@pytest.mark.parametrize("share", [0.1, 0.25])
+def test_the_frontier_share_never_exceeds_the_knob(centers: Any, share: float) -> None:
+    rng = np.random.default_rng(3)
+    router = TierRouter(
+        policy({"max_frontier_share": share, "exploration": 0, "window": 100}), seed=3
+    )
+    teach(router, rng, centers[0], cheap=0.0, frontier=1.0, count=10, tag="hard")
+    # Every request looks like one where the frontier wins: the knob alone limits it.
+    decisions = [router.decide("r", "general", unit(rng, centers[0]), BOTH) for _ in range(400)]
+    assert frontier_share(decisions) <= share + 0.01
+    assert frontier_share(decisions) >= share - 0.05
+
+
+def test_exploration_sends_a_share_to_the_other_tier(centers: Any) -> None:
+    rng = np.random.default_rng(4)
+    router = TierRouter(policy({"max_frontier_share": 0.5, "exploration": 0.2}), seed=4)
+    decisions = [router.decide("r", "general", unit(rng, centers[1]), BOTH) for _ in range(1000)]
+    explored = [d for d in decisions if d is not None and d.explored]
+    assert 0.16 < len(explored) / 1000 < 0.24
+    # No gain anywhere: exploration is the only way to the frontier.
+    assert all(d.tier == FRONTIER and d.reason == "exploration" for d in explored)
+    assert frontier_share(decisions) == len(explored) / 1000
+
+
+def test_a_single_allowed_tier_is_no_choice(centers: Any) -> None:
+    router = TierRouter(policy({}), seed=5)
+    decision = router.decide("r", "general", None, {"cheap"})
+    assert decision is not None
+    assert (decision.tier, decision.explored) == ("cheap", False)
+    assert router.decide("other-route", "general", None, BOTH) is None
+
+
+def test_feedback_after_the_request_is_an_outcome(centers: Any) -> None:
+    router = TierRouter(policy({}), seed=6)
+    router.remember("req-1", "r", unit(np.random.default_rng(6), centers[0]))
+    router.served("req-1", FRONTIER, None)  # no quality signal yet
+    assert router.outcomes("r") == 0
+    assert router.observe("req-1", 0.8) is True
+    assert router.outcomes("r") == 1
+    assert router.observe("req-1", 0.8) is False  # counted once
+    assert router.observe("unknown", 0.8) is False
+
+
+def test_quality_signal_prefers_feedback_then_judge_then_heuristics() -> None:
+    assert quality_signal({"heuristic": 0.4, "judge": {"score": 0.7}}) == 0.7
+    assert quality_signal({"heuristic": 0.4, "feedback": 1}) == 1.0
+    assert quality_signal({"heuristic": 0.4}) == 0.4
+    assert quality_signal({"judge": {"verdict": "good"}, "other": 3}) is None
