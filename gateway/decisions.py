@@ -94,6 +94,7 @@ class Decision:
     # streams the time to the first content sent to the client.
     upstream_ms: float | None = None
     ttft_ms: float | None = None
+    ended_at: float | None = None  # wall clock: when the answer (or error) was ready
     # The interceptors' verdicts: {"result": hit|miss|bypass|refresh, "kind", "similarity"} and
     # {"result": answer|context|none|off|error|..., "chunks": [{"id", "score"}]}.
     cache: dict[str, Any] | None = None
@@ -194,6 +195,8 @@ class DecisionLog:
         if self.sinks is not None:
             found = await self.sinks.query(query)
             if found is not None:
+                # The stream is in the order replicas wrote their batches: order by start.
+                found.sort(key=lambda r: float(r.get("started_at") or 0), reverse=True)
                 return found, "redis"
         matches = []
         for decision in reversed(self._recent):

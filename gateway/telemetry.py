@@ -31,6 +31,7 @@ def complete_decision(ctx: RequestContext, chat: ChatRequest) -> None:
     total_ms = (time.perf_counter() - ctx.started) * 1000
     upstream_ms = ctx.upstream_s * 1000
     decision.total_ms = total_ms
+    decision.ended_at = time.time()
     decision.upstream_ms = upstream_ms
     decision.overhead_ms = total_ms - upstream_ms
     if decision.status >= 400:

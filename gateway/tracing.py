@@ -134,7 +134,7 @@ class Tracing:
         """The spans of one finished request."""
         if policy is not self._policy:  # a reload swapped the policy
             self._models, self._policy = _models(policy), policy
-        end_ns = time.time_ns()
+        end_ns = time.time_ns() if decision.ended_at is None else int(decision.ended_at * 1e9)
         start_ns = end_ns - int((decision.total_ms or 0.0) * 1e6)
         attributes: dict[str, Any] = {
             "http.request.method": "POST",

@@ -1,0 +1,174 @@
+"""OpenTelemetry traces: a server span per request, a GenAI client span per attempt."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from gateway.runtime import RUNTIME
+from gateway.tracing import Tracing
+from tests.conftest import MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes
+from tests.fakes.base import Fail, Ok
+from tests.test_telemetry import PROMPT, ask, priced_policy
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+@pytest.fixture
+def exporter() -> InMemorySpanExporter:
+    return InMemorySpanExporter()
+
+
+@pytest.fixture
+async def traced(
+    make_gateway: Any, fakes: Fakes, exporter: InMemorySpanExporter
+) -> AsyncIterator[TestClient[Any, Any]]:
+    client: TestClient[Any, Any] = await make_gateway(priced_policy(fakes))
+    runtime = client.app[RUNTIME]
+    assert runtime.tracing is None  # no endpoint configured: no tracer at all
+    runtime.tracing = Tracing(exporter, processor=SimpleSpanProcessor(exporter))
+    yield client
+    runtime.tracing.close()
+
+
+def by_kind(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> list[ReadableSpan]:
+    return [s for s in spans if s.kind == kind]
+
+
+async def test_one_server_span_and_one_genai_span_per_attempt(
+    traced: TestClient[Any, Any], fakes: Fakes, exporter: InMemorySpanExporter
+) -> None:
+    fakes.openai.push(Fail(503))
+    fakes.anthropic.push(Ok(prompt_tokens=200, completion_tokens=20))
+    response = await ask(traced, max_tokens=64, temperature=0.5)
+    assert response.status == 200
+    spans = exporter.get_finished_spans()
+    (server,) = by_kind(spans, SpanKind.SERVER)
+    failed, answered = sorted(by_kind(spans, SpanKind.CLIENT), key=lambda s: s.start_time or 0)
+
+    assert server.name == "POST /v1/chat/completions"
+    attrs = dict(server.attributes or {})
+    assert attrs["gateway.request_id"] == response.headers["x-request-id"]
+    assert attrs["gateway.team"] == "alpha"
+    assert attrs["gateway.task_type"] == "summarize"
+    assert attrs["http.response.status_code"] == 200
+    assert attrs["gateway.fallbacks"] == 1
+    for child in (failed, answered):
+        assert child.parent is not None
+        assert child.parent.span_id == server.context.span_id
+        assert child.context.trace_id == server.context.trace_id
+        assert (server.start_time or 0) <= (child.start_time or 0)
+        assert (child.end_time or 0) <= (server.end_time or 0)
+
+    assert failed.name == f"chat {MODELS['gpt'][1]}"
+    failed_attrs = dict(failed.attributes or {})
+    assert failed_attrs["gen_ai.operation.name"] == "chat"
+    assert failed_attrs["gen_ai.provider.name"] == "openai"
+    assert failed_attrs["gen_ai.request.model"] == MODELS["gpt"][1]
+    assert failed_attrs["error.type"] == "upstream_overloaded"
+    assert failed_attrs["server.address"] == "127.0.0.1"
+    assert failed.status.status_code == StatusCode.ERROR
+    assert "gen_ai.usage.input_tokens" not in failed_attrs
+
+    ok = dict(answered.attributes or {})
+    assert answered.name == f"chat {MODELS['claude'][1]}"
+    assert ok["gen_ai.provider.name"] == "anthropic"
+    assert ok["gen_ai.system"] == "anthropic"
+    assert ok["gen_ai.response.model"] == MODELS["claude"][1]
+    assert (ok["gen_ai.usage.input_tokens"], ok["gen_ai.usage.output_tokens"]) == (200, 20)
+    assert ok["gen_ai.request.max_tokens"] == 64
+    assert ok["gen_ai.request.temperature"] == 0.5
+    assert "error.type" not in ok
+
+    # Nothing secret or private on any span.
+    dumped = repr([dict(s.attributes or {}) for s in spans])
+    for secret in (PROMPT, TEAM_KEY, *PROVIDER_KEYS.values()):
+        assert secret not in dumped
+
+
+async def test_the_clients_trace_context_is_continued(
+    traced: TestClient[Any, Any], exporter: InMemorySpanExporter
+) -> None:
+    response = await traced.post(
+        "/v1/chat/completions",
+        json={"model": "gpt", "messages": [{"role": "user", "content": "Hi"}]},
+        headers={
+            "Authorization": f"Bearer {TEAM_KEY}",
+            "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
+        },
+    )
+    assert response.status == 200
+    (server,) = by_kind(exporter.get_finished_spans(), SpanKind.SERVER)
+    assert f"{server.context.trace_id:032x}" == TRACE_ID
+    assert server.parent is not None
+    assert f"{server.parent.span_id:016x}" == PARENT_ID
+
+
+async def test_a_failed_request_is_an_error_span(
+    traced: TestClient[Any, Any], fakes: Fakes, exporter: InMemorySpanExporter
+) -> None:
+    fakes.openai.push(Fail(503))
+    fakes.anthropic.push(Fail(503))
+    assert (await ask(traced)).status == 503
+    spans = exporter.get_finished_spans()
+    (server,) = by_kind(spans, SpanKind.SERVER)
+    assert server.status.status_code == StatusCode.ERROR
+    assert dict(server.attributes or {})["error.type"] == "all_providers_failed"
+    assert len(by_kind(spans, SpanKind.CLIENT)) == 2
+
+
+async def test_spans_are_exported_over_otlp_http(make_gateway: Any, fakes: Fakes) -> None:
+    """A loopback OTLP/HTTP collector receives the protobuf ExportTraceServiceRequest."""
+    received: list[ExportTraceServiceRequest] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        assert request.content_type == "application/x-protobuf"
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        received.append(message)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    collector_app = web.Application()
+    collector_app.router.add_post("/v1/traces", collect)
+    async with TestServer(collector_app) as collector:
+        client: TestClient[Any, Any] = await make_gateway(
+            priced_policy(fakes),
+            otlp_endpoint=str(collector.make_url("/v1/traces")),
+            otlp_service_name="gateway-under-test",
+        )
+        tracing = client.app[RUNTIME].tracing
+        assert tracing is not None
+        fakes.openai.push(Ok(prompt_tokens=5, completion_tokens=3))
+        assert (await ask(client)).status == 200
+        # The batch processor exports from its own thread; flush it while the loop serves.
+        assert await asyncio.to_thread(tracing.provider.force_flush, 10_000)
+
+    spans = [
+        (resource.resource, span)
+        for message in received
+        for resource in message.resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    assert len(spans) == 2
+    resource = spans[0][0]
+    service = {a.key: a.value.string_value for a in resource.attributes}["service.name"]
+    assert service == "gateway-under-test"
+    names = sorted(span.name for _, span in spans)
+    assert names == ["POST /v1/chat/completions", f"chat {MODELS['gpt'][1]}"]
+    client_span = next(span for _, span in spans if span.name.startswith("chat "))
+    attrs = {a.key: a.value for a in client_span.attributes}
+    assert attrs["gen_ai.usage.input_tokens"].int_value == 5
+    assert attrs["gen_ai.usage.output_tokens"].int_value == 3
+    assert attrs["gen_ai.provider.name"].string_value == "openai"
