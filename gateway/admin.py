@@ -177,5 +177,7 @@ ROUTES = [
     web.put("/admin/cache/config", put_cache_config),
     web.post("/admin/cache/invalidate", invalidate_cache),
     web.get("/admin/decisions", recent_decisions),
+    web.get("/admin/quality", get_quality),
+    web.post("/admin/quality/promote", promote_quality),
     web.get("/admin/decisions/{request_id}", get_decision),
 ]

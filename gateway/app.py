@@ -33,6 +33,7 @@ from .metrics import Metrics
 from .openapi import get_openapi
 from .pipeline import chat_completions
 from .policy import Policy
+from .quality_monitor import QualityMonitor, quality_store
 from .responses import error_response
 from .router import Router
 from .runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
@@ -180,15 +181,19 @@ def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]
             alerts.emit("breaker_opened", f"breaker {key} opened: {reason}", key=key, reason=reason)
 
     board = BreakerBoard(policy.routing.breaker, shared, on_change=breaker_changed)
+    quality = QualityMonitor(
+        policy.quality, alerts=alerts, metrics=metrics_, store=quality_store(settings)
+    )
     return Runtime(
         settings=settings,
         catalog=catalog,
         pool=ProviderPool(catalog.endpoints),
         shared=shared,
         board=board,
-        router=Router(policy.routing, board),
+        router=Router(policy.routing, board, quality=quality, demotions=quality),
         alerts=alerts,
         metrics=metrics_,
+        quality=quality,
         decisions=DecisionLog(
             settings.decision_ring_size, sinks=decision_sinks(settings, metrics_)
         ),
@@ -269,6 +274,9 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
             stack.push_async_callback(knowledge.close)
             stages.append(knowledge)
         runtime.interceptors = tuple(stages)
+        await stack.enter_async_context(
+            runtime.quality.running(lambda: runtime.pool, lambda: runtime.catalog)
+        )
         sync = asyncio.create_task(_sync_shared_state(runtime), name="shared-state-sync")
         yield
         sync.cancel()

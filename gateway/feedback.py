@@ -39,6 +39,8 @@ async def post_feedback(request: web.Request) -> web.Response:
         # Another team's request is reported as unknown: ids are not an oracle.
         raise ModelNotFound(f"No recent request {request_id!r} of yours.", code="request_not_found")
     decision.events.append({"type": "feedback", "score": score})
+    # The per-(model version, task type) quality statistics; the first grade per request counts.
+    quality_counted = runtime.quality.observe_feedback(decision, float(score))
     if runtime.tiers is not None:  # the tier router learns from the grade of the tier it chose
         runtime.tiers.observe(request_id, float(score))
     cache_corrected = False
@@ -48,6 +50,8 @@ async def post_feedback(request: web.Request) -> web.Response:
         if hit is not None and stage is not None and hit.get("kind") == "semantic":
             cache_corrected = await stage.feedback(hit["entry"], hit["scope"], hit["similarity"])
     return web.Response(
-        body=orjson.dumps({"ok": True, "cache_corrected": cache_corrected}),
+        body=orjson.dumps(
+            {"ok": True, "cache_corrected": cache_corrected, "quality_counted": quality_counted}
+        ),
         content_type="application/json",
     )

@@ -109,6 +109,37 @@ class Metrics:
             "Knowledge store failures and timeouts (the request went on without it)",
             registry=r,
         )
+        # Quality (gateway/quality_monitor.py).
+        self.quality_score = Gauge(
+            "gateway_quality_score",
+            "Quality 0..1 of a model's latest version per task type (heuristics, feedback, judge)",
+            ["model", "task_type"],
+            registry=r,
+        )
+        self.quality_events = Counter(
+            "gateway_quality_events",
+            "Scored answers by signal (heuristic, feedback, judge) and result (pass, fail)",
+            ["model", "task_type", "signal", "result"],
+            registry=r,
+        )
+        self.quality_flags = Counter(
+            "gateway_quality_flags",
+            "Heuristic flags (empty, truncated, refusal, invalid_json, stream_error)",
+            ["model", "task_type", "flag"],
+            registry=r,
+        )
+        self.quality_regressions = Counter(
+            "gateway_quality_regressions",
+            "Quality regressions detected per model, task type and signal",
+            ["model", "task_type", "signal"],
+            registry=r,
+        )
+        self.fallback_rate_alerts = Counter(
+            "gateway_fallback_rate_alerts",
+            "Routes whose share of requests needing a fallback crossed the threshold",
+            ["route"],
+            registry=r,
+        )
         self.overhead = Histogram(
             "gateway_overhead_seconds",
             "Gateway time excluding providers",

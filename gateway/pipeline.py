@@ -117,6 +117,7 @@ async def _answer(
 
     completion, candidate = await run_attempts(runtime, ctx, plan, complete)
     charge(ctx.decision, candidate.model, completion.usage)
+    runtime.quality.observe_completion(ctx, candidate, completion)
     for interceptor in runtime.interceptors:
         await interceptor.after(ctx, completion)
     return completion_response(ctx, completion, candidate)
@@ -127,6 +128,7 @@ def _record(runtime: Runtime, ctx: RequestContext, chat: ChatRequest) -> None:
     complete_decision(ctx, chat)  # timings, cache/knowledge verdicts, prompt hash or text
     settle_tier(runtime.tiers, ctx)
     runtime.decisions.record(decision)
+    runtime.quality.observe_request(decision)
     runtime.series.observe(
         decision, cache=ctx.headers.get("x-gateway-cache"), knowledge=ctx.notes.get("knowledge")
     )

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .cache_config import CacheConfig
+from .quality_config import QualityConfig
 from .validation import describe
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
@@ -350,6 +351,7 @@ class Policy(_Model):
     knowledge: KnowledgeConfig | None = None  # absent: no knowledge lookup
     task_types: dict[Name, TaskTypeConfig] = Field(default_factory=dict)
     task_classifier: TaskClassifierConfig = Field(default_factory=TaskClassifierConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)  # gateway/quality_config.py
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
@@ -389,6 +391,7 @@ class Policy(_Model):
             for name in self.knowledge.routes:
                 if name not in callable_names:
                     raise ValueError(f"knowledge.routes: unknown route or model {name!r}")
+        self.quality.check_references(models, callable_names)
         return self
 
 

@@ -32,6 +32,14 @@ class QualityScores(Protocol):
     def score(self, model: str, task_type: str) -> float | None: ...
 
 
+class Demotions(Protocol):
+    """Models demoted for a task type after a quality regression (gateway/quality_monitor.py)."""
+
+    def demoted(self, route: str, model: str, task_type: str) -> str | None:
+        """Why ``model`` must be skipped for ``task_type`` on ``route``; ``None`` to keep it."""
+        ...
+
+
 @dataclass(slots=True)
 class Plan:
     """The candidates to try, in order, and the verdict on every candidate of the route."""
@@ -63,10 +71,12 @@ class Router:
         config: RoutingConfig,
         board: BreakerBoard,
         quality: QualityScores | None = None,
+        demotions: Demotions | None = None,
     ) -> None:
         self.config = config
         self.board = board
         self.quality = quality
+        self.demotions = demotions
         self._latency: dict[str, float] = {}
 
     def observe_latency(self, provider: str, seconds: float) -> None:
@@ -106,6 +116,9 @@ class Router:
             )
             if reason is None:
                 kept.append(candidate)
+        demoted_kept: set[str] = set()
+        if self.demotions is not None and kept:
+            kept, demoted_kept = self._demote(route, task_type, kept, verdicts)
         if not kept:
             raise NoEligibleProvider(_nothing_left(route, verdicts, allowed))
         ordered = self._order(kept, strategy, route, task_type, prompt_tokens, output_tokens)
@@ -114,7 +127,33 @@ class Router:
             verdict = by_model[candidate.model.name]
             verdict.score = score
             verdict.reason = f"rank {rank} by {strategy}"
+            if candidate.model.name in demoted_kept:
+                verdict.reason += "; demoted but kept: no other candidate is eligible"
         return Plan(ordered=[c for c, _ in ordered], verdicts=verdicts, strategy=strategy)
+
+    def _demote(
+        self,
+        route: Route,
+        task_type: str,
+        kept: list[Candidate],
+        verdicts: list[CandidateVerdict],
+    ) -> tuple[list[Candidate], set[str]]:
+        """Drop candidates demoted for this task type, unless that would leave none."""
+        assert self.demotions is not None
+        reasons = {
+            c.model.name: reason
+            for c in kept
+            if (reason := self.demotions.demoted(route.name, c.model.name, task_type))
+        }
+        if not reasons:
+            return kept, set()
+        remaining = [c for c in kept if c.model.name not in reasons]
+        if not remaining:
+            return kept, set(reasons)
+        for verdict in verdicts:
+            if verdict.model in reasons:
+                verdict.kept, verdict.reason = False, reasons[verdict.model]
+        return remaining, set()
 
     def _drop_reason(
         self,

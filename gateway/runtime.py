@@ -17,6 +17,7 @@ from .context import Interceptor
 from .decisions import DecisionLog
 from .limits import Limits
 from .metrics import Metrics
+from .quality_monitor import QualityMonitor
 from .router import Router
 from .settings import Settings
 from .shared import SharedState
@@ -45,6 +46,7 @@ class Runtime:
     series: TrafficSeries = field(default_factory=TrafficSeries)  # the dashboard's traffic
     limits: Limits | None = None  # team limits and budgets (gateway.lifecycle installs them)
     teams: TeamRegistry | None = None  # the run-time team overlay
+    quality: QualityMonitor = field(default_factory=QualityMonitor)  # signals, regressions
 
     def snapshot(self) -> Runtime:
         """A shallow copy: a request keeps the catalog and pool it started with across a reload."""

@@ -103,6 +103,7 @@ async def stream_answer(
         )
         await response.prepare(request)
         transcript = _Transcript()
+        disconnected = False
         try:
             for chunk in opened.held:
                 transcript.add(chunk)
@@ -115,7 +116,16 @@ async def stream_answer(
         except ConnectionResetError:
             log.info("client %s went away mid-stream", ctx.request_id)
             ctx.decision.events.append({"type": "client_disconnected"})
-            completed = False
+            completed, disconnected = False, True
+    if not disconnected:  # a client that left says nothing about the answer's quality
+        runtime.quality.observe_text(
+            ctx,
+            candidate,
+            text="".join(transcript.parts),
+            finish_reason=upstream.state.finish_reason,
+            tool_calls=transcript.tool_calls,
+            stream_error=not completed,
+        )
     # Whatever the upstream streamed was generated and billed, completed or not.
     charge(ctx.decision, candidate.model, upstream.state.usage)
     if completed and (answer := transcript.completion(upstream, candidate.target.model)):

@@ -34,7 +34,9 @@ def test_a_stable_noisy_model_raises_no_alarm_over_2000_events(rate: float) -> N
     ("before", "after", "bound"),
     [(0.95, 0.0, 25), (0.95, 0.5, 100), (0.9, 0.6, 200)],
 )
-def test_a_degrading_model_is_caught_within_a_bound(before: float, after: float, bound: int) -> None:
+def test_a_degrading_model_is_caught_within_a_bound(
+    before: float, after: float, bound: int
+) -> None:
     delays = []
     for seed in range(20):
         rng = random.Random(1000 + seed)
@@ -59,10 +61,12 @@ def test_the_evidence_names_the_drop_and_the_statistic() -> None:
     record = evidence.to_dict()
     assert record["baseline_n"] >= CONFIG.min_baseline
     assert record["baseline_rate"] > 0.85
-    assert record["recent_n"] >= 1 and record["recent_rate"] == 0.0
+    assert record["recent_n"] >= 1
+    assert record["recent_rate"] == 0.0
     assert record["drop"] == pytest.approx(record["baseline_rate"])
     assert record["cusum"] > CONFIG.threshold
-    assert record["z"] < -4 and record["p_value"] < 1e-4
+    assert record["z"] < -4
+    assert record["p_value"] < 1e-4
     # One regression, one alert: the detector starts afresh.
     assert detector.state()["baseline_n"] == 0
 
@@ -97,7 +101,8 @@ def test_fallback_rate_alerts_once_then_rearms() -> None:
     assert not any(alerts)
     fired = [a for a in (watch.observe("main", True) for _ in range(30)) if a]
     assert len(fired) == 1
-    assert fired[0]["route"] == "main" and fired[0]["rate"] > 0.2
+    assert fired[0]["route"] == "main"
+    assert fired[0]["rate"] > 0.2
     assert fired[0]["requests"] == 50
     # Recovery below half the threshold re-arms it.
     for _ in range(50):

@@ -1,0 +1,188 @@
+"""An optional judge model that grades a sample of answers against a rubric, in the background.
+
+Configured per task type (``quality.task_types.<task>.judge``: model alias, rubric, sample share).
+A sampled answer is graded after the client has it: the judge never delays a request. Grading is
+bounded (``quality.judge_concurrency`` calls at once, ``quality.judge_queue`` waiting; beyond that
+answers are not graded), and a failed grading is logged, never raised. The judge only sees
+prompts the team's residency allows it to: a judge outside the request's allowed regions is not
+asked. Its grade (0..1) is the ``judge`` signal of the quality statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from providers.schema import ChatRequest
+
+from .errors import GatewayError
+from .quality_config import JudgeConfig, QualityConfig
+
+if TYPE_CHECKING:
+    from providers.pool import ProviderPool
+
+    from .catalog import Candidate
+    from .context import RequestContext
+    from .decisions import Decision
+
+log = logging.getLogger(__name__)
+
+MAX_ANSWER_CHARS = 8000
+SYSTEM = (
+    "You grade an assistant's answer to a user's request against a rubric. Reply with only a "
+    'JSON object: {"score": <a number from 0 (fails the rubric) to 1 (fully meets it)>, '
+    '"reason": "<one short sentence>"}.\n\nRubric: '
+)
+_NUMBER = re.compile(r"(?<![\d.])(0(?:\.\d+)?|1(?:\.0+)?)(?![\d.])")
+
+GradeSink = Callable[["Decision", str, str, float], None]
+
+
+def parse_grade(text: str) -> float | None:
+    """The 0..1 score in a judge's reply: ``{"score": x}``, else the first number in 0..1."""
+    body = text.strip().strip("`").removeprefix("json").strip()
+    try:
+        value: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        value = None
+    if isinstance(value, dict):
+        score = value.get("score")
+        if isinstance(score, int | float) and not isinstance(score, bool) and 0 <= score <= 1:
+            return float(score)
+        return None
+    match = _NUMBER.search(text)
+    return float(match.group(1)) if match else None
+
+
+def judge_request(
+    config: JudgeConfig, candidate: Candidate, question: str, answer: str
+) -> ChatRequest:
+    """The grading request sent to the judge model."""
+    body: dict[str, Any] = {
+        "model": candidate.model.name,
+        "messages": [
+            {"role": "system", "content": SYSTEM + config.rubric},
+            {
+                "role": "user",
+                "content": f"Request:\n{question}\n\nAnswer:\n{answer[:MAX_ANSWER_CHARS]}",
+            },
+        ],
+        "temperature": 0,
+        "max_tokens": 200,
+    }
+    if candidate.model.supports_json:
+        body["response_format"] = {"type": "json_object"}
+    return ChatRequest.from_body(body)
+
+
+class Judge:
+    """Samples answers and grades them with the configured judge model."""
+
+    def __init__(
+        self,
+        config: Callable[[], QualityConfig],
+        pool: Callable[[], ProviderPool],
+        candidates: Callable[[], Mapping[str, Candidate]],
+        record: GradeSink,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._pool = pool
+        self._candidates = candidates
+        self._record = record
+        self._rng = rng or random.Random()
+        self._semaphore = asyncio.Semaphore(config().judge_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.graded = 0
+        self.failed = 0
+
+    def consider(self, ctx: RequestContext, model: str, version: str, answer: str) -> None:
+        """Maybe grade this answer (sampled); returns at once."""
+        quality = self._config()
+        config = quality.judge_for(ctx.task_type)
+        if config is None or self._rng.random() >= config.sample:
+            return
+        judge = self._candidates().get(config.model)
+        if judge is None:
+            return
+        decision = ctx.decision
+        if ctx.allowed_regions is not None and judge.region not in ctx.allowed_regions:
+            decision.quality["judge"] = {"skipped": "residency"}
+            return
+        if len(self._tasks) >= quality.judge_queue:
+            decision.quality["judge"] = {"skipped": "queue full"}
+            return
+        request = judge_request(config, judge, ctx.query_text, answer)
+        task = asyncio.create_task(
+            self._guarded(config, judge, request, decision, model, version), name="judge"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guarded(
+        self,
+        config: JudgeConfig,
+        judge: Candidate,
+        request: ChatRequest,
+        decision: Decision,
+        model: str,
+        version: str,
+    ) -> None:
+        try:
+            await self._grade(config, judge, request, decision, model, version)
+        except Exception:  # a background task: log, never raise into the void
+            self.failed += 1
+            log.exception("judge failed for %s", decision.request_id)
+
+    async def _grade(
+        self,
+        config: JudgeConfig,
+        judge: Candidate,
+        request: ChatRequest,
+        decision: Decision,
+        model: str,
+        version: str,
+    ) -> None:
+        async with self._semaphore:
+            try:
+                async with asyncio.timeout(config.timeout_s):
+                    completion = await self._pool().complete(judge.target, request)
+            except (GatewayError, TimeoutError) as exc:
+                self.failed += 1
+                code = getattr(exc, "code", "timeout")
+                log.warning(
+                    "judge %s failed for %s: %s", judge.model.name, decision.request_id, code
+                )
+                decision.quality["judge"] = {"error": code}
+                return
+        message = (completion.body.get("choices") or [{}])[0].get("message") or {}
+        score = parse_grade(message.get("content") or "")
+        if score is None:
+            self.failed += 1
+            log.warning("judge %s gave no 0..1 score for %s", judge.model.name, decision.request_id)
+            decision.quality["judge"] = {"error": "no_score"}
+            return
+        self.graded += 1
+        self._record(decision, model, version, score)
+
+    @property
+    def pending(self) -> int:
+        """Gradings queued or in flight."""
+        return len(self._tasks)
+
+    async def drain(self) -> None:
+        """Wait for the gradings in flight (tests, and a clean shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
