@@ -1,0 +1,112 @@
+"""Soak: a million requests through the pass-through path, the gateway's RSS sampled throughout.
+
+``gateway serve`` runs in its own process in front of a fast loopback fake (``bench.overhead``'s
+upstream, no sleeps); ``wrk`` (or the Python load generator when it is missing) sends
+back-to-back chunks of load, and between chunks the gateway's resident set size is read from
+``/proc/<pid>/status``. A leak shows as RSS growing with the request count; the target is RSS at
+the end within 10 % of RSS after warm-up. Run from the repository root (it takes minutes)::
+
+    nice python -m bench.soak [--requests 1000000] [--warmup 100000] [--chunk-s 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.overhead import (
+    BenchError,
+    LoadGen,
+    Procs,
+    _check,
+    free_port,
+    start_gateway,
+    wait_ready,
+)
+
+TARGET_GROWTH = 0.10
+
+
+def rss_mib(pid: int) -> float:
+    """The process's resident set size (``VmRSS``) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="gw-soak-") as tmp:
+        workdir = Path(tmp)
+        procs = Procs(workdir)
+        try:
+            upstream_port = free_port()
+            me = [sys.executable, "-m", "bench.overhead"]
+            log = procs.start("upstream", [*me, "_upstream", str(upstream_port)])
+            wait_ready("fake upstream", upstream_port, procs.procs[-1][1], log)
+            url = start_gateway(procs, upstream_port, [sys.executable, "-m", "gateway"])
+            gateway_pid = procs.procs[-1][1].pid
+            asyncio.run(_check({"c": url}))
+            loadgen = LoadGen(workdir)
+            print(f"loadgen: {loadgen.describe()}; {args.connections} connections", flush=True)
+            print(f"{'requests':>10} {'rss MiB':>8} {'req/s':>8} {'errors':>7} {'elapsed s':>9}")
+            total = errors = 0
+            samples: list[tuple[int, float]] = [(0, rss_mib(gateway_pid))]
+            began = time.monotonic()
+            while total < args.requests:
+                result = loadgen.run(url, args.connections, args.chunk_s)
+                total += result.requests
+                errors += result.errors
+                samples.append((total, rss_mib(gateway_pid)))
+                print(
+                    f"{total:>10,} {samples[-1][1]:>8.1f} {result.rps:>8.0f} {errors:>7} "
+                    f"{time.monotonic() - began:>9.0f}",
+                    flush=True,
+                )
+        finally:
+            procs.close()
+    return report(samples, errors, args.warmup)
+
+
+def report(samples: list[tuple[int, float]], errors: int, warmup: int) -> int:
+    after_warmup = next((rss for count, rss in samples if count >= warmup), samples[-1][1])
+    end = samples[-1][1]
+    peak = max(rss for count, rss in samples if count >= warmup)
+    growth = (end - after_warmup) / after_warmup
+    met = abs(growth) <= TARGET_GROWTH and errors == 0
+    print(
+        f"\nrequests {samples[-1][0]:,}, errors {errors}; RSS at start {samples[0][1]:.1f} MiB, "
+        f"after {warmup:,} (warm-up) {after_warmup:.1f} MiB, peak {peak:.1f} MiB, "
+        f"end {end:.1f} MiB"
+    )
+    print(
+        f"target: end within {TARGET_GROWTH:.0%} of warm-up RSS and no errors: "
+        f"{growth:+.1%}, {'met' if met else 'NOT met'}"
+    )
+    return 0 if met else 1
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
+    parser.add_argument("--requests", type=int, default=1_000_000)
+    parser.add_argument("--warmup", type=int, default=100_000, help="requests before the baseline")
+    parser.add_argument("--chunk-s", type=float, default=10.0, help="load between RSS samples")
+    parser.add_argument("--connections", type=int, default=32)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(parse_args(argv))
+    except BenchError as exc:
+        print(f"soak: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
