@@ -36,7 +36,7 @@ class SlowStream:
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
         assert site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
