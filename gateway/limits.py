@@ -237,6 +237,7 @@ class Limits:
     _charge: AsyncScript | None = None
     _pending: dict[str, _Pending] = field(default_factory=dict)
     _down_until: float = 0.0
+    _healthy: bool = True
 
     def __post_init__(self) -> None:
         if self.redis_url:
@@ -254,13 +255,19 @@ class Limits:
         return self._redis is not None and time.monotonic() >= self._down_until
 
     def _failed(self, operation: str, exc: Exception) -> None:
-        if time.monotonic() >= self._down_until:
+        if self._healthy:
             log.warning(
                 "redis unavailable for team limits (%s: %s); limiting per replica",
                 operation,
                 type(exc).__name__,
             )
+        self._healthy = False
         self._down_until = time.monotonic() + RETRY_S
+
+    def _ok(self) -> None:
+        if not self._healthy:
+            log.info("redis is back; team limits are shared again")
+        self._healthy = True
 
     async def admit(self, team: TeamConfig) -> dict[str, str]:
         """Take one request for ``team``; its ``x-ratelimit-*`` headers, or RateLimitExceeded."""
@@ -297,6 +304,7 @@ class Limits:
         except (RedisError, OSError) as exc:
             self._failed("admit", exc)
             return None
+        self._ok()
         denied = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
         admission = Admission(float(raw[1]), float(raw[2]), float(raw[3]))
         self.local.mirror(team, admission, now)
@@ -346,8 +354,9 @@ class Limits:
             for item in batch:
                 self._charged(item.team, *self.local.charge(item.team, item.tokens, item.cost, now))
             return
+        self._ok()
         for item, (before, after) in zip(batch, results, strict=True):
-            self.local.charge(item.team, item.tokens, 0.0, now)
+            self.local.charge(item.team, item.tokens, float(after) - float(before), now)
             self._charged(item.team, float(before), float(after))
 
     def _apply_locally(self) -> None:

@@ -57,7 +57,9 @@ async def reload_policy(app: web.Application) -> dict[str, Any]:
             pool = ProviderPool(catalog.endpoints)
             await pool.start()
             retired = runtime.pool
-        # The swap: synchronous, so every request sees the old runtime or the new one.
+        # The swap: synchronous, so every request sees the old runtime or the new one. The
+        # catalog is compiled again here: the team overlay may have changed during the awaits.
+        catalog = runtime.teams.catalog(policy)
         runtime.catalog = catalog
         runtime.pool = pool
         runtime.router.config = policy.routing

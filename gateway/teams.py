@@ -90,7 +90,7 @@ class TeamRegistry:
         key = new_key()
         fields = {**spec, "key_sha256": [hash_key(key)]}
         self._check(policy, name, fields)
-        await self._write(name, fields)
+        await self._write(name, fields, create=True)
         team = next(t for t in self.catalog(policy).policy.teams if t.name == name)
         return team, key
 
@@ -116,10 +116,15 @@ class TeamRegistry:
         except ValueError as exc:
             raise TeamError(str(exc)) from exc
 
-    async def _write(self, name: str, fields: dict[str, Any]) -> None:
+    async def _write(self, name: str, fields: dict[str, Any], *, create: bool = False) -> None:
         if self._redis is not None:
+            value = orjson.dumps(fields)
             try:
-                await self._redis.hset(self._key, name, orjson.dumps(fields))
+                if create:  # another replica may be adding the same name right now
+                    if not await self._redis.hsetnx(self._key, name, value):
+                        raise TeamError(f"name: team {name!r} already exists")
+                else:
+                    await self._redis.hset(self._key, name, value)
             except (RedisError, OSError) as exc:
                 raise TeamStoreUnavailable(f"redis: {type(exc).__name__}") from exc
         self.overlay[name] = fields

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -179,6 +180,7 @@ async def test_without_redis_limits_hold_per_process(make_gateway: Any, fakes: F
 async def test_redis_outage_fails_open_with_a_local_limiter(
     make_gateway: Any, fakes: Fakes, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, "gateway.limits")
     gateway = await make_gateway(
         limited_policy(fakes, requests_per_minute=3), redis_url=redis_server.url
     )
@@ -194,6 +196,7 @@ async def test_redis_outage_fails_open_with_a_local_limiter(
     assert runtime.limits is not None
     runtime.limits._down_until = 0  # skip the retry pause rather than sleep through it
     assert (await ask(gateway)).status == 200
+    assert "team limits are shared again" in caplog.text
 
 
 def test_reset_text_reads_like_openai() -> None:

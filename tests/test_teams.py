@@ -117,6 +117,9 @@ async def test_rotation_reaches_every_replica_within_seconds(
     one = await build(make_gateway, fakes, redis_url=REDIS_URL, redis_prefix=prefix)
     two = await build(make_gateway, fakes, redis_url=REDIS_URL, redis_prefix=prefix)
     created = await (await one.post("/admin/teams", json={"name": "new"}, headers=ADMIN)).json()
+    # Before two has synced: the name is still taken (checked in Redis, not two's copy).
+    clash = await two.post("/admin/teams", json={"name": "new"}, headers=ADMIN)
+    assert clash.status == 409
 
     async def known_on_two() -> bool:
         return await ask(two, created["key"]) == 200
