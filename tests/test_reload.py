@@ -153,3 +153,19 @@ async def test_sections_built_at_start_need_a_restart(
     write_policy(path, data)
     result = await (await gateway.post("/admin/reload", headers=ADMIN)).json()
     assert result["restart_required"] == ["knowledge"]
+
+
+async def test_a_run_time_team_the_new_policy_cannot_hold_is_left_out(
+    reloadable: tuple[TestClient[Any, Any], Path], fakes: Fakes, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway, path = reloadable
+    spec = {"name": "local-only", "routes": ["ollama"]}
+    created = await (await gateway.post("/admin/teams", json=spec, headers=ADMIN)).json()
+    data = policy_for(fakes).model_dump()
+    data["models"] = [m for m in data["models"] if m["name"] != "ollama"]
+    write_policy(path, data)
+    assert (await gateway.post("/admin/reload", headers=ADMIN)).status == 200
+    assert "ignoring run-time team 'local-only'" in caplog.text
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    assert (await gateway.get("/v1/models", headers=headers)).status == 401
+    assert (await ask(gateway)).status == 200  # everyone else carries on
