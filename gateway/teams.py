@@ -13,6 +13,7 @@ A Redis outage keeps the last overlay read (no team disappears, no rotated key c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import Mapping
@@ -67,7 +68,14 @@ class TeamRegistry:
         """``policy`` with the overlay's teams merged in; overlay entries that no longer fit the
         policy (a route gone, a key now used by another team) are left out, with a warning."""
         teams = {t.name: t.model_dump() for t in policy.teams}
-        for name, fields in sorted(self.overlay.items()):
+        if not self.overlay:
+            return Catalog(policy, self.environ)
+        everything = {**teams}
+        for name, fields in self.overlay.items():
+            everything[name] = {**teams.get(name, {}), **fields, "name": name}
+        with contextlib.suppress(ValueError):
+            return Catalog(_merged(policy, everything), self.environ)  # the usual case: one pass
+        for name, fields in sorted(self.overlay.items()):  # find the entries that do not fit
             candidate = {**teams, name: {**teams.get(name, {}), **fields, "name": name}}
             try:
                 _merged(policy, candidate)
