@@ -27,6 +27,7 @@ from .errors import (
     ModelNotFound,
 )
 from .runtime import RUNTIME, Runtime
+from .shadow import SHADOW
 
 
 class CacheNotConfigured(GatewayError):
@@ -172,7 +173,24 @@ async def promote_quality(request: web.Request) -> web.Response:
     return _json_response({"model": model, "task_type": task_type, "promoted": promoted})
 
 
+async def get_shadow(request: web.Request) -> web.Response:
+    """``GET /admin/shadow``: shadow traffic's comparison per (task type, candidate)."""
+    _authorise(request)
+    shadow = request.app.get(SHADOW)
+    if shadow is None:
+        return _json_response({"enabled": False, "config": None, "comparisons": []})
+    return _json_response(
+        {
+            "enabled": True,
+            "config": shadow.config.model_dump(),
+            "in_flight": shadow.in_flight,
+            "comparisons": shadow.report(),
+        }
+    )
+
+
 ROUTES = [
+    web.get("/admin/shadow", get_shadow),
     web.get("/admin/cache/config", get_cache_config),
     web.put("/admin/cache/config", put_cache_config),
     web.post("/admin/cache/invalidate", invalidate_cache),

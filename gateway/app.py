@@ -38,6 +38,7 @@ from .responses import error_response
 from .router import Router
 from .runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
 from .settings import Settings
+from .shadow import install_shadow
 from .shared import LocalState, RedisState, SharedState
 from .tasks import TaskClassifier
 from .telemetry import running_telemetry
@@ -219,6 +220,8 @@ def create_app(
     )
     app[RUNTIME] = build_runtime(settings, policy, os.environ if environ is None else environ)
     app[RUNTIME].embedder = embedder
+    if policy.shadow is not None:
+        install_shadow(app, policy.shadow, app[RUNTIME].metrics.registry)
     app[STARTED] = int(time.time())
     app.cleanup_ctx.append(_lifetimes)
     app.add_routes(

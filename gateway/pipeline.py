@@ -26,6 +26,7 @@ from .policy import RoutingConfig
 from .responses import completion_response
 from .router import allowed_regions
 from .runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
+from .shadow import mirror_answer
 from .streaming import replay_stream, stream_answer
 from .tasks import apply_task_type
 from .telemetry import complete_decision, observe_request
@@ -120,6 +121,7 @@ async def _answer(
     runtime.quality.observe_completion(ctx, candidate, completion)
     for interceptor in runtime.interceptors:
         await interceptor.after(ctx, completion)
+    mirror_answer(request, runtime, ctx, completion, candidate)  # background; never awaited
     return completion_response(ctx, completion, candidate)
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .cache_config import CacheConfig
 from .quality_config import QualityConfig
+from .shadow_config import ShadowConfig
 from .validation import describe
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
@@ -352,6 +353,7 @@ class Policy(_Model):
     task_types: dict[Name, TaskTypeConfig] = Field(default_factory=dict)
     task_classifier: TaskClassifierConfig = Field(default_factory=TaskClassifierConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)  # gateway/quality_config.py
+    shadow: ShadowConfig | None = None  # absent: no shadow traffic (gateway/shadow_config.py)
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
@@ -392,6 +394,8 @@ class Policy(_Model):
                 if name not in callable_names:
                     raise ValueError(f"knowledge.routes: unknown route or model {name!r}")
         self.quality.check_references(models, callable_names)
+        if self.shadow is not None:
+            self.shadow.check_references(models)
         return self
 
 

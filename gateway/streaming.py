@@ -29,6 +29,7 @@ from .fallback import Outcome, run_attempts
 from .responses import gateway_headers
 from .router import Plan
 from .runtime import Runtime
+from .shadow import mirror_answer
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ async def stream_answer(
     if completed and (answer := transcript.completion(upstream, candidate.target.model)):
         for interceptor in runtime.interceptors:
             await interceptor.after(ctx, answer)
+        mirror_answer(request, runtime, ctx, answer, candidate)  # the client has it all
     return response
 
 
