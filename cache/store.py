@@ -2,8 +2,9 @@
 
 Layout under ``<prefix>:c`` (prefix per deployment):
 
-    e:<id>         hash   scope, team, route, query, answer (JSON), vec (float32), created, hits,
-                          fp (knowledge chunks used), state (hit-policy state); expires with the TTL
+    e:<id>         hash   scope, team, route, query, answer (JSON), vec (float32), emb (the
+                          embedder that made vec), created, hits, fp (knowledge chunks used),
+                          state (hit-policy state); expires with the TTL
     x:<exact>      string entry id for the exact fast path; same TTL
     s:<scope>      zset   entry ids by last use: the per-scope LRU cap
     team:<t>, route:<r>   sets of scopes, for invalidation by team or route
@@ -44,6 +45,7 @@ class Entry:
     query: str
     answer: dict[str, Any]  # the OpenAI chat.completion body
     vector: Vector | None
+    embedder: str = ""  # the name of the embedder that made ``vector``; "" if unknown
     created: float = field(default_factory=time.time)
     hits: int = 0
     fingerprint: list[str] = field(default_factory=list)
@@ -82,6 +84,7 @@ def _encode(entry: Entry) -> dict[str, bytes | str | float | int]:
         "query": entry.query,
         "answer": orjson.dumps(entry.answer),
         "vec": entry.vector.astype(np.float32).tobytes() if entry.vector is not None else b"",
+        "emb": entry.embedder,
         "created": entry.created,
         "hits": entry.hits,
         "fp": orjson.dumps(entry.fingerprint),
@@ -100,6 +103,7 @@ def _decode(entry_id: int, raw: dict[bytes, bytes]) -> Entry | None:
             query=raw[b"query"].decode(),
             answer=orjson.loads(raw[b"answer"]),
             vector=np.frombuffer(vec, dtype=np.float32).copy() if vec else None,
+            embedder=raw.get(b"emb", b"").decode(),
             created=float(raw[b"created"]),
             hits=int(raw.get(b"hits", b"0")),
             fingerprint=orjson.loads(raw.get(b"fp", b"[]")),

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from cache.embedder import Embedder, Vector
 from cache.guard import conflict
 from cache.hits import NEIGHBOURS, Assessment, EntryState, HitPolicy, ScopeState
@@ -35,6 +37,7 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 CACHEABLE_FINISH = frozenset({"stop", "length"})
+LOAD_BATCH = 1024  # entries per multi-threaded index add at start (bounds a lookup's wait)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,10 @@ class CacheStage:
         # Learned per scope on this replica (counts, additive); entries' states live in the store.
         self._scopes: dict[str, ScopeState] = {}
         self._rng = random.Random()
+        # Entries are tagged with the embedder that made their vector; only this embedder's are
+        # indexed or compared (another model's vectors live in another space: even the int8 copy
+        # of the same model moves similarities by ~0.01, enough to shift learned thresholds).
+        self.embedder_name = embedder.name
         self.indexes = ScopedIndexes(embedder.dim)
         self.runtime: dict[str, dict[str, Any]] = {}
         self.healthy = True
@@ -154,16 +161,30 @@ class CacheStage:
         return None
 
     async def _neighbours(self, scope: str, vector: Vector) -> list[tuple[Entry, float]]:
-        """The nearest entry and its runners-up, all of this scope, best first."""
+        """The nearest entry and its runners-up, all of this scope, best first.
+
+        The index finds candidates by approximate (int8) similarity; each is re-scored by the
+        exact cosine of its stored float32 vector, which is what hit decisions use.
+        """
         found = self.indexes.nearest(scope, vector, 1 + NEIGHBOURS)
         entries = await asyncio.gather(*(self.store.get(key) for key, _ in found))
         neighbours = []
-        for (key, similarity), entry in zip(found, entries, strict=True):
+        for (key, _), entry in zip(found, entries, strict=True):
             if entry is None:  # expired or evicted elsewhere
                 self.indexes.remove(key)
-            elif entry.scope == scope:  # defence in depth: never served across scopes
-                neighbours.append((entry, similarity))
+            elif entry.scope == scope and self._comparable(entry):  # never across scopes
+                assert entry.vector is not None
+                neighbours.append((entry, float(np.dot(entry.vector, vector))))
+        neighbours.sort(key=lambda found: found[1], reverse=True)
         return neighbours
+
+    def _comparable(self, entry: Entry) -> bool:
+        """Whether the entry's vector was made by this stage's embedder."""
+        return (
+            entry.vector is not None
+            and entry.embedder == self.embedder_name
+            and len(entry.vector) == self.indexes.dim
+        )
 
     def _scope_state(self, scope: str) -> ScopeState:
         state = self._scopes.get(scope)
@@ -235,6 +256,7 @@ class CacheStage:
                 query=ctx.query_text,
                 answer=completion.body,
                 vector=vector,
+                embedder=self.embedder_name,
                 fingerprint=list(ctx.notes.get("knowledge_fingerprint") or ()),
                 state=new_state.to_bytes(),
             )
@@ -297,13 +319,35 @@ class CacheStage:
 
     # -- background work ------------------------------------------------------------------
     async def load(self) -> int:
-        """Build the indexes from the store (at start; requests miss until an entry is in)."""
+        """Build the indexes from the store (at start; requests miss until an entry is in).
+
+        Entries are added in batches, per scope, by several threads at once, off the event
+        loop; only entries whose vector this stage's embedder made are indexed."""
         loaded = 0
+        batch: list[Entry] = []
         async for entry in self.store.entries():
-            if entry.vector is not None:
-                self.indexes.add(entry.scope, entry.id, entry.vector)
-                loaded += 1
-        return loaded
+            if self._comparable(entry):
+                batch.append(entry)
+            if len(batch) >= LOAD_BATCH:
+                loaded += await self._index_batch(batch)
+                batch = []
+        return loaded + await self._index_batch(batch)
+
+    async def _index_batch(self, batch: list[Entry]) -> int:
+        by_scope: dict[str, list[Entry]] = {}
+        for entry in batch:
+            by_scope.setdefault(entry.scope, []).append(entry)
+
+        def add() -> None:
+            for scope, entries in by_scope.items():
+                self.indexes.add_many(
+                    scope,
+                    [e.id for e in entries],
+                    [e.vector for e in entries if e.vector is not None],
+                )
+
+        await asyncio.to_thread(add)
+        return len(batch)
 
     async def follow(self, stop: asyncio.Event) -> None:
         """Keep the indexes in sync with the other replicas; survive Redis outages."""
@@ -326,7 +370,7 @@ class CacheStage:
     async def _apply(self, op: str, entry_id: int, scope: str) -> None:
         if op == "add":
             entry = await self.store.get(entry_id)
-            if entry is not None and entry.vector is not None:
+            if entry is not None and entry.vector is not None and self._comparable(entry):
                 self.indexes.add(entry.scope, entry.id, entry.vector)
         elif op == "del":
             self.indexes.remove(entry_id)

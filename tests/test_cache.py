@@ -6,6 +6,8 @@ import asyncio
 import uuid
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -251,6 +253,71 @@ async def test_two_replicas_share_entries_and_settings(
             break
         await asyncio.sleep(0.1)
     assert headers["x-gateway-cache"] == "bypass"
+
+
+class Renamed:
+    """The session's model under another name: what another embedder looks like to the cache
+    (identical vectors, so only the tag can keep them apart)."""
+
+    def __init__(self, inner: Any, name: str) -> None:
+        self._inner, self.name, self.dim = inner, name, inner.dim
+
+    async def embed(self, text: str) -> npt.NDArray[np.float32]:
+        vector: npt.NDArray[np.float32] = await self._inner.embed(text)
+        return vector
+
+    async def embed_many(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        vectors: npt.NDArray[np.float32] = await self._inner.embed_many(texts)
+        return vectors
+
+    def encode(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        vectors: npt.NDArray[np.float32] = self._inner.encode(texts)
+        return vectors
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_vectors_of_another_embedder_are_never_compared(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    settings = {"redis_url": SHARED_REDIS, "redis_prefix": f"gw-test-{uuid.uuid4().hex[:8]}"}
+    writer = await make_gateway(cached_policy(fakes), embedder=embedder, **settings)
+    fakes.openai.push(Ok(text="Stored answer."))
+    await ask(writer)
+    await settle(writer)
+    # Replicas started afterwards build their indexes from Redis (the batched start-up load).
+    same = await make_gateway(cached_policy(fakes), embedder=embedder, **settings)
+    other = await make_gateway(
+        cached_policy(fakes), embedder=Renamed(embedder, "another-model"), **settings
+    )
+    same_stage, other_stage = (c.app[RUNTIME].interceptors[0] for c in (same, other))
+    assert await same_stage.load() == 1  # type: ignore[attr-defined]
+    assert await other_stage.load() == 0  # type: ignore[attr-defined]
+    _, body, headers = await ask(same, PARAPHRASE)
+    assert headers["x-gateway-cache"] == "hit"
+    assert body["choices"][0]["message"]["content"] == "Stored answer."
+    fakes.openai.push(Ok(text="Fresh answer."))
+    _, body, headers = await ask(other, PARAPHRASE)
+    assert headers["x-gateway-cache"] == "miss"
+    assert body["choices"][0]["message"]["content"] == "Fresh answer."
+    # The exact path compares no vectors: it still serves the entry.
+    _, body, headers = await ask(other, QUESTION)
+    assert headers["x-gateway-cache"] == "hit"
+    assert body["choices"][0]["message"]["content"] == "Stored answer."
+
+
+async def test_hit_similarity_is_the_exact_cosine_not_the_index_estimate(
+    cached: TestClient[Any, Any], fakes: Fakes, embedder: Any
+) -> None:
+    fakes.openai.push(Ok(text="Reset it in settings."))
+    await ask(cached)
+    await settle(cached)
+    _, _, headers = await ask(cached, PARAPHRASE)
+    assert headers["x-gateway-cache"] == "hit"
+    question, paraphrase = embedder.encode([QUESTION, PARAPHRASE])
+    exact = float(np.dot(question, paraphrase))
+    assert abs(float(headers["x-gateway-cache-similarity"]) - exact) < 2e-4
 
 
 async def test_redis_outage_loses_no_request_and_the_cache_comes_back(

@@ -162,8 +162,9 @@ async def test_int8_vectors_do_not_depend_on_their_batch(
 ) -> None:
     # Dynamic quantisation scales activations over the whole batch; make_embedder therefore runs
     # int8 one text per pass, so a query embeds the same alone, in a batch, or under load.
-    embedder = make_embedder("onnx-int8", data_dir, max_batch=32)
+    embedder = make_embedder("onnx-int8", data_dir, max_batch=32, max_wait_s=0.01)
     try:
+        assert (embedder.max_batch, embedder.max_wait_s) == (1, 0.0)  # never waits for company
         alone = np.stack([embedder.encode([text])[0] for text in TEXTS])
         assert np.array_equal(embedder.encode(TEXTS), alone)
         concurrent = await asyncio.gather(*(embedder.embed(text) for text in TEXTS))

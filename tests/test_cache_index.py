@@ -1,0 +1,70 @@
+"""The per-scope vector indexes: batched loads, replacement, removal, quantised candidates."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from cache.index import DTYPE, ScopedIndexes, ScopeIndex
+
+DIM = 64
+
+
+def unit_rows(n: int, seed: int = 0) -> npt.NDArray[np.float32]:
+    rows = np.random.default_rng(seed).standard_normal((n, DIM), dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_add_many_finds_every_vector_and_reports_its_similarity() -> None:
+    vectors = unit_rows(2000)
+    indexes = ScopedIndexes(DIM, threads=2)
+    indexes.add_many("s", list(range(2000)), list(vectors))
+    assert len(indexes) == 2000
+    found = [indexes.nearest("s", v, 1)[0] for v in vectors[:200]]
+    assert sum(key == i for i, (key, _) in enumerate(found)) >= 198
+    # int8 storage: the similarity is approximate, close to 1 for the vector itself.
+    assert DTYPE == "i8"
+    assert all(abs(similarity - 1.0) < 0.02 for _, similarity in found)
+
+
+def test_add_many_replaces_present_keys_and_the_last_repeat_wins() -> None:
+    first, second, third = unit_rows(3, seed=1)
+    index = ScopeIndex(DIM)
+    index.add(7, first)
+    keys = np.array([7, 8, 8], dtype=np.uint64)
+    index.add_many(keys, np.stack([second, first, third]), threads=2)
+    assert len(index) == 2
+    assert index.nearest(second, 1)[0][0] == 7  # key 7 now holds ``second``
+    assert index.nearest(third, 1)[0][0] == 8  # the last vector given for 8
+    assert index.nearest(first, 2)[0][1] < 0.99  # ``first`` is stored under no key any more
+
+
+def test_bulk_added_entries_can_be_removed_and_scopes_dropped() -> None:
+    vectors = unit_rows(100, seed=2)
+    indexes = ScopedIndexes(DIM)
+    indexes.add_many("a", list(range(50)), list(vectors[:50]))
+    indexes.add_many("b", list(range(50, 100)), list(vectors[50:]))
+    indexes.remove(3)
+    assert all(key != 3 for key, _ in indexes.nearest("a", vectors[3], 5))
+    assert all(50 <= key < 100 for key, _ in indexes.nearest("b", vectors[3], 5))
+    indexes.drop_scope("b")
+    assert indexes.nearest("b", vectors[60], 1) == []
+    assert len(indexes) == 49
+
+
+def test_a_key_moved_to_another_scope_is_found_only_there() -> None:
+    vector = unit_rows(1, seed=3)[0]
+    indexes = ScopedIndexes(DIM)
+    indexes.add("a", 1, vector)
+    indexes.add_many("b", [1], [vector])
+    assert indexes.nearest("a", vector, 1) == []
+    assert indexes.nearest("b", vector, 1)[0][0] == 1
+
+
+def test_a_lookup_during_a_bulk_load_finds_nothing_instead_of_waiting() -> None:
+    vector = unit_rows(1, seed=4)[0]
+    indexes = ScopedIndexes(DIM)
+    indexes.add("a", 1, vector)
+    with indexes._lock:  # what the loader thread holds while it adds a batch
+        assert indexes.nearest("a", vector, 1) == []
+    assert indexes.nearest("a", vector, 1)[0][0] == 1
