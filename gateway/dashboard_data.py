@@ -93,11 +93,8 @@ def quality_score(decision: Decision) -> float | None:
 
 def quality_stats(runtime: Runtime) -> list[dict[str, Any]]:
     """Per (model, version, task type): the quality monitor's combined score, evidence, verdict."""
-    monitor = getattr(runtime, "quality", None)  # gateway.quality_monitor, when installed
-    if monitor is None or not hasattr(monitor, "snapshot"):
-        return []
     rows = []
-    for row in monitor.snapshot().get("stats", []):
+    for row in runtime.quality.snapshot().get("stats", []):
         signals = row.get("signals", {})
         rows.append(
             {

@@ -105,7 +105,7 @@ def _breakers(breakers: list[dict[str, Any]]) -> str:
 
 
 def _quality_stats(rows: list[dict[str, Any]]) -> str:
-    """The quality monitor's figures per (model, version, task type), when it is installed."""
+    """The quality monitor's figures per (model, version, task type)."""
     if not rows:
         return ""
     body = []

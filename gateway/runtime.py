@@ -22,9 +22,9 @@ from .router import Router
 from .settings import Settings
 from .shared import SharedState
 from .tasks import TaskClassifier
-from .timeseries import TrafficSeries
 from .teams import TeamRegistry
 from .tiering import TierRouter
+from .timeseries import TrafficSeries
 from .tracing import Tracing
 
 

@@ -266,6 +266,9 @@ async def test_charts_hold_the_scripted_traffic(
     }
     # Graded 0.9 and 0.7 vs 0.2 (other answers carry heuristic scores when those are on).
     assert quality[("claude", "code")] < quality[("gpt", "summarize")]
+    stats = {(r["model"], r["task_type"]): r for r in data["quality_stats"]}
+    assert stats[("gpt", "summarize")]["n"]["feedback"] == 2  # the quality monitor's figures
+    assert stats[("claude", "code")]["n"]["feedback"] == 1
 
     html = await (await dashboard.get("/dashboard", headers=ADMIN)).text()
     assert not any(q in html for qs in QUESTIONS.values() for q in qs)  # no prompt text

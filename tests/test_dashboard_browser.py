@@ -70,6 +70,7 @@ class Seen:
     decision_rows: int
     breakers: dict[str, str]
     quality: dict[tuple[str, str], float]
+    quality_rows: set[tuple[str, str]]
 
 
 def browse(base_url: str, screenshot: Path) -> Seen:
@@ -121,6 +122,10 @@ def browse(base_url: str, screenshot: Path) -> Seen:
                 for e in driver.find_elements(By.CSS_SELECTOR, "tr[data-breaker]")
             },
             quality={},
+            quality_rows={
+                (str(e.get_attribute("data-quality-model")), str(e.get_attribute("data-task-type")))
+                for e in driver.find_elements(By.CSS_SELECTOR, "tr[data-quality-model]")
+            },
         )
         quality: dict[tuple[str, str], list[float]] = {}
         for point in driver.find_elements(By.CSS_SELECTOR, 'svg[data-chart="quality"] circle'):
@@ -167,6 +172,7 @@ async def test_dashboard_renders_the_scripted_traffic_in_chromium(
     assert seen.decision_rows == expected.requests
     assert seen.breakers["provider:anthropic"] == "closed"
     assert seen.quality[("claude", "code")] < seen.quality[("gpt", "summarize")]
+    assert {("claude", "code"), ("gpt", "summarize")} <= seen.quality_rows
     # The page and the JSON agree (both render one snapshot).
     data = await (await dashboard.get("/dashboard/data", headers=ADMIN)).json()
     assert data["traffic"]["totals"]["requests"] == sum(seen.requests)
