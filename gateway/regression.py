@@ -90,12 +90,16 @@ def lower_tail_p(z: float) -> float:
     return 0.5 * math.erfc(-z / math.sqrt(2))
 
 
+_MEMO_SIZE = 4096
+
+
 class PassRateDetector:
     """CUSUM of failures against a rolling baseline, for one stream of verdicts; O(1) per event."""
 
     def __init__(self, config: DetectorConfig) -> None:
         self.config = config
         self.events = 0
+        self._memo: dict[tuple[int, int], tuple[float, float]] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -120,6 +124,19 @@ class PassRateDetector:
         q0 = min(failures + config.baseline_margin * stderr, 0.99)
         return q0, min(q0 + config.min_drop, 0.999)
 
+    def _steps(self) -> tuple[float, float]:
+        """The CUSUM's (pass, fail) increments for the current baseline, memoised: a stable
+        baseline takes few distinct (size, passes) values, and the logs are the costly part."""
+        key = (len(self._baseline), self._baseline_passes)
+        steps = self._memo.get(key)
+        if steps is None:
+            q0, q1 = self._rates()
+            steps = (math.log((1 - q1) / (1 - q0)), math.log(q1 / q0))
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[key] = steps
+        return steps
+
     def add(self, passed: bool) -> Evidence | None:
         """Count one verdict; the evidence if this one makes the detector fire."""
         config = self.config
@@ -127,9 +144,8 @@ class PassRateDetector:
         if len(self._baseline) < config.min_baseline:
             self._to_baseline(passed)
             return None
-        q0, q1 = self._rates()
-        step = math.log((1 - q1) / (1 - q0)) if passed else math.log(q1 / q0)
-        self.cusum = max(0.0, self.cusum + step)
+        on_pass, on_fail = self._steps()
+        self.cusum = max(0.0, self.cusum + (on_pass if passed else on_fail))
         self._suspect.append(passed)
         self._suspect_passes += passed
         if self.cusum > config.threshold:
