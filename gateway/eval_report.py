@@ -29,6 +29,7 @@ class Side:
     cost_usd: float = 0.0
     judge_cost_usd: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
+    versions: set[str] = field(default_factory=set)  # upstream versions that answered
 
     def add(self, run: Run) -> None:
         self.runs += 1
@@ -38,6 +39,8 @@ class Side:
         self.judge_cost_usd += run.judge_cost_usd
         if run.latency_ms is not None:
             self.latencies_ms.append(run.latency_ms)
+        if run.served_model:
+            self.versions.add(run.served_model)
 
     @property
     def pass_rate(self) -> float:
@@ -60,6 +63,7 @@ class Side:
             "judge_cost_usd": round(self.judge_cost_usd, 8),
             "latency_p50_ms": _round(self.percentile(0.5)),
             "latency_p95_ms": _round(self.percentile(0.95)),
+            "served_versions": sorted(self.versions),
         }
 
 
@@ -165,6 +169,8 @@ def render_table(report: Report) -> str:
         f"{'latency p50 (ms)':<18}{_ms(c.percentile(0.5)):>12}  {_ms(b.percentile(0.5)):>12}",
         f"{'latency p95 (ms)':<18}{_ms(c.percentile(0.95)):>12}  {_ms(b.percentile(0.95)):>12}",
         f"{'errors':<18}{c.errors:>12}  {b.errors:>12}",
+        f"served versions: {cand}: {', '.join(sorted(c.versions)) or '-'}; "
+        f"{base}: {', '.join(sorted(b.versions)) or '-'}",
     ]
     if report.failures:
         lines += ["", "failures:"]

@@ -245,6 +245,8 @@ async def test_failing_candidate_is_held_with_reasons(
         12 * (11 * 2.5 + 7 * 10) / 1e6
     )
     assert report["overall"]["candidate"]["latency_p95_ms"] is not None
+    # The upstream version that answered (the fakes echo the pinned id).
+    assert report["overall"]["candidate"]["served_versions"] == ["claude-3-5-haiku-20241022"]
 
 
 async def test_few_samples_do_not_decide(bad: World, capsys: pytest.CaptureFixture[str]) -> None:

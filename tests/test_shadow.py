@@ -259,3 +259,43 @@ def test_agreement() -> None:
     assert agreement("", "") == 1.0
     assert agreement("yes", "no") == 0.0
     assert 0 < agreement("The answer is 42.", "42") < 1
+
+
+async def test_an_out_of_region_judge_is_not_asked(
+    fakes: Fakes, make_gateway: GatewayFactory
+) -> None:
+    """The EU team's request is mirrored to the on-prem candidate, but the US judge, which
+    would see the prompt too, grades nothing."""
+    policy = policy_for(
+        fakes,
+        routes=[{"name": "eu-route", "candidates": ["gemini"], "task_type": "general"}],
+        quality={
+            "task_types": {"general": {"judge": {"model": "claude", "rubric": "r", "sample": 0}}}
+        },
+        shadow={"mirrors": [{"task_type": "*", "candidate": "ollama", "share": 1.0}]},
+    )
+    gateway = await make_gateway(policy, admin_key_sha256=hash_key(ADMIN_KEY))
+    fakes.anthropic.default = Ok(text='{"score": 0.9}')
+    assert (await ask(gateway, EU, model="eu-route")).status == 200
+    stats = (await report(gateway))[("general", "ollama")]
+    assert stats["compared"] == 1
+    assert len(fakes.ollama.requests) == 1
+    assert fakes.anthropic.requests == []
+    assert stats["primary"]["judged"] == stats["candidate_answers"]["judged"] == 0
+    # The same request from a team allowed any region is graded (both answers).
+    assert (await ask(gateway, ALPHA, model="eu-route")).status == 200
+    stats = (await report(gateway))[("general", "ollama")]
+    assert stats["primary"]["judged"] == stats["candidate_answers"]["judged"] == 1
+    assert len(fakes.anthropic.requests) == 2
+
+
+async def test_the_candidate_that_answered_is_not_asked_again(
+    fakes: Fakes, make_gateway: GatewayFactory
+) -> None:
+    policy = shadow_policy(fakes, {"task_type": "*", "candidate": "gpt", "share": 1.0})
+    gateway = await make_gateway(policy, admin_key_sha256=hash_key(ADMIN_KEY))
+    assert (await ask(gateway, ALPHA)).status == 200
+    stats = (await report(gateway))[("general", "gpt")]
+    assert stats["skipped_same_model"] == 1
+    assert stats["mirrored"] == 0
+    assert len(fakes.openai.requests) == 1
