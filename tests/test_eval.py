@@ -18,19 +18,34 @@ from gateway.cli import main
 from gateway.eval_cli import EXIT_BAD_INPUT, EXIT_HOLD, EXIT_PROMOTE
 from gateway.evaluation import load_suite
 from tests.fakes.anthropic import FakeAnthropic
-from tests.fakes.base import Behaviour, Fail, FakeProvider, Ok
+from tests.fakes.base import Behaviour, Fail, FakeProvider, Hang, Ok
 from tests.fakes.openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class InFlight:
+    """Requests being answered at once, across the fakes that share it."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
 
 
 class Answering:
     """Mixin: answer by the first key found in the request body (prompt-aware fakes)."""
 
     answers: dict[str, str]
+    in_flight: InFlight | None = None
 
     async def record(self, request: web.Request) -> tuple[Any, Behaviour]:
-        body, behaviour = await super().record(request)  # type: ignore[misc]
+        counter = self.in_flight or InFlight()
+        counter.now += 1
+        counter.peak = max(counter.peak, counter.now)
+        try:
+            body, behaviour = await super().record(request)  # type: ignore[misc]
+        finally:
+            counter.now -= 1
         if isinstance(behaviour, Ok):
             raw = orjson.dumps(body).decode()
             for key, text in self.answers.items():
@@ -258,6 +273,17 @@ async def test_few_samples_do_not_decide(bad: World, capsys: pytest.CaptureFixtu
     assert not any(t["judged"] for t in report["task_types"].values())
     code = await run_cli(bad.argv("--repeats", "1", "--min-samples", "5", "--tolerance", "0.6"))
     assert code == EXIT_PROMOTE
+
+
+async def test_concurrency_is_bounded(good: World, capsys: pytest.CaptureFixture[str]) -> None:
+    shared = InFlight()
+    for fake in (good.candidate, good.baseline):
+        fake.in_flight = shared
+        fake.default = Hang(0.05, Ok())
+    code = await run_cli(good.argv("--concurrency", "2", "--repeats", "2"))
+    assert code in (EXIT_PROMOTE, EXIT_HOLD), capsys.readouterr().err
+    assert len(good.candidate.requests) + len(good.baseline.requests) == 16
+    assert shared.peak == 2
 
 
 async def test_upstream_errors_count_as_failures(
