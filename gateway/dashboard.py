@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 
 from .dashboard_data import snapshot
-from .dashboard_page import asset, login_page, page, panels
+from .dashboard_page import REFRESH_S, asset, login_page, page, panels
 from .errors import AuthenticationFailed, ModelNotAllowed
 from .runtime import RUNTIME, Runtime
 
@@ -116,7 +116,13 @@ async def show_dashboard(request: web.Request) -> web.Response:
     runtime = _signed_in(request)
     if runtime is None:
         return _html(login_page(), status=401)
-    return _html(page(snapshot(runtime)))
+    return _html(page(snapshot(runtime), refresh_s=_refresh_s(request)))
+
+
+def _refresh_s(request: web.Request) -> int:
+    """``?refresh_s=N``: the page's refresh interval, 1 to 300 s (default ``REFRESH_S``)."""
+    raw = request.query.get("refresh_s", "")
+    return max(1, min(300, int(raw))) if raw.isdigit() else REFRESH_S
 
 
 async def dashboard_panels(request: web.Request) -> web.Response:
@@ -155,7 +161,8 @@ async def login(request: web.Request) -> web.Response:
         path="/dashboard",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        # Secure whenever the browser speaks HTTPS, also to a TLS-terminating proxy in front.
+        secure=request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https",
     )
     return response
 

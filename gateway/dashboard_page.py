@@ -23,9 +23,9 @@ def asset(name: str) -> bytes:
     return resources.files("gateway").joinpath(name).read_bytes()
 
 
-def page(snapshot: dict[str, Any]) -> str:
+def page(snapshot: dict[str, Any], *, refresh_s: int = REFRESH_S) -> str:
     template = Template(asset("templates/dashboard.html").decode())
-    return template.substitute(refresh_s=REFRESH_S, panels=panels(snapshot))
+    return template.substitute(refresh_s=refresh_s, panels=panels(snapshot))
 
 
 def login_page(message: str = "") -> str:
@@ -39,8 +39,7 @@ def panels(snapshot: dict[str, Any]) -> str:
     minutes = len(traffic["buckets"]) * snapshot["bucket_s"] // 60
     return "\n".join(
         [
-            f'<div id="panels" data-refresh-s="{REFRESH_S}" '
-            f'data-generated-at="{snapshot["generated_at"]:.3f}">',
+            f'<div id="panels" data-generated-at="{snapshot["generated_at"]:.3f}">',
             _section("Since start", _cards(totals), wide=True),
             _section(
                 f"Requests and fallbacks per {snapshot['bucket_s']} s (last {minutes} min, UTC)",

@@ -200,6 +200,14 @@ async def test_bearer_admin_key_opens_the_dashboard(plain_dashboard: TestClient[
     assert page.headers["Cache-Control"] == "no-store"
     data = await (await plain_dashboard.get("/dashboard/data", headers=ADMIN)).json()
     assert data["traffic"]["totals"]["requests"] == 0
+    for asked, interval in (
+        ("", "10"),
+        ("?refresh_s=3", "3"),
+        ("?refresh_s=0", "1"),
+        ("?refresh_s=x", "10"),
+    ):
+        page = await plain_dashboard.get(f"/dashboard{asked}", headers=ADMIN)
+        assert f'<body data-refresh-s="{interval}">' in await page.text()
 
 
 async def test_login_sets_a_strict_http_only_session(plain_dashboard: TestClient[Any, Any]) -> None:
@@ -215,6 +223,14 @@ async def test_login_sets_a_strict_http_only_session(plain_dashboard: TestClient
     set_cookie = response.headers["Set-Cookie"]
     for flag in ("HttpOnly", "SameSite=Strict", "Path=/dashboard"):
         assert flag in set_cookie
+    assert "Secure" not in set_cookie  # plain HTTP here; behind a TLS proxy it is Secure:
+    proxied = await plain_dashboard.post(
+        "/dashboard/login",
+        data={"key": ADMIN_KEY},
+        headers={"X-Forwarded-Proto": "https"},
+        allow_redirects=False,
+    )
+    assert "Secure" in proxied.headers["Set-Cookie"]
     token = response.cookies[COOKIE].value
     assert ADMIN_KEY not in token
     assert hash_key(ADMIN_KEY) not in token

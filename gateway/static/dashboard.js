@@ -3,8 +3,7 @@
 (function () {
   "use strict";
   function every() {
-    var panels = document.getElementById("panels");
-    return panels ? Number(panels.dataset.refreshS || 10) * 1000 : 10000;
+    return Number(document.body.dataset.refreshS || 10) * 1000;
   }
   async function refresh() {
     try {
