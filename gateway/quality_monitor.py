@@ -77,6 +77,15 @@ class QualityMonitor:
         self._tasks: set[str] = set()
         self._fallbacks = FallbackWatch(self.config.fallback_alert)
 
+    def configure(self, config: QualityConfig) -> None:
+        """Apply a reloaded ``quality:`` section. Actions, judges and thresholds apply at once;
+        running detectors keep their windows under the new detector settings."""
+        if config.detector != self.config.detector:
+            for detector in self._detectors.values():
+                detector.configure(config.detector)
+        self._fallbacks.config = config.fallback_alert
+        self.config = config
+
     # -- signals in ------------------------------------------------------------------------
     def observe_completion(
         self, ctx: RequestContext, candidate: Candidate, completion: Completion
@@ -378,8 +387,8 @@ class QualityMonitor:
         lifetime; a final push on the way out."""
         from .judge import Judge
 
-        if any(t.judge is not None for t in self.config.task_types.values()):
-            self.judge = Judge(lambda: self.config, pool, lambda: catalog().by_alias, self._judged)
+        # Always there: it reads the current config, so a reload can add a judge.
+        self.judge = Judge(lambda: self.config, pool, lambda: catalog().by_alias, self._judged)
         task = asyncio.create_task(self._sync_loop(), name="quality-sync")
         try:
             yield self

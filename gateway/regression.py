@@ -109,10 +109,15 @@ class PassRateDetector:
         self._suspect_passes = 0
         self.cusum = 0.0
 
+    def configure(self, config: DetectorConfig) -> None:
+        """New settings (a policy reload); the windows are kept."""
+        self.config = config
+        self._memo.clear()
+
     def _to_baseline(self, passed: bool) -> None:
         self._baseline.append(passed)
         self._baseline_passes += passed
-        if len(self._baseline) > self.config.baseline:
+        while len(self._baseline) > self.config.baseline:
             self._baseline_passes -= self._baseline.popleft()
 
     def _rates(self) -> tuple[float, float]:
@@ -202,7 +207,7 @@ class FallbackWatch:
             self._counts[route] = 0
         window.append(fell_back)
         count = self._counts[route] + fell_back
-        if len(window) > self.config.window:
+        while len(window) > self.config.window:
             count -= window.popleft()
         self._counts[route] = count
         rate = count / len(window)

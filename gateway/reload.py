@@ -28,7 +28,7 @@ from .runtime import RUNTIME
 
 log = logging.getLogger(__name__)
 
-APPLIED = ("providers", "models", "routes", "teams", "routing")
+APPLIED = ("providers", "models", "routes", "teams", "routing", "quality")
 
 
 def retire_after_s(policy: Policy) -> float:
@@ -64,6 +64,7 @@ async def reload_policy(app: web.Application) -> dict[str, Any]:
         runtime.pool = pool
         runtime.router.config = policy.routing
         runtime.board.config = policy.routing.breaker
+        runtime.quality.configure(policy.quality)
         lifecycle.policy = policy
         if retired is not None:
             lifecycle.retire(retired, retire_after_s(old))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -268,3 +270,27 @@ async def test_a_high_fallback_rate_raises_one_alert(
     assert alert["rate"] > 0.5
     await runtime.alerts.close()
     assert [a["route"] for a in receiver.of_kind("fallback_rate")] == ["default"]
+
+
+async def test_a_reloaded_quality_section_applies_at_once(
+    make_gateway: Callable[..., Any], fakes: Fakes, tmp_path: Path
+) -> None:
+    path = tmp_path / "policy.yaml"
+    policy = policy_for(fakes, quality={"detector": FAST_DETECTOR})
+    path.write_text(yaml.safe_dump(policy.model_dump()), encoding="utf-8")
+    client = await make_gateway(policy, config=path, admin_key_sha256=hash_key(ADMIN_KEY))
+    for _ in range(FAST_DETECTOR["min_baseline"]):
+        await ask(client)
+    data = policy.model_dump()
+    data["quality"]["task_types"] = {"general": {"on_regression": "demote"}}
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = await (await client.post("/admin/reload", headers=ADMIN)).json()
+    assert result["changed"] == ["quality"]
+    assert result["restart_required"] == []
+    # The detector kept its baseline across the reload; the new action demotes.
+    fakes.openai.default = Ok(text="")
+    for _ in range(20):
+        _, headers, _ = await ask(client)
+        if headers["x-gateway-provider"] == "anthropic":
+            break
+    assert headers["x-gateway-provider"] == "anthropic"
