@@ -21,10 +21,13 @@ import orjson
 
 from providers.schema import ChatRequest
 
+from .cost import usage_cost
 from .errors import GatewayError
+from .metrics import Metrics
 from .quality_config import JudgeConfig, QualityConfig
 
 if TYPE_CHECKING:
+    from providers.base import Usage
     from providers.pool import ProviderPool
 
     from .catalog import Candidate
@@ -91,8 +94,10 @@ class Judge:
         candidates: Callable[[], Mapping[str, Candidate]],
         record: GradeSink,
         *,
+        metrics: Metrics | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        self._metrics = metrics
         self._config = config
         self._pool = pool
         self._candidates = candidates
@@ -162,15 +167,29 @@ class Judge:
                 )
                 decision.quality["judge"] = {"error": code}
                 return
+        cost = self._charge(decision, judge, completion.usage)
         message = (completion.body.get("choices") or [{}])[0].get("message") or {}
         score = parse_grade(message.get("content") or "")
         if score is None:
             self.failed += 1
             log.warning("judge %s gave no 0..1 score for %s", judge.model.name, decision.request_id)
-            decision.quality["judge"] = {"error": "no_score"}
+            decision.quality["judge"] = {"error": "no_score", "model": judge.model.name}
             return
         self.graded += 1
         self._record(decision, model, version, score)
+        decision.quality["judge"] = {"score": score, "model": judge.model.name, "cost_usd": cost}
+
+    def _charge(self, decision: Decision, judge: Candidate, usage: Usage) -> float:
+        """What grading cost, in the team's token and USD metrics under the judge's alias (the
+        answer's own cost on its decision record stays the answer's)."""
+        cost = usage_cost(judge.model, usage)
+        metrics = self._metrics
+        if metrics is not None:
+            labels = (decision.team, decision.task_type, judge.model.name)
+            metrics.child(metrics.tokens, *labels, "prompt").inc(usage.prompt_tokens)
+            metrics.child(metrics.tokens, *labels, "completion").inc(usage.completion_tokens)
+            metrics.child(metrics.cost, *labels).inc(cost)
+        return cost
 
     @property
     def pending(self) -> int:

@@ -388,7 +388,13 @@ class QualityMonitor:
         from .judge import Judge
 
         # Always there: it reads the current config, so a reload can add a judge.
-        self.judge = Judge(lambda: self.config, pool, lambda: catalog().by_alias, self._judged)
+        self.judge = Judge(
+            lambda: self.config,
+            pool,
+            lambda: catalog().by_alias,
+            self._judged,
+            metrics=self.metrics,
+        )
         task = asyncio.create_task(self._sync_loop(), name="quality-sync")
         try:
             yield self

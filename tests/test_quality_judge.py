@@ -64,7 +64,14 @@ async def test_the_judge_grades_in_the_background_and_its_grade_is_a_signal(
     await judge.drain()
     decision = runtime.decisions.find(request_id)
     assert decision is not None
-    assert decision.quality["judge"] == {"score": 0.2}
+    assert decision.quality["judge"]["score"] == 0.2
+    assert decision.quality["judge"]["model"] == "claude"
+    assert decision.quality["judge"]["cost_usd"] == 0.0  # the test policy's models are free
+    metrics = await (await client.get("/metrics")).text()
+    assert (
+        'gateway_tokens_total{kind="prompt",model="claude",task_type="general",team="alpha"} 11.0'
+        in metrics
+    )
     assert decision.quality["heuristic"]["passed"] is True
     (graded,) = fakes.anthropic.requests
     sent = orjson.dumps(graded.body).decode()
