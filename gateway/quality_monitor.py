@@ -223,6 +223,7 @@ class QualityMonitor:
             counts[0] += 1
             counts[1] += passed
             counts[2] += score
+        previous = self._latest.get((model, task))
         self._latest[(model, task)] = version
         metrics = self.metrics
         verdict = "pass" if passed else "fail"
@@ -230,6 +231,12 @@ class QualityMonitor:
         detector = self._detectors.get(key)
         if detector is None:
             detector = self._detectors[key] = PassRateDetector(self.config.detector)
+            # A version the model had not served before starts from the old version's baseline:
+            # a new release that is worse is caught from its first answers, not after 200.
+            if previous is not None and previous != version:
+                older = self._detectors.get((model, previous, task, signal))
+                if older is not None:
+                    detector.inherit(older, previous)
         evidence = detector.add(passed)
         if evidence is not None:
             self._fire(model, version, task, signal, evidence, decision.route)
@@ -249,6 +256,9 @@ class QualityMonitor:
             "route": route,
             "at": time.time(),
         }
+        against = (
+            f", against {evidence.baseline_version}'s baseline" if evidence.baseline_version else ""
+        )
         self._regressed[(model, task)] = record
         self._unpushed.append((model, task, record))
         self.metrics.child(self.metrics.quality_regressions, model, task, signal).inc()
@@ -258,7 +268,7 @@ class QualityMonitor:
             f"{evidence.baseline_rate:.0%} to {evidence.recent_rate:.0%} "
             f"(-{evidence.drop:.0%}; CUSUM {evidence.cusum:.1f} > {evidence.threshold:g}, "
             f"z={evidence.z:.2f}; {evidence.recent_n} suspect vs {evidence.baseline_n} baseline "
-            f"answers); on_regression: {action}",
+            f"answers{against}); on_regression: {action}",
             **record,
         )
 

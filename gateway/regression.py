@@ -49,6 +49,7 @@ class Evidence:
     threshold: float
     z: float
     p_value: float
+    baseline_version: str | None = None  # the baseline came from this earlier served version
 
     @property
     def baseline_rate(self) -> float:
@@ -108,6 +109,14 @@ class PassRateDetector:
         self._suspect: deque[bool] = deque()
         self._suspect_passes = 0
         self.cusum = 0.0
+        self.baseline_version: str | None = None
+
+    def inherit(self, other: PassRateDetector, version: str) -> None:
+        """Start from ``other``'s baseline: the version this model served before, so that a new
+        version is tested against the old one's record from its first answer."""
+        self._baseline = deque(other._baseline)
+        self._baseline_passes = other._baseline_passes
+        self.baseline_version = version
 
     def configure(self, config: DetectorConfig) -> None:
         """New settings (a policy reload); the windows are kept."""
@@ -180,6 +189,7 @@ class PassRateDetector:
             threshold=self.config.threshold,
             z=z,
             p_value=lower_tail_p(z),
+            baseline_version=self.baseline_version,
         )
 
     def state(self) -> dict[str, Any]:

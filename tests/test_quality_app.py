@@ -294,3 +294,31 @@ async def test_a_reloaded_quality_section_applies_at_once(
         if headers["x-gateway-provider"] == "anthropic":
             break
     assert headers["x-gateway-provider"] == "anthropic"
+
+
+async def test_a_worse_new_version_is_tested_against_the_old_versions_baseline(
+    make_gateway: Callable[..., Any], fakes: Fakes
+) -> None:
+    client = await make_gateway()
+    runtime = runtime_of(client)
+    for _ in range(220):
+        await ask(client)
+    # The provider starts serving another version (drift, answered under on_drift: alert) that
+    # returns broken JSON: its own baseline would need 200 answers; the old one's is reused.
+    new = "gpt-4o-mini-2024-09-30"
+    fakes.openai.default = Ok(text="{'not': json", served_model=new)
+    for _ in range(25):
+        await ask(client, response_format={"type": "json_object"})
+        if runtime.alerts.recent("quality_regression"):
+            break
+    (alert,) = runtime.alerts.recent("quality_regression")
+    assert alert["version"] == new
+    assert alert["evidence"]["baseline_version"] == "gpt-4o-mini-2024-07-18"
+    assert alert["evidence"]["baseline_rate"] == 1.0
+    assert "against gpt-4o-mini-2024-07-18's baseline" in alert["message"]
+    assert runtime.alerts.recent("version_drift")
+    snapshot = runtime.quality.snapshot()
+    versions = {row["version"]: row for row in snapshot["stats"] if row["model"] == "gpt"}
+    assert versions[new]["latest"] is True
+    assert versions["gpt-4o-mini-2024-07-18"]["latest"] is False
+    assert runtime.quality.score("gpt", "general") == versions[new]["score"]
