@@ -10,6 +10,8 @@ Each server runs in its own process; the load comes from ``wrk`` (or, when it is
 Python load generator in its own process). Run from the repository root::
 
     python -m bench.overhead [--duration 10] [--connections 32] [--only a,b,c]
+
+``--telemetry``: the gateway with telemetry off and on instead (bench/overhead_telemetry.py).
 """
 
 from __future__ import annotations
@@ -201,7 +203,15 @@ ROLES: dict[str, Callable[[list[str]], None]] = {
     "_upstream": lambda a: serve_upstream(int(a[0])),
     "_forwarder": lambda a: serve_forwarder(int(a[0]), a[1]),
     "_loadgen": lambda a: serve_loadgen(a[0], float(a[1]), int(a[2]), int(a[3])),
+    "_collector": lambda a: _telemetry().serve_collector(int(a[0])),
 }
+
+
+def _telemetry() -> Any:
+    """``bench.overhead_telemetry`` (imported late: it imports this module)."""
+    from bench import overhead_telemetry
+
+    return overhead_telemetry
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -519,6 +529,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=32, help="the throughput run's -c")
     parser.add_argument("--only", default="a,b,c", help="targets to run, e.g. b,c")
+    _telemetry().add_arguments(parser)
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.connections < 1:
         parser.error("--duration must be > 0 and --connections >= 1")
@@ -532,7 +543,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             ROLES[argv[0]](argv[1:])
         return 0
     try:
-        return run(parse_args(argv))
+        args = parse_args(argv)
+        if args.telemetry:
+            _telemetry().check_tools()
+            return int(_telemetry().run(args))
+        return run(args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -120,12 +120,14 @@ def _status_matches(wanted: str, status: int) -> bool:
 
 
 def decision_sinks(settings: Settings, metrics: Metrics | None = None) -> DecisionSinks | None:
-    """The sinks ``settings`` configure: the Redis stream with ``GATEWAY_REDIS_URL``, the file
-    with ``GATEWAY_DECISION_LOG``; ``None`` with neither (the ring alone)."""
-    if not settings.redis_url and settings.decision_log is None:
+    """The sinks ``settings`` configure: the Redis stream with ``GATEWAY_REDIS_URL`` (unless
+    ``GATEWAY_DECISION_STREAM=false``), the file with ``GATEWAY_DECISION_LOG``; ``None`` with
+    neither (the ring alone)."""
+    redis_url = settings.redis_url if settings.decision_stream else None
+    if not redis_url and settings.decision_log is None:
         return None
     return DecisionSinks(
-        redis_url=settings.redis_url,
+        redis_url=redis_url,
         prefix=settings.redis_prefix,
         maxlen=settings.decision_stream_maxlen,
         path=settings.decision_log,
@@ -221,7 +223,7 @@ class DecisionSinks:
     async def _write(self, batch: list[Decision]) -> None:
         lines: list[tuple[str, bytes]] = []
         for i, decision in enumerate(batch, 1):
-            lines.append((decision.request_id, orjson.dumps(decision.to_dict())))
+            lines.append((decision.request_id, decision.to_json()))
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # serialising is CPU: let requests run in between
         if self._file is not None:

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -122,15 +122,21 @@ class Decision:
             self.prompt_sha256 = hashlib.sha256(canonical).hexdigest()
         return self.prompt_sha256
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> bytes:
         """The JSON record (what the log, the stream and the admin API carry)."""
         self.hash_prompt()
-        record = {name: getattr(self, name) for name in _SCALARS}
-        record["candidates"] = [asdict(c) for c in self.candidates]
-        record["attempts"] = [asdict(a) for a in self.attempts]
-        record["events"] = [dict(e) for e in self.events]
-        record["quality"] = dict(self.quality)
+        record: dict[str, Any] = {name: getattr(self, name) for name in _SCALARS}
+        # Candidates and attempts are dataclasses: orjson serialises them natively (fast).
+        record["candidates"] = self.candidates
+        record["attempts"] = self.attempts
+        record["events"] = self.events
+        record["quality"] = self.quality
         record["fallbacks"] = self.fallbacks
+        return orjson.dumps(record, default=_jsonable, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record as a dict (a copy: changing it changes nothing here)."""
+        record: dict[str, Any] = orjson.loads(self.to_json())
         return record
 
     @classmethod
@@ -141,6 +147,15 @@ class Decision:
         values["candidates"] = [CandidateVerdict(**c) for c in record.get("candidates") or ()]
         values["attempts"] = [Attempt(**a) for a in record.get("attempts") or ()]
         return cls(**values)
+
+
+def _jsonable(value: Any) -> Any:
+    """What orjson cannot serialise itself (a numpy scalar, a set) becomes JSON anyway."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
 
 
 _COMPOUND = {"candidates", "attempts", "events", "quality", "messages"}
@@ -165,7 +180,7 @@ class DecisionLog:
             self.sinks.submit(decision)
         # DEBUG: a JSON line per request is for a log pipeline that asks for it, not the console.
         if log.isEnabledFor(logging.DEBUG):
-            log.debug(orjson.dumps(decision.to_dict()).decode())
+            log.debug(decision.to_json().decode())
 
     def find(self, request_id: str) -> Decision | None:
         """A recent decision of this replica by request id (``None`` once it left the ring)."""

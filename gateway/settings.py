@@ -54,7 +54,11 @@ class Settings(BaseSettings):
         default=10_000, ge=100, description="Redis stream of decisions: about this many kept"
     )
     decision_ring_size: int = Field(default=1000, ge=10, description="decisions kept in memory")
+    decision_stream: bool = Field(
+        default=True, description="with redis_url: stream decision records to Redis"
+    )
     otlp_endpoint: str | None = Field(
         default=None, description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces"
     )
     otlp_service_name: str = "knowledge-gateway"
+    otlp_sample_ratio: float = Field(default=1.0, ge=0, le=1, description="share of traces kept")

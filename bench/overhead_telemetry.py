@@ -1,0 +1,248 @@
+"""What telemetry costs the hot path: the gateway with telemetry off and on, side by side.
+
+Both gateways run at once on the same fake upstream and the same throwaway ``redis-server``
+(Redis also carries breakers, limits and quality state, so both have it configured):
+
+  off: Prometheus metrics and the in-process decision ring only (``GATEWAY_DECISION_STREAM=false``,
+       no decision log, no OTLP endpoint);
+  on:  everything: metrics, decision records streamed to Redis (``XADD MAXLEN ~``) and appended to
+       a JSON-lines file, and OTLP/HTTP traces to a loopback collector (its own process).
+
+Rounds alternate off/on so drift on a shared machine hits both alike; each round measures c=1
+latency (p50/p99) and c=N throughput with ``wrk`` (or the Python load generator), and the gateway
+process's CPU time per request (user+system from /proc, the least noisy figure: it includes the
+background writer and the span exporter's thread). Medians over rounds; target: on within 10 % of
+off. Then it checks the telemetry really happened (stream length, log lines, spans received).
+
+    python -m bench.overhead --telemetry [--rounds 3] [--duration 5] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import redis
+from aiohttp import web
+
+from bench.overhead import (
+    HOST,
+    PATH,
+    WARMUP_S,
+    BenchError,
+    LoadGen,
+    Procs,
+    Result,
+    _check,
+    free_port,
+    machine_context,
+    policy_yaml,
+    wait_ready,
+)
+
+TARGET_SHARE = 0.10
+_COUNT = web.AppKey("count", list)
+
+
+def serve_collector(port: int) -> None:
+    """A loopback OTLP/HTTP collector: accepts ``/v1/traces`` and counts the exports."""
+
+    async def traces(request: web.Request) -> web.Response:
+        body = await request.read()
+        request.app[_COUNT][0] += 1
+        request.app[_COUNT][1] += len(body)
+        return web.Response(body=b"", content_type="application/x-protobuf")
+
+    async def count(request: web.Request) -> web.Response:
+        exports, size = request.app[_COUNT]
+        return web.json_response({"exports": exports, "bytes": size})
+
+    app = web.Application()
+    app[_COUNT] = [0, 0]
+    app.router.add_post("/v1/traces", traces)
+    app.router.add_get("/count", count)
+    web.run_app(app, host=HOST, port=port, access_log=None, print=None)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_redis(procs: Procs) -> str:
+    port = free_port()
+    cmd = ["redis-server", "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    log = procs.start("redis", cmd)
+    wait_ready("redis-server", port, procs.procs[-1][1], log)
+    return f"redis://{HOST}:{port}/0"
+
+
+def start_gateway(procs: Procs, name: str, config: Path, env: dict[str, str]) -> tuple[str, int]:
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    cmd = [sys.executable, "-m", "gateway", "serve", "--config", str(config)]
+    cmd += ["--host", HOST, "--port", str(port)]
+    log = procs.start(name, cmd, {**base, "GATEWAY_LOG_LEVEL": "WARNING", **env})
+    proc = procs.procs[-1][1]
+    wait_ready(name, port, proc, log)
+    return f"http://{HOST}:{port}{PATH}", proc.pid
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="gw-bench-telemetry-") as tmp:
+        workdir = Path(tmp)
+        procs = Procs(workdir)
+        loadgen = LoadGen(workdir)
+        try:
+            print("\n".join(machine_context(loadgen)), flush=True)
+            me = [sys.executable, "-m", "bench.overhead"]
+            upstream_port = free_port()
+            log = procs.start("upstream", [*me, "_upstream", str(upstream_port)])
+            wait_ready("fake upstream", upstream_port, procs.procs[-1][1], log)
+            collector_port = free_port()
+            log = procs.start("collector", [*me, "_collector", str(collector_port)])
+            wait_ready("collector", collector_port, procs.procs[-1][1], log)
+            redis_url = start_redis(procs)
+            config = workdir / "policy.yaml"
+            config.write_text(policy_yaml(upstream_port), encoding="utf-8")
+            decision_log = workdir / "decisions.jsonl"
+            prefix = f"bench-{uuid.uuid4().hex[:8]}"
+            shared = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": prefix}
+            off_url, off_pid = start_gateway(
+                procs, "gateway-off", config, {**shared, "GATEWAY_DECISION_STREAM": "false"}
+            )
+            on_url, on_pid = start_gateway(
+                procs,
+                "gateway-on",
+                config,
+                {
+                    **shared,
+                    "GATEWAY_DECISION_LOG": str(decision_log),
+                    "GATEWAY_OTLP_ENDPOINT": f"http://{HOST}:{collector_port}/v1/traces",
+                },
+            )
+            targets = {"off": (off_url, off_pid), "on": (on_url, on_pid)}
+            asyncio.run(_check({"c": off_url}))
+            asyncio.run(_check({"c": on_url}))
+            print("correctness: both gateways answer 200 with the fake's content", flush=True)
+            c1: dict[str, list[Result]] = {"off": [], "on": []}
+            cn: dict[str, list[Result]] = {"off": [], "on": []}
+            cpu: dict[str, list[float]] = {"off": [], "on": []}
+            for round_ in range(1, args.rounds + 1):
+                order = ("off", "on") if round_ % 2 else ("on", "off")
+                for name in order:
+                    url, pid = targets[name]
+                    print(f"  round {round_}: telemetry {name} ...", flush=True)
+                    loadgen.run(url, args.connections, WARMUP_S)
+                    c1[name].append(loadgen.run(url, 1, args.duration))
+                    before = cpu_seconds(pid)
+                    result = loadgen.run(url, args.connections, args.duration)
+                    time.sleep(0.5)  # let the background writer and exporter finish the round
+                    cn[name].append(result)
+                    cpu[name].append((cpu_seconds(pid) - before) / max(1, result.requests) * 1e6)
+            print("\n".join(report(c1, cn, cpu, args)))
+            print("\n".join(evidence(redis_url, prefix, decision_log, collector_port)))
+        finally:
+            procs.close()
+    return 0
+
+
+def report(
+    c1: dict[str, list[Result]],
+    cn: dict[str, list[Result]],
+    cpu: dict[str, list[float]],
+    args: argparse.Namespace,
+) -> list[str]:
+    rows: dict[str, dict[str, float]] = {}
+    for name in ("off", "on"):
+        rows[name] = {
+            "p50": _median([r.latency_ms[50] for r in c1[name]]),
+            "p99": _median([r.latency_ms[99] for r in c1[name]]),
+            "rps": _median([r.rps for r in cn[name]]),
+            "cpu": _median(cpu[name]),
+        }
+    lines = [
+        "",
+        f"medians over {args.rounds} rounds, {args.duration:g} s per point",
+        f"{'telemetry':<12}{'p50 ms c=1':>12}{'p99 ms c=1':>12}"
+        f"{f'req/s c={args.connections}':>14}{'CPU us/req':>12}",
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"{name:<12}{row['p50']:>12.3f}{row['p99']:>12.3f}{row['rps']:>14.0f}{row['cpu']:>12.0f}"
+        )
+    off, on = rows["off"], rows["on"]
+    checks = {
+        "p50 latency": on["p50"] / off["p50"] - 1,
+        "throughput": 1 - on["rps"] / off["rps"],
+        "CPU per request": on["cpu"] / off["cpu"] - 1,
+    }
+    lines.append("")
+    for label, cost in checks.items():
+        verdict = "MET" if cost <= TARGET_SHARE else "MISSED"
+        lines.append(
+            f"telemetry cost, {label:<16}{cost * 100:+7.1f} %   target <= "
+            f"{TARGET_SHARE * 100:.0f} %: {verdict}"
+        )
+    per_round = [f"{a.rps:.0f}/{b.rps:.0f}" for a, b in zip(cn["off"], cn["on"], strict=True)]
+    lines.append(f"req/s off/on per round: {', '.join(per_round)}")
+    errors = {n: sum(r.errors for r in c1[n] + cn[n]) for n in ("off", "on")}
+    if any(errors.values()):
+        lines.append(f"WARNING: non-2xx or socket errors during load: {errors}")
+    return lines
+
+
+def evidence(redis_url: str, prefix: str, log: Path, collector_port: int) -> list[str]:
+    """Proof that the 'on' gateway did its telemetry work during the run."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        streamed = client.xlen(f"{prefix}:decisions")
+    finally:
+        client.close()
+    lines = sum(1 for _ in log.open("rb")) if log.exists() else 0
+
+    async def spans() -> dict[str, int]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://{HOST}:{collector_port}/count") as response,
+        ):
+            found: dict[str, int] = await response.json()
+            return found
+
+    received = asyncio.run(spans())
+    if not (streamed and lines and received["exports"]):
+        raise BenchError(
+            f"telemetry did not happen: stream {streamed}, log lines {lines}, {received}"
+        )
+    return [
+        f"evidence (on): {streamed} records in the Redis stream (MAXLEN ~ 10000), {lines} JSON "
+        f"lines in the log, {received['exports']} OTLP exports ({received['bytes']} bytes)"
+    ]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--telemetry",
+        action="store_true",
+        help="compare the gateway with telemetry off and on (bench/overhead_telemetry.py)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--telemetry: off/on rounds")
+
+
+def check_tools() -> None:
+    if subprocess.run(["which", "redis-server"], capture_output=True).returncode != 0:
+        raise BenchError("--telemetry needs redis-server (apt-get install redis-server)")
