@@ -197,6 +197,9 @@ async def test_feedback_changes_the_score(make_gateway: Callable[..., Any], fake
     assert row["signals"]["feedback"]["mean"] == 0.0
     assert row["signals"]["heuristic"]["n"] == 5
     assert row["score"] == pytest.approx(score, abs=1e-4)
+    await quality.sync()  # what the background sync does: refresh the score gauge
+    metrics = await (await client.get("/metrics")).text()
+    assert f'gateway_quality_score{{model="gpt",task_type="general"}} {score}' in metrics
 
 
 async def test_demote_removes_the_model_for_that_task_type_until_promoted(
