@@ -262,6 +262,7 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
                 examples,
                 min_confidence=classifier.min_confidence,
                 temperature=classifier.temperature,
+                min_similarity=classifier.min_similarity,
             )
         if caching and policy.cache is not None and runtime.embedder is not None:
             # First: a cached answer (already built on the knowledge it needed) ends the request.

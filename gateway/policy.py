@@ -206,6 +206,8 @@ class TaskClassifierConfig(_Model):
 
     min_confidence: float = Field(default=0.5, ge=0, le=1)
     temperature: float = Field(default=0.05, gt=0)
+    # A background "none of the types" competes at this cosine similarity.
+    min_similarity: float = Field(default=0.35, ge=-1, le=1)
 
 
 # What the router does after a failed attempt, by error class.

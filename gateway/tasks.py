@@ -3,9 +3,11 @@
 The policy's ``task_types`` carry labelled example prompts. At start-up each type's examples are
 embedded (the same model as the cache, so a request's embedding is computed once and shared) and
 averaged into a unit centroid. A request's type is the centroid most similar to its embedding;
-the confidence is that type's softmax share over every centroid's similarity (temperature
-``task_classifier.temperature``). Below ``task_classifier.min_confidence`` the request keeps
-its route's default task type, so a prompt unlike every example is not forced into one.
+the confidence is that type's softmax share over every centroid's similarity and a background
+"none of these" at ``task_classifier.min_similarity`` (temperature
+``task_classifier.temperature``), so a prompt unlike every example gets a low confidence even
+when one type is nearer than the others. Below ``task_classifier.min_confidence`` the request
+keeps its route's default task type.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class TaskClassifier:
         *,
         min_confidence: float = 0.5,
         temperature: float = 0.05,
+        min_similarity: float = 0.35,
     ) -> None:
         if len(names) != len(centroids):
             raise ValueError("one centroid per task type")
@@ -52,6 +55,7 @@ class TaskClassifier:
         self.centroids = centroids
         self.min_confidence = min_confidence
         self.temperature = temperature
+        self.min_similarity = min_similarity
 
     @classmethod
     def from_vectors(
@@ -60,12 +64,19 @@ class TaskClassifier:
         *,
         min_confidence: float = 0.5,
         temperature: float = 0.05,
+        min_similarity: float = 0.35,
     ) -> TaskClassifier:
         """A classifier from each type's example embeddings (rows, unit length)."""
         names = [name for name, rows in examples.items() if len(rows)]
         centroids = np.stack([examples[n].mean(axis=0) for n in names]).astype(np.float32)
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-12
-        return cls(names, centroids, min_confidence=min_confidence, temperature=temperature)
+        return cls(
+            names,
+            centroids,
+            min_confidence=min_confidence,
+            temperature=temperature,
+            min_similarity=min_similarity,
+        )
 
     @classmethod
     async def build(
@@ -75,6 +86,7 @@ class TaskClassifier:
         *,
         min_confidence: float = 0.5,
         temperature: float = 0.05,
+        min_similarity: float = 0.35,
     ) -> TaskClassifier | None:
         """Embed each type's examples; ``None`` when no type has any."""
         texts = [(name, text) for name, items in examples.items() for text in items]
@@ -88,14 +100,14 @@ class TaskClassifier:
             {name: vectors[rows] for name, rows in by_type.items()},
             min_confidence=min_confidence,
             temperature=temperature,
+            min_similarity=min_similarity,
         )
 
     def classify(self, embedding: Matrix, default: str) -> TaskGuess:
-        sims = self.centroids @ embedding
-        logits = (sims - sims.max()) / self.temperature
-        shares = np.exp(logits)
+        sims = np.append(self.centroids @ embedding, self.min_similarity)  # last: background
+        shares = np.exp((sims - sims.max()) / self.temperature)
         shares /= shares.sum()
-        best = int(np.argmax(shares))
+        best = int(np.argmax(shares[:-1]))
         confidence = float(shares[best])
         if confidence < self.min_confidence:
             return TaskGuess(default, self.names[best], confidence, "default")

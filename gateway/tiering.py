@@ -90,7 +90,8 @@ class _Memory:
         self.quality = np.zeros(size, dtype=np.float64)
         self.count = 0
 
-    def add(self, vector: Vector, tier: str, quality: float) -> None:
+    def add(self, vector: Vector, tier: str, quality: float) -> int:
+        """Remember one outcome; its serial number (for ``regrade``)."""
         if self.vectors is None:
             self.vectors = np.zeros((self.size, len(vector)), dtype=np.float32)
         row = self.count % self.size
@@ -98,6 +99,12 @@ class _Memory:
         self.frontier[row] = tier == FRONTIER
         self.quality[row] = quality
         self.count += 1
+        return self.count - 1
+
+    def regrade(self, serial: int, quality: float) -> None:
+        """A better signal for an outcome still in the ring (feedback after heuristics)."""
+        if self.count - serial <= self.size:
+            self.quality[serial % self.size] = quality
 
     def estimate(self, vector: Vector, k: int, priors: tuple[float, float]) -> tuple[float, float]:
         """Expected (cheap, frontier) quality near ``vector``."""
@@ -135,7 +142,8 @@ class TierRouter:
     def __init__(self, policy: Policy, *, seed: int | None = None) -> None:
         self._routes = {r.name: _RouteState(r.tiering) for r in policy.routes if r.tiering}
         self._tasks: Mapping[str, TaskTypeConfig] = policy.task_types
-        self._pending: OrderedDict[str, tuple[str, Vector, str]] = OrderedDict()
+        # request id -> (route, embedding, tier served, serial of its outcome or -1)
+        self._pending: OrderedDict[str, tuple[str, Vector, str, int]] = OrderedDict()
         self._rng = random.Random(seed)
 
     def enabled(self, route: str) -> bool:
@@ -188,7 +196,7 @@ class TierRouter:
         """Keep the request's embedding until its served tier and quality are known."""
         if embedding is None or route not in self._routes:
             return
-        self._pending[request_id] = (route, embedding, "")
+        self._pending[request_id] = (route, embedding, "", -1)
         while len(self._pending) > _PENDING_MAX:
             self._pending.popitem(last=False)
 
@@ -200,17 +208,27 @@ class TierRouter:
         if tier is None:
             del self._pending[request_id]
             return
-        self._pending[request_id] = (entry[0], entry[1], tier)
+        self._pending[request_id] = (entry[0], entry[1], tier, -1)
         if quality is not None:
             self.observe(request_id, quality)
 
     def observe(self, request_id: str, quality: float) -> bool:
-        """A quality score (0..1) for a served request; ``False`` if it is unknown here."""
-        entry = self._pending.pop(request_id, None)
+        """A quality score (0..1) for a served request; ``False`` if it is unknown here. A
+        later score (feedback after the heuristics) replaces the earlier one."""
+        entry = self._pending.get(request_id)
         if entry is None or not entry[2]:
             return False
-        route, embedding, tier = entry
-        self._routes[route].memory.add(embedding, tier, quality)
+        route, embedding, tier, serial = entry
+        memory = self._routes[route].memory
+        if serial >= 0:
+            memory.regrade(serial, quality)
+        else:
+            self._pending[request_id] = (
+                route,
+                embedding,
+                tier,
+                memory.add(embedding, tier, quality),
+            )
         return True
 
     def outcomes(self, route: str) -> int:

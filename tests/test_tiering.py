@@ -133,7 +133,8 @@ def test_feedback_after_the_request_is_an_outcome(centers: Any) -> None:
     assert router.outcomes("r") == 0
     assert router.observe("req-1", 0.8) is True
     assert router.outcomes("r") == 1
-    assert router.observe("req-1", 0.8) is False  # counted once
+    assert router.observe("req-1", 0.1) is True  # a later grade replaces the first
+    assert router.outcomes("r") == 1
     assert router.observe("unknown", 0.8) is False
 
 

@@ -1,0 +1,167 @@
+"""Task types and tier choice through the real gateway, on loopback fakes with the real embedder:
+the classifier, its confidence threshold, the client's header, a task type's route and tiers,
+the x-gateway-tier header, the decision record, and learning from feedback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from gateway.runtime import RUNTIME
+from tests.conftest import MODELS, TEAM_KEY, Fakes, policy_for
+
+AUTH = {"Authorization": f"Bearer {TEAM_KEY}"}
+
+PROOFS = [
+    "Prove that the square root of 2 is irrational.",
+    "Prove that there are infinitely many prime numbers.",
+    "Show by induction that the sum of the first n odd numbers is n squared.",
+    "Prove that every bounded monotone sequence of real numbers converges.",
+]
+GREETINGS = [
+    "Say hello to my team.",
+    "Write a friendly good morning message for my colleagues.",
+    "Greet the new hires warmly.",
+    "Send a cheerful hi to everyone in the channel.",
+]
+LOOKUPS = [
+    "What is the capital of France?",
+    "What is the capital city of Japan?",
+    "Which city is the capital of Canada?",
+]
+
+
+def tiered_policy(fakes: Fakes, **tiering: Any) -> Any:
+    tiers = {"gpt": "cheap", "claude": "frontier"}
+    return policy_for(
+        fakes,
+        models=[
+            {"name": alias, "provider": provider, "id": upstream, "tier": tiers.get(alias, "cheap")}
+            for alias, (provider, upstream) in MODELS.items()
+        ],
+        routes=[
+            {
+                "name": "default",
+                "candidates": ["gpt", "claude"],
+                "tiering": {"max_frontier_share": 1.0, "exploration": 0.0, **tiering},
+            },
+            {"name": "smalltalk", "candidates": ["gpt"]},
+        ],
+        task_types={
+            "proof": {"frontier_gain": 0.5, "examples": PROOFS},
+            "greeting": {"frontier_gain": 0.0, "examples": GREETINGS},
+            "lookup": {"frontier_gain": 0.9, "tiers": ["cheap"], "examples": LOOKUPS},
+        },
+        task_classifier={"min_confidence": 0.6},
+    )
+
+
+async def ask(
+    client: TestClient[Any, Any], text: str, model: str = "default", **headers: str
+) -> Any:
+    response = await client.post(
+        "/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": text}]},
+        headers={**AUTH, **headers},
+    )
+    assert response.status == 200, await response.text()
+    return response
+
+
+async def test_a_classified_hard_prompt_goes_to_the_frontier(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    client = await make_gateway(tiered_policy(fakes), embedder=embedder)
+    hard = await ask(client, "Prove that the square root of 3 is irrational.")
+    assert hard.headers["x-gateway-task"] == "proof"
+    assert hard.headers["x-gateway-tier"] == "frontier"
+    assert hard.headers["x-gateway-provider"] == "anthropic"
+    easy = await ask(client, "Say a warm hello to the support team.")
+    assert easy.headers["x-gateway-task"] == "greeting"
+    assert easy.headers["x-gateway-tier"] == "cheap"
+    assert easy.headers["x-gateway-provider"] == "openai"
+    decision = client.app[RUNTIME].decisions.find(hard.headers["x-request-id"])
+    assert decision is not None
+    assert decision.tiering["tier"] == "frontier"
+    assert decision.tiering["served_tier"] == "frontier"
+    assert decision.tiering["predicted_gain"] > 0
+    classified = next(e for e in decision.events if e["type"] == "task_classified")
+    assert classified["source"] == "classifier"
+    assert classified["confidence"] >= 0.6
+
+
+async def test_an_unfamiliar_prompt_keeps_the_routes_default_type(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    client = await make_gateway(tiered_policy(fakes), embedder=embedder)
+    response = await ask(client, "Translate 'la pomme est rouge' into German, please.")
+    assert response.headers["x-gateway-task"] == "general"
+    decision = client.app[RUNTIME].decisions.find(response.headers["x-request-id"])
+    assert decision is not None
+    classified = next(e for e in decision.events if e["type"] == "task_classified")
+    assert classified["source"] == "default"
+    assert classified["confidence"] < 0.6
+    # No prior gain for "general": the cheap tier.
+    assert response.headers["x-gateway-tier"] == "cheap"
+
+
+async def test_the_clients_header_wins_over_the_classifier(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    client = await make_gateway(tiered_policy(fakes), embedder=embedder)
+    response = await ask(client, PROOFS[0], **{"x-gateway-task": "greeting"})
+    assert response.headers["x-gateway-task"] == "greeting"
+    assert response.headers["x-gateway-tier"] == "cheap"
+
+
+async def test_a_task_types_tiers_bound_the_choice(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    client = await make_gateway(tiered_policy(fakes), embedder=embedder)
+    response = await ask(client, "What is the capital of Italy?")
+    assert response.headers["x-gateway-task"] == "lookup"
+    assert response.headers["x-gateway-tier"] == "cheap"
+    assert response.headers["x-gateway-provider"] == "openai"
+    assert fakes.anthropic.requests == []
+
+
+async def test_a_task_type_can_move_a_request_to_its_route(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    policy = tiered_policy(fakes)
+    task_types = dict(policy.task_types)
+    task_types["greeting"] = task_types["greeting"].model_copy(update={"route": "smalltalk"})
+    client = await make_gateway(
+        policy.model_copy(update={"task_types": task_types}), embedder=embedder
+    )
+    moved = await ask(client, "Say hello to my team, please.")
+    assert moved.headers["x-gateway-route"] == "smalltalk"
+    assert "x-gateway-tier" not in moved.headers  # smalltalk has no tiering
+    # A pinned model alias is the client's explicit choice: it never moves.
+    pinned = await ask(client, "Say hello to my team, please.", model="claude")
+    assert pinned.headers["x-gateway-route"] == "claude"
+
+
+async def test_bad_grades_for_the_frontier_send_similar_prompts_to_the_cheap_tier(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    client = await make_gateway(tiered_policy(fakes), embedder=embedder)
+    tiers = client.app[RUNTIME].tiers
+    assert tiers is not None
+    first = await ask(client, PROOFS[0])
+    assert first.headers["x-gateway-tier"] == "frontier"
+    # The answer's own heuristic score counts at once; the client's grade replaces it.
+    assert tiers.outcomes("default") == 1
+    graded = await client.post(
+        "/v1/feedback",
+        json={"request_id": first.headers["x-request-id"], "score": 0.0},
+        headers=AUTH,
+    )
+    assert graded.status == 200
+    assert tiers.outcomes("default") == 1
+    after = await ask(client, "Prove that the square root of 5 is irrational.")
+    assert after.headers["x-gateway-tier"] == "cheap"
+    decision = client.app[RUNTIME].decisions.find(after.headers["x-request-id"])
+    assert decision is not None
+    assert decision.tiering["predicted_gain"] < 0
