@@ -325,3 +325,24 @@ async def test_a_worse_new_version_is_tested_against_the_old_versions_baseline(
     assert versions[new]["latest"] is True
     assert versions["gpt-4o-mini-2024-07-18"]["latest"] is False
     assert runtime.quality.score("gpt", "general") == versions[new]["score"]
+
+
+async def test_a_demoted_model_that_is_the_only_candidate_keeps_serving(
+    make_gateway: Callable[..., Any], fakes: Fakes
+) -> None:
+    policy = policy_for(
+        fakes, quality={"detector": FAST_DETECTOR, "routes": {"gpt": {"on_regression": "demote"}}}
+    )
+    client = await make_gateway(policy)
+    for _ in range(FAST_DETECTOR["min_baseline"]):
+        await ask(client, model="gpt")
+    fakes.openai.default = Ok(text="")
+    for _ in range(20):
+        await ask(client, model="gpt")
+        if runtime_of(client).quality.regressions():
+            break
+    _, headers, _ = await ask(client, model="gpt")
+    assert headers["x-gateway-provider"] == "openai"  # a worse answer beats no answer
+    (verdict,) = last_decision(client).candidates
+    assert verdict.kept
+    assert "demoted but kept" in verdict.reason

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from gateway.quality_config import DetectorConfig, FallbackAlertConfig
+from gateway.quality_config import DetectorConfig, FallbackAlertConfig, QualityConfig
 from gateway.regression import FallbackWatch, PassRateDetector, two_proportion_z
 
 CONFIG = DetectorConfig()
@@ -112,3 +112,18 @@ def test_fallback_rate_alerts_once_then_rearms() -> None:
     # Routes are independent.
     assert watch.rates()["main"] > 0.2
     assert watch.observe("other", True) is None  # below min_requests
+
+
+def test_on_regression_precedence_task_type_then_route_then_section() -> None:
+    config = QualityConfig.model_validate(
+        {
+            "on_regression": "alert",
+            "routes": {"support": {"on_regression": "demote"}},
+            "task_types": {"chat": {"on_regression": "alert"}, "extraction": {}},
+        }
+    )
+    assert config.action_for("support", "extraction") == "demote"  # the route's
+    assert config.action_for("support", "chat") == "alert"  # the task type's wins
+    assert config.action_for("other", "extraction") == "alert"  # the section's
+    with pytest.raises(ValueError, match=r"quality\.routes: unknown route"):
+        config.check_references(models={"gpt"}, routes={"gpt", "main"})
