@@ -145,7 +145,8 @@ def _decisions(rows: list[dict[str, Any]]) -> str:
             for a in row["path"]
         )
         status = row["status"] if row["error"] is None else f"{row['status']} {row['error']}"
-        total_ms = "" if row["total_ms"] is None else f"{row['total_ms']:.0f}"
+        ms = row["total_ms"]
+        total_ms = "" if ms is None else f"{ms:.1f}" if ms < 10 else f"{ms:.0f}"
         body.append(
             f'<tr data-request-id="{escape(row["request_id"], quote=True)}" '
             f'data-team="{escape(row["team"], quote=True)}" data-source="{escape(row["source"])}" '
