@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -29,14 +30,19 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import redis
+import yaml
 from aiohttp import web
 
 from bench.overhead import (
+    ALIAS,
     HOST,
     PATH,
+    REQUEST_BODY,
+    UPSTREAM_MODEL,
     WARMUP_S,
     BenchError,
     LoadGen,
@@ -156,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
                     cpu[name].append((cpu_seconds(pid) - before) / max(1, result.requests) * 1e6)
             print("\n".join(report(c1, cn, cpu, args)))
             print("\n".join(evidence(redis_url, prefix, decision_log, collector_port)))
+            print("\n".join(components(redis_url, workdir)))
         finally:
             procs.close()
     return 0
@@ -232,6 +239,85 @@ def evidence(redis_url: str, prefix: str, log: Path, collector_port: int) -> lis
         f"evidence (on): {streamed} records in the Redis stream (MAXLEN ~ 10000), {lines} JSON "
         f"lines in the log, {received['exports']} OTLP exports ({received['bytes']} bytes)"
     ]
+
+
+def components(redis_url: str, workdir: Path, count: int = 5000) -> list[str]:
+    """CPU per request of each telemetry part, in-process (``time.process_time``: the least
+    noisy figure on a shared machine), for a decision like the bench's request makes."""
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from gateway.decision_store import DecisionSinks
+    from gateway.decisions import Attempt, CandidateVerdict, Decision
+    from gateway.otlp import SpanEncoder
+    from gateway.policy import Policy
+    from gateway.tracing import Tracing
+    from providers.schema import ChatRequest
+
+    body = json.loads(REQUEST_BODY)
+    chat = ChatRequest.from_body(body)
+    policy = Policy.model_validate(yaml.safe_load(policy_yaml(1)))
+
+    def decision(i: int) -> Decision:
+        made = Decision(request_id=f"{i:032x}", team="bench", route=ALIAS, task_type="general")
+        made.candidates = [CandidateVerdict(ALIAS, "fake", "us", True, "priority 1")]
+        made.attempts = [Attempt(ALIAS, "fake", "us", "ok", 1.2, served_model=UPSTREAM_MODEL)]
+        made.served_by, made.served_model = ALIAS, UPSTREAM_MODEL
+        made.total_ms, made.upstream_ms, made.overhead_ms = 1.6, 1.2, 0.4
+        made.prompt_tokens, made.completion_tokens, made.ended_at = 24, 8, time.time()
+        made.messages = body["messages"]
+        return made
+
+    class Keep(SpanExporter):
+        def __init__(self) -> None:
+            self.spans: list[Any] = []
+
+        def export(self, spans: Any) -> SpanExportResult:
+            self.spans.extend(spans)
+            return SpanExportResult.SUCCESS
+
+    kept = Keep()
+    tracing = Tracing(kept)
+    figures: dict[str, float] = {}
+
+    def timed(name: str, work: Any) -> None:
+        began = time.process_time()
+        work()
+        figures[name] = (time.process_time() - began) / count * 1e6
+
+    decisions = [decision(i) for i in range(count)]
+    timed(
+        "trace queued (request path)",
+        lambda: [tracing.record(policy, d, chat, {}) for d in decisions],
+    )
+    timed("spans built (exporter task)", lambda: asyncio.run(tracing.flush()))
+    encoder = SpanEncoder()
+    timed(
+        "spans encoded (exporter thread)",
+        lambda: [encoder.encode(kept.spans[i : i + 512]) for i in range(0, len(kept.spans), 512)],
+    )
+    timed("record JSON (writer task)", lambda: [d.to_json() for d in decisions])
+
+    async def sinks() -> None:
+        sink = DecisionSinks(
+            redis_url=redis_url, prefix=f"bench-{uuid.uuid4().hex[:6]}", path=workdir / "c.jsonl"
+        )
+        await sink.start()
+        lines = [(d.request_id, d.to_json()) for d in decisions]
+        began = time.process_time()
+        for i in range(0, count, 256):
+            await sink._xadd(lines[i : i + 256])
+        figures["redis stream (writer task)"] = (time.process_time() - began) / count * 1e6
+        began = time.process_time()
+        for i in range(0, count, 256):
+            sink._append(b"".join(line + b"\n" for _, line in lines[i : i + 256]))
+        figures["JSON-lines file (writer thread)"] = (time.process_time() - began) / count * 1e6
+        await sink.close()
+
+    asyncio.run(sinks())
+    lines = [f"in-process CPU per request, {count} decisions:"]
+    lines += [f"  {name:<34}{value:>7.1f} us" for name, value in figures.items()]
+    lines.append(f"  {'total':<34}{sum(figures.values()):>7.1f} us")
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

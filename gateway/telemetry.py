@@ -8,7 +8,6 @@ prompt's hash and the record's JSON are computed later, off the request path).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -122,12 +121,15 @@ async def running_telemetry(runtime: Runtime) -> AsyncIterator[None]:
     """The decision writer's and the tracer's lifetime: started with the app; at shutdown the
     pending records are written and the queued spans exported."""
     sinks = runtime.decisions.sinks
+    tracing = runtime.tracing
     if sinks is not None:
         await sinks.start()
+    if tracing is not None:
+        await tracing.start()
     try:
         yield
     finally:
         if sinks is not None:
             await sinks.close()
-        if runtime.tracing is not None:
-            await asyncio.to_thread(runtime.tracing.close)
+        if tracing is not None:
+            await tracing.close()

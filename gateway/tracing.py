@@ -12,25 +12,30 @@ the recorded timings (so nothing in the pipeline opens or carries spans):
   ``gen_ai.usage.input_tokens``/``output_tokens`` on the attempt that answered, ``error.type`` on
   failed ones, ``server.address``/``server.port``, and the request parameters that were set.
 
-The spans are finished ``ReadableSpan`` objects handed straight to the SDK's
-``BatchSpanProcessor``; its worker thread encodes them (gateway/otlp.py, a lean encoder of the
-same wire format) and posts them with the SDK's OTLP/HTTP client. Building spans through a tracer
-(sampler, locks, attribute validation) and the SDK's per-attribute encoder together cost about
-as much CPU as the rest of the request. ``GATEWAY_OTLP_SAMPLE_RATIO`` keeps that share of
+The request path only samples and queues; a background task builds the spans as finished SDK
+``ReadableSpan`` objects in batches and hands them to the exporter in a worker thread: the SDK's
+OTLP/HTTP exporter with a lean encoder of the same wire format (gateway/otlp.py). Building
+spans through a tracer (sampler, locks, attribute validation), a batch processor's per-span
+wake-up and the SDK's per-attribute encoder together cost about as much CPU as the rest of the
+request. ``GATEWAY_OTLP_SAMPLE_RATIO`` keeps that share of
 traces (by trace id, so every replica keeps the same ones; a sampled or unsampled
 ``traceparent`` is obeyed). No prompt text and no keys are ever put on a span.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import random
+from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -42,6 +47,8 @@ if TYPE_CHECKING:
     from .decisions import Attempt, Decision
     from .policy import Policy
     from .settings import Settings
+
+log = logging.getLogger(__name__)
 
 SERVER_SPAN = "POST /v1/chat/completions"
 OPERATION = "chat"
@@ -96,24 +103,57 @@ _OK = Status(StatusCode.UNSET)
 _ID_MASK = (1 << 64) - 1
 
 
+class _Job:
+    """A sampled request waiting for its spans to be built (off the request path)."""
+
+    __slots__ = ("cache", "chat", "decision", "knowledge", "parent", "policy", "trace_id")
+
+    def __init__(
+        self,
+        policy: Policy,
+        decision: Decision,
+        chat: ChatRequest,
+        trace_id: int,
+        parent: SpanContext | None,
+        cache: str | None,
+        knowledge: str | None,
+    ) -> None:
+        self.policy, self.decision, self.chat = policy, decision, chat
+        self.trace_id, self.parent = trace_id, parent
+        self.cache, self.knowledge = cache, knowledge
+
+
 class Tracing:
-    """Turns finished requests into spans; one per application."""
+    """Turns finished requests into spans and exports them in batches; one per application.
+
+    ``record`` (request path) only samples and queues; a background task (``start``) builds the
+    spans every ``interval_s`` and hands them to the exporter in a worker thread, like the SDK's
+    ``BatchSpanProcessor`` but without a lock and a wake-up per span.
+    """
 
     def __init__(
         self,
         exporter: SpanExporter,
         *,
         service_name: str = "knowledge-gateway",
-        processor: SpanProcessor | None = None,
         sample_ratio: float = 1.0,
+        interval_s: float = 0.5,
+        max_pending: int = 20_000,
+        batch_size: int = 512,
     ) -> None:
-        self.processor = processor or BatchSpanProcessor(exporter)
+        self.exporter = exporter
         self.resource = Resource.create({"service.name": service_name})
         self.scope = InstrumentationScope("knowledge-gateway")
+        self.interval_s = interval_s
+        self.batch_size = batch_size
+        self.dropped = 0
         self._threshold = int(sample_ratio * (1 << 64))  # keep trace ids below it (low 64 bits)
         self._propagator = TraceContextTextMapPropagator()
+        self._pending: deque[_Job] = deque(maxlen=max_pending)
         self._policy: Policy | None = None
         self._models: dict[str, _Model] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Tracing | None:
@@ -128,14 +168,44 @@ class Tracing:
             sample_ratio=settings.otlp_sample_ratio,
         )
 
-    def flush(self, timeout_ms: int = 30_000) -> bool:
-        """Export what is queued now (blocking: call it in a thread)."""
-        return self.processor.force_flush(timeout_ms)
+    # -- lifetime -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="trace-exporter")
 
-    def close(self) -> None:
-        """Export what is queued and stop the worker (blocking: call it in a thread)."""
-        self.processor.shutdown()
+    async def close(self) -> None:
+        """Export what is queued, then shut the exporter down."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self.flush()
+        await asyncio.to_thread(self.exporter.shutdown)
 
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.flush()
+            except Exception:  # the exporter must outlive any one bad batch
+                log.exception("exporting spans failed; continuing")
+
+    async def flush(self) -> None:
+        """Build and export every queued request's spans now."""
+        async with self._lock:
+            while self._pending:
+                spans: list[ReadableSpan] = []
+                while self._pending and len(spans) < self.batch_size:
+                    spans += self._spans(self._pending.popleft())
+                    if len(spans) % 64 == 0:  # building is CPU: let requests run in between
+                        await asyncio.sleep(0)
+                result = await asyncio.to_thread(self.exporter.export, spans)
+                if result is not SpanExportResult.SUCCESS:
+                    log.warning("exporting %d spans failed", len(spans))
+
+    # -- the request path -----------------------------------------------------------------
     def _parent(self, headers: Mapping[str, str]) -> SpanContext | None:
         if "traceparent" not in headers:  # the common case: no propagator work
             return None
@@ -152,7 +222,7 @@ class Tracing:
         cache: str | None = None,
         knowledge: str | None = None,
     ) -> None:
-        """The spans of one finished request (none when it is not sampled)."""
+        """Queue one finished request's spans (nothing when it is not sampled)."""
         parent = self._parent(headers)
         if parent is not None:
             if not parent.trace_flags.sampled:
@@ -162,8 +232,17 @@ class Tracing:
             trace_id = random.getrandbits(128)
             if (trace_id & _ID_MASK) >= self._threshold:
                 return
-        if policy is not self._policy:  # a reload swapped the policy
-            self._models, self._policy = _models(policy), policy
+        pending = self._pending
+        if len(pending) == pending.maxlen:  # the exporter is far behind: the oldest goes
+            self.dropped += 1
+        pending.append(_Job(policy, decision, chat, trace_id, parent, cache, knowledge))
+
+    # -- building spans -------------------------------------------------------------------
+    def _spans(self, job: _Job) -> list[ReadableSpan]:
+        """The server span and one span per attempt of a queued request."""
+        if job.policy is not self._policy:  # a reload swapped the policy
+            self._models, self._policy = _models(job.policy), job.policy
+        decision = job.decision
         end_ns = int((decision.ended_at or 0.0) * 1e9)
         start_ns = end_ns - int((decision.total_ms or 0.0) * 1e6)
         attributes: dict[str, Any] = {
@@ -176,10 +255,10 @@ class Tracing:
             "gateway.task_type": decision.task_type,
             "gateway.source": decision.source,
         }
-        if cache:
-            attributes["gateway.cache"] = cache
-        if knowledge:
-            attributes["gateway.knowledge"] = knowledge
+        if job.cache:
+            attributes["gateway.cache"] = job.cache
+        if job.knowledge:
+            attributes["gateway.knowledge"] = job.knowledge
         if decision.cost_usd:
             attributes["gateway.cost_usd"] = decision.cost_usd
         if decision.ttft_ms is not None:
@@ -189,17 +268,19 @@ class Tracing:
             attributes["error.type"] = decision.error or str(decision.status)
             status = Status(StatusCode.ERROR, decision.error)
         context = SpanContext(
-            trace_id, random.getrandbits(64), is_remote=False, trace_flags=_SAMPLED
+            job.trace_id, random.getrandbits(64), is_remote=False, trace_flags=_SAMPLED
         )
         last = len(decision.attempts) - 1
-        request = _request_attributes(chat)
-        for i, attempt in enumerate(decision.attempts):
+        request = _request_attributes(job.chat)
+        spans = [
             self._attempt(context, attempt, decision, request, answered=i == last)
-        self.processor.on_end(
+            for i, attempt in enumerate(decision.attempts)
+        ]
+        spans.append(
             ReadableSpan(
                 SERVER_SPAN,
                 context,
-                parent,
+                job.parent,
                 self.resource,
                 attributes,
                 kind=SpanKind.SERVER,
@@ -209,6 +290,7 @@ class Tracing:
                 instrumentation_scope=self.scope,
             )
         )
+        return spans
 
     def _attempt(
         self,
@@ -218,7 +300,7 @@ class Tracing:
         request: dict[str, Any],
         *,
         answered: bool,
-    ) -> None:
+    ) -> ReadableSpan:
         model = self._models.get(attempt.model)
         request_model = model.request_model if model else attempt.model
         attributes: dict[str, Any] = (
@@ -240,19 +322,17 @@ class Tracing:
         context = SpanContext(
             parent.trace_id, random.getrandbits(64), is_remote=False, trace_flags=_SAMPLED
         )
-        self.processor.on_end(
-            ReadableSpan(
-                f"{OPERATION} {request_model}",
-                context,
-                parent,
-                self.resource,
-                attributes,
-                kind=SpanKind.CLIENT,
-                status=status,
-                start_time=end_ns - int(attempt.latency_ms * 1e6),
-                end_time=end_ns,
-                instrumentation_scope=self.scope,
-            )
+        return ReadableSpan(
+            f"{OPERATION} {request_model}",
+            context,
+            parent,
+            self.resource,
+            attributes,
+            kind=SpanKind.CLIENT,
+            status=status,
+            start_time=end_ns - int(attempt.latency_ms * 1e6),
+            end_time=end_ns,
+            instrumentation_scope=self.scope,
         )
 
 

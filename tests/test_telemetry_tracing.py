@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,7 +11,6 @@ from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -39,9 +37,19 @@ async def traced(
     client: TestClient[Any, Any] = await make_gateway(priced_policy(fakes))
     runtime = client.app[RUNTIME]
     assert runtime.tracing is None  # no endpoint configured: no tracer at all
-    runtime.tracing = Tracing(exporter, processor=SimpleSpanProcessor(exporter))
+    runtime.tracing = Tracing(exporter)
     yield client
-    runtime.tracing.close()
+    await runtime.tracing.close()
+
+
+async def finished(
+    client: TestClient[Any, Any], exporter: InMemorySpanExporter
+) -> tuple[ReadableSpan, ...]:
+    """The spans exported so far, after the tracer's queue is flushed."""
+    tracing = client.app[RUNTIME].tracing
+    assert tracing is not None
+    await tracing.flush()
+    return exporter.get_finished_spans()
 
 
 def by_kind(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> list[ReadableSpan]:
@@ -55,7 +63,7 @@ async def test_one_server_span_and_one_genai_span_per_attempt(
     fakes.anthropic.push(Ok(prompt_tokens=200, completion_tokens=20))
     response = await ask(traced, max_tokens=64, temperature=0.5)
     assert response.status == 200
-    spans = exporter.get_finished_spans()
+    spans = await finished(traced, exporter)
     (server,) = by_kind(spans, SpanKind.SERVER)
     failed, answered = sorted(by_kind(spans, SpanKind.CLIENT), key=lambda s: s.start_time or 0)
 
@@ -110,7 +118,7 @@ async def test_the_clients_trace_context_is_continued(
         },
     )
     assert response.status == 200
-    (server,) = by_kind(exporter.get_finished_spans(), SpanKind.SERVER)
+    (server,) = by_kind(await finished(traced, exporter), SpanKind.SERVER)
     assert f"{server.context.trace_id:032x}" == TRACE_ID
     assert server.parent is not None
     assert f"{server.parent.span_id:016x}" == PARENT_ID
@@ -118,17 +126,17 @@ async def test_the_clients_trace_context_is_continued(
 
 async def test_sampling(traced: TestClient[Any, Any], exporter: InMemorySpanExporter) -> None:
     runtime = traced.app[RUNTIME]
-    runtime.tracing = Tracing(exporter, processor=SimpleSpanProcessor(exporter), sample_ratio=0)
+    runtime.tracing = Tracing(exporter, sample_ratio=0)
     body = {"model": "gpt", "messages": [{"role": "user", "content": "Hi"}]}
     auth = {"Authorization": f"Bearer {TEAM_KEY}"}
     for _ in range(5):
         assert (await traced.post("/v1/chat/completions", json=body, headers=auth)).status == 200
-    assert exporter.get_finished_spans() == ()
+    assert await finished(traced, exporter) == ()
     # A caller's sampling decision wins: sampled is traced, unsampled is not.
     for flags, spans in (("00", 0), ("01", 2)):
         headers = {**auth, "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-{flags}"}
         assert (await traced.post("/v1/chat/completions", json=body, headers=headers)).status == 200
-        assert len(exporter.get_finished_spans()) == spans
+        assert len(await finished(traced, exporter)) == spans
 
 
 async def test_a_failed_request_is_an_error_span(
@@ -137,7 +145,7 @@ async def test_a_failed_request_is_an_error_span(
     fakes.openai.push(Fail(503))
     fakes.anthropic.push(Fail(503))
     assert (await ask(traced)).status == 503
-    spans = exporter.get_finished_spans()
+    spans = await finished(traced, exporter)
     (server,) = by_kind(spans, SpanKind.SERVER)
     assert server.status.status_code == StatusCode.ERROR
     assert dict(server.attributes or {})["error.type"] == "all_providers_failed"
@@ -167,8 +175,7 @@ async def test_spans_are_exported_over_otlp_http(make_gateway: Any, fakes: Fakes
         assert tracing is not None
         fakes.openai.push(Ok(prompt_tokens=5, completion_tokens=3))
         assert (await ask(client)).status == 200
-        # The batch processor exports from its own thread; flush it while the loop serves.
-        assert await asyncio.to_thread(tracing.flush, 10_000)
+        await tracing.flush()  # the exporter posts from a worker thread
 
     spans = [
         (resource.resource, span)
@@ -207,7 +214,7 @@ async def test_the_lean_encoder_writes_what_the_sdk_encoder_writes(
             "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
         },
     )
-    spans = exporter.get_finished_spans()
+    spans = await finished(traced, exporter)
     assert len(spans) == 3 + 3 + 2
     lean, sdk = ExportTraceServiceRequest(), ExportTraceServiceRequest()
     lean.ParseFromString(SpanEncoder().encode(spans))
