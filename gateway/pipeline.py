@@ -17,10 +17,10 @@ from providers.base import Completion
 from providers.schema import ChatRequest
 
 from .catalog import Candidate
-from .context import RequestContext
+from .context import Interceptor, RequestContext
 from .cost import charge
 from .decisions import Decision
-from .errors import GatewayError, InvalidRequest, PayloadTooLarge
+from .errors import DeadlineExceeded, GatewayError, InvalidRequest, PayloadTooLarge
 from .fallback import Outcome, run_attempts
 from .policy import RoutingConfig
 from .responses import completion_response
@@ -93,7 +93,7 @@ async def _answer(
     request: web.Request, runtime: Runtime, ctx: RequestContext
 ) -> web.StreamResponse:
     for interceptor in runtime.interceptors:
-        if (answer := await interceptor.before(ctx)) is not None:
+        if (answer := await _before(interceptor, ctx)) is not None:
             ctx.decision.served_model = answer.served_model
             ctx.decision.source = ctx.headers.get("x-gateway-source", "cache")
             if ctx.chat.stream:
@@ -123,6 +123,25 @@ async def _answer(
         await interceptor.after(ctx, completion)
     mirror_answer(request, runtime, ctx, completion, candidate)  # background; never awaited
     return completion_response(ctx, completion, candidate)
+
+
+async def _before(interceptor: Interceptor, ctx: RequestContext) -> Completion | None:
+    """A stage's lookup within the request's deadline: a stage slowed down by its store or the
+    embedder (a backlog under load) must not make the request late."""
+    timeout = asyncio.timeout_at(ctx.deadline)
+    try:
+        async with timeout:
+            return await interceptor.before(ctx)
+    except TimeoutError as exc:
+        if not timeout.expired():
+            raise  # the stage's own timeout, not the deadline
+        stage = type(interceptor).__name__
+        ctx.decision.events.append({"type": "deadline_in_stage", "stage": stage})
+        raise DeadlineExceeded(
+            f"The request's {ctx.deadline_s:g} s deadline ran out in the {stage} stage, "
+            "before any provider was called.",
+            attempts=[],
+        ) from exc
 
 
 def _record(runtime: Runtime, ctx: RequestContext, chat: ChatRequest) -> None:
