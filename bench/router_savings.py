@@ -1,0 +1,380 @@
+"""Savings replay: a mixed workload through the gateway, spend and quality against always-frontier.
+
+    python -m bench.router_savings [--requests 1200] [--seed 0] [--feedback 0.5]
+
+A fake OpenAI-compatible upstream serves two models at per-token prices (cheap: $0.15 / $0.60 per
+1M input / output tokens, like gpt-4o-mini; frontier: $3 / $15, like Claude Sonnet) and keeps the
+bill. Every prompt has a hidden difficulty d; an answer is right when a fixed per-(prompt, model)
+draw u in [0, 1) is >= d for the cheap model and >= 0.15 d for the frontier one, so the cheap
+model fails hard prompts and the frontier rarely does. The workload (seeded):
+
+- 25 % repeats of earlier prompts (the semantic cache's share),
+- 15 % questions on the sample knowledge base (examples/kb/policies, ingested into a scratch
+  embedded store: curated FAQ answers cost nothing, other questions get passages attached),
+- 60 % fresh prompts of mixed difficulty: easy (greetings, summaries, translations, extraction;
+  d 0.05-0.2), medium (explanations, comparisons; d 0.35-0.55), hard (proofs, multi-step maths,
+  tricky code; d 0.75-0.95).
+
+The client grades a share (``--feedback``) of its answers through ``POST /v1/feedback`` (1 when
+right, 0 when wrong): the tier router's only quality signal here besides the heuristics. Modes:
+always-frontier (no cache, no knowledge), always-cheap, and the gateway with cache + knowledge +
+the learned tier router (task-type priors from a few labelled examples, which are not workload
+prompts). Quality is the share of right answers over all requests, cached ones included.
+
+Also prints the tier decision's own latency (classifier + tier router with a full outcome
+memory), beyond the embedding the request computes anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+
+from bench.knowledge import QUESTIONS
+from gateway.app import create_app
+from gateway.policy import Policy, hash_key
+from gateway.settings import Settings
+
+KEY = "bench-router-key"
+ROOT = Path(__file__).resolve().parent.parent
+PRICES = {"cheap-1": (0.15, 0.6), "frontier-1": (3.0, 15.0)}
+FRONTIER_FAILS = 0.15  # the frontier's error rate relative to the cheap model's difficulty
+ANSWER_TOKENS = 180
+MAX_FRONTIER_SHARE = 0.4  # the route's one knob
+
+EASY = [
+    ("Say a friendly hello to the {team} team for {day}.", (0.05, 0.15)),
+    (
+        "Summarise in one sentence: the {team} team moved its stand-up to {day} mornings.",
+        (0.1, 0.2),
+    ),
+    ("Translate into French: 'the {team} meeting is on {day}'.", (0.1, 0.2)),
+    ("Extract the weekday from: 'ship the {team} release on {day}'.", (0.05, 0.15)),
+    ("Is this message positive or negative: 'the {team} demo on {day} was great'?", (0.05, 0.15)),
+]
+MEDIUM = [
+    ("Explain the difference between {a} and {b} to a new engineer.", (0.35, 0.55)),
+    ("Compare {a} with {b}: when would you choose each?", (0.35, 0.55)),
+    ("Write a short design note on using {a} instead of {b} for our {team} service.", (0.4, 0.55)),
+]
+HARD = [
+    ("Prove that the square root of {n} is irrational, step by step.", (0.8, 0.95)),
+    ("A train leaves at {h}:00 at {v} km/h and another at {h2}:30 at {v2} km/h on the same "
+     "track; when and where does the second catch up? Show every step.", (0.75, 0.9)),
+    ("Write a lock-free {a} queue in C++ and prove it linearizable.", (0.85, 0.95)),
+    ("Find all integer solutions of x^2 - {n}y^2 = 1 with y < 100 and justify minimality.",
+     (0.8, 0.95)),
+]  # fmt: skip
+TEAMS = ["billing", "search", "payments", "mobile", "platform", "data", "support", "growth"]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]
+TECH = ["Redis", "Postgres", "Kafka", "gRPC", "REST", "SQLite", "Qdrant", "RabbitMQ", "S3"]
+# Labelled task examples for the classifier (not workload prompts): the cold-start priors.
+TASK_TYPES = {
+    "reasoning": {
+        "frontier_gain": 0.3,
+        "examples": [
+            "Prove that there are infinitely many primes.",
+            "Solve this multi-step word problem and show your working.",
+            "Prove the algorithm below correct and give its complexity.",
+        ],
+    },
+    "chat": {
+        "frontier_gain": 0.0,
+        "examples": [
+            "Write a short thank-you note to my colleague.",
+            "Summarise this paragraph in one line.",
+            "Translate this sentence into Spanish.",
+        ],
+    },
+}
+
+
+@dataclass
+class Prompt:
+    text: str
+    difficulty: float
+    kind: str
+
+
+@dataclass
+class Ledger:
+    tokens: dict[str, list[int]] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def usd(self) -> float:
+        return sum((p * PRICES[m][0] + c * PRICES[m][1]) / 1e6 for m, (p, c) in self.tokens.items())
+
+
+def draw(text: str, model: str) -> float:
+    digest = hashlib.sha256(f"{model}\0{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def right(prompt: Prompt, model: str) -> bool:
+    d = prompt.difficulty if model == "cheap-1" else FRONTIER_FAILS * prompt.difficulty
+    return draw(prompt.text, model) >= d
+
+
+def workload(n: int, seed: int) -> list[Prompt]:
+    rng = random.Random(seed)
+    out: list[Prompt] = []
+    for _ in range(n):
+        roll = rng.random()
+        if roll < 0.25 and out:
+            out.append(rng.choice(out))
+            continue
+        if roll < 0.40:
+            out.append(Prompt(rng.choice(QUESTIONS), 0.1, "knowledge"))
+            continue
+        kind = rng.choices(["easy", "medium", "hard"], weights=[0.5, 0.25, 0.25])[0]
+        template, (low, high) = rng.choice({"easy": EASY, "medium": MEDIUM, "hard": HARD}[kind])
+        text = template.format(
+            team=rng.choice(TEAMS), day=rng.choice(DAYS), a=rng.choice(TECH),
+            b=rng.choice(TECH), n=rng.choice([2, 3, 5, 6, 7, 10, 11, 13]), h=rng.randint(6, 11),
+            h2=rng.randint(6, 11), v=rng.randint(60, 120), v2=rng.randint(80, 160),
+        )  # fmt: skip
+        out.append(Prompt(text, rng.uniform(low, high), kind))
+    return out
+
+
+def upstream(truth: dict[str, Prompt], ledger: Ledger) -> web.Application:
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.json()
+        model = body["model"]
+        question = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+        prompt_tokens = sum(len(str(m["content"])) for m in body["messages"]) // 4 + 8
+        prompt = truth.get(question)
+        ok = prompt is not None and right(prompt, model)
+        tokens = ledger.tokens.setdefault(model, [0, 0])
+        tokens[0] += prompt_tokens
+        tokens[1] += ANSWER_TOKENS
+        ledger.calls[model] = ledger.calls.get(model, 0) + 1
+        return web.json_response(
+            {
+                "id": "chatcmpl-bench",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": f"{'ok' if ok else 'bad'}: {model} answers. " * 8,
+                        },
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": ANSWER_TOKENS,
+                    "total_tokens": prompt_tokens + ANSWER_TOKENS,
+                },
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+def policy(base_url: str, mode: str) -> Policy:
+    models = [
+        {"name": "cheap", "provider": "fake", "id": "cheap-1", "tier": "cheap",
+         "price": {"input": PRICES["cheap-1"][0], "output": PRICES["cheap-1"][1]}},
+        {"name": "frontier", "provider": "fake", "id": "frontier-1", "tier": "frontier",
+         "price": {"input": PRICES["frontier-1"][0], "output": PRICES["frontier-1"][1]}},
+    ]  # fmt: skip
+    route: dict[str, Any] = {"name": "default", "candidates": ["cheap", "frontier"]}
+    data: dict[str, Any] = {
+        "providers": [{"name": "fake", "kind": "openai", "base_url": f"{base_url}/v1"}],
+        "models": models,
+        "teams": [{"name": "bench", "key_sha256": hash_key(KEY)}],
+        "routes": [route],
+    }
+    if mode == "always-frontier":
+        route["candidates"] = ["frontier"]
+    elif mode == "always-cheap":
+        route["candidates"] = ["cheap"]
+    else:
+        route["tiering"] = {"max_frontier_share": MAX_FRONTIER_SHARE, "exploration": 0.05}
+        data["task_types"] = TASK_TYPES
+        data["cache"] = {"max_error_rate": 0.01}
+        data["knowledge"] = {"collection": "bench-kb"}
+    return Policy.model_validate(data)
+
+
+async def ingest_kb(path: Path, embedder: Any) -> None:
+    from retrieval.ingest import ingest
+    from retrieval.store import open_store
+
+    store = open_store(collection="bench-kb", url=None, path=path, engine="edge")
+    try:
+        await ingest(
+            [ROOT / "examples/kb/policies"], store=store, embedder=embedder, kb="company",
+            teams=["*"], root=ROOT / "examples/kb",
+        )  # fmt: skip
+    finally:
+        await store.close()
+
+
+async def run_mode(
+    mode: str, prompts: list[Prompt], embedder: Any, feedback: float, seed: int, kb: Path
+) -> dict[str, Any]:
+    truth = {p.text: p for p in prompts}
+    ledger = Ledger()
+    up = web.AppRunner(upstream(truth, ledger), access_log=None)
+    await up.setup()
+    site = web.TCPSite(up, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{up.addresses[0][1]}"
+    settings = Settings(knowledge_path=kb)
+    app = create_app(settings, policy(base, mode), environ={}, embedder=embedder)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    gw_site = web.TCPSite(runner, "127.0.0.1", 0)
+    await gw_site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    rng = random.Random(seed + 1)
+    good = 0
+    sources: dict[str, int] = {}
+    tiers: dict[str, int] = {}
+    by_kind: dict[str, list[int]] = {}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            for prompt in prompts:
+                body = {"model": "default", "messages": [{"role": "user", "content": prompt.text}]}
+                async with session.post(
+                    f"{url}/v1/chat/completions", json=body, headers=headers
+                ) as response:
+                    answer = await response.json()
+                    assert response.status == 200, answer
+                    source = response.headers.get("x-gateway-source", "provider")
+                    tier = response.headers.get("x-gateway-tier", "-")
+                    request_id = response.headers["x-request-id"]
+                text = answer["choices"][0]["message"]["content"] or ""
+                ok = source == "knowledge" or text.startswith("ok")
+                good += ok
+                by_kind.setdefault(prompt.kind, []).append(int(ok))
+                sources[source] = sources.get(source, 0) + 1
+                if source == "provider":
+                    tiers[tier] = tiers.get(tier, 0) + 1
+                if source != "knowledge" and rng.random() < feedback:
+                    grade = {"request_id": request_id, "score": 1.0 if ok else 0.0}
+                    async with session.post(
+                        f"{url}/v1/feedback", json=grade, headers=headers
+                    ) as graded:
+                        assert graded.status == 200, await graded.text()
+                for stage in app_runtime(app).interceptors:
+                    drain = getattr(stage, "drain", None)
+                    if drain is not None:
+                        await drain()
+    finally:
+        await runner.cleanup()
+        await up.cleanup()
+    return {
+        "usd": ledger.usd(),
+        "quality": good / len(prompts),
+        "sources": sources,
+        "tiers": tiers,
+        "calls": ledger.calls,
+        "by_kind": {k: sum(v) / len(v) for k, v in sorted(by_kind.items())},
+    }
+
+
+def app_runtime(app: web.Application) -> Any:
+    from gateway.runtime import RUNTIME
+
+    return app[RUNTIME]
+
+
+def decision_latency(embedder: Any, samples: int = 3000) -> dict[str, tuple[float, float]]:
+    """(p50, p99) ms of classifying a task and choosing a tier with a full outcome memory (4096),
+    in wall time and in the thread's CPU time (wall time on a loaded machine includes waiting
+    for a core)."""
+    from gateway.tasks import TaskClassifier
+    from gateway.tiering import TierRouter
+
+    pol = policy("http://127.0.0.1:9", "gateway")
+    examples = {n: embedder.encode(t["examples"]) for n, t in TASK_TYPES.items()}
+    classifier = TaskClassifier.from_vectors(examples)
+    router = TierRouter(pol, seed=0)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((4096 + samples, embedder.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for i, v in enumerate(vectors[:4096]):
+        router.remember(f"r{i}", "default", v)
+        router.served(f"r{i}", "frontier" if i % 3 == 0 else "cheap", float(rng.random()))
+    wall, cpu = [], []
+    for v in vectors[4096:]:
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        guess = classifier.classify(v, "general")
+        router.decide("default", guess.task_type, v, {"cheap", "frontier"})
+        wall.append((time.perf_counter() - started) * 1000)
+        cpu.append((time.thread_time() - started_cpu) * 1000)
+    return {
+        name: (statistics.median(values), sorted(values)[int(0.99 * len(values))])
+        for name, values in (("wall", wall), ("cpu", cpu))
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    from cache.embedder import SentenceEmbedder
+
+    logging.basicConfig(level=logging.WARNING)
+    embedder = SentenceEmbedder()
+    prompts = workload(args.requests, args.seed)
+    kinds = {k: sum(p.kind == k for p in prompts) for k in ("easy", "medium", "hard", "knowledge")}
+    print(
+        f"workload: {len(prompts)} requests, {len(set(p.text for p in prompts))} distinct; {kinds}"
+    )
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for mode in ("always-frontier", "always-cheap", "gateway"):
+            kb = Path(scratch) / f"kb-{mode}"
+            if mode == "gateway":
+                await ingest_kb(kb, embedder)
+            started = time.perf_counter()
+            results[mode] = await run_mode(mode, prompts, embedder, args.feedback, args.seed, kb)
+            results[mode]["seconds"] = time.perf_counter() - started
+    base = results["always-frontier"]
+    print(f"{'mode':<16} {'spend $':>9} {'vs frontier':>12} {'quality':>8}  served by")
+    for mode, r in results.items():
+        saved = 1 - r["usd"] / base["usd"]
+        print(
+            f"{mode:<16} {r['usd']:9.4f} {saved:11.1%}  {r['quality']:8.3f}  "
+            f"sources {r['sources']} tiers {r['tiers']} ({r['seconds']:.0f} s)"
+        )
+        print(f"{'':<16} quality by kind { ({k: round(v, 3) for k, v in r['by_kind'].items()}) }")
+    for clock, (p50, p99) in decision_latency(embedder).items():
+        print(f"tier decision (classifier + tier router, 4096 outcomes), {clock} time: "
+              f"p50 {p50:.3f} ms, p99 {p99:.3f} ms")  # fmt: skip
+    await embedder.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--feedback", type=float, default=0.5, help="share of answers graded")
+    asyncio.run(main_async(parser.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
