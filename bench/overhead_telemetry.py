@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
                     **shared,
                     "GATEWAY_DECISION_LOG": str(decision_log),
                     "GATEWAY_OTLP_ENDPOINT": f"http://{HOST}:{collector_port}/v1/traces",
+                    "GATEWAY_OTLP_SAMPLE_RATIO": str(args.sample_ratio),
                 },
             )
             targets = {"off": (off_url, off_pid), "on": (on_url, on_pid)}
@@ -184,7 +185,8 @@ def report(
         }
     lines = [
         "",
-        f"medians over {args.rounds} rounds, {args.duration:g} s per point",
+        f"medians over {args.rounds} rounds, {args.duration:g} s per point; 'on' traces "
+        f"{args.sample_ratio:.0%} of requests",
         f"{'telemetry':<12}{'p50 ms c=1':>12}{'p99 ms c=1':>12}"
         f"{f'req/s c={args.connections}':>14}{'CPU us/req':>12}",
     ]
@@ -327,6 +329,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compare the gateway with telemetry off and on (bench/overhead_telemetry.py)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="--telemetry: off/on rounds")
+    parser.add_argument(
+        "--sample-ratio", type=float, default=1.0, help="--telemetry: share of requests traced"
+    )
 
 
 def check_tools() -> None:

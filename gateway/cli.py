@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
 from . import cache_cli, eval_cli, router_cli
 from .policy import PolicyError, hash_key, load_policy
 from .settings import EMBEDDED_CONFIG, Settings
@@ -110,7 +109,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     from .app import create_app  # after validation: a bad config fails fast, before imports
-    from .lifecycle import serve
     from .lifecycle import serve
 
     app = create_app(settings, policy)

@@ -158,18 +158,6 @@ class Metrics:
             ["operation"],
             registry=r,
         )
-        self.rate_limited = Counter(
-            "gateway_rate_limited",
-            "Requests refused by a team limit (limit: requests, tokens, budget)",
-            ["team", "limit"],
-            registry=r,
-        )
-        self.limits_fallback = Counter(
-            "gateway_limits_fallback",
-            "Team-limit decisions made per replica because Redis was unreachable",
-            ["operation"],
-            registry=r,
-        )
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, cached: the hot path skips prometheus' label checks."""

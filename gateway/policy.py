@@ -266,11 +266,6 @@ class TeamConfig(_Model):
     tokens_per_minute: int | None = Field(default=None, ge=1)
     daily_budget_usd: float | None = Field(default=None, gt=0)  # per UTC day
     budget_alert_at: float = Field(default=0.8, gt=0, le=1)  # share of the budget: one alert/day
-    # Governance (gateway/limits.py), enforced across replicas; None: unlimited.
-    requests_per_minute: int | None = Field(default=None, ge=1)
-    tokens_per_minute: int | None = Field(default=None, ge=1)
-    daily_budget_usd: float | None = Field(default=None, gt=0)  # per UTC day
-    budget_alert_at: float = Field(default=0.8, gt=0, le=1)  # share of the budget: one alert/day
     # Decision records carry the prompt's hash only; true: the prompt text as well (opt-in).
     log_prompts: bool = False
 

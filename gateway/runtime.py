@@ -43,6 +43,7 @@ class Runtime:
     embedder: Embedder | None = None
     tasks: TaskClassifier | None = None  # None: no labelled task examples in policy
     tiers: TierRouter | None = None  # None: no route has tiering
+    tracing: Tracing | None = None  # None: no OTLP endpoint, no spans
     series: TrafficSeries = field(default_factory=TrafficSeries)  # the dashboard's traffic
     limits: Limits | None = None  # team limits and budgets (gateway.lifecycle installs them)
     teams: TeamRegistry | None = None  # the run-time team overlay
@@ -51,7 +52,6 @@ class Runtime:
     def snapshot(self) -> Runtime:
         """A shallow copy: a request keeps the catalog and pool it started with across a reload."""
         return copy.copy(self)
-    tracing: Tracing | None = None  # None: no OTLP endpoint, no spans
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

@@ -42,10 +42,6 @@ class Settings(BaseSettings):
     # sending), then in-flight requests and streams get up to shutdown_timeout_s to finish.
     drain_delay_s: float = Field(default=0.0, ge=0)
     shutdown_timeout_s: float = Field(default=30.0, ge=0)
-    # SIGTERM: /readyz turns not-ready, serving goes on for drain_delay_s (load balancers stop
-    # sending), then in-flight requests and streams get up to shutdown_timeout_s to finish.
-    drain_delay_s: float = Field(default=0.0, ge=0)
-    shutdown_timeout_s: float = Field(default=30.0, ge=0)
     # Telemetry (gateway/telemetry.py): decision records and traces.
     decision_log: Path | None = Field(
         default=None, description="append each decision record here as a JSON line"

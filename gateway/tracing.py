@@ -137,9 +137,9 @@ class Tracing:
         *,
         service_name: str = "knowledge-gateway",
         sample_ratio: float = 1.0,
-        interval_s: float = 0.5,
-        max_pending: int = 20_000,
-        batch_size: int = 512,
+        interval_s: float = 2.0,
+        max_pending: int = 50_000,
+        batch_size: int = 4096,
     ) -> None:
         self.exporter = exporter
         self.resource = Resource.create({"service.name": service_name})
