@@ -15,7 +15,7 @@ from gateway.dashboard import COOKIE
 from gateway.decisions import Attempt, Decision
 from gateway.policy import Policy, hash_key
 from gateway.timeseries import TrafficSeries
-from tests.conftest import LIMITED_TEAM_KEY, MODELS, TEAM_KEY, Fakes, policy_for
+from tests.conftest import LIMITED_TEAM_KEY, MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes, policy_for
 from tests.fakes.base import Fail, Ok
 from tests.test_cache import settle
 
@@ -288,6 +288,9 @@ async def test_charts_hold_the_scripted_traffic(
 
     html = await (await dashboard.get("/dashboard", headers=ADMIN)).text()
     assert not any(q in html for qs in QUESTIONS.values() for q in qs)  # no prompt text
+    raw = html + str(data)
+    for secret in (ADMIN_KEY, hash_key(ADMIN_KEY), TEAM_KEY, *PROVIDER_KEYS.values()):
+        assert secret not in raw
     page = marks(html)
     requests = page.select("rect", series="requests")
     fallbacks = page.select("rect", series="fallbacks")
