@@ -72,7 +72,7 @@ def serve_collector(port: int) -> None:
         exports, size = request.app[_COUNT]
         return web.json_response({"exports": exports, "bytes": size})
 
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)  # batches are up to ~0.5 MB
     app[_COUNT] = [0, 0]
     app.router.add_post("/v1/traces", traces)
     app.router.add_get("/count", count)
@@ -246,11 +246,11 @@ def evidence(redis_url: str, prefix: str, log: Path, collector_port: int) -> lis
 def components(redis_url: str, workdir: Path, count: int = 5000) -> list[str]:
     """CPU per request of each telemetry part, in-process (``time.process_time``: the least
     noisy figure on a shared machine), for a decision like the bench's request makes."""
-    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace.export import SpanExportResult
 
     from gateway.decision_store import DecisionSinks
     from gateway.decisions import Attempt, CandidateVerdict, Decision
-    from gateway.otlp import SpanEncoder
+    from gateway.otlp import LeanOTLPSpanExporter
     from gateway.policy import Policy
     from gateway.tracing import Tracing
     from providers.schema import ChatRequest
@@ -269,16 +269,13 @@ def components(redis_url: str, workdir: Path, count: int = 5000) -> list[str]:
         made.messages = body["messages"]
         return made
 
-    class Keep(SpanExporter):
-        def __init__(self) -> None:
-            self.spans: list[Any] = []
+    class Sink(LeanOTLPSpanExporter):
+        """The OTLP exporter minus the HTTP post."""
 
-        def export(self, spans: Any) -> SpanExportResult:
-            self.spans.extend(spans)
+        def export_encoded(self, data: bytes) -> SpanExportResult:
             return SpanExportResult.SUCCESS
 
-    kept = Keep()
-    tracing = Tracing(kept)
+    tracing = Tracing(Sink(endpoint="http://127.0.0.1:9/v1/traces"))
     figures: dict[str, float] = {}
 
     def timed(name: str, work: Any) -> None:
@@ -291,12 +288,7 @@ def components(redis_url: str, workdir: Path, count: int = 5000) -> list[str]:
         "trace queued (request path)",
         lambda: [tracing.record(policy, d, chat, {}) for d in decisions],
     )
-    timed("spans built (exporter task)", lambda: asyncio.run(tracing.flush()))
-    encoder = SpanEncoder()
-    timed(
-        "spans encoded (exporter thread)",
-        lambda: [encoder.encode(kept.spans[i : i + 512]) for i in range(0, len(kept.spans), 512)],
-    )
+    timed("spans encoded (exporter task)", lambda: asyncio.run(tracing.flush()))
     timed("record JSON (writer task)", lambda: [d.to_json() for d in decisions])
 
     async def sinks() -> None:

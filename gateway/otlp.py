@@ -79,6 +79,7 @@ class SpanEncoder:
 
     def __init__(self) -> None:
         self._attributes: dict[tuple[str, Any], bytes] = {}
+        self._blocks: dict[Any, bytes] = {}
         self._headers: dict[tuple[int, int], bytes] = {}
 
     def _key_value(self, key: str, value: Any) -> bytes:
@@ -102,37 +103,91 @@ class SpanEncoder:
             for k, v in attributes.items()
         )
 
+    def block(self, key: Any, attributes: Mapping[str, Any]) -> bytes:
+        """The encoded ``attributes``, cached under ``key`` (for attribute sets that repeat)."""
+        if (found := self._blocks.get(key)) is None:
+            if len(self._blocks) >= _CACHE_MAX:
+                self._blocks.clear()
+            found = self._blocks[key] = self._attributes_of(attributes)
+        return found
+
+    def attributes(self, attributes: Mapping[str, Any]) -> bytes:
+        return self._attributes_of(attributes)
+
+    @staticmethod
+    def span_bytes(
+        *,
+        trace_id: int,
+        span_id: int,
+        parent_id: int | None,
+        parent_remote: bool,
+        name: str,
+        kind: int,
+        start: int,
+        end: int,
+        attributes: bytes,
+        status_code: int = 0,
+        status_message: str | None = None,
+        trace_state: str = "",
+    ) -> bytes:
+        """One ``Span`` (inside ``ScopeSpans.spans``); ``kind``: the SDK's ``SpanKind.value``."""
+        parts = [
+            b"\x0a\x10" + trace_id.to_bytes(16, "big"),
+            b"\x12\x08" + span_id.to_bytes(8, "big"),
+        ]
+        if trace_state:
+            parts.append(_field(3, trace_state.encode()))
+        flags = _HAS_IS_REMOTE
+        if parent_id is not None:
+            parts.append(b"\x22\x08" + parent_id.to_bytes(8, "big"))
+            if parent_remote:
+                flags |= _IS_REMOTE
+        parts.append(_field(5, name.encode()))
+        parts.append(b"\x30" + _varint(kind + 1))  # proto enum: SDK value + 1
+        parts.append(b"\x39" + struct.pack("<Q", start))
+        parts.append(b"\x41" + struct.pack("<Q", end))
+        parts.append(attributes)
+        payload = b""
+        if status_message:
+            payload += _field(2, status_message.encode())
+        if status_code:
+            payload += b"\x18" + _varint(status_code)
+        parts.append(_field(15, payload))
+        parts.append(b"\x85\x01" + struct.pack("<I", flags))  # field 16, fixed32
+        return _field(2, b"".join(parts))
+
     def span(self, span: ReadableSpan) -> bytes:
         if span.events or span.links:
             raise _Unsupported("events or links")
         context = span.get_span_context()
         assert context is not None
-        parts = [
-            b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
-            b"\x12\x08" + context.span_id.to_bytes(8, "big"),
-        ]
+        parent = span.parent
+        state = ""
         if context.trace_state:
             state = ",".join(f"{k}={v}" for k, v in context.trace_state.items())
-            parts.append(_field(3, state.encode()))
-        flags = _HAS_IS_REMOTE
-        if (parent := span.parent) is not None:
-            parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-            if parent.is_remote:
-                flags |= _IS_REMOTE
-        parts.append(_field(5, span.name.encode()))
-        parts.append(b"\x30" + _varint(span.kind.value + 1))  # proto enum: SDK value + 1
-        parts.append(b"\x39" + struct.pack("<Q", span.start_time or 0))
-        parts.append(b"\x41" + struct.pack("<Q", span.end_time or 0))
-        parts.append(self._attributes_of(span.attributes))
-        status = span.status
-        payload = b""
-        if status.description:
-            payload += _field(2, status.description.encode())
-        if status.status_code.value:
-            payload += b"\x18" + _varint(status.status_code.value)
-        parts.append(_field(15, payload))
-        parts.append(b"\x85\x01" + struct.pack("<I", flags))  # field 16, fixed32
-        return _field(2, b"".join(parts))  # ScopeSpans.spans
+        return self.span_bytes(
+            trace_id=context.trace_id,
+            span_id=context.span_id,
+            parent_id=parent.span_id if parent is not None else None,
+            parent_remote=parent is not None and parent.is_remote,
+            name=span.name,
+            kind=span.kind.value,
+            start=span.start_time or 0,
+            end=span.end_time or 0,
+            attributes=self._attributes_of(span.attributes),
+            status_code=span.status.status_code.value,
+            status_message=span.status.description,
+            trace_state=state,
+        )
+
+    def request(
+        self, resource: Resource, scope: InstrumentationScope | None, spans: Sequence[bytes]
+    ) -> bytes:
+        """An ``ExportTraceServiceRequest`` of already encoded spans of one resource and scope."""
+        body = self._resource(resource) + _field(2, self._scope(scope) + b"".join(spans))
+        if resource.schema_url:
+            body += _field(3, resource.schema_url.encode())
+        return _field(1, body)
 
     def _resource(self, resource: Resource) -> bytes:
         key = (id(resource), 0)
@@ -180,6 +235,17 @@ class LeanOTLPSpanExporter(OTLPSpanExporter):
         super().__init__(*args, **kwargs)
         self._encoder = SpanEncoder()
 
+    @property
+    def accepts_encoded(self) -> bool:
+        """Whether ``export_encoded`` can post bytes (this SDK version's client has ``export``)."""
+        client = getattr(self, "_client", None)
+        return client is not None and hasattr(client, "export")
+
+    def export_encoded(self, data: bytes) -> SpanExportResult:
+        """Post an already encoded ``ExportTraceServiceRequest``."""
+        result = self._client.export(data)  # retries, and logs a failure, itself
+        return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         client = getattr(self, "_client", None)
         if client is None or not hasattr(client, "export"):  # another SDK version's internals
@@ -188,8 +254,5 @@ class LeanOTLPSpanExporter(OTLPSpanExporter):
             data = self._encoder.encode(spans)
         except _Unsupported:
             data = encode_spans(spans).SerializePartialToString()
-        result = client.export(data)
-        if not result.success:
-            log.warning("OTLP export of %d spans failed: %s", len(spans), result.error)
-            return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
+        result = client.export(data)  # retries, and logs a failure, itself
+        return SpanExportResult.SUCCESS if result.success else SpanExportResult.FAILURE

@@ -41,10 +41,12 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, get_current_s
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.status import Status, StatusCode
 
+from .otlp import LeanOTLPSpanExporter, SpanEncoder
+
 if TYPE_CHECKING:
     from providers.schema import ChatRequest
 
-    from .decisions import Attempt, Decision
+    from .decisions import Decision
     from .policy import Policy
     from .settings import Settings
 
@@ -139,7 +141,7 @@ class Tracing:
         sample_ratio: float = 1.0,
         interval_s: float = 2.0,
         max_pending: int = 50_000,
-        batch_size: int = 4096,
+        batch_size: int = 2048,  # ~0.4 MB of OTLP: under collectors' request limits
     ) -> None:
         self.exporter = exporter
         self.resource = Resource.create({"service.name": service_name})
@@ -154,14 +156,13 @@ class Tracing:
         self._models: dict[str, _Model] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._encoder = SpanEncoder()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Tracing | None:
         """A tracer exporting to ``settings.otlp_endpoint``, or ``None`` when it is unset."""
         if not settings.otlp_endpoint:
             return None
-        from .otlp import LeanOTLPSpanExporter
-
         return cls(
             LeanOTLPSpanExporter(endpoint=settings.otlp_endpoint, timeout=5),
             service_name=settings.otlp_service_name,
@@ -194,16 +195,23 @@ class Tracing:
 
     async def flush(self) -> None:
         """Build and export every queued request's spans now."""
+        exporter = self.exporter
+        direct = isinstance(exporter, LeanOTLPSpanExporter) and exporter.accepts_encoded
         async with self._lock:
             while self._pending:
-                spans: list[ReadableSpan] = []
-                while self._pending and len(spans) < self.batch_size:
-                    spans += self._spans(self._pending.popleft())
-                    if len(spans) % 64 == 0:  # building is CPU: let requests run in between
-                        await asyncio.sleep(0)
-                result = await asyncio.to_thread(self.exporter.export, spans)
+                jobs: list[_Job] = []
+                while self._pending and len(jobs) < self.batch_size // 2:
+                    jobs.append(self._pending.popleft())
+                if direct:
+                    assert isinstance(exporter, LeanOTLPSpanExporter)
+                    encoded = [span for job in jobs for span in self._encoded(job, self._encoder)]
+                    data = self._encoder.request(self.resource, self.scope, encoded)
+                    result = await asyncio.to_thread(exporter.export_encoded, data)
+                else:
+                    spans = [span for job in jobs for span in self._spans(job)]
+                    result = await asyncio.to_thread(exporter.export, spans)
                 if result is not SpanExportResult.SUCCESS:
-                    log.warning("exporting %d spans failed", len(spans))
+                    log.warning("exporting the spans of %d requests failed", len(jobs))
 
     # -- the request path -----------------------------------------------------------------
     def _parent(self, headers: Mapping[str, str]) -> SpanContext | None:
@@ -238,102 +246,189 @@ class Tracing:
         pending.append(_Job(policy, decision, chat, trace_id, parent, cache, knowledge))
 
     # -- building spans -------------------------------------------------------------------
-    def _spans(self, job: _Job) -> list[ReadableSpan]:
-        """The server span and one span per attempt of a queued request."""
+    # Each span is planned once as (static attributes, their cache key, dynamic attributes):
+    # the static ones repeat across requests (team, route, model, status...) and are encoded
+    # once per combination by the lean encoder; both export paths put them in the same order.
+    def _plan(self, job: _Job) -> list[_SpanPlan]:
+        """The request's spans: one per attempt, then the server span (ids drawn in order)."""
         if job.policy is not self._policy:  # a reload swapped the policy
             self._models, self._policy = _models(job.policy), job.policy
         decision = job.decision
-        end_ns = int((decision.ended_at or 0.0) * 1e9)
-        start_ns = end_ns - int((decision.total_ms or 0.0) * 1e6)
-        attributes: dict[str, Any] = {
+        server_id = random.getrandbits(64)
+        request = _request_attributes(job.chat)
+        request_key = tuple(request.items())
+        plans = []
+        last = len(decision.attempts) - 1
+        for i, attempt in enumerate(decision.attempts):
+            model = self._models.get(attempt.model)
+            ok = attempt.outcome == "ok"
+            key = (
+                attempt.model,
+                request_key,
+                attempt.served_model,
+                attempt.outcome,
+                None if ok else attempt.status,
+            )
+            static: dict[str, Any] = (
+                {**model.attributes, **request} if model else {"gen_ai.operation.name": OPERATION}
+            )
+            if attempt.served_model:
+                static["gen_ai.response.model"] = attempt.served_model
+            dynamic: dict[str, Any] = {}
+            if not ok:
+                static["error.type"] = attempt.outcome
+                if attempt.status is not None:
+                    static["http.response.status_code"] = attempt.status
+            elif i == last:
+                dynamic["gen_ai.usage.input_tokens"] = decision.prompt_tokens
+                dynamic["gen_ai.usage.output_tokens"] = decision.completion_tokens
+            end_ns = int(attempt.ended_at * 1e9)
+            plans.append(
+                _SpanPlan(
+                    span_id=random.getrandbits(64),
+                    parent_id=server_id,
+                    parent_remote=False,
+                    name=f"{OPERATION} {model.request_model if model else attempt.model}",
+                    kind=SpanKind.CLIENT,
+                    start=end_ns - int(attempt.latency_ms * 1e6),
+                    end=end_ns,
+                    key=key,
+                    static=static,
+                    dynamic=dynamic,
+                    error=None if ok else attempt.outcome,
+                )
+            )
+        static = {
             "http.request.method": "POST",
             "http.route": "/v1/chat/completions",
             "http.response.status_code": decision.status,
-            "gateway.request_id": decision.request_id,
             "gateway.team": decision.team,
             "gateway.route": decision.route,
             "gateway.task_type": decision.task_type,
             "gateway.source": decision.source,
         }
         if job.cache:
-            attributes["gateway.cache"] = job.cache
+            static["gateway.cache"] = job.cache
         if job.knowledge:
-            attributes["gateway.knowledge"] = job.knowledge
-        if decision.cost_usd:
-            attributes["gateway.cost_usd"] = decision.cost_usd
-        if decision.ttft_ms is not None:
-            attributes["gateway.ttft_ms"] = decision.ttft_ms
-        status = _OK
+            static["gateway.knowledge"] = job.knowledge
+        error = None
         if decision.status >= 500:
-            attributes["error.type"] = decision.error or str(decision.status)
-            status = Status(StatusCode.ERROR, decision.error)
-        context = SpanContext(
-            job.trace_id, random.getrandbits(64), is_remote=False, trace_flags=_SAMPLED
-        )
-        last = len(decision.attempts) - 1
-        request = _request_attributes(job.chat)
-        spans = [
-            self._attempt(context, attempt, decision, request, answered=i == last)
-            for i, attempt in enumerate(decision.attempts)
-        ]
-        spans.append(
-            ReadableSpan(
-                SERVER_SPAN,
-                context,
-                job.parent,
-                self.resource,
-                attributes,
+            error = decision.error or str(decision.status)
+            static["error.type"] = error
+        dynamic = {"gateway.request_id": decision.request_id}
+        if decision.cost_usd:
+            dynamic["gateway.cost_usd"] = decision.cost_usd
+        if decision.ttft_ms is not None:
+            dynamic["gateway.ttft_ms"] = decision.ttft_ms
+        end_ns = int((decision.ended_at or 0.0) * 1e9)
+        parent = job.parent
+        plans.append(
+            _SpanPlan(
+                span_id=server_id,
+                parent_id=parent.span_id if parent is not None else None,
+                parent_remote=parent is not None and parent.is_remote,
+                name=SERVER_SPAN,
                 kind=SpanKind.SERVER,
-                status=status,
-                start_time=start_ns,
-                end_time=end_ns,
-                instrumentation_scope=self.scope,
+                start=end_ns - int((decision.total_ms or 0.0) * 1e6),
+                end=end_ns,
+                key=(
+                    decision.status,
+                    decision.team,
+                    decision.route,
+                    decision.task_type,
+                    decision.source,
+                    job.cache,
+                    job.knowledge,
+                    error,
+                ),
+                static=static,
+                dynamic=dynamic,
+                error=error,
             )
         )
+        return plans
+
+    def _spans(self, job: _Job) -> list[ReadableSpan]:
+        """The request's spans as SDK objects (for any exporter)."""
+        spans = []
+        for plan in self._plan(job):
+            context = SpanContext(job.trace_id, plan.span_id, is_remote=False, trace_flags=_SAMPLED)
+            parent_context: SpanContext | None
+            if plan.kind is SpanKind.CLIENT:
+                parent_context = SpanContext(
+                    job.trace_id, plan.parent_id or 0, is_remote=False, trace_flags=_SAMPLED
+                )
+            else:
+                parent_context = job.parent
+            spans.append(
+                ReadableSpan(
+                    plan.name,
+                    context,
+                    parent_context,
+                    self.resource,
+                    {**plan.static, **plan.dynamic},
+                    kind=plan.kind,
+                    status=_OK if plan.error is None else Status(StatusCode.ERROR, plan.error),
+                    start_time=plan.start,
+                    end_time=plan.end,
+                    instrumentation_scope=self.scope,
+                )
+            )
         return spans
 
-    def _attempt(
+    def _encoded(self, job: _Job, encoder: SpanEncoder) -> list[bytes]:
+        """The request's spans encoded directly (the lean exporter's path: no SDK objects)."""
+        return [
+            encoder.span_bytes(
+                trace_id=job.trace_id,
+                span_id=plan.span_id,
+                parent_id=plan.parent_id,
+                parent_remote=plan.parent_remote,
+                name=plan.name,
+                kind=plan.kind.value,
+                start=plan.start,
+                end=plan.end,
+                attributes=encoder.block(plan.key, plan.static) + encoder.attributes(plan.dynamic),
+                status_code=0 if plan.error is None else StatusCode.ERROR.value,
+                status_message=plan.error,
+            )
+            for plan in self._plan(job)
+        ]
+
+
+class _SpanPlan:
+    __slots__ = (
+        "dynamic",
+        "end",
+        "error",
+        "key",
+        "kind",
+        "name",
+        "parent_id",
+        "parent_remote",
+        "span_id",
+        "start",
+        "static",
+    )
+
+    def __init__(
         self,
-        parent: SpanContext,
-        attempt: Attempt,
-        decision: Decision,
-        request: dict[str, Any],
         *,
-        answered: bool,
-    ) -> ReadableSpan:
-        model = self._models.get(attempt.model)
-        request_model = model.request_model if model else attempt.model
-        attributes: dict[str, Any] = (
-            {**model.attributes, **request} if model else {"gen_ai.operation.name": OPERATION}
-        )
-        if attempt.served_model:
-            attributes["gen_ai.response.model"] = attempt.served_model
-        status = _OK
-        if attempt.outcome == "ok":
-            if answered:
-                attributes["gen_ai.usage.input_tokens"] = decision.prompt_tokens
-                attributes["gen_ai.usage.output_tokens"] = decision.completion_tokens
-        else:
-            attributes["error.type"] = attempt.outcome
-            if attempt.status is not None:
-                attributes["http.response.status_code"] = attempt.status
-            status = Status(StatusCode.ERROR, attempt.outcome)
-        end_ns = int(attempt.ended_at * 1e9)
-        context = SpanContext(
-            parent.trace_id, random.getrandbits(64), is_remote=False, trace_flags=_SAMPLED
-        )
-        return ReadableSpan(
-            f"{OPERATION} {request_model}",
-            context,
-            parent,
-            self.resource,
-            attributes,
-            kind=SpanKind.CLIENT,
-            status=status,
-            start_time=end_ns - int(attempt.latency_ms * 1e6),
-            end_time=end_ns,
-            instrumentation_scope=self.scope,
-        )
+        span_id: int,
+        parent_id: int | None,
+        parent_remote: bool,
+        name: str,
+        kind: SpanKind,
+        start: int,
+        end: int,
+        key: Any,
+        static: dict[str, Any],
+        dynamic: dict[str, Any],
+        error: str | None,
+    ) -> None:
+        self.span_id, self.parent_id, self.parent_remote = span_id, parent_id, parent_remote
+        self.name, self.kind, self.start, self.end = name, kind, start, end
+        self.key, self.static, self.dynamic, self.error = key, static, dynamic, error
 
 
 def _request_attributes(chat: ChatRequest) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -226,3 +227,39 @@ async def test_the_lean_encoder_writes_what_the_sdk_encoder_writes(
     again = ExportTraceServiceRequest()
     again.ParseFromString(encoder.encode(spans))
     assert again == sdk
+
+
+async def test_direct_encoding_matches_the_sdk_spans(
+    traced: TestClient[Any, Any], fakes: Fakes
+) -> None:
+    """The OTLP exporter's path (spans encoded straight from the decision, static attributes
+    cached) writes what the SDK encoder writes for the same spans as SDK objects."""
+    tracing = traced.app[RUNTIME].tracing
+    assert tracing is not None
+    fakes.openai.push(Fail(503))
+    fakes.anthropic.push(Ok(prompt_tokens=7, completion_tokens=3))
+    assert (await ask(traced, temperature=0.25, max_tokens=9)).status == 200
+    for _ in range(2):  # the second request reuses the cached attribute blocks
+        fakes.openai.push(Fail(503))
+        fakes.anthropic.push(Fail(503))
+        assert (await ask(traced)).status == 503
+    headers = {
+        "Authorization": f"Bearer {TEAM_KEY}",
+        "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
+    }
+    body = {"model": "gpt", "messages": [{"role": "user", "content": "Hi"}]}
+    assert (await traced.post("/v1/chat/completions", json=body, headers=headers)).status == 200
+    jobs = list(tracing._pending)
+    assert len(jobs) == 4
+    encoder = SpanEncoder()
+    random.seed(11)
+    direct = encoder.request(
+        tracing.resource, tracing.scope, [b for job in jobs for b in tracing._encoded(job, encoder)]
+    )
+    random.seed(11)
+    spans = [span for job in jobs for span in tracing._spans(job)]
+    assert len(spans) == 3 + 3 + 3 + 2
+    mine, sdk = ExportTraceServiceRequest(), ExportTraceServiceRequest()
+    mine.ParseFromString(direct)
+    sdk.ParseFromString(encode_spans(spans).SerializeToString())
+    assert mine == sdk
