@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PRICES = {"cheap-1": (0.15, 0.6), "frontier-1": (3.0, 15.0)}
 FRONTIER_FAILS = 0.15  # the frontier's error rate relative to the cheap model's difficulty
 ANSWER_TOKENS = 180
-MAX_FRONTIER_SHARE = 0.4  # the route's one knob
+MAX_FRONTIER_SHARE = 0.6  # the route's one knob
 
 EASY = [
     ("Say a friendly hello to the {team} team for {day}.", (0.05, 0.15)),
@@ -192,7 +192,7 @@ def upstream(truth: dict[str, Prompt], ledger: Ledger) -> web.Application:
     return app
 
 
-def policy(base_url: str, mode: str) -> Policy:
+def policy(base_url: str, mode: str, share: float = MAX_FRONTIER_SHARE) -> Policy:
     models = [
         {"name": "cheap", "provider": "fake", "id": "cheap-1", "tier": "cheap",
          "price": {"input": PRICES["cheap-1"][0], "output": PRICES["cheap-1"][1]}},
@@ -211,7 +211,7 @@ def policy(base_url: str, mode: str) -> Policy:
     elif mode == "always-cheap":
         route["candidates"] = ["cheap"]
     else:
-        route["tiering"] = {"max_frontier_share": MAX_FRONTIER_SHARE, "exploration": 0.05}
+        route["tiering"] = {"max_frontier_share": share, "exploration": 0.05}
         data["task_types"] = TASK_TYPES
         data["cache"] = {"max_error_rate": 0.01}
         data["knowledge"] = {"collection": "bench-kb"}
@@ -233,7 +233,7 @@ async def ingest_kb(path: Path, embedder: Any) -> None:
 
 
 async def run_mode(
-    mode: str, prompts: list[Prompt], embedder: Any, feedback: float, seed: int, kb: Path
+    mode: str, prompts: list[Prompt], embedder: Any, args: argparse.Namespace, kb: Path
 ) -> dict[str, Any]:
     truth = {p.text: p for p in prompts}
     ledger = Ledger()
@@ -243,13 +243,15 @@ async def run_mode(
     await site.start()
     base = f"http://127.0.0.1:{up.addresses[0][1]}"
     settings = Settings(knowledge_path=kb)
-    app = create_app(settings, policy(base, mode), environ={}, embedder=embedder)
+    app = create_app(
+        settings, policy(base, mode, args.max_frontier_share), environ={}, embedder=embedder
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     gw_site = web.TCPSite(runner, "127.0.0.1", 0)
     await gw_site.start()
     url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    rng = random.Random(seed + 1)
+    rng = random.Random(args.seed + 1)
     good = 0
     sources: dict[str, int] = {}
     tiers: dict[str, int] = {}
@@ -274,7 +276,7 @@ async def run_mode(
                 sources[source] = sources.get(source, 0) + 1
                 if source == "provider":
                     tiers[tier] = tiers.get(tier, 0) + 1
-                if source != "knowledge" and rng.random() < feedback:
+                if source != "knowledge" and rng.random() < args.feedback:
                     grade = {"request_id": request_id, "score": 1.0 if ok else 0.0}
                     async with session.post(
                         f"{url}/v1/feedback", json=grade, headers=headers
@@ -350,7 +352,7 @@ async def main_async(args: argparse.Namespace) -> None:
             if mode == "gateway":
                 await ingest_kb(kb, embedder)
             started = time.perf_counter()
-            results[mode] = await run_mode(mode, prompts, embedder, args.feedback, args.seed, kb)
+            results[mode] = await run_mode(mode, prompts, embedder, args, kb)
             results[mode]["seconds"] = time.perf_counter() - started
     base = results["always-frontier"]
     print(f"{'mode':<16} {'spend $':>9} {'vs frontier':>12} {'quality':>8}  served by")
@@ -372,6 +374,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--feedback", type=float, default=0.5, help="share of answers graded")
+    parser.add_argument(
+        "--max-frontier-share", type=float, default=MAX_FRONTIER_SHARE, help="the route's knob"
+    )
     asyncio.run(main_async(parser.parse_args(argv)))
     return 0
 
