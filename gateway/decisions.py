@@ -120,6 +120,7 @@ class Decision:
         if self.prompt_sha256 is None and self.messages is not None:
             canonical = orjson.dumps(self.messages, option=orjson.OPT_SORT_KEYS)
             self.prompt_sha256 = hashlib.sha256(canonical).hexdigest()
+            self.messages = None  # the ring does not keep prompts alive once hashed
         return self.prompt_sha256
 
     def to_json(self) -> bytes:
