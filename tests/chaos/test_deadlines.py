@@ -39,7 +39,7 @@ async def silent_server() -> AsyncIterator[str]:
 async def test_a_slow_stage_does_not_outlive_the_deadline(
     make_gateway: Any, fakes: Fakes, embedder: Any, silent_server: str
 ) -> None:
-    policy = policy_for(fakes, knowledge={"collection": "kb", "timeout_s": 3})
+    policy = policy_for(fakes, knowledge={"collection": "kb", "timeout_s": 2})
     gateway = await make_gateway(policy, embedder=embedder, qdrant_url=silent_server)
     started = time.monotonic()
     response = await gateway.post(
@@ -52,5 +52,5 @@ async def test_a_slow_stage_does_not_outlive_the_deadline(
     assert response.status == 504
     assert body["error"]["code"] == "deadline_exceeded"
     assert "KnowledgeStage" in body["error"]["message"]
-    assert elapsed < 1.5  # the deadline, not the stage's own 3 s timeout
+    assert elapsed < 1.5  # the deadline, not the stage's own 2 s timeout
     assert fakes.openai.requests == []  # nothing was sent after the deadline
