@@ -211,7 +211,7 @@ class CacheStage:
             }
         )
         self._count(f"hit_{kind}")
-        self._spawn(self.store.touch(entry))
+        self._spawn(self._touch(entry))
         served = str(body.get("model") or "cache")
         choices = body.get("choices") or [{}]
         return Completion(
@@ -386,6 +386,14 @@ class CacheStage:
                 self._unavailable("config", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every_s)
+
+    async def _touch(self, entry: Entry) -> None:
+        """Record the hit (LRU order, hit count) in the background; a failure is a cache error,
+        never an unretrieved task exception."""
+        try:
+            await self.store.touch(entry)
+        except CacheUnavailable as exc:
+            self._unavailable("touch", exc)
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(work)
