@@ -17,9 +17,10 @@ model fails hard prompts and the frontier rarely does. The workload (seeded):
 
 The client grades a share (``--feedback``) of its answers through ``POST /v1/feedback`` (1 when
 right, 0 when wrong): the tier router's only quality signal here besides the heuristics. Modes:
-always-frontier (no cache, no knowledge), always-cheap, and the gateway with cache + knowledge +
-the learned tier router (task-type priors from a few labelled examples, which are not workload
-prompts). Quality is the share of right answers over all requests, cached ones included.
+always-frontier (no cache, no knowledge), always-cheap, frontier with cache + knowledge, the
+learned tier router alone, and the gateway with cache + knowledge + the learned tier router
+(task-type priors from a few labelled examples, which are not workload prompts). Quality is
+the share of right answers over all requests, cached ones included.
 
 Also prints the tier decision's own latency (classifier + tier router with a full outcome
 memory), beyond the embedding the request computes anyway.
@@ -54,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PRICES = {"cheap-1": (0.15, 0.6), "frontier-1": (3.0, 15.0)}
 FRONTIER_FAILS = 0.15  # the frontier's error rate relative to the cheap model's difficulty
 ANSWER_TOKENS = 180
+MODES = ("always-frontier", "always-cheap", "frontier+cache+kb", "tier-router", "gateway")
 MAX_FRONTIER_SHARE = 0.6  # the route's one knob
 
 EASY = [
@@ -206,13 +208,14 @@ def policy(base_url: str, mode: str, share: float = MAX_FRONTIER_SHARE) -> Polic
         "teams": [{"name": "bench", "key_sha256": hash_key(KEY)}],
         "routes": [route],
     }
-    if mode == "always-frontier":
+    if mode in ("always-frontier", "frontier+cache+kb"):
         route["candidates"] = ["frontier"]
     elif mode == "always-cheap":
         route["candidates"] = ["cheap"]
-    else:
+    if mode in ("tier-router", "gateway"):
         route["tiering"] = {"max_frontier_share": share, "exploration": 0.05}
         data["task_types"] = TASK_TYPES
+    if mode in ("frontier+cache+kb", "gateway"):
         data["cache"] = {"max_error_rate": 0.01}
         data["knowledge"] = {"collection": "bench-kb"}
     return Policy.model_validate(data)
@@ -342,14 +345,15 @@ async def main_async(args: argparse.Namespace) -> None:
     embedder = SentenceEmbedder()
     prompts = workload(args.requests, args.seed)
     kinds = {k: sum(p.kind == k for p in prompts) for k in ("easy", "medium", "hard", "knowledge")}
+    print(f"max_frontier_share {args.max_frontier_share}, feedback on {args.feedback:.0%}")
     print(
         f"workload: {len(prompts)} requests, {len(set(p.text for p in prompts))} distinct; {kinds}"
     )
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
-        for mode in ("always-frontier", "always-cheap", "gateway"):
+        for mode in MODES:
             kb = Path(scratch) / f"kb-{mode}"
-            if mode == "gateway":
+            if mode in ("frontier+cache+kb", "gateway"):
                 await ingest_kb(kb, embedder)
             started = time.perf_counter()
             results[mode] = await run_mode(mode, prompts, embedder, args, kb)

@@ -40,20 +40,22 @@ PRIOR_WEIGHT = 2.0  # pseudo-outcomes the prior counts for
 # Neighbours weigh exp((sim - best sim) / scale), as the offline replay's kNN (tier_model).
 SIMILARITY_SCALE = 0.05
 CHEAP, FRONTIER = "cheap", "frontier"
-# The quality signals a decision record may carry, most trusted first.
-SIGNALS = ("feedback", "judge", "heuristic", "heuristics", "score")
+# The quality signals a decision record may carry, most trusted first, with the weight an
+# outcome graded by each carries. Heuristics weigh little: a fluent wrong answer passes them
+# (in bench/router_savings, counting them fully sent hard prompts to the cheap tier).
+SIGNALS = {"feedback": 1.0, "judge": 1.0, "heuristic": 0.2}
 _PENDING_MAX = 20_000
 
 
-def quality_signal(quality: Mapping[str, Any]) -> float | None:
-    """The most trusted 0..1 score in a decision's quality dict (a number, or a dict with a
-    ``score``), ``None`` without one."""
-    for name in SIGNALS:
+def quality_signal(quality: Mapping[str, Any]) -> tuple[float, float] | None:
+    """(score 0..1, weight) of the most trusted signal in a decision's quality dict (a number,
+    or a dict with a ``score``), ``None`` without one."""
+    for name, weight in SIGNALS.items():
         value = quality.get(name)
         if isinstance(value, Mapping):
             value = value.get("score")
         if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
-            return float(value)
+            return float(value), weight
     return None
 
 
@@ -88,9 +90,10 @@ class _Memory:
         self.vectors: Vector | None = None
         self.frontier = np.zeros(size, dtype=bool)
         self.quality = np.zeros(size, dtype=np.float64)
+        self.weight = np.zeros(size, dtype=np.float64)
         self.count = 0
 
-    def add(self, vector: Vector, tier: str, quality: float) -> int:
+    def add(self, vector: Vector, tier: str, quality: float, weight: float) -> int:
         """Remember one outcome; its serial number (for ``regrade``)."""
         if self.vectors is None:
             self.vectors = np.zeros((self.size, len(vector)), dtype=np.float32)
@@ -98,13 +101,15 @@ class _Memory:
         self.vectors[row] = vector
         self.frontier[row] = tier == FRONTIER
         self.quality[row] = quality
+        self.weight[row] = weight
         self.count += 1
         return self.count - 1
 
-    def regrade(self, serial: int, quality: float) -> None:
+    def regrade(self, serial: int, quality: float, weight: float) -> None:
         """A better signal for an outcome still in the ring (feedback after heuristics)."""
         if self.count - serial <= self.size:
             self.quality[serial % self.size] = quality
+            self.weight[serial % self.size] = weight
 
     def estimate(self, vector: Vector, k: int, priors: tuple[float, float]) -> tuple[float, float]:
         """Expected (cheap, frontier) quality near ``vector``."""
@@ -123,9 +128,11 @@ class _Memory:
                 out.append(prior)
                 continue
             near = sims[rows].astype(np.float64)
-            weights = np.exp((near - near.max()) / SIMILARITY_SCALE)
+            graded = self.weight[rows]
+            weights = np.exp((near - near.max()) / SIMILARITY_SCALE) * graded
             local = float(weights @ self.quality[rows]) / float(weights.sum())
-            trust = len(rows) / (len(rows) + PRIOR_WEIGHT)
+            evidence = float(graded.sum())
+            trust = evidence / (evidence + PRIOR_WEIGHT)
             out.append(trust * local + (1 - trust) * prior)
         return out[0], out[1]
 
@@ -202,8 +209,9 @@ class TierRouter:
         while len(self._pending) > _PENDING_MAX:
             self._pending.popitem(last=False)
 
-    def served(self, request_id: str, tier: str | None, quality: float | None) -> None:
-        """The request ended: which tier answered (``None``: none did), and any quality."""
+    def served(self, request_id: str, tier: str | None, signal: tuple[float, float] | None) -> None:
+        """The request ended: which tier answered (``None``: none did), and any quality
+        signal (score, weight)."""
         entry = self._pending.get(request_id)
         if entry is None:
             return
@@ -211,25 +219,26 @@ class TierRouter:
             del self._pending[request_id]
             return
         self._pending[request_id] = (entry[0], entry[1], tier, -1)
-        if quality is not None:
-            self.observe(request_id, quality)
+        if signal is not None:
+            self.observe(request_id, *signal)
 
-    def observe(self, request_id: str, quality: float) -> bool:
-        """A quality score (0..1) for a served request; ``False`` if it is unknown here. A
-        later score (feedback after the heuristics) replaces the earlier one."""
+    def observe(self, request_id: str, quality: float, weight: float = 1.0) -> bool:
+        """A quality score (0..1) for a served request, with the weight of its signal
+        (``SIGNALS``); ``False`` if the request is unknown here. A later score (feedback after
+        the heuristics) replaces the earlier one."""
         entry = self._pending.get(request_id)
         if entry is None or not entry[2]:
             return False
         route, embedding, tier, serial = entry
         memory = self._routes[route].memory
         if serial >= 0:
-            memory.regrade(serial, quality)
+            memory.regrade(serial, quality, weight)
         else:
             self._pending[request_id] = (
                 route,
                 embedding,
                 tier,
-                memory.add(embedding, tier, quality),
+                memory.add(embedding, tier, quality, weight),
             )
         return True
 

@@ -48,7 +48,7 @@ def teach(router: TierRouter, rng: np.random.Generator, center: np.ndarray, chea
         for tier, quality in (("cheap", cheap), (FRONTIER, frontier)):
             request_id = f"{tag}-{tier}-{i}"
             router.remember(request_id, "r", unit(rng, center))
-            router.served(request_id, tier, quality)
+            router.served(request_id, tier, (quality, 1.0))
 
 
 def frontier_share(decisions: list[Any]) -> float:
@@ -139,7 +139,21 @@ def test_feedback_after_the_request_is_an_outcome(centers: Any) -> None:
 
 
 def test_quality_signal_prefers_feedback_then_judge_then_heuristics() -> None:
-    assert quality_signal({"heuristic": 0.4, "judge": {"score": 0.7}}) == 0.7
-    assert quality_signal({"heuristic": 0.4, "feedback": 1}) == 1.0
-    assert quality_signal({"heuristic": 0.4}) == 0.4
-    assert quality_signal({"judge": {"verdict": "good"}, "other": 3}) is None
+    assert quality_signal({"heuristic": {"score": 0.4}, "judge": {"score": 0.7}}) == (0.7, 1.0)
+    assert quality_signal({"heuristic": {"score": 0.4}, "feedback": {"score": 1}}) == (1.0, 1.0)
+    assert quality_signal({"heuristic": {"score": 0.4, "passed": False}}) == (0.4, 0.2)
+    assert quality_signal({"judge": {"error": "no_score"}, "other": 3}) is None
+
+
+def test_heuristic_passes_weigh_less_than_grades(centers: Any) -> None:
+    """Fluent wrong answers pass the heuristics: a few real grades outweigh many passes."""
+    rng = np.random.default_rng(7)
+    router = TierRouter(policy({"max_frontier_share": 1.0, "exploration": 0}), seed=7)
+    for i in range(12):
+        router.remember(f"h{i}", "r", unit(rng, centers[0]))
+        router.served(f"h{i}", "cheap", (1.0, 0.2))  # heuristics: looks fine
+    for i in range(4):
+        router.remember(f"g{i}", "r", unit(rng, centers[0]))
+        router.served(f"g{i}", "cheap", (0.0, 1.0))  # graded: wrong
+    cheap_q, _ = router._routes["r"].memory.estimate(unit(rng, centers[0]), 32, (0.7, 0.7))
+    assert cheap_q < 0.5
