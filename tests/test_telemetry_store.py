@@ -183,6 +183,13 @@ async def test_json_lines_log_and_redis_outage(
     # The four records written while Redis was down missed the stream (not the ring or file).
     assert 'gateway_decision_records_total{result="error",sink="redis"} 4.0' in metrics
 
+    redis_server.start()  # back (empty: it keeps nothing on disk): records stream again
+    response = await ask(client)
+    await sinks.flush()
+    listed, origin = await decisions(client)
+    assert origin == "redis"
+    assert [r["request_id"] for r in listed] == [response.headers["x-request-id"]]
+
 
 async def test_the_request_path_never_waits_for_the_sinks(
     make_gateway: Any, fakes: Fakes, tmp_path: Path
