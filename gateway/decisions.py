@@ -143,11 +143,20 @@ class Decision:
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Decision:
         """A decision read back from the stream (another replica's, e.g. for feedback)."""
-        known = {f.name for f in fields(cls)} - {"messages"}
-        values = {k: v for k, v in record.items() if k in known}
-        values["candidates"] = [CandidateVerdict(**c) for c in record.get("candidates") or ()]
-        values["attempts"] = [Attempt(**a) for a in record.get("attempts") or ()]
+        # Only known fields: a replica of another version may write more (rolling deploys).
+        values = _known(cls, record, exclude={"messages"})
+        values["candidates"] = [
+            CandidateVerdict(**_known(CandidateVerdict, c)) for c in record.get("candidates") or ()
+        ]
+        values["attempts"] = [Attempt(**_known(Attempt, a)) for a in record.get("attempts") or ()]
         return cls(**values)
+
+
+def _known(
+    kind: type, record: dict[str, Any], exclude: frozenset[str] | set[str] = frozenset()
+) -> dict[str, Any]:
+    names = {f.name for f in fields(kind)} - exclude
+    return {k: v for k, v in record.items() if k in names}
 
 
 def _jsonable(value: Any) -> Any:

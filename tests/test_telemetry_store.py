@@ -14,6 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
+from gateway.decisions import Attempt, Decision
 from gateway.policy import hash_key
 from gateway.runtime import RUNTIME
 from tests.conftest import PROVIDER_KEYS, TEAM_KEY, Fakes, RedisServer
@@ -205,3 +206,14 @@ async def test_the_request_path_never_waits_for_the_sinks(
     assert log.read_bytes() == b""  # answered before anything was written
     await sinks.flush()
     assert len(log.read_bytes().splitlines()) == 3
+
+
+def test_a_record_from_another_version_reads_back() -> None:
+    """Rolling deploys: fields this version does not know are ignored, not an error."""
+    record = Decision(request_id="r1", team="alpha", route="default", task_type="chat")
+    record.attempts = [Attempt("gpt", "openai", "us", "ok", 1.0)]
+    data = record.to_dict()
+    data["new_field"] = 1
+    data["attempts"][0]["new_attempt_field"] = 2
+    read = Decision.from_dict(data)
+    assert (read.request_id, read.attempts[0].provider) == ("r1", "openai")
