@@ -324,7 +324,8 @@ def decision_latency(embedder: Any, samples: int = 3000) -> dict[str, tuple[floa
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     for i, v in enumerate(vectors[:4096]):
         router.remember(f"r{i}", "default", v)
-        router.served(f"r{i}", "frontier" if i % 3 == 0 else "cheap", float(rng.random()))
+        tier = "frontier" if i % 3 == 0 else "cheap"
+        router.served(f"r{i}", tier, (float(rng.random()), 1.0))
     wall, cpu = [], []
     for v in vectors[4096:]:
         started, started_cpu = time.perf_counter(), time.thread_time()
