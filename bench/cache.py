@@ -223,7 +223,7 @@ async def main_async(args: argparse.Namespace) -> None:
     runner, upstream_url = await start(upstream(intents))
     try:
         print(f"\n{'setting':16s} {'hits':>16s} {'false hits':>16s} {'verifications':>16s}")
-        for setting in args.settings.split(","):
+        for setting in filter(None, args.settings.split(",")):  # "" : latency only
             results = []
             for seed in seeds:
                 rows = list(base)

@@ -31,7 +31,7 @@ from usearch.index import Index
 DTYPE = "i8"
 CONNECTIVITY = 16
 EXPANSION_ADD = 64
-EXPANSION_SEARCH = 64
+EXPANSION_SEARCH = 128
 
 
 def metric_for(dtype: str) -> str:
