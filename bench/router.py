@@ -9,7 +9,8 @@ Splits (stated, seeded):
 - RouteLLM MMLU and GSM8K: the contaminated prompts dropped, then a random half (seed ``--seed``)
   trains and the other half is held out. Weak = Mixtral-8x7B-Instruct, strong = GPT-4-1106.
 - RouterBench (0-shot, RouterDC's re-split): its own train and test files. Cheap =
-  Mixtral-8x7B-chat, frontier = GPT-4-1106, costs from the files' per-model ``total_cost``.
+  Mixtral-8x7B-chat, frontier = GPT-4-1106, costs from the files' per-model ``total_cost``;
+  the 14 ARC rows without a grade for these two models are dropped.
 
 The data is read from ../shared/benchmarks/data/router and never copied into the repository;
 nothing fitted here is kept. Embeddings are cached in ``--work``/emb.npz (minutes on a CPU once).
@@ -77,6 +78,8 @@ def _routerbench_rows(data: Path, stem: str, part: str) -> list[dict[str, Any]]:
     rows = []
     with open(data / f"routerbench_zs/{stem}_{part}.csv", newline="") as fh:
         for row in csv.DictReader(fh):
+            if not row[RB_CHEAP] or not row[RB_FRONTIER]:
+                continue  # a few ARC rows have no grade for these models: dropped
             rows.append(
                 {
                     "prompt": row["prompt"],
@@ -155,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}: train {len(train)}, held-out test {len(test)}")
         output = run_replay(args.work, name, train, test)
         print(output)
-        lines = (args.work / name / "scores.jsonl").read_text().splitlines()
+        # split("\n"), not splitlines(): prompts may hold U+2028, which JSON leaves raw.
+        lines = (args.work / name / "scores.jsonl").read_text().split("\n")[:-1]
         scores = [json.loads(line)["frontier_score"] for line in lines]
         weak = np.array([r["quality"]["cheap"] for r in test])
         strong = np.array([r["quality"]["frontier"] for r in test])

@@ -211,10 +211,10 @@ def _blend(k: int, alpha: float) -> Callable[[], GainModel]:
 def candidate_models() -> list[Callable[[], GainModel]]:
     """The grid ``select_gain_model`` chooses from."""
     return [
-        *(_knn(k) for k in (16, 64, 256)),
-        *(_ridge(alpha) for alpha in (30.0, 300.0, 3000.0)),
+        *(_knn(k) for k in (16, 64, 256, 1024)),
+        *(_ridge(alpha) for alpha in (30.0, 300.0, 3000.0, 10000.0)),
         _ridge(10.0, use_embedding=False),
-        *(_blend(k, alpha) for k, alpha in ((64, 300.0), (256, 300.0), (256, 3000.0))),
+        *(_blend(k, alpha) for k, alpha in ((64, 300.0), (256, 3000.0), (1024, 10000.0))),
     ]
 
 
