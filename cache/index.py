@@ -30,7 +30,7 @@ from usearch.index import Index
 # Chosen with bench/vector_index.py at 1 M entries (figures in bench/README.md).
 DTYPE = "i8"
 CONNECTIVITY = 16
-EXPANSION_ADD = 64
+EXPANSION_ADD = 128
 EXPANSION_SEARCH = 128
 
 
