@@ -325,12 +325,15 @@ class CacheStage:
         loop; only entries whose vector this stage's embedder made are indexed."""
         loaded = 0
         batch: list[Entry] = []
+        adding: asyncio.Task[int] | None = None  # the previous batch, added while we read on
         async for entry in self.store.entries():
             if self._comparable(entry):
                 batch.append(entry)
             if len(batch) >= LOAD_BATCH:
-                loaded += await self._index_batch(batch)
+                loaded += await adding if adding is not None else 0
+                adding = asyncio.ensure_future(self._index_batch(batch))
                 batch = []
+        loaded += await adding if adding is not None else 0
         return loaded + await self._index_batch(batch)
 
     async def _index_batch(self, batch: list[Entry]) -> int:
