@@ -68,3 +68,42 @@ def test_a_lookup_during_a_bulk_load_finds_nothing_instead_of_waiting() -> None:
     with indexes._lock:  # what the loader thread holds while it adds a batch
         assert indexes.nearest("a", vector, 1) == []
     assert indexes.nearest("a", vector, 1)[0][0] == 1
+
+
+class _Named:
+    """What CacheStage reads of an embedder when it only loads: a name and a width."""
+
+    name, dim = "model-a", DIM
+
+
+async def test_start_up_load_indexes_every_batch_of_its_own_embedder_only() -> None:
+    from cache.local_store import LocalStore
+    from cache.store import Entry
+    from gateway.cache_config import CacheConfig
+    from gateway.caching import LOAD_BATCH, CacheStage
+    from gateway.metrics import Metrics
+
+    store = LocalStore()
+    vectors = unit_rows(2 * LOAD_BATCH + 300, seed=5)
+    for i, vector in enumerate(vectors):
+        entry = Entry(
+            id=i + 1,
+            scope=f"scope-{i % 3}",
+            team="t",
+            route="r",
+            query=f"q{i}",
+            answer={},
+            vector=vector,
+            embedder="model-b" if i % 10 == 0 else "model-a",
+        )
+        await store.put(entry, f"x{i}", 60, 10**6)
+    stage = CacheStage(CacheConfig(), store, _Named(), Metrics())  # type: ignore[arg-type]
+    own = [i for i in range(len(vectors)) if i % 10 != 0]
+    assert await stage.load() == len(own)
+    assert len(stage.indexes) == len(own)
+    for i in own[::97]:
+        assert stage.indexes.nearest(f"scope-{i % 3}", vectors[i], 1)[0][0] == i + 1
+    for i in range(0, len(vectors), 970):  # another embedder's vectors: never indexed
+        assert all(
+            key != i + 1 for key, _ in stage.indexes.nearest(f"scope-{i % 3}", vectors[i], 5)
+        )
