@@ -25,7 +25,7 @@ from tests.test_dashboard import ADMIN, ADMIN_KEY, Expected, priced_policy, scri
 pytest.importorskip("selenium", reason="selenium is in the test extra: pip install -e '.[test]'")
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
@@ -101,7 +101,9 @@ class Browser:
             refused = d.find_elements(By.CSS_SELECTOR, "form.login .message")
             return bool(charts) or any("not the admin key" in e.text for e in refused)
 
-        WebDriverWait(driver, 10, poll_frequency=0.1).until(answered)
+        WebDriverWait(
+            driver, 10, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(answered)
         return bool(driver.find_elements(By.CSS_SELECTOR, 'svg[data-chart="traffic"]'))
 
     def attr(self, selector: str, name: str) -> list[str]:
@@ -167,9 +169,12 @@ class Browser:
         """Whether the traffic chart comes to show ``total`` requests without a reload."""
         selector = 'svg[data-chart="traffic"]'
         try:
-            WebDriverWait(self.driver, timeout_s, poll_frequency=0.2).until(
-                lambda d: self.attr(selector, "data-requests") == [str(total)]
-            )
+            WebDriverWait(
+                self.driver,
+                timeout_s,
+                poll_frequency=0.2,
+                ignored_exceptions=(StaleElementReferenceException,),  # panels are swapped in
+            ).until(lambda d: self.attr(selector, "data-requests") == [str(total)])
         except TimeoutException:
             return False
         return True
