@@ -109,6 +109,12 @@ class Metrics:
             "Knowledge store failures and timeouts (the request went on without it)",
             registry=r,
         )
+        self.stage_timeouts = Counter(
+            "gateway_stage_timeouts",
+            "Cache or knowledge lookups cut off by their time budget (the request went on)",
+            ["stage"],
+            registry=r,
+        )
         # Quality (gateway/quality_monitor.py).
         self.quality_score = Gauge(
             "gateway_quality_score",

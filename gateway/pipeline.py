@@ -7,6 +7,7 @@ attempts with fallback -> respond -> interceptors see the answer -> decision rec
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ from .catalog import Candidate
 from .context import Interceptor, RequestContext
 from .cost import charge
 from .decisions import Decision
-from .errors import DeadlineExceeded, GatewayError, InvalidRequest, PayloadTooLarge
+from .errors import GatewayError, InvalidRequest, PayloadTooLarge
 from .fallback import Outcome, run_attempts
 from .policy import RoutingConfig
 from .responses import completion_response
@@ -35,6 +36,8 @@ from .validation import describe
 
 _TASK_MAX = 64
 
+log = logging.getLogger(__name__)
+
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``."""
@@ -47,8 +50,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     task_type = _task_type(request, route.task_type)
     deadline_s = _deadline_s(request, routing)
     requested = _requested_regions(request)
-    # The team's limits (429 when over); a well-formed, allowed request is what counts.
-    limit_headers = await runtime.limits.admit(team) if runtime.limits is not None else {}
     ctx = RequestContext(
         request_id=request[REQUEST_ID],
         started=request[REQUEST_STARTED],
@@ -71,8 +72,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         embedder=runtime.embedder,
     )
     ctx.notes["requested_regions"] = requested
-    ctx.headers.update(limit_headers)
     try:
+        # The team's limits (429 when over); a well-formed, allowed request is what counts.
+        if runtime.limits is not None:
+            ctx.headers.update(await runtime.limits.admit(team))
         explicit = "x-gateway-task" in request.headers
         await apply_task_type(ctx, runtime.tasks, catalog, explicit=explicit)
         response = await _answer(request, runtime, ctx)
@@ -93,7 +96,7 @@ async def _answer(
     request: web.Request, runtime: Runtime, ctx: RequestContext
 ) -> web.StreamResponse:
     for interceptor in runtime.interceptors:
-        if (answer := await _before(interceptor, ctx)) is not None:
+        if (answer := await _before(runtime, interceptor, ctx)) is not None:
             ctx.decision.served_model = answer.served_model
             ctx.decision.source = ctx.headers.get("x-gateway-source", "cache")
             if ctx.chat.stream:
@@ -125,23 +128,29 @@ async def _answer(
     return completion_response(ctx, completion, candidate)
 
 
-async def _before(interceptor: Interceptor, ctx: RequestContext) -> Completion | None:
-    """A stage's lookup within the request's deadline: a stage slowed down by its store or the
-    embedder (a backlog under load) must not make the request late."""
-    timeout = asyncio.timeout_at(ctx.deadline)
+async def _before(
+    runtime: Runtime, interceptor: Interceptor, ctx: RequestContext
+) -> Completion | None:
+    """A stage's lookup within its time budget: the smaller of ``stage_timeout_s`` and half of
+    what is left of the deadline. A stage slowed down by its store or an embedder backlog is cut
+    off and the request goes on without it (fail-open), so it is neither late nor lost."""
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    budget = min(runtime.settings.stage_timeout_s, (ctx.deadline - now) / 2)
+    timeout = asyncio.timeout_at(now + max(budget, 0.0))
     try:
         async with timeout:
             return await interceptor.before(ctx)
-    except TimeoutError as exc:
+    except TimeoutError:
         if not timeout.expired():
-            raise  # the stage's own timeout, not the deadline
+            raise  # the stage's own timeout, not its budget
         stage = type(interceptor).__name__
-        ctx.decision.events.append({"type": "deadline_in_stage", "stage": stage})
-        raise DeadlineExceeded(
-            f"The request's {ctx.deadline_s:g} s deadline ran out in the {stage} stage, "
-            "before any provider was called.",
-            attempts=[],
-        ) from exc
+        ctx.decision.events.append({"type": "stage_timeout", "stage": stage, "budget_s": budget})
+        runtime.metrics.child(runtime.metrics.stage_timeouts, stage).inc()
+        log.warning(
+            "request %s: %s took over %.3f s; going on without it", ctx.request_id, stage, budget
+        )
+        return None
 
 
 def _record(runtime: Runtime, ctx: RequestContext, chat: ChatRequest) -> None:

@@ -59,4 +59,7 @@ class Settings(BaseSettings):
     # SIGTERM: /readyz turns not-ready, serving goes on for drain_delay_s (load balancers stop
     # sending), then in-flight requests and streams get up to shutdown_timeout_s to finish.
     drain_delay_s: float = Field(default=0.0, ge=0)
+    # A stage before dispatch (cache, knowledge) may spend at most this long, and never more than
+    # half of what is left of the request's deadline; past it the request goes on without it.
+    stage_timeout_s: float = Field(default=1.0, gt=0)
     shutdown_timeout_s: float = Field(default=30.0, ge=0)

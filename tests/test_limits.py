@@ -71,6 +71,11 @@ async def test_requests_per_minute_with_openai_headers(
     assert len(fakes.openai.requests) == 3  # the refused request never reached a provider
     metrics = await (await gateway.get("/metrics")).text()
     assert 'gateway_rate_limited_total{limit="requests",team="alpha"} 1.0' in metrics
+    # A refused request is a request like any other in the records and the request counts.
+    last = runtime_of(gateway).decisions.recent(1)[0]
+    assert (last.status, last.error, last.source) == (429, "rate_limit_exceeded", "error")
+    assert last.attempts == []
+    assert 'status="429"' in metrics
 
 
 async def test_unlimited_teams_get_no_headers(make_gateway: Any, fakes: Fakes) -> None:

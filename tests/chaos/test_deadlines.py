@@ -2,6 +2,8 @@
 
 The cache and knowledge stages ran before the attempt loop without the request's deadline, so a
 slow store (or an embedder backlog under load) answered a 1.5 s-deadline request after seconds.
+A stage now gets a time budget (``stage_timeout_s``, at most half of what is left of the
+deadline); past it the request goes on without that stage: answered, on time.
 Here the knowledge base points at a "Qdrant" that accepts connections and never answers.
 """
 
@@ -36,21 +38,26 @@ async def silent_server() -> AsyncIterator[str]:
     await server.wait_closed()
 
 
-async def test_a_slow_stage_does_not_outlive_the_deadline(
+async def test_a_stalled_stage_is_skipped_within_the_deadline(
     make_gateway: Any, fakes: Fakes, embedder: Any, silent_server: str
 ) -> None:
-    policy = policy_for(fakes, knowledge={"collection": "kb", "timeout_s": 2})
+    policy = policy_for(fakes, knowledge={"collection": "kb", "timeout_s": 5})
     gateway = await make_gateway(policy, embedder=embedder, qdrant_url=silent_server)
+    await gateway.post(  # warm the embedder: this test is about the store, not model loading
+        "/v1/chat/completions",
+        json={"model": "gpt", "messages": [{"role": "user", "content": "Warm up."}]},
+        headers={"Authorization": f"Bearer {TEAM_KEY}"},
+    )
     started = time.monotonic()
     response = await gateway.post(
         "/v1/chat/completions",
         json={"model": "gpt", "messages": [{"role": "user", "content": "Where is my parcel?"}]},
-        headers={"Authorization": f"Bearer {TEAM_KEY}", "x-gateway-deadline-ms": "500"},
+        headers={"Authorization": f"Bearer {TEAM_KEY}", "x-gateway-deadline-ms": "1000"},
     )
     elapsed = time.monotonic() - started
-    body = await response.json()
-    assert response.status == 504
-    assert body["error"]["code"] == "deadline_exceeded"
-    assert "KnowledgeStage" in body["error"]["message"]
-    assert elapsed < 1.5  # the deadline, not the stage's own 2 s timeout
-    assert fakes.openai.requests == []  # nothing was sent after the deadline
+    assert response.status == 200  # answered without the knowledge base
+    assert response.headers["x-gateway-provider"] == "openai"
+    assert elapsed < 1.0  # within the deadline, not the stage's own 5 s timeout
+    assert len(fakes.openai.requests) == 2
+    metrics = await (await gateway.get("/metrics")).text()
+    assert 'gateway_stage_timeouts_total{stage="KnowledgeStage"} 2.0' in metrics
