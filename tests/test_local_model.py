@@ -14,7 +14,7 @@ from gateway.policy import Policy, load_policy
 from gateway.settings import EMBEDDED_CONFIG, Settings
 from tests.conftest import SdkFactory
 
-pytestmark = pytest.mark.local_model
+pytestmark = [pytest.mark.local_model, pytest.mark.timeout(300)]  # a CPU model on a busy machine
 
 pytest.importorskip("llama_cpp", reason="the 'local' extra (llama-cpp-python) is not installed")
 
@@ -43,6 +43,7 @@ async def test_local_model_answers_through_gateway(
         messages=[{"role": "user", "content": "Name one colour."}],
         max_tokens=16,
         temperature=0,
+        extra_headers={"x-gateway-deadline-ms": "120000"},
     )
     completion = raw.parse()
     assert completion.choices[0].message.content
@@ -58,6 +59,8 @@ async def test_local_model_answers_through_gateway(
         max_tokens=16,
         temperature=0,
         stream=True,
+        # A CPU model on a busy 2-core machine can take long: the test is about the path.
+        extra_headers={"x-gateway-deadline-ms": "120000"},
     )
     text = ""
     finish = None
