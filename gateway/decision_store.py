@@ -14,7 +14,6 @@ decisions people ask about (feedback, the admin API) are recent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections import deque
@@ -28,6 +27,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .background import flush_periodically, stop_then_flush
 from .errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -199,14 +199,8 @@ class DecisionSinks:
         self._task = asyncio.create_task(self._run(), name="decision-writer")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                await self.flush()
+        await stop_then_flush(self._task, self.flush, 5)
+        self._task = None
         if self._file is not None:
             await asyncio.to_thread(self._file.close)
             self._file = None
@@ -214,12 +208,12 @@ class DecisionSinks:
             await self._redis.aclose()
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.flush()
-            except Exception:  # the writer must outlive any one bad batch
-                log.exception("writing decision records failed; continuing")
+        await flush_periodically(
+            lambda: self.interval_s,
+            self.flush,
+            log,
+            "writing decision records failed; continuing",
+        )
 
     async def flush(self) -> None:
         """Write everything pending now (the background task calls this; so do reads)."""

@@ -25,7 +25,6 @@ traces (by trace id, so every replica keeps the same ones; a sampled or unsample
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import deque
@@ -41,6 +40,7 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, get_current_s
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.status import Status, StatusCode
 
+from .background import flush_periodically, stop_then_flush
 from .otlp import LeanOTLPSpanExporter, SpanEncoder
 
 if TYPE_CHECKING:
@@ -175,23 +175,14 @@ class Tracing:
 
     async def close(self) -> None:
         """Export what is queued, then shut the exporter down."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(10):
-                await self.flush()
+        await stop_then_flush(self._task, self.flush, 10)
+        self._task = None
         await asyncio.to_thread(self.exporter.shutdown)
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.flush()
-            except Exception:  # the exporter must outlive any one bad batch
-                log.exception("exporting spans failed; continuing")
+        await flush_periodically(
+            lambda: self.interval_s, self.flush, log, "exporting spans failed; continuing"
+        )
 
     async def flush(self) -> None:
         """Build and export every queued request's spans now."""
