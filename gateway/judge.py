@@ -14,13 +14,14 @@ import asyncio
 import logging
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from providers.schema import ChatRequest
 
+from .background import TaskSet
 from .cost import usage_cost
 from .errors import GatewayError
 from .metrics import Metrics
@@ -104,7 +105,7 @@ class Judge:
         self._record = record
         self._rng = rng or random.Random()
         self._semaphore = asyncio.Semaphore(config().judge_concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self.graded = 0
         self.failed = 0
 
@@ -125,23 +126,14 @@ class Judge:
             decision.quality["judge"] = {"skipped": "queue full"}
             return
         request = judge_request(config, judge, ctx.query_text, answer)
-        task = asyncio.create_task(
-            self._guarded(config, judge, request, decision, model, version), name="judge"
+        self._tasks.spawn(
+            self._guarded(self._grade(config, judge, request, decision, model, version), decision),
+            name="judge",
         )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
-    async def _guarded(
-        self,
-        config: JudgeConfig,
-        judge: Candidate,
-        request: ChatRequest,
-        decision: Decision,
-        model: str,
-        version: str,
-    ) -> None:
+    async def _guarded(self, grading: Awaitable[None], decision: Decision) -> None:
         try:
-            await self._grade(config, judge, request, decision, model, version)
+            await grading
         except Exception:  # a background task: log, never raise into the void
             self.failed += 1
             log.exception("judge failed for %s", decision.request_id)
@@ -198,10 +190,7 @@ class Judge:
 
     async def drain(self) -> None:
         """Wait for the gradings in flight (tests, and a clean shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.drain()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.cancel()

@@ -32,7 +32,7 @@ import re
 import time
 from collections import Counter as Tally
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ from providers.base import Completion
 from providers.pool import ProviderPool
 from providers.schema import ChatRequest
 
+from .background import TaskSet
 from .catalog import Candidate, Catalog
 from .context import RequestContext
 from .cost import usage_cost
@@ -162,7 +163,7 @@ class ShadowTraffic:
 
     def __init__(self, config: ShadowConfig, registry: CollectorRegistry) -> None:
         self.config = config
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet()
         self._stats: dict[tuple[str, str], ShadowStats] = {}
         self._requests = Counter(
             "gateway_shadow_requests",
@@ -211,11 +212,10 @@ class ShadowTraffic:
             self._requests.labels(stats.task_type, entry.candidate, outcome).inc()
             if outcome != "mirrored":
                 continue
-            task = asyncio.create_task(
-                self._guarded(ctx, entry, primary, served, stats, calls), name="shadow"
+            self._tasks.spawn(
+                self._guarded(self._compare(ctx, entry, primary, served, stats, calls), ctx, stats),
+                name="shadow",
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
     def _admit(
         self,
@@ -250,16 +250,10 @@ class ShadowTraffic:
         return found
 
     async def _guarded(
-        self,
-        ctx: RequestContext,
-        entry: ShadowMirror,
-        primary: Completion,
-        served: Candidate,
-        stats: ShadowStats,
-        calls: _Calls,
+        self, comparison: Awaitable[None], ctx: RequestContext, stats: ShadowStats
     ) -> None:
         try:
-            await self._compare(ctx, entry, primary, served, stats, calls)
+            await comparison
         except Exception:  # a background task: log it, never raise into the void
             stats.errors["internal"] += 1
             log.exception("shadow comparison failed for %s", ctx.request_id)
@@ -348,13 +342,10 @@ class ShadowTraffic:
 
     async def drain(self) -> None:
         """Wait for the shadow calls in flight (tests)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.drain()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.cancel()
 
 
 @dataclass(frozen=True, slots=True)
