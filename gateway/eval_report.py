@@ -9,12 +9,12 @@ of runs cannot tell a regression from noise, so they neither block nor excuse a 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .evaluation import Run, VerdictRule
+from .percentiles import nearest_rank
 
 _EPS = 1e-9
 
@@ -48,10 +48,7 @@ class Side:
 
     def percentile(self, q: float) -> float | None:
         """Nearest-rank percentile of successful calls' latency."""
-        if not self.latencies_ms:
-            return None
-        ordered = sorted(self.latencies_ms)
-        return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+        return nearest_rank(self.latencies_ms, q)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 import re
 import time
 from collections import Counter as Tally
@@ -49,6 +48,7 @@ from .context import RequestContext
 from .cost import usage_cost
 from .errors import GatewayError
 from .grading import conversation_text, grade
+from .percentiles import nearest_rank
 from .quality import score_completion_body
 from .quality_config import JudgeConfig
 from .shadow_config import ShadowConfig, ShadowMirror
@@ -115,11 +115,8 @@ def _rate(part: float, whole: int) -> float | None:
 
 
 def _percentile(values: Iterable[float], q: float) -> float | None:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    return round(ordered[max(0, math.ceil(q * len(ordered)) - 1)], 1)
+    value = nearest_rank(values, q)
+    return None if value is None else round(value, 1)
 
 
 @dataclass(slots=True)
