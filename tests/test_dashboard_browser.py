@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.policy import hash_key
 from tests.conftest import TEAM_KEY, Fakes
-from tests.test_dashboard import ADMIN, ADMIN_KEY, Expected, priced_policy, scripted_traffic
+from tests.test_dashboard import ADMIN, ADMIN_KEY, Expected, scripted_traffic
+from tests.test_dashboard import dashboard as dashboard  # the same fixture: cache and prices
 
 pytest.importorskip("selenium", reason="selenium is in the test extra: pip install -e '.[test]'")
 
@@ -44,16 +44,6 @@ pytestmark = [
     ),
     pytest.mark.timeout(180),
 ]
-
-
-@pytest.fixture
-async def dashboard(make_gateway: Any, fakes: Fakes, embedder: Any) -> TestClient[Any, Any]:
-    client: TestClient[Any, Any] = await make_gateway(
-        priced_policy(fakes, cache={"static_threshold": 0.85}),
-        embedder=embedder,
-        admin_key_sha256=hash_key(ADMIN_KEY),
-    )
-    return client
 
 
 @dataclass
