@@ -38,17 +38,30 @@ async def flush_periodically(
 async def stop_then_flush(
     task: asyncio.Task[None] | None,
     flush: Callable[[], Awaitable[None]],
+    lock: asyncio.Lock,
     timeout_s: float,
 ) -> None:
-    """Cancel the periodic ``task`` and wait for it, then flush once more, giving up after
-    ``timeout_s`` (shutdown must not hang on a sink that stopped answering)."""
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    """Stop the periodic ``task``, then flush once more, all within ``timeout_s`` (shutdown
+    must not hang on a sink that stopped answering).
+
+    ``lock`` is the one ``flush`` writes under: the task is cancelled only while it is not held,
+    so a batch being written is finished, not cancelled after it left the queue (lost).
+    """
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):
+            if task is not None:
+                async with lock:
+                    await _cancel(task)
             await flush()
+    if task is not None:  # time ran out waiting for the batch in progress
+        await _cancel(task)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    # wait(), not ``await task``: the task's CancelledError is not ours to raise, and one aimed
+    # at this coroutine (the timeout above) must not be swallowed with it.
+    await asyncio.wait([task])
 
 
 class TaskSet:

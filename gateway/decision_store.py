@@ -199,7 +199,7 @@ class DecisionSinks:
         self._task = asyncio.create_task(self._run(), name="decision-writer")
 
     async def close(self) -> None:
-        await stop_then_flush(self._task, self.flush, 5)
+        await stop_then_flush(self._task, self.flush, self._lock, 5)
         self._task = None
         if self._file is not None:
             await asyncio.to_thread(self._file.close)

@@ -175,7 +175,7 @@ class Tracing:
 
     async def close(self) -> None:
         """Export what is queued, then shut the exporter down."""
-        await stop_then_flush(self._task, self.flush, 10)
+        await stop_then_flush(self._task, self.flush, self._lock, 10)
         self._task = None
         await asyncio.to_thread(self.exporter.shutdown)
 

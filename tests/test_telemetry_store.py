@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
+from gateway.decision_store import DecisionSinks
 from gateway.decisions import Attempt, Decision
 from gateway.policy import hash_key
 from gateway.runtime import RUNTIME
@@ -217,3 +219,31 @@ def test_a_record_from_another_version_reads_back() -> None:
     data["attempts"][0]["new_attempt_field"] = 2
     read = Decision.from_dict(data)
     assert (read.request_id, read.attempts[0].provider) == ("r1", "openai")
+
+
+async def test_closing_during_a_write_keeps_that_batch(tmp_path: Path) -> None:
+    """Shutdown while the background writer is mid-batch: the batch is still written (cancelling
+    the writer there used to drop it, and close the file under the write)."""
+    writing, release = threading.Event(), threading.Event()
+
+    class SlowFile(DecisionSinks):
+        def _append(self, blob: bytes) -> None:
+            writing.set()
+            release.wait(5)
+            super()._append(blob)
+
+    log = tmp_path / "decisions.jsonl"
+    sinks = SlowFile(path=log, interval_s=0.01)
+    await sinks.start()
+    for i in range(3):
+        sinks.submit(Decision(request_id=f"r{i}", team="alpha", route="default", task_type="chat"))
+    assert await asyncio.to_thread(writing.wait, 5)
+    closing = asyncio.create_task(sinks.close())
+    await asyncio.sleep(0.1)  # close is waiting for the batch in progress
+    release.set()
+    await closing
+    assert [orjson.loads(line)["request_id"] for line in log.read_bytes().splitlines()] == [
+        "r0",
+        "r1",
+        "r2",
+    ]
