@@ -13,17 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
-
-import orjson
-
-from providers.schema import ChatRequest
+from typing import TYPE_CHECKING
 
 from .background import TaskSet
-from .cost import usage_cost
 from .errors import GatewayError
+from .grading import grade
 from .metrics import Metrics
 from .quality_config import JudgeConfig, QualityConfig
 
@@ -37,52 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_ANSWER_CHARS = 8000
-SYSTEM = (
-    "You grade an assistant's answer to a user's request against a rubric. Reply with only a "
-    'JSON object: {"score": <a number from 0 (fails the rubric) to 1 (fully meets it)>, '
-    '"reason": "<one short sentence>"}.\n\nRubric: '
-)
-_NUMBER = re.compile(r"(?<![\d.])(0(?:\.\d+)?|1(?:\.0+)?)(?![\d.])")
-
 GradeSink = Callable[["Decision", str, str, float], None]
-
-
-def parse_grade(text: str) -> float | None:
-    """The 0..1 score in a judge's reply: ``{"score": x}``, else the first number in 0..1."""
-    body = text.strip().strip("`").removeprefix("json").strip()
-    try:
-        value: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        value = None
-    if isinstance(value, dict):
-        score = value.get("score")
-        if isinstance(score, int | float) and not isinstance(score, bool) and 0 <= score <= 1:
-            return float(score)
-        return None
-    match = _NUMBER.search(text)
-    return float(match.group(1)) if match else None
-
-
-def judge_request(
-    config: JudgeConfig, candidate: Candidate, question: str, answer: str
-) -> ChatRequest:
-    """The grading request sent to the judge model."""
-    body: dict[str, Any] = {
-        "model": candidate.model.name,
-        "messages": [
-            {"role": "system", "content": SYSTEM + config.rubric},
-            {
-                "role": "user",
-                "content": f"Request:\n{question}\n\nAnswer:\n{answer[:MAX_ANSWER_CHARS]}",
-            },
-        ],
-        "temperature": 0,
-        "max_tokens": 200,
-    }
-    if candidate.model.supports_json:
-        body["response_format"] = {"type": "json_object"}
-    return ChatRequest.from_body(body)
 
 
 class Judge:
@@ -125,11 +75,8 @@ class Judge:
         if len(self._tasks) >= quality.judge_queue:
             decision.quality["judge"] = {"skipped": "queue full"}
             return
-        request = judge_request(config, judge, ctx.query_text, answer)
-        self._tasks.spawn(
-            self._guarded(self._grade(config, judge, request, decision, model, version), decision),
-            name="judge",
-        )
+        grading = self._grade(config, judge, ctx.query_text, answer, decision, model, version)
+        self._tasks.spawn(self._guarded(grading, decision), name="judge")
 
     async def _guarded(self, grading: Awaitable[None], decision: Decision) -> None:
         try:
@@ -142,7 +89,8 @@ class Judge:
         self,
         config: JudgeConfig,
         judge: Candidate,
-        request: ChatRequest,
+        question: str,
+        answer: str,
         decision: Decision,
         model: str,
         version: str,
@@ -150,7 +98,7 @@ class Judge:
         async with self._semaphore:
             try:
                 async with asyncio.timeout(config.timeout_s):
-                    completion = await self._pool().complete(judge.target, request)
+                    graded = await grade(self._pool(), judge, config.rubric, question, answer)
             except (GatewayError, TimeoutError) as exc:
                 self.failed += 1
                 code = getattr(exc, "code", "timeout")
@@ -159,29 +107,29 @@ class Judge:
                 )
                 decision.quality["judge"] = {"error": code}
                 return
-        cost = self._charge(decision, judge, completion.usage)
-        message = (completion.body.get("choices") or [{}])[0].get("message") or {}
-        score = parse_grade(message.get("content") or "")
-        if score is None:
+        self._charge(decision, judge, graded.usage, graded.cost_usd)
+        if graded.score is None:
             self.failed += 1
             log.warning("judge %s gave no 0..1 score for %s", judge.model.name, decision.request_id)
             decision.quality["judge"] = {"error": "no_score", "model": judge.model.name}
             return
         self.graded += 1
-        self._record(decision, model, version, score)
-        decision.quality["judge"] = {"score": score, "model": judge.model.name, "cost_usd": cost}
+        self._record(decision, model, version, graded.score)
+        decision.quality["judge"] = {
+            "score": graded.score,
+            "model": judge.model.name,
+            "cost_usd": graded.cost_usd,
+        }
 
-    def _charge(self, decision: Decision, judge: Candidate, usage: Usage) -> float:
-        """What grading cost, in the team's token and USD metrics under the judge's alias (the
-        answer's own cost on its decision record stays the answer's)."""
-        cost = usage_cost(judge.model, usage)
+    def _charge(self, decision: Decision, judge: Candidate, usage: Usage, cost: float) -> None:
+        """Count what grading cost in the team's token and USD metrics under the judge's alias
+        (the answer's own cost on its decision record stays the answer's)."""
         metrics = self._metrics
         if metrics is not None:
             labels = (decision.team, decision.task_type, judge.model.name)
             metrics.child(metrics.tokens, *labels, "prompt").inc(usage.prompt_tokens)
             metrics.child(metrics.tokens, *labels, "completion").inc(usage.completion_tokens)
             metrics.child(metrics.cost, *labels).inc(cost)
-        return cost
 
     @property
     def pending(self) -> int:

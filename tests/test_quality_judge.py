@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.judge import Judge, parse_grade
+from gateway.grading import parse_grade
+from gateway.judge import Judge
 from gateway.runtime import RUNTIME, Runtime
 from tests.conftest import EU_TEAM_KEY, TEAM_KEY, Fakes, policy_for
 from tests.fakes.base import Fail, Hang, Ok
