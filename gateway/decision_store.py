@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+READ_FLUSH_S = 1.0  # the most a read waits for pending records to be written
 PAGE = 500  # stream entries per XREVRANGE
 # XADD each (rid, json) pair of ARGV[2..] to KEYS[1], trimmed to about ARGV[1] entries.
 _APPEND_LUA = """
@@ -140,6 +141,11 @@ def decision_sinks(settings: Settings, metrics: Metrics | None = None) -> Decisi
         path=settings.decision_log,
         metrics=metrics,
     )
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.warning("writing decision records failed: %s", exc)
 
 
 class DecisionSinks:
@@ -277,9 +283,8 @@ class DecisionSinks:
     # -- reads ----------------------------------------------------------------------------
     async def lookup(self, request_id: str) -> dict[str, Any] | None:
         """The record of ``request_id`` from the stream; ``None`` if absent or unreadable."""
-        if self._redis is None:
+        if not await self._readable():
             return None
-        await self.flush()
         try:
             async for rid, raw in self._scan("-"):
                 if rid == request_id.encode():
@@ -291,9 +296,8 @@ class DecisionSinks:
 
     async def query(self, query: DecisionQuery) -> list[dict[str, Any]] | None:
         """Matching records, newest first; ``None`` without Redis or when it fails."""
-        if self._redis is None:
+        if not await self._readable():
             return None
-        await self.flush()
         start = "-" if query.since is None else f"{int(query.since * 1000)}-0"
         found: list[dict[str, Any]] = []
         try:
@@ -307,6 +311,22 @@ class DecisionSinks:
             log.warning("cannot read decision records from redis: %s", exc)
             return None
         return found
+
+    async def _readable(self) -> bool:
+        """Whether reads should go to Redis: it is configured and was up at the last write.
+
+        Pending records are written first so a read sees them, within a second: while Redis is
+        down (or slow) a read answers from this replica's ring instead of waiting on it."""
+        if self._redis is None or not self._healthy:
+            return False
+        # Not cancelled at the time limit (a batch taken off the queue would be lost): it
+        # carries on in the background.
+        writing = asyncio.ensure_future(self.flush())
+        await asyncio.wait({writing}, timeout=READ_FLUSH_S)
+        if not writing.done():
+            writing.add_done_callback(_retrieve)
+            log.info("decision records still being written; reading what Redis has")
+        return self._healthy
 
     async def _scan(self, start: str) -> Any:
         """``(rid, json)`` of stream entries from newest back to ``start``."""
