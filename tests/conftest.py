@@ -226,6 +226,62 @@ class RedisServer:
             self.process = None
 
 
+SHARED_REDIS_PORT = 6379  # the suites that share one Redis (REDIS_URL in their modules)
+_shared_redis: subprocess.Popen[bytes] | None = None
+_no_shared_redis: str | None = None  # why the shared Redis is missing, when it is
+
+
+def _redis_answers(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+    return False
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Redis on 127.0.0.1:6379 for the shared-Redis suites: the machine's when it runs, else a
+    throwaway ``redis-server`` for this session; without redis-server those suites skip."""
+    global _shared_redis, _no_shared_redis
+    if _redis_answers(SHARED_REDIS_PORT):
+        return
+    if shutil.which("redis-server") is None:
+        _no_shared_redis = (
+            "no Redis on 127.0.0.1:6379 and redis-server is not installed "
+            "(apt-get install redis-server)"
+        )
+        return
+    _shared_redis = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(SHARED_REDIS_PORT), "--bind", "127.0.0.1"),
+            *("--save", "", "--appendonly", "no"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not _redis_answers(SHARED_REDIS_PORT):
+        if time.monotonic() > deadline or _shared_redis.poll() is not None:
+            _no_shared_redis = "could not start redis-server on 127.0.0.1:6379"
+            return
+        time.sleep(0.05)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _shared_redis is not None:
+        _shared_redis.kill()
+        _shared_redis.wait()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _no_shared_redis is None:
+        return
+    skip = pytest.mark.skip(reason=_no_shared_redis)
+    for item in items:
+        module = getattr(item, "module", None)
+        if any(hasattr(module, name) for name in ("REDIS_URL", "SHARED_REDIS")):
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def redis_server() -> Iterator[RedisServer]:
     if shutil.which("redis-server") is None:

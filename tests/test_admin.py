@@ -16,6 +16,8 @@ from tests.test_cache import QUESTION, ask, settle
 ADMIN_KEY = "admin-secret-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
+REDIS_URL = "redis://127.0.0.1:6379/0"  # the shared Redis (tests/conftest.py)
+
 
 @pytest.fixture
 async def admin_gateway(make_gateway: Any, fakes: Fakes, embedder: Any) -> TestClient[Any, Any]:
@@ -85,7 +87,7 @@ async def test_recent_decisions(admin_gateway: TestClient[Any, Any]) -> None:
 
 def test_cache_cli_sets_and_shows(capsys: pytest.CaptureFixture[str]) -> None:
     prefix = f"gw-test-{uuid.uuid4().hex[:8]}"
-    base = ["cache", "--redis-url", "redis://127.0.0.1:6379/0", "--redis-prefix", prefix]
+    base = ["cache", "--redis-url", REDIS_URL, "--redis-prefix", prefix]
     assert main([*base, "set", "route:gpt", "max_error_rate=0.005", "enabled=true"]) == 0
     assert main([*base, "show"]) == 0
     assert '"max_error_rate": 0.005' in capsys.readouterr().out
