@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 
 from .router_metrics import Array, apgr, cost_to_reach, cpt, random_figures
-from .tier_model import feature_matrix, select_gain_model
+from .tier_model import Prompts, select_gain_model
 
 
 class ReplayError(Exception):
@@ -162,14 +162,11 @@ def _replay(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     vectors = _embed(args, train.prompts + test.prompts)
     n = len(train.prompts)
-    emb_train, emb_test = vectors[:n], vectors[n:]
-    feats_train, feats_test = feature_matrix(train.prompts), feature_matrix(test.prompts)
+    x_train, x_test = Prompts.of(train.prompts, vectors[:n]), Prompts.of(test.prompts, vectors[n:])
     cheap = np.array(train.quality[args.cheap])
     frontier = np.array(train.quality[args.frontier])
-    selection = select_gain_model(
-        emb_train, feats_train, cheap, frontier, folds=args.folds, seed=args.seed
-    )
-    scores = selection.model.predict(emb_test, feats_test) if test.prompts else np.zeros(0)
+    selection = select_gain_model(x_train, cheap, frontier, folds=args.folds, seed=args.seed)
+    scores = selection.model.predict(x_test) if test.prompts else np.zeros(0)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("wb") as out:
         for prompt, score in zip(test.prompts, scores, strict=True):

@@ -13,6 +13,7 @@ import pytest
 from gateway.cli import main
 from gateway.router_embeddings import embed_cached
 from gateway.router_metrics import apgr, cost_to_reach, cpt, pgr_curve, random_figures
+from gateway.tier_model import Prompts, TextOddsGain
 
 NAMES = ["Ada", "Grace", "Linus", "Barbara", "Edsger", "Donald", "Frances", "Ken", "Radia", "Tim"]
 
@@ -169,3 +170,24 @@ def test_cost_to_reach_a_quality() -> None:
     cost, share = cost_to_reach(np.array([1.0, 0, 0]), weak, strong, cheap_cost, frontier_cost, 1.0)
     assert cost == 12.0
     assert share == pytest.approx(1 / 3)
+
+
+def test_text_odds_learns_from_words_and_soft_labels() -> None:
+    """The TF-IDF model ranks prompts by P(frontier good) - P(cheap good): it sees the prompts
+    the frontier gets wrong too, takes qualities between 0 and 1, and survives constant labels
+    and prompts without a single term."""
+    texts = [f"integrate the series {i} carefully" for i in range(20)] + [
+        f"say hello to friend {i}" for i in range(20)
+    ]
+    x = Prompts.of(texts, np.zeros((40, 4), dtype=np.float32))
+    cheap = np.r_[np.full(20, 0.2), np.full(20, 0.9)]  # soft labels
+    frontier = np.r_[np.ones(20), np.full(20, 0.9)]
+    model = TextOddsGain().fit(x, cheap, frontier)
+    scores = model.predict(
+        Prompts.of(["integrate the series 99", "say hello to friend 99"], x.emb[:2])
+    )
+    assert scores[0] > scores[1]
+    constant = TextOddsGain().fit(x, np.ones(40), np.ones(40)).predict(x)
+    assert np.all(constant == 0.0)
+    empty = Prompts.of(["", "?"], np.zeros((2, 4), dtype=np.float32))
+    assert TextOddsGain().fit(empty, np.array([0.0, 1.0]), np.ones(2)).predict(empty).shape == (2,)
