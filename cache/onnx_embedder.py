@@ -10,6 +10,7 @@ embeddings over the attention mask and L2-normalises, which is what sentence-tra
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -57,6 +58,24 @@ def export_onnx(model_dir: str | Path, out_path: str | Path, quantize: bool) -> 
     """
     model_dir, out_path = Path(model_dir), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    # Replicas starting together share data_dir: one exports, the others wait and reuse its
+    # files (onnxruntime's quantizer also writes a scratch "-inferred" model next to its input).
+    with _exclusive(out_path):
+        return _export_locked(model_dir, out_path, quantize)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``<path>.lock`` across processes, held for the block."""
+    with path.with_name(path.name + ".lock").open("a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _export_locked(model_dir: Path, out_path: Path, quantize: bool) -> OnnxExport:
     source = _fingerprint(model_dir)
     fp32_stamp = {"source": source, "recipe": f"torch.onnx legacy exporter, opset {OPSET}"}
     if not _fresh(out_path, fp32_stamp):

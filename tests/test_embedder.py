@@ -171,3 +171,34 @@ async def test_int8_vectors_do_not_depend_on_their_batch(
         assert np.array_equal(np.stack(concurrent), alone)
     finally:
         await embedder.close()
+
+
+@pytest.mark.timeout(240)
+def test_replicas_exporting_into_one_fresh_directory_at_once(tmp_path: Path) -> None:
+    """Two processes starting together on an empty data_dir (found by CI: onnxruntime's quantizer
+    writes a scratch model next to its input, and a second exporter read it half-written)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "models" / "m.onnx"
+    script = (
+        "import sys; from pathlib import Path; "
+        "from cache.embedder import bundled_model_path; "
+        "from cache.onnx_embedder import export_onnx; "
+        "e = export_onnx(bundled_model_path(), Path(sys.argv[1]), True); print(e.int8)"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    results = [p.communicate(timeout=220) for p in procs]
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err.decode()[-2000:]
+    int8 = out.with_suffix(".int8.onnx")
+    assert {r[0].decode().strip() for r in results} == {str(int8)}
+    OnnxEmbedder(int8)  # loads: not a half-written file
+    assert not list(out.parent.glob("*inferred*"))  # no scratch model left behind
