@@ -21,6 +21,7 @@ from .caching import CacheStage
 from .decision_store import DecisionQuery
 from .errors import (
     AuthenticationFailed,
+    CacheNotConfigured,
     GatewayError,
     InvalidRequest,
     ModelNotAllowed,
@@ -28,12 +29,6 @@ from .errors import (
 )
 from .runtime import RUNTIME, Runtime
 from .shadow import SHADOW
-
-
-class CacheNotConfigured(GatewayError):
-    status = 409
-    type = "invalid_request_error"
-    code = "cache_not_configured"
 
 
 def _authorise(request: web.Request) -> Runtime:

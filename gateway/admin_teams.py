@@ -11,37 +11,19 @@ import logging
 from aiohttp import web
 
 from .admin import _authorise, _json, _json_response
-from .errors import GatewayError, InvalidRequest
+from .errors import (
+    InvalidPolicy,
+    InvalidRequest,
+    TeamExists,
+    TeamNotFound,
+    TeamsUnavailable,
+)
 from .lifecycle import LIFECYCLE, swap_catalog
 from .policy import PolicyError
 from .reload import reload_policy
 from .teams import TeamError, TeamStoreUnavailable, public_view
 
 log = logging.getLogger(__name__)
-
-
-class TeamExists(GatewayError):
-    status = 409
-    type = "invalid_request_error"
-    code = "team_exists"
-
-
-class TeamNotFound(GatewayError):
-    status = 404
-    type = "invalid_request_error"
-    code = "team_not_found"
-
-
-class InvalidPolicy(GatewayError):
-    status = 400
-    type = "invalid_request_error"
-    code = "invalid_policy"
-
-
-class StoreUnavailable(GatewayError):
-    status = 503
-    type = "service_unavailable"
-    code = "team_store_unavailable"
 
 
 async def list_teams(request: web.Request) -> web.Response:
@@ -73,7 +55,7 @@ async def add_team(request: web.Request) -> web.Response:
             raise TeamExists(str(exc), param="name") from exc
         raise InvalidRequest(f"Invalid team: {exc}") from exc
     except TeamStoreUnavailable as exc:
-        raise StoreUnavailable(f"The team store is unavailable: {exc}") from exc
+        raise TeamsUnavailable(f"The team store is unavailable: {exc}") from exc
     swap_catalog(request.app)
     log.info("team %s added through the admin API", team.name)
     return _json_response({"team": public_view(team, "admin"), "key": key})
@@ -91,7 +73,7 @@ async def rotate_key(request: web.Request) -> web.Response:
     except TeamError as exc:
         raise InvalidRequest(f"Invalid team: {exc}") from exc
     except TeamStoreUnavailable as exc:
-        raise StoreUnavailable(f"The team store is unavailable: {exc}") from exc
+        raise TeamsUnavailable(f"The team store is unavailable: {exc}") from exc
     swap_catalog(request.app)
     log.info("team %s key rotated through the admin API", name)
     return _json_response({"team": name, "key": key})

@@ -8,10 +8,15 @@ with ``gateway/``; it imports nothing from either.
 
     GatewayError                       500 server_error
     ├── InvalidRequest                 400 invalid_request_error   (bad JSON, schema, parameters)
-    │   └── PayloadTooLarge            413
+    │   ├── PayloadTooLarge            413
+    │   └── InvalidPolicy              400 invalid_policy          (a reload refused; the old stays)
     ├── AuthenticationFailed           401 authentication_error     (missing or unknown team key)
     ├── ModelNotAllowed                403 permission_error        (route not in the team's policy)
     ├── ModelNotFound                  404 invalid_request_error   (no such route or alias)
+    ├── RateLimitExceeded              429 requests|tokens|budget  (a team over its limits)
+    ├── TeamExists / TeamNotFound      409 / 404                   (admin: team registry)
+    ├── CacheNotConfigured             409                         (admin: no cache section)
+    ├── TeamsUnavailable               503 service_unavailable     (admin: Redis down)
     ├── NoEligibleProvider             503 service_unavailable     (residency left no candidate)
     ├── AllProvidersFailed             503 service_unavailable     (every attempt failed, listed)
     ├── DeadlineExceeded               504 timeout                 (the request's deadline ran out)
@@ -110,6 +115,48 @@ class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+
+
+class InvalidPolicy(InvalidRequest):
+    """A policy file a reload refused; the running policy stays."""
+
+    code = "invalid_policy"
+
+
+class RateLimitExceeded(GatewayError):
+    """A team is over one of its limits: 429 with Retry-After, OpenAI's ``rate_limit_exceeded``."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.type = kind  # "requests" | "tokens" | "budget", as OpenAI's 429 bodies say
+        self.retry_after = max(1.0, retry_after)
+
+
+class TeamExists(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "team_exists"
+
+
+class TeamNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "team_not_found"
+
+
+class CacheNotConfigured(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "cache_not_configured"
+
+
+class TeamsUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "team_store_unavailable"
 
 
 class NoEligibleProvider(GatewayError):

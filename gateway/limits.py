@@ -37,7 +37,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from .alerts import Alerts
-from .errors import GatewayError
+from .errors import RateLimitExceeded
 from .metrics import Metrics
 from .policy import TeamConfig
 
@@ -99,18 +99,6 @@ if cost > 0 then
 end
 return {tostring(before), tostring(after)}
 """
-
-
-class RateLimitExceeded(GatewayError):
-    """A team is over one of its limits: 429 with Retry-After, OpenAI's ``rate_limit_exceeded``."""
-
-    status = 429
-    code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, *, kind: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.type = kind  # "requests" | "tokens" | "budget", as OpenAI's 429 bodies say
-        self.retry_after = max(1.0, retry_after)
 
 
 def utc_day(now: float) -> str:
