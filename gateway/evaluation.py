@@ -35,7 +35,6 @@ from typing import Annotated, Any, Literal
 
 import jsonschema
 import orjson
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from providers.base import Completion
@@ -47,7 +46,7 @@ from .cost import usage_cost
 from .errors import GatewayError
 from .grading import conversation_text, grade
 from .policy import Policy
-from .validation import describe
+from .validation import describe, load_yaml_model
 
 
 class _Model(BaseModel):
@@ -198,18 +197,7 @@ class SuiteError(Exception):
 
 
 def load_suite(path: Path) -> Suite:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SuiteError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise SuiteError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise SuiteError(f"{path}: a suite must be a mapping with a tasks list")
-    try:
-        return Suite.model_validate(data)
-    except ValidationError as exc:
-        raise SuiteError(f"{path}: {describe(exc)}") from exc
+    return load_yaml_model(path, Suite, SuiteError, "a suite must be a mapping with a tasks list")
 
 
 # -- checks -------------------------------------------------------------------------------------

@@ -14,13 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .cache_config import CacheConfig
 from .quality_config import QualityConfig
 from .shadow_config import ShadowConfig
-from .validation import describe
+from .validation import load_yaml_model
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
 # Upstream ids that name a moving target rather than a dated version.
@@ -415,16 +414,9 @@ def hash_key(key: str) -> str:
 
 def load_policy(path: str | os.PathLike[str]) -> Policy:
     """Read and validate a YAML policy file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PolicyError(f"{path}: the policy must be a mapping with providers, models, teams")
-    try:
-        return Policy.model_validate(data)
-    except ValidationError as exc:
-        raise PolicyError(f"{path}: {describe(exc)}") from exc
+    return load_yaml_model(
+        Path(path),
+        Policy,
+        PolicyError,
+        "the policy must be a mapping with providers, models, teams",
+    )
