@@ -11,7 +11,7 @@ Both gateways run at once on the same fake upstream and the same throwaway ``red
 Rounds alternate off/on so drift on a shared machine hits both alike; each round measures c=1
 latency (p50/p99) and c=N throughput with ``wrk`` (or the Python load generator), and the gateway
 process's CPU time per request (user+system from /proc, the least noisy figure: it includes the
-background writer and the span exporter's thread). Medians over rounds; target: on within 10 % of
+background writer and the span exporter). Medians over rounds; target: on within 10 % of
 off. Then it checks the telemetry really happened (stream length, log lines, spans received).
 
     python -m bench.overhead --telemetry [--rounds 3] [--duration 5] [--connections 32]
@@ -246,11 +246,9 @@ def evidence(redis_url: str, prefix: str, log: Path, collector_port: int) -> lis
 def components(redis_url: str, workdir: Path, count: int = 5000) -> list[str]:
     """CPU per request of each telemetry part, in-process (``time.process_time``: the least
     noisy figure on a shared machine), for a decision like the bench's request makes."""
-    from opentelemetry.sdk.trace.export import SpanExportResult
-
     from gateway.decision_store import DecisionSinks
     from gateway.decisions import Attempt, CandidateVerdict, Decision
-    from gateway.otlp import LeanOTLPSpanExporter
+    from gateway.otlp import OTLPHttpExporter
     from gateway.policy import Policy
     from gateway.tracing import Tracing
     from providers.schema import ChatRequest
@@ -269,13 +267,13 @@ def components(redis_url: str, workdir: Path, count: int = 5000) -> list[str]:
         made.messages = body["messages"]
         return made
 
-    class Sink(LeanOTLPSpanExporter):
+    class Sink(OTLPHttpExporter):
         """The OTLP exporter minus the HTTP post."""
 
-        def export_encoded(self, data: bytes) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
+        async def export(self, data: bytes) -> bool:
+            return True
 
-    tracing = Tracing(Sink(endpoint="http://127.0.0.1:9/v1/traces"))
+    tracing = Tracing(Sink("http://127.0.0.1:9/v1/traces"))
     figures: dict[str, float] = {}
 
     def timed(name: str, work: Any) -> None:

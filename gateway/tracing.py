@@ -12,14 +12,17 @@ the recorded timings (so nothing in the pipeline opens or carries spans):
   ``gen_ai.usage.input_tokens``/``output_tokens`` on the attempt that answered, ``error.type`` on
   failed ones, ``server.address``/``server.port``, and the request parameters that were set.
 
-The request path only samples and queues; a background task builds the spans as finished SDK
-``ReadableSpan`` objects in batches and hands them to the exporter in a worker thread: the SDK's
-OTLP/HTTP exporter with a lean encoder of the same wire format (gateway/otlp.py). Building
-spans through a tracer (sampler, locks, attribute validation), a batch processor's per-span
-wake-up and the SDK's per-attribute encoder together cost about as much CPU as the rest of the
-request. ``GATEWAY_OTLP_SAMPLE_RATIO`` keeps that share of
-traces (by trace id, so every replica keeps the same ones; a sampled or unsampled
-``traceparent`` is obeyed). No prompt text and no keys are ever put on a span.
+The request path only samples and queues; every 2 s a background task encodes the queued
+requests' spans straight to OTLP protobuf (gateway/otlp.py, tested equal to the SDK's encoding
+of the same spans as ``ReadableSpan`` objects) and posts them from the event loop with aiohttp.
+Building spans through a tracer (sampler, locks, attribute validation), a batch processor's
+per-span wake-up and the SDK's per-attribute encoder together cost about as much CPU as the rest
+of the request; the SDK's ``requests``-based exporter in a worker thread cost another ~20 % of
+saturated throughput in GIL contention. Any SDK ``SpanExporter`` can still be given instead
+(tests use the in-memory one): it gets ``ReadableSpan`` batches in a worker thread.
+``GATEWAY_OTLP_SAMPLE_RATIO`` keeps that share of traces (by trace id, so every replica keeps
+the same ones; a sampled or unsampled ``traceparent`` is obeyed). No prompt text and no keys
+are ever put on a span.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.trace.status import Status, StatusCode
 
 from .background import flush_periodically, stop_then_flush
-from .otlp import LeanOTLPSpanExporter, SpanEncoder
+from .otlp import OTLPHttpExporter, SpanEncoder
 
 if TYPE_CHECKING:
     from providers.schema import ChatRequest
@@ -103,6 +106,7 @@ def _models(policy: Policy) -> dict[str, _Model]:
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _OK = Status(StatusCode.UNSET)
 _ID_MASK = (1 << 64) - 1
+_YIELD_EVERY = 128  # requests encoded between yields to the event loop
 
 
 class _Job:
@@ -129,13 +133,13 @@ class Tracing:
     """Turns finished requests into spans and exports them in batches; one per application.
 
     ``record`` (request path) only samples and queues; a background task (``start``) builds the
-    spans every ``interval_s`` and hands them to the exporter in a worker thread, like the SDK's
-    ``BatchSpanProcessor`` but without a lock and a wake-up per span.
+    spans every ``interval_s`` and exports them, like the SDK's ``BatchSpanProcessor`` but
+    without a lock and a wake-up per span.
     """
 
     def __init__(
         self,
-        exporter: SpanExporter,
+        exporter: OTLPHttpExporter | SpanExporter,
         *,
         service_name: str = "knowledge-gateway",
         sample_ratio: float = 1.0,
@@ -164,7 +168,7 @@ class Tracing:
         if not settings.otlp_endpoint:
             return None
         return cls(
-            LeanOTLPSpanExporter(endpoint=settings.otlp_endpoint, timeout=5),
+            OTLPHttpExporter(settings.otlp_endpoint),
             service_name=settings.otlp_service_name,
             sample_ratio=settings.otlp_sample_ratio,
         )
@@ -177,7 +181,10 @@ class Tracing:
         """Export what is queued, then shut the exporter down."""
         await stop_then_flush(self._task, self.flush, self._lock, 10)
         self._task = None
-        await asyncio.to_thread(self.exporter.shutdown)
+        if isinstance(self.exporter, OTLPHttpExporter):
+            await self.exporter.close()
+        else:
+            await asyncio.to_thread(self.exporter.shutdown)
 
     async def _run(self) -> None:
         await flush_periodically(
@@ -185,24 +192,33 @@ class Tracing:
         )
 
     async def flush(self) -> None:
-        """Build and export every queued request's spans now."""
-        exporter = self.exporter
-        direct = isinstance(exporter, LeanOTLPSpanExporter) and exporter.accepts_encoded
+        """Build and export the spans of every request queued when it is called.
+
+        Requests that finish meanwhile wait for the next flush: draining until the queue is
+        empty would, under load, turn the 2 s batches into a stream of small posts.
+        """
         async with self._lock:
-            while self._pending:
+            remaining = len(self._pending)
+            while remaining > 0 and self._pending:
                 jobs: list[_Job] = []
-                while self._pending and len(jobs) < self.batch_size // 2:
+                while self._pending and len(jobs) < min(remaining, self.batch_size // 2):
                     jobs.append(self._pending.popleft())
-                if direct:
-                    assert isinstance(exporter, LeanOTLPSpanExporter)
-                    encoded = [span for job in jobs for span in self._encoded(job, self._encoder)]
-                    data = self._encoder.request(self.resource, self.scope, encoded)
-                    result = await asyncio.to_thread(exporter.export_encoded, data)
-                else:
-                    spans = [span for job in jobs for span in self._spans(job)]
-                    result = await asyncio.to_thread(exporter.export, spans)
-                if result is not SpanExportResult.SUCCESS:
-                    log.warning("exporting the spans of %d requests failed", len(jobs))
+                remaining -= len(jobs)
+                if await self._export(jobs):
+                    continue
+                log.warning("exporting the spans of %d requests failed", len(jobs))
+
+    async def _export(self, jobs: list[_Job]) -> bool:
+        exporter = self.exporter
+        if not isinstance(exporter, OTLPHttpExporter):  # any SDK exporter, from a worker thread
+            spans = [span for job in jobs for span in self._spans(job)]
+            return await asyncio.to_thread(exporter.export, spans) is SpanExportResult.SUCCESS
+        encoder, encoded = self._encoder, []
+        for i, job in enumerate(jobs, 1):
+            encoded += self._encoded(job, encoder)
+            if i % _YIELD_EVERY == 0:  # a whole batch at once would hold the loop ~10 ms
+                await asyncio.sleep(0)
+        return await exporter.export(encoder.request(self.resource, self.scope, encoded))
 
     # -- the request path -----------------------------------------------------------------
     def _parent(self, headers: Mapping[str, str]) -> SpanContext | None:

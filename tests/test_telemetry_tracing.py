@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway.otlp import SpanEncoder
+from gateway.otlp import OTLPHttpExporter, SpanEncoder
 from gateway.runtime import RUNTIME
 from gateway.tracing import Tracing
 from tests.conftest import MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes
@@ -176,7 +176,7 @@ async def test_spans_are_exported_over_otlp_http(make_gateway: Any, fakes: Fakes
         assert tracing is not None
         fakes.openai.push(Ok(prompt_tokens=5, completion_tokens=3))
         assert (await ask(client)).status == 200
-        await tracing.flush()  # the exporter posts from a worker thread
+        await tracing.flush()  # exports now rather than at the next 2 s tick
 
     spans = [
         (resource.resource, span)
@@ -263,3 +263,110 @@ async def test_direct_encoding_matches_the_sdk_spans(
     mine.ParseFromString(direct)
     sdk.ParseFromString(encode_spans(spans).SerializeToString())
     assert mine == sdk
+
+
+class Collector:
+    """A loopback OTLP/HTTP collector answering each post with the next scripted status."""
+
+    def __init__(self, *statuses: int, retry_after: str | None = None) -> None:
+        self.statuses = list(statuses)
+        self.retry_after = retry_after
+        self.posts: list[tuple[dict[str, str], bytes]] = []
+        self.app = web.Application()
+        self.app.router.add_post("/v1/traces", self.collect)
+
+    async def collect(self, request: web.Request) -> web.Response:
+        self.posts.append((dict(request.headers), await request.read()))
+        status = self.statuses.pop(0) if self.statuses else 200
+        headers = {"Retry-After": self.retry_after} if self.retry_after and status != 200 else {}
+        return web.Response(status=status, headers=headers, content_type="application/x-protobuf")
+
+
+def a_request() -> bytes:
+    encoder = SpanEncoder()
+    span = encoder.span_bytes(
+        trace_id=1, span_id=2, parent_id=None, parent_remote=False, name="x", kind=1,
+        start=1, end=2, attributes=encoder.attributes({"k": "v"}),
+    )  # fmt: skip
+    return encoder.request(Tracing(InMemorySpanExporter()).resource, None, [span])
+
+
+async def test_the_exporter_retries_what_the_spec_calls_retryable() -> None:
+    collector = Collector(503, 429, retry_after="0")
+    async with TestServer(collector.app) as server:
+        exporter = OTLPHttpExporter(str(server.make_url("/v1/traces")), backoff_s=0.01)
+        assert await exporter.export(a_request())
+        await exporter.close()
+    assert len(collector.posts) == 3
+    message = ExportTraceServiceRequest()
+    message.ParseFromString(collector.posts[-1][1])
+    assert message.resource_spans[0].scope_spans[0].spans[0].name == "x"
+
+
+async def test_the_exporter_drops_a_refused_batch_without_retrying(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    collector = Collector(400)
+    async with TestServer(collector.app) as server:
+        exporter = OTLPHttpExporter(
+            str(server.make_url("/v1/traces")), headers={"x-api-key": "collector-secret"}
+        )
+        assert not await exporter.export(a_request())
+        await exporter.close()
+    assert len(collector.posts) == 1
+    assert "HTTP 400" in caplog.text
+    assert "collector-secret" not in caplog.text
+
+
+async def test_the_exporter_gives_up_on_a_collector_that_is_down(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    exporter = OTLPHttpExporter("http://127.0.0.1:9/v1/traces", max_attempts=2, backoff_s=0.01)
+    assert not await exporter.export(a_request())
+    await exporter.close()
+    assert "after 2 attempts" in caplog.text
+
+
+async def test_the_exporter_reads_the_standard_otel_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-api-key=general,x-tenant=a")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-api-key=for%20traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+    collector = Collector()
+    async with TestServer(collector.app) as server:
+        exporter = OTLPHttpExporter(str(server.make_url("/v1/traces")))
+        data = a_request()
+        assert await exporter.export(data)
+        await exporter.close()
+    ((headers, body),) = collector.posts
+    assert headers["x-api-key"] == "for traces"  # the traces-specific variable wins
+    assert "x-tenant" not in headers
+    assert headers["Content-Encoding"] == "gzip"
+    assert headers["Content-Type"] == "application/x-protobuf"
+    assert body == data  # aiohttp's server undid the gzip the header announces
+
+
+async def test_a_flush_exports_what_was_queued_when_it_began(
+    traced: TestClient[Any, Any], exporter: InMemorySpanExporter
+) -> None:
+    """Requests finishing during an export wait for the next tick: under load the exporter
+    sends one batch every interval, not a stream of small posts."""
+    tracing = traced.app[RUNTIME].tracing
+    assert tracing is not None
+    body = {"model": "gpt", "messages": [{"role": "user", "content": "Hi"}]}
+    auth = {"Authorization": f"Bearer {TEAM_KEY}"}
+    for _ in range(2):
+        assert (await traced.post("/v1/chat/completions", json=body, headers=auth)).status == 200
+    queued = list(tracing._pending)
+    late = queued[-1]
+    original = tracing._export
+
+    async def export_then_another_request_finishes(jobs: list[Any]) -> bool:
+        tracing._pending.append(late)  # arrives while the batch is being posted
+        return await original(jobs)
+
+    tracing._export = export_then_another_request_finishes  # type: ignore[method-assign]
+    await tracing.flush()
+    assert len(exporter.get_finished_spans()) == 4
+    assert list(tracing._pending) == [late]
