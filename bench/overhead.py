@@ -246,6 +246,16 @@ class Procs:
         self.procs.append((name, proc))
         return log
 
+    def stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """Stop one process (SIGINT, then SIGKILL)."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
     def close(self) -> None:
         for _, proc in self.procs:
             if proc.poll() is None:

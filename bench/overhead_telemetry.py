@@ -8,13 +8,18 @@ Both gateways run at once on the same fake upstream and the same throwaway ``red
   on:  everything: metrics, decision records streamed to Redis (``XADD MAXLEN ~``) and appended to
        a JSON-lines file, and OTLP/HTTP traces to a loopback collector (its own process).
 
-Rounds alternate off/on so drift on a shared machine hits both alike; each round measures c=1
-latency (p50/p99) and c=N throughput with ``wrk`` (or the Python load generator), and the gateway
-process's CPU time per request (user+system from /proc, the least noisy figure: it includes the
-background writer and the span exporter). Medians over rounds; target: on within 10 % of
-off. Then it checks the telemetry really happened (stream length, log lines, spans received).
+The gateways under test share core 0, pinned; everything else (upstream, collector, Redis, the
+load generator) runs on core 1. Each round starts both gateways afresh and measures c=1 latency
+(p50/p99) for each, then saturated throughput (c=N, ``wrk`` or the Python load generator) in
+short slices that alternate between the two, so noise from the host's neighbours, which moves one
+process's speed by up to ~25 % from one minute to the next here, hits both alike. The figure that
+counts is each gateway's CPU time per request (user+system from /proc over all its slices,
+including the background writer and the span exporter, read after one more export interval so
+the last spans are counted). Medians over rounds; target: on within 10 % of off. Then it checks
+the telemetry really happened (stream length, log lines, spans received).
 
-    python -m bench.overhead --telemetry [--rounds 3] [--duration 5] [--connections 32]
+    python -m bench.overhead --telemetry [--rounds 3] [--slices 8] [--slice 2] [--duration 5]
+                                         [--connections 32] [--sample-ratio 1.0]
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from bench.overhead import (
 )
 
 TARGET_SHARE = 0.10
+EXPORT_INTERVAL_S = 2.0  # the tracer's batch interval (gateway.tracing.Tracing)
 _COUNT = web.AppKey("count", list)
 
 
@@ -108,13 +114,30 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def pin(pid: int, cores: set[int]) -> bool:
+    """Run ``pid`` (and the threads it starts later) on ``cores`` only; False where unsupported."""
+    try:
+        os.sched_setaffinity(pid, cores)
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
+    # The gateway under test gets core 0 to itself; everything else (this script, the upstream,
+    # collector, Redis and the load generator, which inherit this process's affinity) shares
+    # core 1. Unpinned, one gateway's throughput varied by ~25 % between launches with where the
+    # scheduler put it; pinned, CPU time per request is the gateway's own.
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pinned = len(cores) >= 2 and pin(0, set(cores[1:]))
     with tempfile.TemporaryDirectory(prefix="gw-bench-telemetry-") as tmp:
         workdir = Path(tmp)
         procs = Procs(workdir)
         loadgen = LoadGen(workdir)
         try:
             print("\n".join(machine_context(loadgen)), flush=True)
+            where = f"core {cores[0]}, the rest on {cores[1:]}" if pinned else "not pinned"
+            print(f"gateways under test: {where}", flush=True)
             me = [sys.executable, "-m", "bench.overhead"]
             upstream_port = free_port()
             log = procs.start("upstream", [*me, "_upstream", str(upstream_port)])
@@ -128,41 +151,55 @@ def run(args: argparse.Namespace) -> int:
             decision_log = workdir / "decisions.jsonl"
             prefix = f"bench-{uuid.uuid4().hex[:8]}"
             shared = {"GATEWAY_REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": prefix}
-            off_url, off_pid = start_gateway(
-                procs, "gateway-off", config, {**shared, "GATEWAY_DECISION_STREAM": "false"}
-            )
-            on_url, on_pid = start_gateway(
-                procs,
-                "gateway-on",
-                config,
-                {
-                    **shared,
-                    "GATEWAY_DECISION_LOG": str(decision_log),
-                    "GATEWAY_OTLP_ENDPOINT": f"http://{HOST}:{collector_port}/v1/traces",
-                    "GATEWAY_OTLP_SAMPLE_RATIO": str(args.sample_ratio),
-                },
-            )
-            targets = {"off": (off_url, off_pid), "on": (on_url, on_pid)}
-            asyncio.run(_check({"c": off_url}))
-            asyncio.run(_check({"c": on_url}))
-            print("correctness: both gateways answer 200 with the fake's content", flush=True)
+            parts = set(args.parts.split(","))
+            on: dict[str, str] = {**shared, "GATEWAY_DECISION_STREAM": str("stream" in parts)}
+            if "log" in parts:
+                on["GATEWAY_DECISION_LOG"] = str(decision_log)
+            if "traces" in parts:
+                on["GATEWAY_OTLP_ENDPOINT"] = f"http://{HOST}:{collector_port}/v1/traces"
+                on["GATEWAY_OTLP_SAMPLE_RATIO"] = str(args.sample_ratio)
+            envs = {"off": {**shared, "GATEWAY_DECISION_STREAM": "false"}, "on": on}
             c1: dict[str, list[Result]] = {"off": [], "on": []}
             cn: dict[str, list[Result]] = {"off": [], "on": []}
             cpu: dict[str, list[float]] = {"off": [], "on": []}
             for round_ in range(1, args.rounds + 1):
+                targets = {
+                    name: start_gateway(procs, f"gateway-{name}-{round_}", config, env)
+                    for name, env in envs.items()
+                }
+                if pinned:
+                    for _, pid in targets.values():
+                        pin(pid, {cores[0]})
+                if round_ == 1:
+                    for url, _ in targets.values():
+                        asyncio.run(_check({"c": url}))
+                    print("correctness: both gateways answer 200 with the fake's content")
                 order = ("off", "on") if round_ % 2 else ("on", "off")
                 for name in order:
                     url, pid = targets[name]
                     print(f"  round {round_}: telemetry {name} ...", flush=True)
                     loadgen.run(url, args.connections, WARMUP_S)
                     c1[name].append(loadgen.run(url, 1, args.duration))
-                    before = cpu_seconds(pid)
-                    result = loadgen.run(url, args.connections, args.duration)
-                    time.sleep(0.5)  # let the background writer and exporter finish the round
-                    cn[name].append(result)
-                    cpu[name].append((cpu_seconds(pid) - before) / max(1, result.requests) * 1e6)
+                # Saturated: short slices, alternating, so both see the same neighbours' noise.
+                # CPU is each process's total over all the slices (its background exports
+                # included, wherever they ran), per request it served.
+                before = {name: cpu_seconds(pid) for name, (_, pid) in targets.items()}
+                served = {name: [0, 0.0, 0] for name in targets}  # requests, seconds, errors
+                for i in range(args.slices):
+                    for name in order if i % 2 == 0 else order[::-1]:
+                        result = loadgen.run(targets[name][0], args.connections, args.slice)
+                        served[name][0] += result.requests
+                        served[name][1] += result.requests / result.rps if result.rps else 0.0
+                        served[name][2] += result.errors
+                time.sleep(EXPORT_INTERVAL_S + 0.5)  # the last spans are exported
+                for name, (_, pid) in targets.items():
+                    requests, seconds, errors = served[name]
+                    cn[name].append(Result(requests / seconds, {}, requests, errors))
+                    cpu[name].append((cpu_seconds(pid) - before[name]) / max(1, requests) * 1e6)
+                for _, proc in procs.procs[-2:]:
+                    procs.stop(proc)
             print("\n".join(report(c1, cn, cpu, args)))
-            print("\n".join(evidence(redis_url, prefix, decision_log, collector_port)))
+            print("\n".join(evidence(redis_url, prefix, decision_log, collector_port, parts)))
             print("\n".join(components(redis_url, workdir)))
         finally:
             procs.close()
@@ -185,8 +222,9 @@ def report(
         }
     lines = [
         "",
-        f"medians over {args.rounds} rounds, {args.duration:g} s per point; 'on' traces "
-        f"{args.sample_ratio:.0%} of requests",
+        f"medians over {args.rounds} rounds ({args.duration:g} s at c=1; {args.slices} x "
+        f"{args.slice:g} s slices at c={args.connections}); 'on': {args.parts}"
+        + (f", {args.sample_ratio:.0%} of requests traced" if "traces" in args.parts else ""),
         f"{'telemetry':<12}{'p50 ms c=1':>12}{'p99 ms c=1':>12}"
         f"{f'req/s c={args.connections}':>14}{'CPU us/req':>12}",
     ]
@@ -209,13 +247,17 @@ def report(
         )
     per_round = [f"{a.rps:.0f}/{b.rps:.0f}" for a, b in zip(cn["off"], cn["on"], strict=True)]
     lines.append(f"req/s off/on per round: {', '.join(per_round)}")
+    per_round = [f"{a:.0f}/{b:.0f}" for a, b in zip(cpu["off"], cpu["on"], strict=True)]
+    lines.append(f"CPU us/req off/on per round: {', '.join(per_round)}")
     errors = {n: sum(r.errors for r in c1[n] + cn[n]) for n in ("off", "on")}
     if any(errors.values()):
         lines.append(f"WARNING: non-2xx or socket errors during load: {errors}")
     return lines
 
 
-def evidence(redis_url: str, prefix: str, log: Path, collector_port: int) -> list[str]:
+def evidence(
+    redis_url: str, prefix: str, log: Path, collector_port: int, parts: set[str]
+) -> list[str]:
     """Proof that the 'on' gateway did its telemetry work during the run."""
     client = redis.Redis.from_url(redis_url)
     try:
@@ -233,7 +275,8 @@ def evidence(redis_url: str, prefix: str, log: Path, collector_port: int) -> lis
             return found
 
     received = asyncio.run(spans())
-    if not (streamed and lines and received["exports"]):
+    found = {"stream": streamed, "log": lines, "traces": received["exports"]}
+    if not all(found[part] for part in parts):
         raise BenchError(
             f"telemetry did not happen: stream {streamed}, log lines {lines}, {received}"
         )
@@ -319,6 +362,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compare the gateway with telemetry off and on (bench/overhead_telemetry.py)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="--telemetry: off/on rounds")
+    parser.add_argument(
+        "--parts",
+        default="stream,log,traces",
+        help="--telemetry: what 'on' turns on (default all: stream,log,traces)",
+    )
+    parser.add_argument(
+        "--slices", type=int, default=8, help="--telemetry: saturated slices per gateway and round"
+    )
+    parser.add_argument(
+        "--slice", type=float, default=2.0, help="--telemetry: seconds per saturated slice"
+    )
     parser.add_argument(
         "--sample-ratio", type=float, default=1.0, help="--telemetry: share of requests traced"
     )

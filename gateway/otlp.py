@@ -28,7 +28,7 @@ import logging
 import os
 import ssl
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -40,6 +40,8 @@ from opentelemetry.util.re import parse_env_headers
 log = logging.getLogger(__name__)
 
 _HAS_IS_REMOTE = 0x100
+_STATUS_ERROR = 2  # StatusCode.ERROR
+_TIMES = struct.Struct("<BQBQ")
 _IS_REMOTE = 0x200
 _CACHE_MAX = 4096
 # Attributes whose values repeat across requests: their encoded bytes are cached.
@@ -90,8 +92,8 @@ class SpanEncoder:
 
     def __init__(self) -> None:
         self._attributes: dict[tuple[str, Any], bytes] = {}
-        self._blocks: dict[Any, bytes] = {}
         self._headers: dict[tuple[int, int], bytes] = {}
+        self._templates: dict[Any, tuple[bytes, bytes]] = {}
 
     def _key_value(self, key: str, value: Any) -> bytes:
         cacheable = key not in _UNCACHED and not isinstance(value, float)
@@ -114,16 +116,64 @@ class SpanEncoder:
             for k, v in attributes.items()
         )
 
-    def block(self, key: Any, attributes: Mapping[str, Any]) -> bytes:
-        """The encoded ``attributes``, cached under ``key`` (for attribute sets that repeat)."""
-        if (found := self._blocks.get(key)) is None:
-            if len(self._blocks) >= _CACHE_MAX:
-                self._blocks.clear()
-            found = self._blocks[key] = self._attributes_of(attributes)
-        return found
-
     def attributes(self, attributes: Mapping[str, Any]) -> bytes:
         return self._attributes_of(attributes)
+
+    def template(
+        self,
+        key: Any,
+        *,
+        name: str,
+        kind: int,
+        static: Callable[[], Mapping[str, Any]],
+        status_message: str | None,
+        parent_remote: bool,
+    ) -> tuple[bytes, bytes]:
+        """The encoded parts of a span that repeat for every span of one ``key``: (name, kind
+        and the ``static()`` attributes; status and flags). ``static`` is called on a miss only."""
+        if (found := self._templates.get(key)) is None:
+            if len(self._templates) >= _CACHE_MAX:
+                self._templates.clear()
+            head = _field(5, name.encode()) + b"\x30" + _varint(kind + 1)
+            status = b""
+            if status_message:
+                status = _field(2, status_message.encode()) + b"\x18" + _varint(_STATUS_ERROR)
+            flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent_remote else 0)
+            tail = _field(15, status) + b"\x85\x01" + struct.pack("<I", flags)
+            found = self._templates[key] = (head + self._attributes_of(static()), tail)
+        return found
+
+    @staticmethod
+    def from_template(
+        template: tuple[bytes, bytes],
+        *,
+        trace_id: bytes,
+        span_id: int,
+        parent_id: int | None,
+        start: int,
+        end: int,
+        attributes: bytes,
+    ) -> bytes:
+        """One ``Span`` from its ``template`` and what differs per span (``trace_id``: 16 bytes;
+        ``attributes``: encoded, placed after the template's); the bytes ``span_bytes`` writes."""
+        head, tail = template
+        parent = b"" if parent_id is None else b"\x22\x08" + parent_id.to_bytes(8, "big")
+        return _field(
+            2,
+            b"".join(
+                (
+                    b"\x0a\x10",
+                    trace_id,
+                    b"\x12\x08",
+                    span_id.to_bytes(8, "big"),
+                    parent,
+                    head,
+                    _TIMES.pack(0x39, start, 0x41, end),
+                    attributes,
+                    tail,
+                )
+            ),
+        )
 
     @staticmethod
     def span_bytes(
@@ -155,8 +205,7 @@ class SpanEncoder:
                 flags |= _IS_REMOTE
         parts.append(_field(5, name.encode()))
         parts.append(b"\x30" + _varint(kind + 1))  # proto enum: SDK value + 1
-        parts.append(b"\x39" + struct.pack("<Q", start))
-        parts.append(b"\x41" + struct.pack("<Q", end))
+        parts.append(_TIMES.pack(0x39, start, 0x41, end))  # fields 7 and 8, fixed64
         parts.append(attributes)
         payload = b""
         if status_message:
