@@ -59,9 +59,9 @@ from bench.overhead import (
     policy_yaml,
     wait_ready,
 )
+from gateway.tracing import EXPORT_INTERVAL_S
 
 TARGET_SHARE = 0.10
-EXPORT_INTERVAL_S = 2.0  # the tracer's batch interval (gateway.tracing.Tracing)
 _COUNT = web.AppKey("count", list)
 
 
@@ -124,10 +124,9 @@ def pin(pid: int, cores: set[int]) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The gateway under test gets core 0 to itself; everything else (this script, the upstream,
+    # The gateways under test share core 0; everything else (this script, the upstream,
     # collector, Redis and the load generator, which inherit this process's affinity) shares
-    # core 1. Unpinned, one gateway's throughput varied by ~25 % between launches with where the
-    # scheduler put it; pinned, CPU time per request is the gateway's own.
+    # core 1, so the load generator never competes with the gateway it measures.
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     pinned = len(cores) >= 2 and pin(0, set(cores[1:]))
     with tempfile.TemporaryDirectory(prefix="gw-bench-telemetry-") as tmp:

@@ -72,6 +72,25 @@ def _field(number: int, payload: bytes) -> bytes:
     return tag + (_SMALL[size] if size < 128 else _varint(size)) + payload
 
 
+def _template(
+    name: str,
+    kind: int,
+    attributes: bytes,
+    status_code: int,
+    status_message: str | None,
+    parent_remote: bool,
+) -> tuple[bytes, bytes]:
+    """A span's encoded fields around its ids and times: (name, kind and ``attributes``; status
+    and flags). ``kind``: the SDK's ``SpanKind.value``; ``status_code``: ``StatusCode.value``."""
+    head = _field(5, name.encode()) + b"\x30" + _varint(kind + 1)  # proto enum: SDK value + 1
+    status = _field(2, status_message.encode()) if status_message else b""
+    if status_code:
+        status += b"\x18" + _varint(status_code)
+    flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent_remote else 0)
+    tail = _field(15, status) + b"\x85\x01" + struct.pack("<I", flags)  # field 16, fixed32
+    return head + attributes, tail
+
+
 class _Unsupported(Exception):
     """The span holds something this encoder does not write: use the SDK's encoder."""
 
@@ -135,14 +154,15 @@ class SpanEncoder:
         if (found := self._templates.get(key)) is None:
             if len(self._templates) >= _CACHE_MAX:
                 self._templates.clear()
-            head = _field(5, name.encode()) + b"\x30" + _varint(kind + 1)
-            status = b""
-            if status_message:
-                status = _field(2, status_message.encode()) + b"\x18" + _varint(_STATUS_ERROR)
-            flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent_remote else 0)
-            tail = _field(15, status) + b"\x85\x01" + struct.pack("<I", flags)
-            found = self._templates[key] = (head + self._attributes_of(static()), tail)
+            status = _STATUS_ERROR if status_message else 0
+            attributes = self._attributes_of(static())
+            found = _template(name, kind, attributes, status, status_message, parent_remote)
+            self._templates[key] = found
         return found
+
+    def forget_templates(self) -> None:
+        """Drop the cached templates (a reload may pin an alias to another model version)."""
+        self._templates.clear()
 
     @staticmethod
     def from_template(
@@ -154,10 +174,12 @@ class SpanEncoder:
         start: int,
         end: int,
         attributes: bytes,
+        trace_state: str = "",
     ) -> bytes:
-        """One ``Span`` from its ``template`` and what differs per span (``trace_id``: 16 bytes;
-        ``attributes``: encoded, placed after the template's); the bytes ``span_bytes`` writes."""
+        """One ``Span`` (inside ``ScopeSpans.spans``) from its ``template`` and what differs per
+        span (``trace_id``: 16 bytes; ``attributes``: encoded, placed after the template's)."""
         head, tail = template
+        state = _field(3, trace_state.encode()) if trace_state else b""
         parent = b"" if parent_id is None else b"\x22\x08" + parent_id.to_bytes(8, "big")
         return _field(
             2,
@@ -167,6 +189,7 @@ class SpanEncoder:
                     trace_id,
                     b"\x12\x08",
                     span_id.to_bytes(8, "big"),
+                    state,
                     parent,
                     head,
                     _TIMES.pack(0x39, start, 0x41, end),
@@ -175,47 +198,6 @@ class SpanEncoder:
                 )
             ),
         )
-
-    @staticmethod
-    def span_bytes(
-        *,
-        trace_id: int,
-        span_id: int,
-        parent_id: int | None,
-        parent_remote: bool,
-        name: str,
-        kind: int,
-        start: int,
-        end: int,
-        attributes: bytes,
-        status_code: int = 0,
-        status_message: str | None = None,
-        trace_state: str = "",
-    ) -> bytes:
-        """One ``Span`` (inside ``ScopeSpans.spans``); ``kind``: the SDK's ``SpanKind.value``."""
-        parts = [
-            b"\x0a\x10" + trace_id.to_bytes(16, "big"),
-            b"\x12\x08" + span_id.to_bytes(8, "big"),
-        ]
-        if trace_state:
-            parts.append(_field(3, trace_state.encode()))
-        flags = _HAS_IS_REMOTE
-        if parent_id is not None:
-            parts.append(b"\x22\x08" + parent_id.to_bytes(8, "big"))
-            if parent_remote:
-                flags |= _IS_REMOTE
-        parts.append(_field(5, name.encode()))
-        parts.append(b"\x30" + _varint(kind + 1))  # proto enum: SDK value + 1
-        parts.append(_TIMES.pack(0x39, start, 0x41, end))  # fields 7 and 8, fixed64
-        parts.append(attributes)
-        payload = b""
-        if status_message:
-            payload += _field(2, status_message.encode())
-        if status_code:
-            payload += b"\x18" + _varint(status_code)
-        parts.append(_field(15, payload))
-        parts.append(b"\x85\x01" + struct.pack("<I", flags))  # field 16, fixed32
-        return _field(2, b"".join(parts))
 
     def span(self, span: ReadableSpan) -> bytes:
         if span.events or span.links:
@@ -226,18 +208,22 @@ class SpanEncoder:
         state = ""
         if context.trace_state:
             state = ",".join(f"{k}={v}" for k, v in context.trace_state.items())
-        return self.span_bytes(
-            trace_id=context.trace_id,
+        template = _template(
+            span.name,
+            span.kind.value,
+            self._attributes_of(span.attributes),
+            span.status.status_code.value,
+            span.status.description,
+            parent is not None and parent.is_remote,
+        )
+        return self.from_template(
+            template,
+            trace_id=context.trace_id.to_bytes(16, "big"),
             span_id=context.span_id,
             parent_id=parent.span_id if parent is not None else None,
-            parent_remote=parent is not None and parent.is_remote,
-            name=span.name,
-            kind=span.kind.value,
             start=span.start_time or 0,
             end=span.end_time or 0,
-            attributes=self._attributes_of(span.attributes),
-            status_code=span.status.status_code.value,
-            status_message=span.status.description,
+            attributes=b"",
             trace_state=state,
         )
 
@@ -351,9 +337,11 @@ class OTLPHttpExporter:
         """Post one request body; ``True`` once the collector accepted it."""
         session = self._open()
         body = gzip.compress(data, compresslevel=1) if self.compression == "gzip" else data
-        delay = self.backoff_s
-        for attempt in range(1, self.max_attempts + 1):
-            retry_after: float | None = None
+        problem, wait = "no attempt", 0.0
+        for attempt in range(self.max_attempts):
+            if attempt:
+                await asyncio.sleep(min(wait, 30.0))
+            wait = self.backoff_s * 2**attempt  # unless the collector says Retry-After
             try:
                 async with session.post(self.endpoint, data=body) as response:
                     await response.read()
@@ -364,21 +352,19 @@ class OTLPHttpExporter:
                             "OTLP collector refused %d bytes: HTTP %d", len(data), response.status
                         )
                         return False
-                    retry_after = _seconds(response.headers.get("Retry-After"))
                     problem = f"HTTP {response.status}"
+                    retry_after = _seconds(response.headers.get("Retry-After"))
+                    if retry_after is not None:
+                        wait = retry_after
             except (aiohttp.ClientError, TimeoutError) as error:
                 problem = type(error).__name__
-            if attempt == self.max_attempts:
-                log.warning(
-                    "OTLP export of %d bytes failed after %d attempts (%s)",
-                    len(data),
-                    attempt,
-                    problem,
-                )
-                return False
-            await asyncio.sleep(min(retry_after if retry_after is not None else delay, 30.0))
-            delay *= 2
-        return False  # unreachable: the loop returns on its last attempt
+        log.warning(
+            "OTLP export of %d bytes failed after %d attempts (%s)",
+            len(data),
+            self.max_attempts,
+            problem,
+        )
+        return False
 
     async def close(self) -> None:
         if self._session is not None:

@@ -17,8 +17,8 @@ requests' spans straight to OTLP protobuf (gateway/otlp.py, tested equal to the 
 of the same spans as ``ReadableSpan`` objects) and posts them from the event loop with aiohttp.
 Building spans through a tracer (sampler, locks, attribute validation), a batch processor's
 per-span wake-up and the SDK's per-attribute encoder together cost about as much CPU as the rest
-of the request; the SDK's ``requests``-based exporter in a worker thread cost another ~20 % of
-saturated throughput in GIL contention. Any SDK ``SpanExporter`` can still be given instead
+of the request (the SDK's exporter, posting from a worker thread, is replaced too: see
+gateway/otlp.py). Any SDK ``SpanExporter`` can still be given instead
 (tests use the in-memory one): it gets ``ReadableSpan`` batches in a worker thread.
 ``GATEWAY_OTLP_SAMPLE_RATIO`` keeps that share of traces (by trace id, so every replica keeps
 the same ones; a sampled or unsampled ``traceparent`` is obeyed). No prompt text and no keys
@@ -109,6 +109,7 @@ _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _OK = Status(StatusCode.UNSET)
 _ID_MASK = (1 << 64) - 1
 _YIELD_EVERY = 32  # requests encoded between yields to the event loop (~1 ms)
+EXPORT_INTERVAL_S = 2.0  # how often queued requests' spans are encoded and posted
 
 
 class _Job:
@@ -147,7 +148,7 @@ class Tracing:
         *,
         service_name: str = "knowledge-gateway",
         sample_ratio: float = 1.0,
-        interval_s: float = 2.0,
+        interval_s: float = EXPORT_INTERVAL_S,
         max_pending: int = 50_000,
         batch_size: int = 2048,  # ~0.4 MB of OTLP: under collectors' request limits
     ) -> None:
@@ -202,15 +203,12 @@ class Tracing:
         empty would, under load, turn the 2 s batches into a stream of small posts.
         """
         async with self._lock:
-            remaining = len(self._pending)
-            while remaining > 0 and self._pending:
-                jobs: list[_Job] = []
-                while self._pending and len(jobs) < min(remaining, self.batch_size // 2):
-                    jobs.append(self._pending.popleft())
-                remaining -= len(jobs)
-                if await self._export(jobs):
-                    continue
-                log.warning("exporting the spans of %d requests failed", len(jobs))
+            pending, remaining = self._pending, len(self._pending)
+            while (take := min(remaining, len(pending), self.batch_size // 2)) > 0:
+                jobs = [pending.popleft() for _ in range(take)]
+                remaining -= take
+                if not await self._export(jobs):
+                    log.warning("exporting the spans of %d requests failed", take)
 
     async def _export(self, jobs: list[_Job]) -> bool:
         exporter = self.exporter
@@ -265,6 +263,7 @@ class Tracing:
         """The request's spans: one per attempt, then the server span (ids drawn in order)."""
         if job.policy is not self._policy:  # a reload swapped the policy
             self._models, self._policy = _models(job.policy), job.policy
+            self._encoder.forget_templates()  # an alias may now pin another model version
         decision = job.decision
         server_id = random.getrandbits(64)
         request = job.request
@@ -380,7 +379,6 @@ class Tracing:
                 status_message=plan.error,
                 parent_remote=plan.parent_remote,
             )
-            dynamic = plan.dynamic
             out.append(
                 encoder.from_template(
                     template,
@@ -389,7 +387,7 @@ class Tracing:
                     parent_id=plan.parent_id,
                     start=plan.start,
                     end=plan.end,
-                    attributes=encoder.attributes(dynamic) if dynamic else b"",
+                    attributes=encoder.attributes(plan.dynamic),
                 )
             )
         return out

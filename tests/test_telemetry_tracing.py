@@ -15,9 +15,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from gateway.decisions import Attempt, Decision
 from gateway.otlp import OTLPHttpExporter, SpanEncoder
+from gateway.policy import Policy
 from gateway.runtime import RUNTIME
 from gateway.tracing import Tracing
+from providers.schema import ChatRequest
 from tests.conftest import MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes
 from tests.fakes.base import Fail, Ok
 from tests.test_telemetry import PROMPT, ask, cost, priced_policy
@@ -284,9 +287,12 @@ class Collector:
 
 def a_request() -> bytes:
     encoder = SpanEncoder()
-    span = encoder.span_bytes(
-        trace_id=1, span_id=2, parent_id=None, parent_remote=False, name="x", kind=1,
-        start=1, end=2, attributes=encoder.attributes({"k": "v"}),
+    template = encoder.template(
+        "x", name="x", kind=1, static=lambda: {"k": "v"}, status_message=None, parent_remote=False
+    )
+    span = encoder.from_template(
+        template, trace_id=bytes(15) + b"\x01", span_id=2, parent_id=None, start=1, end=2,
+        attributes=b"",
     )  # fmt: skip
     return encoder.request(Tracing(InMemorySpanExporter()).resource, None, [span])
 
@@ -370,3 +376,40 @@ async def test_a_flush_exports_what_was_queued_when_it_began(
     await tracing.flush()
     assert len(exporter.get_finished_spans()) == 4
     assert list(tracing._pending) == [late]
+
+
+async def test_a_reload_that_pins_another_version_changes_the_spans() -> None:
+    """Encoded span parts are cached per alias and outcome; a new policy must not reuse them."""
+    posted: list[bytes] = []
+
+    class Keep(OTLPHttpExporter):
+        async def export(self, data: bytes) -> bool:
+            posted.append(data)
+            return True
+
+    def policy(version: str) -> Policy:
+        return Policy.model_validate(
+            {
+                "providers": [{"name": "p", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"}],
+                "models": [{"name": "gpt", "provider": "p", "id": version}],
+                "teams": [{"name": "t", "key_sha256": "0" * 64, "routes": ["*"]}],
+            }
+        )
+
+    def answered() -> Decision:
+        decision = Decision(request_id="r", team="t", route="gpt", task_type="general")
+        decision.attempts = [Attempt("gpt", "p", "us", "ok", 1.0)]
+        decision.ended_at, decision.total_ms = 1e9, 2.0
+        return decision
+
+    tracing = Tracing(Keep("http://127.0.0.1:9/v1/traces"))
+    chat = ChatRequest.from_body({"model": "gpt", "messages": [{"role": "user", "content": "x"}]})
+    names = []
+    for version in ("gpt-4o-2024-08-06", "gpt-4o-2024-11-20"):
+        tracing.record(policy(version), answered(), chat, {})
+        await tracing.flush()
+        message = ExportTraceServiceRequest()
+        message.ParseFromString(posted[-1])
+        names += [s.name for s in message.resource_spans[0].scope_spans[0].spans]
+    assert "chat gpt-4o-2024-08-06" in names
+    assert "chat gpt-4o-2024-11-20" in names
