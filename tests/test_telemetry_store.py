@@ -247,3 +247,31 @@ async def test_closing_during_a_write_keeps_that_batch(tmp_path: Path) -> None:
         "r1",
         "r2",
     ]
+
+
+async def test_a_batch_streams_each_record_with_its_request_id(prefix: str) -> None:
+    """The stream write sends a batch as two arguments (request ids, JSON lines) that a Lua
+    script splits: every record must come back whole, paired with its own request id, in order,
+    whatever its text holds (newlines, quotes, non-ASCII are escaped by the JSON encoder)."""
+    sinks = DecisionSinks(redis_url=REDIS_URL, prefix=prefix, batch_size=300)
+    await sinks.start()
+    awkward = 'line one\nline "two"\r\n\tété ✓ \\n'
+    sent = []
+    for i in range(700):  # three batches, the last one partial
+        decision = Decision(request_id=f"{i:032x}", team="alpha", route="default", task_type="t")
+        decision.error = awkward if i % 2 else None
+        sinks.submit(decision)
+        sent.append(decision)
+    await sinks.flush()
+    client = aioredis.Redis.from_url(REDIS_URL)
+    try:
+        entries = await client.xrange(f"{prefix}:decisions")
+    finally:
+        await client.delete(f"{prefix}:decisions")
+        await client.aclose()
+        await sinks.close()
+    assert len(entries) == len(sent)
+    for (_, values), decision in zip(entries, sent, strict=True):
+        assert values[b"rid"].decode() == decision.request_id
+        record = orjson.loads(values[b"d"])
+        assert (record["request_id"], record["error"]) == (decision.request_id, decision.error)
