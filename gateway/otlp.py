@@ -114,12 +114,15 @@ class SpanEncoder:
         self._attributes: dict[tuple[str, Any], bytes] = {}
         self._headers: dict[tuple[int, int], bytes] = {}
         self._templates: dict[Any, tuple[bytes, bytes]] = {}
+        self._keys: dict[str, bytes] = {}  # attribute name -> its encoded KeyValue.key field
 
     def _key_value(self, key: str, value: Any) -> bytes:
         cacheable = key not in _UNCACHED and not isinstance(value, float)
         if cacheable and (found := self._attributes.get((key, value))) is not None:
             return found
-        encoded = _field(9, _field(1, key.encode()) + _field(2, _any_value(value)))
+        if (name := self._keys.get(key)) is None:
+            name = self._keys[key] = _field(1, key.encode())
+        encoded = _field(9, name + _field(2, _any_value(value)))
         if cacheable:
             if len(self._attributes) >= _CACHE_MAX:
                 self._attributes.clear()
@@ -130,10 +133,12 @@ class SpanEncoder:
         if not attributes:
             return b""
         if number == 9:
-            return b"".join(self._key_value(k, v) for k, v in attributes.items())
+            return b"".join([self._key_value(k, v) for k, v in attributes.items()])
         return b"".join(
-            _field(number, _field(1, k.encode()) + _field(2, _any_value(v)))
-            for k, v in attributes.items()
+            [
+                _field(number, _field(1, k.encode()) + _field(2, _any_value(v)))
+                for k, v in attributes.items()
+            ]
         )
 
     def attributes(self, attributes: Mapping[str, Any]) -> bytes:
@@ -142,7 +147,6 @@ class SpanEncoder:
     def template(
         self,
         key: Any,
-        *,
         name: str,
         kind: int,
         static: Callable[[], Mapping[str, Any]],
@@ -167,7 +171,6 @@ class SpanEncoder:
     @staticmethod
     def from_template(
         template: tuple[bytes, bytes],
-        *,
         trace_id: bytes,
         span_id: int,
         parent_id: int | None,

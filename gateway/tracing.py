@@ -287,17 +287,17 @@ class Tracing:
             end_ns = int(attempt.ended_at * 1e9)
             plans.append(
                 _SpanPlan(
-                    span_id=random.getrandbits(64),
-                    parent_id=server_id,
-                    parent_remote=False,
-                    name=model.span_name if model else f"{OPERATION} {attempt.model}",
-                    kind=SpanKind.CLIENT,
-                    start=end_ns - int(attempt.latency_ms * 1e6),
-                    end=end_ns,
-                    key=key,
-                    static=partial(_attempt_attributes, model, request, attempt),
-                    dynamic=dynamic,
-                    error=None if ok else attempt.outcome,
+                    random.getrandbits(64),
+                    server_id,
+                    False,
+                    model.span_name if model else f"{OPERATION} {attempt.model}",
+                    SpanKind.CLIENT,
+                    end_ns - int(attempt.latency_ms * 1e6),
+                    end_ns,
+                    key,
+                    partial(_attempt_attributes, model, request, attempt),
+                    dynamic,
+                    None if ok else attempt.outcome,
                 )
             )
         error = None
@@ -312,14 +312,14 @@ class Tracing:
         parent = job.parent
         plans.append(
             _SpanPlan(
-                span_id=server_id,
-                parent_id=parent.span_id if parent is not None else None,
-                parent_remote=parent is not None and parent.is_remote,
-                name=SERVER_SPAN,
-                kind=SpanKind.SERVER,
-                start=end_ns - int((decision.total_ms or 0.0) * 1e6),
-                end=end_ns,
-                key=(
+                server_id,
+                parent.span_id if parent is not None else None,
+                parent is not None and parent.is_remote,
+                SERVER_SPAN,
+                SpanKind.SERVER,
+                end_ns - int((decision.total_ms or 0.0) * 1e6),
+                end_ns,
+                (
                     decision.status,
                     decision.team,
                     decision.route,
@@ -330,9 +330,9 @@ class Tracing:
                     error,
                     parent is not None and parent.is_remote,
                 ),
-                static=partial(_server_attributes, decision, job.cache, job.knowledge, error),
-                dynamic=dynamic,
-                error=error,
+                partial(_server_attributes, decision, job.cache, job.knowledge, error),
+                dynamic,
+                error,
             )
         )
         return plans
@@ -367,33 +367,34 @@ class Tracing:
 
     def _encoded(self, job: _Job, encoder: SpanEncoder) -> list[bytes]:
         """The request's spans encoded directly (the lean exporter's path: no SDK objects; the
-        parts that repeat for a plan's key are encoded once)."""
+        parts that repeat for a plan's key are encoded once). Positional calls: this runs per
+        span, and keyword arguments cost more than the encoding of a cached template."""
         trace_id = job.trace_id.to_bytes(16, "big")
-        out = []
-        for plan in self._plan(job):
-            template = encoder.template(
-                plan.key,
-                name=plan.name,
-                kind=plan.kind.value,
-                static=plan.static,
-                status_message=plan.error,
-                parent_remote=plan.parent_remote,
+        template, from_template, attributes = (
+            encoder.template,
+            encoder.from_template,
+            encoder.attributes,
+        )
+        return [
+            from_template(
+                template(
+                    plan.key, plan.name, plan.kind.value, plan.static, plan.error, plan.remote
+                ),
+                trace_id,
+                plan.span_id,
+                plan.parent_id,
+                plan.start,
+                plan.end,
+                attributes(plan.dynamic),
             )
-            out.append(
-                encoder.from_template(
-                    template,
-                    trace_id=trace_id,
-                    span_id=plan.span_id,
-                    parent_id=plan.parent_id,
-                    start=plan.start,
-                    end=plan.end,
-                    attributes=encoder.attributes(plan.dynamic),
-                )
-            )
-        return out
+            for plan in self._plan(job)
+        ]
 
 
 class _SpanPlan:
+    """One span to build: what the SDK path and the encoding path both need (positional: a
+    plan is made per span, and a keyword call costs more than the rest of it)."""
+
     __slots__ = (
         "dynamic",
         "end",
@@ -402,7 +403,7 @@ class _SpanPlan:
         "kind",
         "name",
         "parent_id",
-        "parent_remote",
+        "remote",
         "span_id",
         "start",
         "static",
@@ -410,10 +411,9 @@ class _SpanPlan:
 
     def __init__(
         self,
-        *,
         span_id: int,
         parent_id: int | None,
-        parent_remote: bool,
+        remote: bool,  # the parent is remote (a client's traceparent)
         name: str,
         kind: SpanKind,
         start: int,
@@ -423,7 +423,7 @@ class _SpanPlan:
         dynamic: dict[str, Any],
         error: str | None,
     ) -> None:
-        self.span_id, self.parent_id, self.parent_remote = span_id, parent_id, parent_remote
+        self.span_id, self.parent_id, self.remote = span_id, parent_id, remote
         self.name, self.kind, self.start, self.end = name, kind, start, end
         self.key, self.static, self.dynamic, self.error = key, static, dynamic, error
 
