@@ -150,7 +150,9 @@ class Tracing:
         sample_ratio: float = 1.0,
         interval_s: float = EXPORT_INTERVAL_S,
         max_pending: int = 50_000,
-        batch_size: int = 2048,  # ~0.4 MB of OTLP: under collectors' request limits
+        # Spans per post: the SDK's default (BatchSpanProcessor); ~160 KB of OTLP. Larger posts
+        # held the event loop longer (a 2048-span batch: ~1.5 ms per post, p99 at c=1 +3 ms).
+        batch_size: int = 512,
     ) -> None:
         self.exporter = exporter
         self.resource = Resource.create({"service.name": service_name})
