@@ -78,7 +78,7 @@ def serve_collector(port: int) -> None:
         exports, size = request.app[_COUNT]
         return web.json_response({"exports": exports, "bytes": size})
 
-    app = web.Application(client_max_size=64 * 1024 * 1024)  # batches are up to ~0.5 MB
+    app = web.Application(client_max_size=64 * 1024 * 1024)  # a post is ~160 KB (512 spans)
     app[_COUNT] = [0, 0]
     app.router.add_post("/v1/traces", traces)
     app.router.add_get("/count", count)
