@@ -340,7 +340,7 @@ def components(redis_url: str, workdir: Path, count: int = 5000) -> list[str]:
         blobs = [b"".join([d.to_json() + b"\n" for d in batch]) for batch in batches]
         began = time.process_time()
         for batch, blob in zip(batches, blobs, strict=True):
-            await sink._xadd(len(batch), "".join([f"{d.request_id}\n" for d in batch]), blob)
+            await sink._xadd("".join([f"{d.request_id}\n" for d in batch]), blob)
         figures["redis stream (writer task)"] = (time.process_time() - began) / count * 1e6
         began = time.process_time()
         for blob in blobs:

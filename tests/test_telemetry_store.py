@@ -275,3 +275,26 @@ async def test_a_batch_streams_each_record_with_its_request_id(prefix: str) -> N
         assert values[b"rid"].decode() == decision.request_id
         record = orjson.loads(values[b"d"])
         assert (record["request_id"], record["error"]) == (decision.request_id, decision.error)
+
+
+async def test_a_redis_failure_stops_the_batch_and_counts_every_record(tmp_path: Path) -> None:
+    """A batch goes to Redis in chunks; when one fails, the rest of the batch is not tried (each
+    try would wait out the socket timeout) and every record of it is counted as not streamed,
+    while the file still gets them all."""
+    from gateway.metrics import Metrics
+
+    metrics = Metrics()
+    log = tmp_path / "decisions.jsonl"
+    sinks = DecisionSinks(
+        redis_url="redis://127.0.0.1:9/0", path=log, metrics=metrics, batch_size=200
+    )
+    await sinks.start()
+    for i in range(200):
+        sinks.submit(Decision(request_id=f"r{i}", team="alpha", route="default", task_type="t"))
+    await sinks.flush()
+    await sinks.close()
+    errors = metrics.registry.get_sample_value(
+        "gateway_decision_records_total", {"sink": "redis", "result": "error"}
+    )
+    assert errors == 200
+    assert len(log.read_bytes().splitlines()) == 200
