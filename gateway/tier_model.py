@@ -14,10 +14,13 @@ The predictors (numpy, and scikit-learn for the text model):
   features, or on the features alone.
 - ``TextOddsGain``: ``P(frontier good) - P(cheap good)`` from two logistic regressions on
   TF-IDF n-grams; unlike the gain's regressions it also learns where the frontier fails.
-- ``BlendGain``: the mean of several models' z-scored predictions.
+- ``StackedGain``: several of these, z-scored and weighted; the weights maximise the APGR of
+  their out-of-fold predictions on the training prompts.
 
-``select_gain_model`` picks one of a small grid by k-fold cross-validated APGR on the training
-prompts only; the test prompts never influence the choice.
+``select_gain_model`` stacks ``base_models()`` so, from the training prompts only; the test
+prompts never influence it. (It replaced a choice of the single best of a 20-model grid by
+cross-validated APGR: on held-out halves the stack scored as well or better on 8 of 10
+datasets and splits, and fits fewer models: an MMLU replay took 51 s instead of 81 s.)
 """
 
 from __future__ import annotations
@@ -302,81 +305,106 @@ class TextOddsGain:
         return out
 
 
-class BlendGain:
-    """The mean of its models' z-scored predictions (z-scored on the training predictions)."""
+class StackedGain:
+    """Several models' predictions, z-scored and weighted (stacked generalisation): each model's
+    out-of-fold predictions on the training prompts give its z-score statistics, and the weights
+    (non-negative, summing to 1) are the ones whose weighted out-of-fold score has the best APGR,
+    found by coordinate ascent from equal weights. Models weighted 0 are not refitted; the others
+    are refitted on every training prompt."""
 
-    def __init__(self, *models: GainModel) -> None:
-        self.models = models
-        self.name = f"blend({', '.join(m.name for m in models)})"
-        self._stats: list[tuple[float, float]] = []
+    def __init__(
+        self, makers: Sequence[Callable[[], GainModel]], *, folds: int = 5, seed: int = 0
+    ) -> None:
+        self.makers = list(makers)
+        self.folds, self.seed = folds, seed
+        self.names = [make().name for make in self.makers]
+        self.name = f"stack({', '.join(self.names)})"
+        self.weights = np.zeros(len(self.makers))
+        self.oof_apgr: dict[str, float] = {}
+        self._fitted: list[tuple[float, GainModel, float, float]] = []  # weight, model, z stats
 
-    def fit(self, x: Prompts, cheap: Array, frontier: Array) -> BlendGain:
-        self._stats = []
-        for model in self.models:
-            train = model.fit(x, cheap, frontier).predict(x)
-            self._stats.append((float(train.mean()), float(train.std()) + 1e-9))
+    def fit(self, x: Prompts, cheap: Array, frontier: Array) -> StackedGain:
+        n = len(cheap)
+        if n < 2 * self.folds:  # too few for folds: the first model alone
+            model = self.makers[0]().fit(x, cheap, frontier)
+            train = model.predict(x)
+            self.weights = np.eye(len(self.makers))[0]
+            self._fitted = [(1.0, model, float(train.mean()), float(train.std()) + 1e-9)]
+            return self
+        order = np.random.default_rng(self.seed).permutation(n)
+        parts = np.array_split(order, self.folds)
+        oof = np.zeros((len(self.makers), n))
+        for row, make in zip(oof, self.makers, strict=True):
+            for held in parts:
+                train_rows = np.setdiff1d(order, held)
+                model = make().fit(x.take(train_rows), cheap[train_rows], frontier[train_rows])
+                row[held] = model.predict(x.take(held))
+        means, stds = oof.mean(axis=1), oof.std(axis=1) + 1e-9
+        z = (oof - means[:, None]) / stds[:, None]
+        self.weights, best = _ascend(z, cheap, frontier)
+        self.oof_apgr = {
+            name: apgr(row, cheap, frontier) for name, row in zip(self.names, oof, strict=True)
+        }
+        self.oof_apgr["stack (weights chosen on these)"] = best
+        self._fitted = [
+            (float(w), make().fit(x, cheap, frontier), float(mean), float(std))
+            for w, make, mean, std in zip(self.weights, self.makers, means, stds, strict=True)
+            if w > 0
+        ]
+        weighted = (
+            f"{name} {w:.2f}" for name, w in zip(self.names, self.weights, strict=True) if w > 0
+        )
+        self.name = f"stack({', '.join(weighted)})"
         return self
 
     def predict(self, x: Prompts) -> Array:
-        parts = [
-            (m.predict(x) - mean) / std
-            for m, (mean, std) in zip(self.models, self._stats, strict=True)
-        ]
-        out: Array = np.mean(parts, axis=0)
+        out: Array = np.zeros(len(x.texts))
+        for weight, model, mean, std in self._fitted:
+            out += weight * (model.predict(x) - mean) / std
         return out
 
 
-def _knn(k: int) -> Callable[[], GainModel]:
-    return lambda: KnnGain(k=k)
+def _ascend(z: Array, cheap: Array, frontier: Array, sweeps: int = 4) -> tuple[Array, float]:
+    """Simplex weights over the rows of ``z`` maximising the APGR of ``weights @ z``: coordinate
+    ascent from equal weights, each step moving one weight by a share of the mean weight."""
+    k = len(z)
+    weights = np.full(k, 1.0 / k)
+    best = apgr(weights @ z, cheap, frontier)
+    for _ in range(sweeps):
+        improved = False
+        for j in range(k):
+            for step in (0.5, 0.25, 0.1, -0.1, -0.25, -0.5):
+                trial = weights.copy()
+                trial[j] = max(0.0, trial[j] + step / k)
+                if trial.sum() == 0:
+                    continue
+                trial /= trial.sum()
+                value = apgr(trial @ z, cheap, frontier)
+                if value > best + 1e-4:
+                    best, weights, improved = value, trial, True
+        if not improved:
+            break
+    return weights, best
 
 
-def _ridge(alpha: float, use_embedding: bool = True) -> Callable[[], GainModel]:
-    return lambda: RidgeGain(alpha=alpha, use_embedding=use_embedding)
-
-
-def _blend(k: int, alpha: float, features_alpha: float | None = None) -> Callable[[], GainModel]:
-    """kNN + ridge on the embedding (+ ridge on the text features alone, if its alpha is given)."""
-    if features_alpha is None:
-        return lambda: BlendGain(KnnGain(k=k), RidgeGain(alpha=alpha))
-    return lambda: BlendGain(
-        KnnGain(k=k), RidgeGain(alpha=alpha), RidgeGain(alpha=features_alpha, use_embedding=False)
-    )
-
-
-def _text(c: float) -> Callable[[], GainModel]:
-    return lambda: TextOddsGain(c=c)
-
-
-def _with_text(make: Callable[[], GainModel], c: float) -> Callable[[], GainModel]:
-    """``make``'s model(s) blended with ``TextOddsGain(c)``."""
-
-    def build() -> GainModel:
-        base = make()
-        parts = base.models if isinstance(base, BlendGain) else (base,)
-        return BlendGain(*parts, TextOddsGain(c=c))
-
-    return build
-
-
-def candidate_models() -> list[Callable[[], GainModel]]:
-    """The grid ``select_gain_model`` chooses from."""
+def base_models() -> list[Callable[[], GainModel]]:
+    """What ``select_gain_model`` stacks: the neighbourhood (kNN, narrow and wide), the
+    embedding and the features (ridge), the features alone, and the words and characters."""
     return [
-        *(_knn(k) for k in (16, 64, 256, 1024)),
-        *(_ridge(alpha) for alpha in (30.0, 300.0, 3000.0, 10000.0)),
-        *(_ridge(alpha, use_embedding=False) for alpha in (10.0, 100.0)),
-        *(_blend(k, alpha) for k, alpha in ((64, 300.0), (256, 3000.0), (1024, 10000.0))),
-        *(_blend(k, alpha, 100.0) for k, alpha in ((256, 3000.0), (1024, 10000.0))),
-        *(_text(c) for c in (0.3, 1.0)),
-        *(_with_text(_blend(k, alpha), 0.3) for k, alpha in ((256, 3000.0), (1024, 10000.0))),
-        _with_text(_blend(1024, 10000.0, 100.0), 0.3),
-        _with_text(_ridge(100.0, use_embedding=False), 0.3),
+        lambda: KnnGain(k=64),
+        lambda: KnnGain(k=1024),
+        lambda: RidgeGain(alpha=3000.0),
+        lambda: RidgeGain(alpha=10000.0),
+        lambda: RidgeGain(alpha=100.0, use_embedding=False),
+        lambda: TextOddsGain(c=0.3),
+        lambda: TextOddsGain(c=0.3, chars=True),
     ]
 
 
 @dataclass(frozen=True)
 class Selection:
     model: GainModel
-    cv: dict[str, float]  # model name -> mean cross-validated APGR
+    cv: dict[str, float]  # model name -> APGR of its out-of-fold predictions on TRAIN
 
 
 def select_gain_model(
@@ -386,30 +414,9 @@ def select_gain_model(
     *,
     folds: int = 5,
     seed: int = 0,
-    grid: Sequence[Callable[[], GainModel]] | None = None,
+    bases: Sequence[Callable[[], GainModel]] | None = None,
 ) -> Selection:
-    """The grid's model with the best mean APGR over ``folds`` cross-validation folds of the
-    training data, refitted on all of it. Too little data for folds: the first model."""
-    grid = list(grid or candidate_models())
-    n = len(cheap)
-    if n < 2 * folds:
-        return Selection(grid[0]().fit(x, cheap, frontier), {})
-    order = np.random.default_rng(seed).permutation(n)
-    parts = np.array_split(order, folds)
-    cv: dict[str, float] = {}
-    best: tuple[float, Callable[[], GainModel]] | None = None
-    for make in grid:
-        scores = []
-        name = make().name
-        for held in parts:
-            train = np.setdiff1d(order, held)
-            model = make().fit(x.take(train), cheap[train], frontier[train])
-            predicted = model.predict(x.take(held))
-            value = apgr(predicted, cheap[held], frontier[held])
-            if not math.isnan(value):
-                scores.append(value)
-        cv[name] = float(np.mean(scores)) if scores else math.nan
-        if best is None or cv[name] > best[0]:
-            best = (cv[name], make)
-    assert best is not None
-    return Selection(best[1]().fit(x, cheap, frontier), cv)
+    """``bases`` (default ``base_models()``) stacked by their ``folds``-fold out-of-fold APGR on
+    the training prompts, then refitted on all of them; the test prompts never influence it."""
+    stack = StackedGain(bases or base_models(), folds=folds, seed=seed).fit(x, cheap, frontier)
+    return Selection(stack, stack.oof_apgr)

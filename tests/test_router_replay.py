@@ -13,7 +13,7 @@ import pytest
 from gateway.cli import main
 from gateway.router_embeddings import embed_cached
 from gateway.router_metrics import apgr, cost_to_reach, cpt, pgr_curve, random_figures
-from gateway.tier_model import Prompts, TextOddsGain
+from gateway.tier_model import KnnGain, Prompts, RidgeGain, StackedGain, TextOddsGain
 
 NAMES = ["Ada", "Grace", "Linus", "Barbara", "Edsger", "Donald", "Frances", "Ken", "Radia", "Tim"]
 
@@ -191,3 +191,38 @@ def test_text_odds_learns_from_words_and_soft_labels() -> None:
     assert np.all(constant == 0.0)
     empty = Prompts.of(["", "?"], np.zeros((2, 4), dtype=np.float32))
     assert TextOddsGain().fit(empty, np.array([0.0, 1.0]), np.ones(2)).predict(empty).shape == (2,)
+
+
+def test_the_stack_weighs_what_predicts_and_drops_what_does_not() -> None:
+    """The frontier is only worth it on long prompts. Ridge on the text features (length among
+    them) sees that; kNN on random embeddings cannot. The stack must put its weight on the
+    first, rank held-out prompts by it, and not refit what it weighs 0."""
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 60, size=400)
+    texts = [" ".join(["word"] * int(n)) for n in lengths]
+    emb = rng.normal(size=(400, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    x = Prompts.of(texts, emb)
+    long = lengths > 30
+    cheap, frontier = np.where(long, 0.0, 1.0), np.ones(400)
+    rows = np.arange(400)
+    train, test = rows[:300], rows[300:]
+    stack = StackedGain(
+        [lambda: KnnGain(k=8), lambda: RidgeGain(alpha=1.0, use_embedding=False)], seed=1
+    ).fit(x.take(train), cheap[train], frontier[train])
+    assert stack.weights[1] > 0.8
+    assert stack.oof_apgr["ridge(alpha=1, features)"] > stack.oof_apgr["knn(k=8)"]
+    held = x.take(test)
+    alone = RidgeGain(alpha=1.0, use_embedding=False).fit(
+        x.take(train), cheap[train], frontier[train]
+    )
+    assert apgr(stack.predict(held), cheap[test], frontier[test]) >= (
+        apgr(alone.predict(held), cheap[test], frontier[test]) - 0.01
+    )
+    assert apgr(stack.predict(held), cheap[test], frontier[test]) > 0.65  # random: 0.5
+    if stack.weights[0] == 0:
+        assert stack.name == "stack(ridge(alpha=1, features) 1.00)"
+    tiny = StackedGain([lambda: RidgeGain(alpha=1.0, use_embedding=False)]).fit(
+        x.take(rows[:6]), cheap[:6], frontier[:6]
+    )
+    assert tiny.predict(x.take(test)).shape == (100,)
