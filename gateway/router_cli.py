@@ -6,10 +6,11 @@
 TRAIN lines: ``{"prompt": "...", "quality": {"cheap": 0..1, "frontier": 0..1}}`` (an optional
 ``"cost"`` object with the same keys). TEST lines: ``{"prompt": "..."}``; other keys are ignored
 for scoring. SCORES: one ``{"prompt", "frontier_score"}`` line per TEST line, in order; higher
-means the frontier model is more worth it. Only TRAIN is learnt from (the model is chosen by
-cross-validation on TRAIN). ``--report`` prints RouteLLM's APGR and CPT(50 %), CPT(80 %) for the
-router, a random router and a prompt-length router when TEST lines carry ``quality``, and the
-cost of reaching 95 % of the frontier's quality when they carry ``cost``.
+means the frontier model is more worth it. Only TRAIN is learnt from (the models' weights are
+chosen on their out-of-fold predictions on TRAIN). ``--report`` prints RouteLLM's APGR and
+CPT(50 %), CPT(80 %) for the router, a random router and a prompt-length router when TEST lines
+carry ``quality``, and the cost of reaching 95 % of the frontier's quality when they carry
+``cost``.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def _replay(args: argparse.Namespace) -> int:
     if args.report:
         if selection.cv:
             cv = ", ".join(f"{name} {value:.3f}" for name, value in selection.cv.items())
-            print(f"{args.folds}-fold CV APGR on TRAIN: {cv}")
+            print(f"{args.folds}-fold out-of-fold APGR on TRAIN: {cv}")
         print(f"model: {selection.model.name}")
         if not test.quality:
             print(f"no report: {args.score} lines lack quality for {' and '.join(tiers)}")
