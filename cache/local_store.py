@@ -70,6 +70,13 @@ class LocalStore:
         if entry is not None:
             entry.state = state
 
+    async def remove(self, entry_id: int, scope: str) -> bool:
+        entry = self._live(entry_id)
+        if entry is None or entry.scope != scope:
+            return False
+        self._drop(entry)
+        return True
+
     async def invalidate(
         self,
         *,

@@ -65,6 +65,7 @@ class Store(Protocol):
     async def put(self, entry: Entry, exact_key: str, ttl_s: float, cap: int) -> list[int]: ...
     async def touch(self, entry: Entry) -> None: ...
     async def save_state(self, entry_id: int, state: bytes) -> None: ...
+    async def remove(self, entry_id: int, scope: str) -> bool: ...
     async def invalidate(
         self, *, team: str | None, route: str | None, chunks: Iterable[str] | None
     ) -> int: ...
@@ -190,6 +191,15 @@ class RedisStore:
         # Only if the entry still exists: never resurrect an evicted entry as a stub.
         if await self._call(self._redis.exists(key)):
             await self._call(self._redis.hset(key, "state", state))
+
+    async def remove(self, entry_id: int, scope: str) -> bool:
+        """Delete one entry of ``scope`` (every replica drops it from its index); ``False``
+        when it is gone already or belongs to another scope."""
+        entry = await self.get(entry_id)
+        if entry is None or entry.scope != scope:
+            return False
+        await self._delete([entry_id], scope)
+        return True
 
     async def invalidate(
         self,

@@ -230,26 +230,33 @@ class CacheStage:
             or ctx.notes.get("cache") == "bypass"
         ):
             return
-        self._spawn(self._store(ctx, scope, settings, completion, ctx.notes.get("cache_compare")))
+        text = _answer_text(completion.body)
+        if text is None or completion.finish_reason not in CACHEABLE_FINISH:
+            return
+        # The entry's id is drawn now so the decision record names it: feedback saying this
+        # answer was wrong removes it (``forget``).
+        entry_id = random.getrandbits(63)
+        ctx.decision.events.append({"type": "cache_store", "entry": entry_id, "scope": scope})
+        comparison = ctx.notes.get("cache_compare")
+        self._spawn(self._store(ctx, entry_id, scope, settings, completion, text, comparison))
 
     async def _store(
         self,
         ctx: RequestContext,
+        entry_id: int,
         scope: str,
         settings: CacheSettings,
         completion: Completion,
+        text: str,
         comparison: _Comparison | None,
     ) -> None:
-        text = _answer_text(completion.body)
-        if text is None or completion.finish_reason not in CACHEABLE_FINISH:
-            return
         try:
             new_state = EntryState.from_bytes(b"")
             if comparison is not None:
                 await self._learn(ctx, scope, text, comparison, new_state)
             vector = await ctx.query_embedding()
             new = Entry(
-                id=random.getrandbits(63),
+                id=entry_id,
                 scope=scope,
                 team=ctx.team.name,
                 route=ctx.route.name,
@@ -316,6 +323,18 @@ class CacheStage:
         self.policy.observe(entry_state, self._scope_state(scope), similarity, False, feedback=True)
         await self.store.save_state(entry.id, entry_state.to_bytes())
         return True
+
+    async def forget(self, entry_id: int, scope: str) -> bool:
+        """A client says the cached answer to its own question was wrong (an exact hit, or the
+        answer its request stored): the entry is removed, here and on every replica."""
+        try:
+            removed = await self.store.remove(entry_id, scope)
+        except CacheUnavailable as exc:
+            self._unavailable("forget", exc)
+            return False
+        if removed:
+            self.indexes.remove(entry_id)
+        return removed
 
     # -- background work ------------------------------------------------------------------
     async def load(self) -> int:

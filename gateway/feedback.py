@@ -1,8 +1,10 @@
 """``POST /v1/feedback``: a client grades an answer it received.
 
 ``{"request_id": "...", "score": 0..1, "comment": "..."}``, authorised for the team that made the
-request (looked up in the recent decision records). A low score on a cached answer is negative
-feedback to the cache: that entry stops hitting at that similarity and its scope learns from it.
+request (looked up in the recent decision records). A low score is negative feedback to the
+cache: a semantic hit's entry stops hitting at that similarity and its scope learns from it; an
+exact hit's entry, or the entry the request's own answer was stored as, is removed (a wrong
+answer, e.g. from a cheap model, is not replayed to every repeat of the question).
 """
 
 from __future__ import annotations
@@ -44,11 +46,19 @@ async def post_feedback(request: web.Request) -> web.Response:
     if runtime.tiers is not None:  # the tier router learns from the grade of the tier it chose
         runtime.tiers.observe(request_id, float(score))
     cache_corrected = False
-    if score < WRONG_BELOW:
-        hit = next((e for e in decision.events if e.get("type") == "cache_hit"), None)
-        stage = next((s for s in runtime.interceptors if isinstance(s, CacheStage)), None)
-        if hit is not None and stage is not None and hit.get("kind") == "semantic":
-            cache_corrected = await stage.feedback(hit["entry"], hit["scope"], hit["similarity"])
+    stage = next((s for s in runtime.interceptors if isinstance(s, CacheStage)), None)
+    if score < WRONG_BELOW and stage is not None:
+        for event in decision.events:
+            kind = event.get("type")
+            if kind == "cache_hit" and event.get("kind") == "semantic":
+                # Another question's answer: wrong here, maybe right there. It stops hitting
+                # at this similarity (the scope's policy learns from it).
+                cache_corrected |= await stage.feedback(
+                    event["entry"], event["scope"], event["similarity"]
+                )
+            elif kind == "cache_store" or (kind == "cache_hit" and event.get("kind") == "exact"):
+                # The answer to this very question: no longer served to anyone.
+                cache_corrected |= await stage.forget(event["entry"], event["scope"])
     return web.Response(
         body=orjson.dumps(
             {"ok": True, "cache_corrected": cache_corrected, "quality_counted": quality_counted}

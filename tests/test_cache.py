@@ -433,3 +433,65 @@ async def test_reingested_chunks_invalidate_answers_built_on_them() -> None:
         assert await store.get(2) is not None
     finally:
         await store.close()
+
+
+async def test_a_wrong_answer_flagged_by_feedback_is_no_longer_replayed(
+    cached: TestClient[Any, Any], fakes: Fakes
+) -> None:
+    """Negative feedback on the request whose answer was stored, or on an exact hit of it,
+    removes the entry: the next repeat goes to the provider instead of replaying it."""
+    _, _, first = await ask(cached, "What is the capital of Australia")
+    await settle(cached)
+    _, _, headers = await ask(cached, "What is the capital of Australia")
+    assert headers["x-gateway-cache"] == "hit"
+
+    async def flag(request_id: str) -> Any:
+        response = await cached.post(
+            "/v1/feedback",
+            json={"request_id": request_id, "score": 0.0, "comment": "it is Canberra"},
+            headers={"Authorization": f"Bearer {TEAM_KEY}"},
+        )
+        assert response.status == 200
+        return await response.json()
+
+    assert (await flag(first["x-request-id"]))["cache_corrected"] is True  # the stored answer
+    _, _, headers = await ask(cached, "What is the capital of Australia")
+    assert headers["x-gateway-cache"] == "miss"
+    await settle(cached)  # that fresh answer is stored anew...
+    _, _, hit = await ask(cached, "What is the capital of Australia")
+    assert hit["x-gateway-cache"] == "hit"
+    assert (await flag(hit["x-request-id"]))["cache_corrected"] is True  # ...and flagged on a hit
+    _, _, headers = await ask(cached, "What is the capital of Australia")
+    assert headers["x-gateway-cache"] == "miss"
+    # Flagging it again finds nothing left to remove; a good grade removes nothing.
+    assert (await flag(hit["x-request-id"]))["cache_corrected"] is False
+
+
+@pytest.mark.parametrize("kind", ["redis", "local"])
+async def test_removing_one_entry_tells_the_other_replicas(kind: str) -> None:
+    """``Store.remove``: only in the entry's own scope; gone for lookups (exact key included);
+    on Redis a ``del`` event, which every replica applies to its index."""
+    from cache.local_store import LocalStore
+    from cache.store import Entry, RedisStore, Store
+
+    store: Store = (
+        RedisStore(SHARED_REDIS, prefix=f"gw-test-{uuid.uuid4().hex[:8]}")
+        if kind == "redis"
+        else LocalStore()
+    )
+    try:
+        after = await store.latest_event()
+        entry = Entry(
+            id=7, scope="s", team="t", route="r", query="q", answer={"choices": []}, vector=None
+        )
+        await store.put(entry, "x7", ttl_s=60, cap=10)
+        assert await store.remove(7, "another scope") is False
+        assert await store.remove(7, "s") is True
+        assert await store.get(7) is None
+        assert await store.exact("x7") is None
+        assert await store.remove(7, "s") is False
+        if kind == "redis":
+            _, events = await store.events(after, block_ms=100)
+            assert [(e.op, e.id) for e in events] == [("add", 7), ("del", 7)]
+    finally:
+        await store.close()
