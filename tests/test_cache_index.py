@@ -105,9 +105,18 @@ async def test_start_up_load_indexes_every_batch_of_its_own_embedder_only() -> N
     own = [i for i in range(len(vectors)) if i % 10 != 0]
     assert await stage.load() == len(own)
     assert len(stage.indexes) == len(own)
-    for i in own[::97]:  # searchable in its scope (among the 10 nearest: the index is int8)
-        found = stage.indexes.nearest(f"scope-{i % 3}", vectors[i], 10)
-        assert i + 1 in [key for key, _ in found]
+    for scope in range(3):  # each entry in its own scope's index
+        wanted = {i + 1 for i in own if i % 3 == scope}
+        assert {k for k, s in stage.indexes._owner.items() if s == f"scope-{scope}"} == wanted
+        assert len(stage.indexes._scopes[f"scope-{scope}"]) == len(wanted)
+    # Searchable: among its 10 nearest. The index is approximate (HNSW, int8) and random unit
+    # vectors are its worst case (all nearly equidistant), so most, not all, are found.
+    checked = own[::37]
+    found = sum(
+        i + 1 in [key for key, _ in stage.indexes.nearest(f"scope-{i % 3}", vectors[i], 10)]
+        for i in checked
+    )
+    assert found >= 0.9 * len(checked)
     for i in range(0, len(vectors), 970):  # another embedder's vectors: never indexed
         assert all(
             key != i + 1 for key, _ in stage.indexes.nearest(f"scope-{i % 3}", vectors[i], 5)
