@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,18 +25,18 @@ from cache.guard import conflict
 from cache.hits import NEIGHBOURS, Assessment, EntryState, HitPolicy, ScopeState
 from cache.index import ScopedIndexes
 from cache.local_store import LocalStore
-from cache.scope import exact_key, normalise, scope_of
+from cache.scope import exact_key, scope_of
 from cache.store import CacheUnavailable, Entry, RedisStore, Store
 from providers.base import Completion, Usage, new_completion_id
 
 from .cache_config import CacheConfig, CacheSettings, effective
+from .cache_rules import CACHEABLE_FINISH, answer_text, bypass_reason, same_answer
 from .context import RequestContext
 from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-CACHEABLE_FINISH = frozenset({"stop", "length"})
 LOAD_BATCH = 1024  # entries per multi-threaded index add at start (bounds a lookup's wait)
 
 
@@ -85,7 +85,7 @@ class CacheStage:
     async def before(self, ctx: RequestContext) -> Completion | None:
         settings = self.settings_for(ctx)
         mode = (ctx.request_headers.get("x-gateway-cache") or "").strip().lower()
-        if reason := _bypass_reason(ctx, settings, mode):
+        if reason := bypass_reason(ctx, settings, mode):
             ctx.notes["cache"] = "bypass"
             ctx.headers["x-gateway-cache"] = "bypass"
             self._count("bypass")
@@ -136,8 +136,8 @@ class CacheStage:
             if reason is None and similarity >= settings.static_threshold:
                 return self._serve(ctx, entry, similarity, "semantic")
             return None
-        cached = _answer_text(entry.answer)
-        agreement = sum(_same(_answer_text(r.answer), cached) for r, _ in neighbours[1:])
+        cached = answer_text(entry.answer)
+        agreement = sum(same_answer(answer_text(r.answer), cached) for r, _ in neighbours[1:])
         state = self._scope_state(scope)
         assessment = self.policy.assess(
             similarity,
@@ -230,7 +230,7 @@ class CacheStage:
             or ctx.notes.get("cache") == "bypass"
         ):
             return
-        text = _answer_text(completion.body)
+        text = answer_text(completion.body)
         if text is None or completion.finish_reason not in CACHEABLE_FINISH:
             return
         # The entry's id is drawn now so the decision record names it: feedback saying this
@@ -288,7 +288,7 @@ class CacheStage:
         """Compare the fresh answer with the nearest cached ones and learn from it."""
         state = self._scope_state(scope)
         (entry, similarity), *runners = comparison.neighbours
-        correct = _same(fresh, _answer_text(entry.answer))
+        correct = same_answer(fresh, answer_text(entry.answer))
         entry_state = EntryState.from_bytes(entry.state)
         self.policy.observe(
             entry_state,
@@ -303,7 +303,7 @@ class CacheStage:
         self.policy.learn(new_state, state, similarity, correct)
         await self.store.save_state(entry.id, entry_state.to_bytes())
         for runner, runner_similarity in runners:
-            same = _same(fresh, _answer_text(runner.answer))
+            same = same_answer(fresh, answer_text(runner.answer))
             runner_state = EntryState.from_bytes(runner.state)
             self.policy.learn(runner_state, state, runner_similarity, same)
             self.policy.learn(new_state, state, runner_similarity, same)
@@ -439,41 +439,6 @@ class CacheStage:
         if not self.healthy:
             log.info("cache store is back")
         self.healthy = True
-
-
-def _bypass_reason(ctx: RequestContext, settings: CacheSettings, mode: str) -> str | None:
-    if not settings.enabled:
-        return "disabled for this team or route"
-    if mode == "bypass":
-        return "x-gateway-cache: bypass"
-    temperature = ctx.chat.temperature
-    if temperature is not None and temperature > settings.max_temperature:
-        return f"temperature {temperature} above {settings.max_temperature}"
-    if not ctx.query_text:
-        return "no user turn to look up"
-    return None
-
-
-def _same(fresh: str | None, cached: str | None) -> bool:
-    """Whether two answers say the same: equal up to case and spacing.
-
-    Cheap on purpose (it runs for every neighbour of every compared lookup). For providers whose
-    answers vary in wording this under-counts agreement, which makes the policy more cautious,
-    never less: fewer hits, not more wrong ones.
-    """
-    return fresh is not None and cached is not None and normalise(fresh) == normalise(cached)
-
-
-def _answer_text(body: Mapping[str, Any]) -> str | None:
-    """The text of a plain answer; ``None`` for tool calls or anything else not cacheable."""
-    try:
-        message = body["choices"][0]["message"]
-    except (KeyError, IndexError, TypeError):
-        return None
-    if message.get("tool_calls") or not isinstance(message.get("content"), str):
-        return None
-    content: str = message["content"]
-    return content or None
 
 
 @contextlib.asynccontextmanager
