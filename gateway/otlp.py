@@ -18,7 +18,7 @@ exponential backoff on 429/502/503/504 honouring ``Retry-After``, and the standa
 It replaces the SDK's exporter, which posted with ``requests`` from a worker thread (a thread
 hand-off and a GIL hand-back per post); with its drain-until-empty flush, the old path made
 ~14x more posts under load and cost 22.9 % more CPU per request than no telemetry, against
-16.3 % now (bench/README.md).
+~16 % now (bench/README.md).
 """
 
 from __future__ import annotations

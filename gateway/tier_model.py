@@ -330,6 +330,7 @@ class StackedGain:
             train = model.predict(x)
             self.weights = np.eye(len(self.makers))[0]
             self._fitted = [(1.0, model, float(train.mean()), float(train.std()) + 1e-9)]
+            self.name = f"stack({self.names[0]} 1.00)"
             return self
         order = np.random.default_rng(self.seed).permutation(n)
         parts = np.array_split(order, self.folds)

@@ -108,7 +108,7 @@ def _models(policy: Policy) -> dict[str, _Model]:
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _OK = Status(StatusCode.UNSET)
 _ID_MASK = (1 << 64) - 1
-_YIELD_EVERY = 32  # requests encoded between yields to the event loop (~1 ms)
+_YIELD_EVERY = 32  # requests encoded between yields to the event loop (~0.3 ms of work)
 EXPORT_INTERVAL_S = 2.0  # how often queued requests' spans are encoded and posted
 
 
@@ -220,7 +220,7 @@ class Tracing:
         encoder, encoded = self._encoder, []
         for i, job in enumerate(jobs, 1):
             encoded += self._encoded(job, encoder)
-            if i % _YIELD_EVERY == 0:  # a whole batch at once would hold the loop ~30 ms
+            if i % _YIELD_EVERY == 0:  # a whole batch (256 requests) would hold the loop ~2-3 ms
                 await asyncio.sleep(0)
         return await exporter.export(encoder.request(self.resource, self.scope, encoded))
 
