@@ -27,6 +27,7 @@ from .context import Interceptor
 from .decision_store import decision_sinks
 from .decisions import DecisionLog
 from .errors import GatewayError, InvalidRequest, ModelNotFound
+from .exporter import ExporterLink
 from .feedback import post_feedback
 from .knowledge import open_knowledge
 from .metrics import Metrics
@@ -185,6 +186,7 @@ def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]
     quality = QualityMonitor(
         policy.quality, alerts=alerts, metrics=metrics_, store=quality_store(settings)
     )
+    exporter = ExporterLink.from_settings(settings)
     return Runtime(
         settings=settings,
         catalog=catalog,
@@ -196,9 +198,10 @@ def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]
         metrics=metrics_,
         quality=quality,
         decisions=DecisionLog(
-            settings.decision_ring_size, sinks=decision_sinks(settings, metrics_)
+            settings.decision_ring_size, sinks=decision_sinks(settings, metrics_, exporter)
         ),
-        tracing=Tracing.from_settings(settings),
+        tracing=Tracing.from_settings(settings, exporter),
+        exporter=exporter,
         tiers=TierRouter(policy) if any(r.tiering for r in policy.routes) else None,
     )
 

@@ -26,6 +26,9 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .background import flush_periodically, stop_then_flush
@@ -33,6 +36,7 @@ from .errors import InvalidRequest
 
 if TYPE_CHECKING:
     from .decisions import Decision
+    from .exporter import ExporterLink
     from .metrics import Metrics
     from .settings import Settings
 
@@ -139,10 +143,12 @@ def _status_matches(wanted: str, status: int) -> bool:
     return str(status) == wanted
 
 
-def decision_sinks(settings: Settings, metrics: Metrics | None = None) -> DecisionSinks | None:
+def decision_sinks(
+    settings: Settings, metrics: Metrics | None = None, link: ExporterLink | None = None
+) -> DecisionSinks | None:
     """The sinks ``settings`` configure: the Redis stream with ``GATEWAY_REDIS_URL`` (unless
     ``GATEWAY_DECISION_STREAM=false``), the file with ``GATEWAY_DECISION_LOG``; ``None`` with
-    neither (the ring alone)."""
+    neither (the ring alone). With ``link`` the exporter process writes them; this end reads."""
     redis_url = settings.redis_url if settings.decision_stream else None
     if not redis_url and settings.decision_log is None:
         return None
@@ -152,6 +158,7 @@ def decision_sinks(settings: Settings, metrics: Metrics | None = None) -> Decisi
         maxlen=settings.decision_stream_maxlen,
         path=settings.decision_log,
         metrics=metrics,
+        link=link,
     )
 
 
@@ -174,6 +181,7 @@ class DecisionSinks:
         batch_size: int = 256,
         interval_s: float = 0.2,
         pending_max: int = 20_000,
+        link: ExporterLink | None = None,
     ) -> None:
         self.key = f"{prefix}:decisions"
         self.maxlen = maxlen
@@ -181,8 +189,15 @@ class DecisionSinks:
         self.metrics = metrics
         self.batch_size = batch_size
         self.interval_s = interval_s
+        # With the exporter process this client only reads (the process writes): a read on a
+        # connection Redis closed (a restart) is tried again at once on a new one.
+        retry: dict[str, Any] = {}
+        if link is not None:
+            retry = {"retry": Retry(NoBackoff(), 1), "retry_on_error": [RedisConnectionError]}
         self._redis = (
-            aioredis.Redis.from_url(redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            aioredis.Redis.from_url(
+                redis_url, socket_timeout=1.0, socket_connect_timeout=1.0, **retry
+            )
             if redis_url
             else None
         )
@@ -195,6 +210,11 @@ class DecisionSinks:
         self._lock = asyncio.Lock()
         self._healthy = True
         self.dropped = 0
+        # With the exporter process, the batches go to it: this end serialises and reads.
+        self._link = link
+        if link is not None:
+            link.on_answer = self._answered
+            link.on_lost = lambda n: self._count("queue", "dropped", n)
 
     @property
     def shared(self) -> bool:
@@ -211,10 +231,15 @@ class DecisionSinks:
 
     # -- lifetime -------------------------------------------------------------------------
     async def start(self) -> None:
+        if self._link is None:
+            await self.open()
+        self._task = asyncio.create_task(self._run(), name="decision-writer")
+
+    async def open(self) -> None:
+        """Open the file (``start`` does; the exporter process, which only ``store``s, too)."""
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = await asyncio.to_thread(self.path.open, "ab")
-        self._task = asyncio.create_task(self._run(), name="decision-writer")
 
     async def close(self) -> None:
         await stop_then_flush(self._task, self.flush, self._lock, 5)
@@ -242,29 +267,71 @@ class DecisionSinks:
                 ]
                 await self._write(batch)
 
+    async def written(self, timeout_s: float = READ_FLUSH_S) -> bool:
+        """Write everything pending, and with the exporter process wait until it has; ``False``
+        when that took longer than ``timeout_s`` (the writing goes on)."""
+        began = asyncio.get_running_loop().time()
+        # Not cancelled at the time limit (a batch taken off the queue would be lost): it
+        # carries on in the background.
+        writing = asyncio.ensure_future(self.flush())
+        await asyncio.wait({writing}, timeout=timeout_s)
+        if not writing.done():
+            writing.add_done_callback(_retrieve)
+            return False
+        if self._link is None:
+            return True
+        left = timeout_s - (asyncio.get_running_loop().time() - began)
+        return await self._link.wait_written(max(left, 0.0))
+
     async def _write(self, batch: list[Decision]) -> None:
         lines: list[bytes] = []
         for i, decision in enumerate(batch, 1):
             lines.append(decision.to_json() + b"\n")  # a JSON line
             if i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # serialising is CPU: let requests run in between
+        rids = [d.request_id for d in batch]
+        if self._link is not None:  # counted when the exporter process answers
+            ids = "".join([f"{rid}\n" for rid in rids])
+            await self._link.records(ids, b"".join(lines), len(rids))
+        else:
+            self._answered(await self.store(rids, lines))
+
+    async def store(self, rids: list[str], lines: list[bytes]) -> dict[str, list[int]]:
+        """Append JSON ``lines`` (each ending in a newline) to the file and stream them with
+        their request ids; how many each sink took and failed: ``{"file": [ok, failed], ...}``."""
+        counts: dict[str, list[int]] = {}
         if self._file is not None:
             try:
                 await asyncio.to_thread(self._append, b"".join(lines))
             except OSError as exc:
                 log.warning("cannot append decision records to %s: %s", self.path, exc)
-                self._count("file", "error", len(batch))
+                counts["file"] = [0, len(lines)]
             else:
-                self._count("file", "ok", len(batch))
+                counts["file"] = [len(lines), 0]
         if self._redis is not None:
             # A script holds Redis while it runs (~7 us per record): one call per chunk keeps
             # every replica's cache, breaker and limit calls from waiting behind a whole batch.
-            for start in range(0, len(batch), STREAM_CHUNK):
+            done = 0
+            for start in range(0, len(lines), STREAM_CHUNK):
                 chunk = slice(start, start + STREAM_CHUNK)
-                rids = "".join([f"{d.request_id}\n" for d in batch[chunk]])  # hex: no newline
-                if not await self._xadd(rids, b"".join(lines[chunk])):
-                    self._count("redis", "error", len(batch) - start - len(lines[chunk]))
+                ids = "".join([f"{rid}\n" for rid in rids[chunk]])  # hex: no newline
+                if not await self._xadd(ids, b"".join(lines[chunk])):
                     break
+                done += len(lines[chunk])
+            counts["redis"] = [done, len(lines) - done]
+        return counts
+
+    def _answered(self, counts: dict[str, Any]) -> None:
+        """Count what the sinks took (here, or the exporter process's answer)."""
+        for sink in ("file", "redis"):
+            if sink in counts:
+                ok, failed = counts[sink]
+                if ok:
+                    self._count(sink, "ok", ok)
+                if failed:
+                    self._count(sink, "error", failed)
+        if self._link is not None and "redis" in counts:
+            self._healthy = not counts["redis"][1]
 
     def _append(self, blob: bytes) -> None:
         assert self._file is not None
@@ -273,9 +340,8 @@ class DecisionSinks:
 
     async def _xadd(self, rids: str, blob: bytes) -> bool:
         """Stream records: their request ids and JSON lines, each ending in a newline.
-        ``False`` when Redis failed (the records are counted as not streamed)."""
+        ``False`` when Redis failed."""
         assert self._append_script is not None
-        count = rids.count("\n")
         try:
             await self._append_script(keys=[self.key], args=[self.maxlen, rids, blob])
         except (RedisError, OSError) as exc:
@@ -286,12 +352,10 @@ class DecisionSinks:
                     exc,
                 )
             self._healthy = False
-            self._count("redis", "error", count)
             return False
         if not self._healthy:
             log.info("redis is back; decision records are streamed again")
         self._healthy = True
-        self._count("redis", "ok", count)
         return True
 
     def _count(self, sink: str, result: str, n: int = 1) -> None:
@@ -337,12 +401,7 @@ class DecisionSinks:
         down (or slow) a read answers from this replica's ring instead of waiting on it."""
         if self._redis is None or not self._healthy:
             return False
-        # Not cancelled at the time limit (a batch taken off the queue would be lost): it
-        # carries on in the background.
-        writing = asyncio.ensure_future(self.flush())
-        await asyncio.wait({writing}, timeout=READ_FLUSH_S)
-        if not writing.done():
-            writing.add_done_callback(_retrieve)
+        if not await self.written():
             log.info("decision records still being written; reading what Redis has")
         return self._healthy
 

@@ -15,6 +15,7 @@ from .breakers import BreakerBoard
 from .catalog import Catalog
 from .context import Interceptor
 from .decisions import DecisionLog
+from .exporter import ExporterLink
 from .limits import Limits
 from .metrics import Metrics
 from .quality_monitor import QualityMonitor
@@ -44,6 +45,7 @@ class Runtime:
     tasks: TaskClassifier | None = None  # None: no labelled task examples in policy
     tiers: TierRouter | None = None  # None: no route has tiering
     tracing: Tracing | None = None  # None: no OTLP endpoint, no spans
+    exporter: ExporterLink | None = None  # the telemetry exporter process (gateway/exporter.py)
     series: TrafficSeries = field(default_factory=TrafficSeries)  # the dashboard's traffic
     limits: Limits | None = None  # team limits and budgets (gateway.lifecycle installs them)
     teams: TeamRegistry | None = None  # the run-time team overlay

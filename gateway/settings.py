@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     )
     otlp_service_name: str = "knowledge-gateway"
     otlp_sample_ratio: float = Field(default=1.0, ge=0, le=1, description="share of traces kept")
+    telemetry_process: bool = Field(
+        default=True,
+        description="write decision records and export spans from a child process "
+        "(gateway/exporter.py), off the serving process's event loop",
+    )
     # SIGTERM: /readyz turns not-ready, serving goes on for drain_delay_s (load balancers stop
     # sending), then in-flight requests and streams get up to shutdown_timeout_s to finish.
     drain_delay_s: float = Field(default=0.0, ge=0)

@@ -118,10 +118,14 @@ def observe_request(runtime: Runtime, ctx: RequestContext, chat: ChatRequest) ->
 
 @contextlib.asynccontextmanager
 async def running_telemetry(runtime: Runtime) -> AsyncIterator[None]:
-    """The decision writer's and the tracer's lifetime: started with the app; at shutdown the
-    pending records are written and the queued spans exported."""
+    """The decision writer's and the tracer's lifetime (and the exporter process's, which does
+    their writes when configured): started with the app; at shutdown the pending records are
+    written and the queued spans exported."""
     sinks = runtime.decisions.sinks
     tracing = runtime.tracing
+    exporter = runtime.exporter
+    if exporter is not None:
+        await exporter.start()
     if sinks is not None:
         await sinks.start()
     if tracing is not None:
@@ -133,3 +137,5 @@ async def running_telemetry(runtime: Runtime) -> AsyncIterator[None]:
             await sinks.close()
         if tracing is not None:
             await tracing.close()
+        if exporter is not None:
+            await exporter.close()

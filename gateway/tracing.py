@@ -36,6 +36,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import orjson
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from providers.schema import ChatRequest
 
     from .decisions import Attempt, Decision
+    from .exporter import ExporterLink
     from .policy import Policy
     from .settings import Settings
 
@@ -119,7 +121,7 @@ class _Job:
 
     def __init__(
         self,
-        policy: Policy,
+        policy: Policy | None,  # None in the exporter process (it is told the model table)
         decision: Decision,
         request: dict[str, Any],
         trace_id: int,
@@ -144,7 +146,7 @@ class Tracing:
 
     def __init__(
         self,
-        exporter: OTLPHttpExporter | SpanExporter,
+        exporter: OTLPHttpExporter | SpanExporter | None,
         *,
         service_name: str = "knowledge-gateway",
         sample_ratio: float = 1.0,
@@ -153,8 +155,10 @@ class Tracing:
         # Spans per post: the SDK's default (BatchSpanProcessor); ~160 KB of OTLP. A post holds
         # the event loop while it is built and written: ~0.7 ms here, ~1.5 ms at 2048 spans.
         batch_size: int = 512,
+        link: ExporterLink | None = None,
     ) -> None:
         self.exporter = exporter
+        self._link = link  # the exporter process builds and posts the spans instead
         self.resource = Resource.create({"service.name": service_name})
         self.scope = InstrumentationScope("knowledge-gateway")
         self.interval_s = interval_s
@@ -170,14 +174,16 @@ class Tracing:
         self._encoder = SpanEncoder()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Tracing | None:
-        """A tracer exporting to ``settings.otlp_endpoint``, or ``None`` when it is unset."""
+    def from_settings(cls, settings: Settings, link: ExporterLink | None = None) -> Tracing | None:
+        """A tracer exporting to ``settings.otlp_endpoint`` (through the exporter process when
+        ``link`` is given), or ``None`` when it is unset."""
         if not settings.otlp_endpoint:
             return None
         return cls(
-            OTLPHttpExporter(settings.otlp_endpoint),
+            None if link is not None else OTLPHttpExporter(settings.otlp_endpoint),
             service_name=settings.otlp_service_name,
             sample_ratio=settings.otlp_sample_ratio,
+            link=link,
         )
 
     # -- lifetime -------------------------------------------------------------------------
@@ -190,7 +196,7 @@ class Tracing:
         self._task = None
         if isinstance(self.exporter, OTLPHttpExporter):
             await self.exporter.close()
-        else:
+        elif self.exporter is not None:
             await asyncio.to_thread(self.exporter.shutdown)
 
     async def _run(self) -> None:
@@ -214,15 +220,45 @@ class Tracing:
 
     async def _export(self, jobs: list[_Job]) -> bool:
         exporter = self.exporter
+        if self._link is not None:
+            return await self._hand_over(self._link, jobs)
+        if exporter is None:
+            return False
         if not isinstance(exporter, OTLPHttpExporter):  # any SDK exporter, from a worker thread
             spans = [span for job in jobs for span in self._spans(job)]
             return await asyncio.to_thread(exporter.export, spans) is SpanExportResult.SUCCESS
+        return await self.export_jobs(jobs)
+
+    async def export_jobs(self, jobs: list[_Job]) -> bool:
+        """Encode the jobs' spans and post them (to the OTLP exporter)."""
+        assert isinstance(self.exporter, OTLPHttpExporter)
         encoder, encoded = self._encoder, []
         for i, job in enumerate(jobs, 1):
             encoded += self._encoded(job, encoder)
             if i % _YIELD_EVERY == 0:  # a whole batch (256 requests) would hold the loop ~2-3 ms
                 await asyncio.sleep(0)
-        return await exporter.export(encoder.request(self.resource, self.scope, encoded))
+        return await self.exporter.export(encoder.request(self.resource, self.scope, encoded))
+
+    async def _hand_over(self, link: ExporterLink, jobs: list[_Job]) -> bool:
+        """Send the jobs' span data to the exporter process (``jobs_from_wire`` reads it), the
+        model table first whenever a reload changed the policy."""
+        sent, wire = True, list[list[Any]]()
+        for job in jobs:
+            if job.policy is not self._policy and job.policy is not None:
+                if wire:
+                    sent &= await link.spans(orjson.dumps(wire), len(wire))
+                    wire = []
+                self.use_models(_models(job.policy), job.policy)
+                await link.models(_models_to_wire(self._models))
+            wire.append(_job_to_wire(job))
+        if wire:
+            sent &= await link.spans(orjson.dumps(wire), len(wire))
+        return sent
+
+    def use_models(self, models: dict[str, _Model], policy: Policy | None = None) -> None:
+        """Build spans with ``models`` from now on (a reload, or the exporter process told)."""
+        self._models, self._policy = models, policy
+        self._encoder.forget_templates()  # an alias may now pin another model version
 
     # -- the request path -----------------------------------------------------------------
     def _parent(self, headers: Mapping[str, str]) -> SpanContext | None:
@@ -263,9 +299,8 @@ class Tracing:
     # once per combination by the lean encoder; both export paths put them in the same order.
     def _plan(self, job: _Job) -> list[_SpanPlan]:
         """The request's spans: one per attempt, then the server span (ids drawn in order)."""
-        if job.policy is not self._policy:  # a reload swapped the policy
-            self._models, self._policy = _models(job.policy), job.policy
-            self._encoder.forget_templates()  # an alias may now pin another model version
+        if job.policy is not self._policy and job.policy is not None:  # a reload swapped it
+            self.use_models(_models(job.policy), job.policy)
         decision = job.decision
         server_id = random.getrandbits(64)
         request = job.request
@@ -479,3 +514,68 @@ def _request_attributes(chat: ChatRequest) -> dict[str, Any]:
     if chat.top_p is not None:
         found["gen_ai.request.top_p"] = float(chat.top_p)
     return found
+
+
+# -- the exporter process's wire format (gateway/exporter.py) ----------------------------------
+def _models_to_wire(models: dict[str, _Model]) -> bytes:
+    return orjson.dumps({alias: [m.request_model, m.attributes] for alias, m in models.items()})
+
+
+def models_from_wire(payload: bytes) -> dict[str, _Model]:
+    return {alias: _Model(model, attrs) for alias, (model, attrs) in orjson.loads(payload).items()}
+
+
+def _job_to_wire(job: _Job) -> list[Any]:
+    """What the spans of a traced request are built from, as a compact JSON-able list."""
+    d, parent = job.decision, job.parent
+    return [
+        job.trace_id >> 64,
+        job.trace_id & _ID_MASK,
+        None if parent is None else [parent.span_id, parent.is_remote],
+        job.request,
+        job.cache,
+        job.knowledge,
+        [d.request_id, d.team, d.route, d.task_type, d.source, d.status, d.error],
+        [d.cost_usd, d.ttft_ms, d.ended_at, d.total_ms, d.prompt_tokens, d.completion_tokens],
+        [
+            [
+                a.model,
+                a.provider,
+                a.region,
+                a.outcome,
+                a.latency_ms,
+                a.served_model,
+                a.status,
+                a.ended_at,
+            ]
+            for a in d.attempts
+        ],
+    ]
+
+
+def jobs_from_wire(payload: bytes) -> list[_Job]:
+    from .decisions import Attempt, Decision
+
+    jobs = []
+    for high, low, parent, request, cache, knowledge, names, figures, attempts in orjson.loads(
+        payload
+    ):
+        trace_id = (high << 64) | low
+        rid, team, route, task, source, status, error = names
+        decision = Decision(rid, team, route, task, source=source, status=status, error=error)
+        (
+            decision.cost_usd,
+            decision.ttft_ms,
+            decision.ended_at,
+            decision.total_ms,
+            decision.prompt_tokens,
+            decision.completion_tokens,
+        ) = figures
+        decision.attempts = [
+            Attempt(a[0], a[1], a[2], a[3], a[4], a[5], a[6], ended_at=a[7]) for a in attempts
+        ]
+        context = None
+        if parent is not None:
+            context = SpanContext(trace_id, parent[0], is_remote=parent[1], trace_flags=_SAMPLED)
+        jobs.append(_Job(None, decision, request, trace_id, context, cache, knowledge))
+    return jobs

@@ -55,7 +55,7 @@ async def written(*clients: TestClient[Any, Any]) -> None:
     for client in clients:
         sinks = client.app[RUNTIME].decisions.sinks
         assert sinks is not None
-        await sinks.flush()
+        assert await sinks.written(5.0)
 
 
 async def decisions(client: TestClient[Any, Any], query: str = "") -> tuple[list[Any], str]:
@@ -160,19 +160,19 @@ async def test_json_lines_log_and_redis_outage(
     sinks = runtime.decisions.sinks
     assert sinks is not None
     assert (await ask(client)).status == 200
-    await sinks.flush()
+    assert await sinks.written(5.0)
     assert (await decisions(client))[1] == "redis"
 
     redis_server.stop()
     for _ in range(3):  # Redis is down: requests are answered as before
         assert (await ask(client)).status == 200
-    await sinks.flush()
+    assert await sinks.written(5.0)
     listed, origin = await decisions(client)
     assert origin == "local"  # the ring answers while Redis is away
     assert len(listed) == 4
 
     assert (await ask(client, key=OPEN_KEY)).status == 200
-    await sinks.flush()
+    assert await sinks.written(5.0)
     lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]
     assert len(lines) == 5
     assert {line["team"] for line in lines} == {"alpha", "open"}
@@ -188,7 +188,7 @@ async def test_json_lines_log_and_redis_outage(
 
     redis_server.start()  # back (empty: it keeps nothing on disk): records stream again
     response = await ask(client)
-    await sinks.flush()
+    assert await sinks.written(5.0)
     listed, origin = await decisions(client)
     assert origin == "redis"
     assert [r["request_id"] for r in listed] == [response.headers["x-request-id"]]
@@ -206,7 +206,7 @@ async def test_the_request_path_never_waits_for_the_sinks(
     for _ in range(3):
         assert (await ask(client)).status == 200
     assert log.read_bytes() == b""  # answered before anything was written
-    await sinks.flush()
+    assert await sinks.written(5.0)
     assert len(log.read_bytes().splitlines()) == 3
 
 
@@ -262,7 +262,7 @@ async def test_a_batch_streams_each_record_with_its_request_id(prefix: str) -> N
         decision.error = awkward if i % 2 else None
         sinks.submit(decision)
         sent.append(decision)
-    await sinks.flush()
+    assert await sinks.written(5.0)
     client = aioredis.Redis.from_url(REDIS_URL)
     try:
         entries = await client.xrange(f"{prefix}:decisions")
@@ -291,7 +291,7 @@ async def test_a_redis_failure_stops_the_batch_and_counts_every_record(tmp_path:
     await sinks.start()
     for i in range(200):
         sinks.submit(Decision(request_id=f"r{i}", team="alpha", route="default", task_type="t"))
-    await sinks.flush()
+    assert await sinks.written(5.0)
     await sinks.close()
     errors = metrics.registry.get_sample_value(
         "gateway_decision_records_total", {"sink": "redis", "result": "error"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -156,15 +157,21 @@ async def test_a_failed_request_is_an_error_span(
     assert len(by_kind(spans, SpanKind.CLIENT)) == 2
 
 
-async def test_spans_are_exported_over_otlp_http(make_gateway: Any, fakes: Fakes) -> None:
-    """A loopback OTLP/HTTP collector receives the protobuf ExportTraceServiceRequest."""
+@pytest.mark.parametrize("in_child", [True, False], ids=["exporter-process", "in-process"])
+async def test_spans_are_exported_over_otlp_http(
+    make_gateway: Any, fakes: Fakes, in_child: bool
+) -> None:
+    """A loopback OTLP/HTTP collector receives the protobuf ExportTraceServiceRequest, from the
+    exporter process (the default) or the gateway itself."""
     received: list[ExportTraceServiceRequest] = []
+    arrived = asyncio.Event()
 
     async def collect(request: web.Request) -> web.Response:
         assert request.content_type == "application/x-protobuf"
         message = ExportTraceServiceRequest()
         message.ParseFromString(await request.read())
         received.append(message)
+        arrived.set()
         return web.Response(body=b"", content_type="application/x-protobuf")
 
     collector_app = web.Application()
@@ -174,12 +181,16 @@ async def test_spans_are_exported_over_otlp_http(make_gateway: Any, fakes: Fakes
             priced_policy(fakes),
             otlp_endpoint=str(collector.make_url("/v1/traces")),
             otlp_service_name="gateway-under-test",
+            telemetry_process=in_child,
         )
         tracing = client.app[RUNTIME].tracing
         assert tracing is not None
+        assert (client.app[RUNTIME].exporter is not None) is in_child
         fakes.openai.push(Ok(prompt_tokens=5, completion_tokens=3))
         assert (await ask(client)).status == 200
-        await tracing.flush()  # exports now rather than at the next 2 s tick
+        await tracing.flush()  # exports (or hands over) now rather than at the next 2 s tick
+        async with asyncio.timeout(10):
+            await arrived.wait()  # the exporter process posts them a moment later
 
     spans = [
         (resource.resource, span)
