@@ -167,6 +167,12 @@ class Tracing:
         self._threshold = int(sample_ratio * (1 << 64))  # keep trace ids below it (low 64 bits)
         self._propagator = TraceContextTextMapPropagator()
         self._pending: deque[_Job] = deque(maxlen=max_pending)
+        # With the exporter process: each traced request's span data, serialised as it ends
+        # (``_wire``), and a policy wherever the model table changes. Bytes hold no reference
+        # to the request's objects: the 2 s between exports keeps nothing else alive (nor
+        # gives the garbage collector more to walk).
+        self._wired: deque[bytes | Policy] = deque(maxlen=max_pending)
+        self._wired_policy: Policy | None = None
         self._policy: Policy | None = None
         self._models: dict[str, _Model] = {}
         self._task: asyncio.Task[None] | None = None
@@ -211,6 +217,9 @@ class Tracing:
         empty would, under load, turn the 2 s batches into a stream of small posts.
         """
         async with self._lock:
+            if self._link is not None:
+                await self._hand_over(self._link)
+                return
             pending, remaining = self._pending, len(self._pending)
             while (take := min(remaining, len(pending), self.batch_size // 2)) > 0:
                 jobs = [pending.popleft() for _ in range(take)]
@@ -220,8 +229,6 @@ class Tracing:
 
     async def _export(self, jobs: list[_Job]) -> bool:
         exporter = self.exporter
-        if self._link is not None:
-            return await self._hand_over(self._link, jobs)
         if exporter is None:
             return False
         if not isinstance(exporter, OTLPHttpExporter):  # any SDK exporter, from a worker thread
@@ -239,21 +246,21 @@ class Tracing:
                 await asyncio.sleep(0)
         return await self.exporter.export(encoder.request(self.resource, self.scope, encoded))
 
-    async def _hand_over(self, link: ExporterLink, jobs: list[_Job]) -> bool:
-        """Send the jobs' span data to the exporter process (``jobs_from_wire`` reads it), the
-        model table first whenever a reload changed the policy."""
-        sent, wire = True, list[list[Any]]()
-        for job in jobs:
-            if job.policy is not self._policy and job.policy is not None:
-                if wire:
-                    sent &= await link.spans(orjson.dumps(wire), len(wire))
-                    wire = []
-                self.use_models(_models(job.policy), job.policy)
+    async def _hand_over(self, link: ExporterLink) -> None:
+        """Send the span data queued when it is called to the exporter process
+        (``jobs_from_wire`` reads it), and the model table whenever a reload changed it."""
+        wired, wire = self._wired, list[bytes]()
+        for _ in range(len(wired)):
+            item = wired.popleft()
+            if not isinstance(item, bytes):  # a policy: the spans after it use its models
+                wire = await _send(link, wire)
+                self.use_models(_models(item), item)
                 await link.models(_models_to_wire(self._models))
-            wire.append(_job_to_wire(job))
-        if wire:
-            sent &= await link.spans(orjson.dumps(wire), len(wire))
-        return sent
+                continue
+            wire.append(item)
+            if len(wire) == self.batch_size // 2:
+                wire = await _send(link, wire)
+        await _send(link, wire)
 
     def use_models(self, models: dict[str, _Model], policy: Policy | None = None) -> None:
         """Build spans with ``models`` from now on (a reload, or the exporter process told)."""
@@ -287,10 +294,19 @@ class Tracing:
             trace_id = random.getrandbits(128)
             if (trace_id & _ID_MASK) >= self._threshold:
                 return
+        request = _request_attributes(chat)
+        if self._link is not None:
+            wired = self._wired
+            if len(wired) == wired.maxlen:  # the exporter is far behind: the oldest goes
+                self.dropped += 1
+            if policy is not self._wired_policy:  # the first request, or one after a reload
+                self._wired_policy = policy
+                wired.append(policy)
+            wired.append(orjson.dumps(_wire(trace_id, parent, request, cache, knowledge, decision)))
+            return
         pending = self._pending
         if len(pending) == pending.maxlen:  # the exporter is far behind: the oldest goes
             self.dropped += 1
-        request = _request_attributes(chat)
         pending.append(_Job(policy, decision, request, trace_id, parent, cache, knowledge))
 
     # -- building spans -------------------------------------------------------------------
@@ -525,16 +541,29 @@ def models_from_wire(payload: bytes) -> dict[str, _Model]:
     return {alias: _Model(model, attrs) for alias, (model, attrs) in orjson.loads(payload).items()}
 
 
-def _job_to_wire(job: _Job) -> list[Any]:
+async def _send(link: ExporterLink, wire: list[bytes]) -> list[bytes]:
+    """Send serialised span data (a JSON list of ``_wire`` lists); what to fill next."""
+    if wire:
+        await link.spans(b"[" + b",".join(wire) + b"]", len(wire))
+    return []
+
+
+def _wire(
+    trace_id: int,
+    parent: SpanContext | None,
+    request: dict[str, Any],
+    cache: str | None,
+    knowledge: str | None,
+    d: Decision,
+) -> list[Any]:
     """What the spans of a traced request are built from, as a compact JSON-able list."""
-    d, parent = job.decision, job.parent
     return [
-        job.trace_id >> 64,
-        job.trace_id & _ID_MASK,
+        trace_id >> 64,
+        trace_id & _ID_MASK,
         None if parent is None else [parent.span_id, parent.is_remote],
-        job.request,
-        job.cache,
-        job.knowledge,
+        request,
+        cache,
+        knowledge,
         [d.request_id, d.team, d.route, d.task_type, d.source, d.status, d.error],
         [d.cost_usd, d.ttft_ms, d.ended_at, d.total_ms, d.prompt_tokens, d.completion_tokens],
         [

@@ -20,7 +20,7 @@ from gateway.decisions import Attempt, Decision
 from gateway.otlp import OTLPHttpExporter, SpanEncoder
 from gateway.policy import Policy
 from gateway.runtime import RUNTIME
-from gateway.tracing import Tracing
+from gateway.tracing import Tracing, jobs_from_wire, models_from_wire
 from providers.schema import ChatRequest
 from tests.conftest import MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes
 from tests.fakes.base import Fail, Ok
@@ -424,3 +424,103 @@ async def test_a_reload_that_pins_another_version_changes_the_spans() -> None:
         names += [s.name for s in message.resource_spans[0].scope_spans[0].spans]
     assert "chat gpt-4o-2024-08-06" in names
     assert "chat gpt-4o-2024-11-20" in names
+
+
+async def test_the_exporter_process_builds_the_spans_the_gateway_would() -> None:
+    """The span data handed to the exporter process (``_wire`` -> ``jobs_from_wire``) gives the
+    spans the in-process path encodes: same ids, names, times, attributes and statuses, a
+    client's trace context and a reload that pins another version included."""
+    posted: list[bytes] = []
+
+    class Keep(OTLPHttpExporter):
+        async def export(self, data: bytes) -> bool:
+            posted.append(data)
+            return True
+
+    class Pipe:
+        """The gateway's end of the link: what would cross the pipe, in order."""
+
+        def __init__(self) -> None:
+            self.frames: list[tuple[str, bytes]] = []
+
+        async def spans(self, wire: bytes, count: int) -> bool:
+            self.frames.append(("S", wire))
+            return True
+
+        async def models(self, table: bytes) -> None:
+            self.frames.append(("M", table))
+
+    def policy(version: str) -> Policy:
+        return Policy.model_validate(
+            {
+                "providers": [
+                    {"name": "p", "kind": "openai", "base_url": "https://api.example.com/v1"},
+                    {"name": "q", "kind": "anthropic", "base_url": "http://127.0.0.1:9"},
+                ],
+                "models": [
+                    {"name": "gpt", "provider": "p", "id": version},
+                    {"name": "claude", "provider": "q", "id": "claude-sonnet-4-5-20250929"},
+                ],
+                "teams": [{"name": "t", "key_sha256": "0" * 64, "routes": ["*"]}],
+            }
+        )
+
+    def answered(i: int) -> Decision:
+        decision = Decision(request_id=f"r{i}", team="t", route="gpt", task_type="general")
+        decision.attempts = [Attempt("gpt", "p", "us", "ok", 12.5, served_model="gpt-x")]
+        if i % 3 == 1:  # a fallback
+            decision.attempts.insert(0, Attempt("claude", "q", "eu", "overloaded", 3.0, status=529))
+        if i % 3 == 2:  # all failed
+            decision.attempts = [Attempt("gpt", "p", "us", "timeout", 30.0)]
+            decision.status, decision.error, decision.source = 504, "all_providers_failed", "error"
+        for attempt in decision.attempts:
+            attempt.ended_at = 1e9 + i - 0.001
+        decision.ended_at, decision.total_ms, decision.ttft_ms = 1e9 + i, 20.0 + i, 5.0
+        decision.prompt_tokens, decision.completion_tokens, decision.cost_usd = 10, i, 0.001 * i
+        return decision
+
+    chat = ChatRequest.from_body(
+        {"model": "gpt", "messages": [{"role": "user", "content": "x"}], "temperature": 0.3}
+    )
+    policies = [policy("gpt-4o-2024-08-06"), policy("gpt-4o-2024-11-20")]
+    traced = {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+
+    def queue(tracing: Tracing) -> None:
+        for i in range(12):
+            random.seed(i)
+            tracing.record(
+                policies[i // 6], answered(i), chat, traced if i % 4 == 0 else {},
+                cache="miss" if i % 2 else None, knowledge="none" if i % 5 == 0 else None,
+            )  # fmt: skip
+
+    def spans(posts: list[bytes]) -> list[Any]:
+        found = []
+        for data in posts:
+            message = ExportTraceServiceRequest()
+            message.ParseFromString(data)
+            found += [s for r in message.resource_spans for sc in r.scope_spans for s in sc.spans]
+        return found
+
+    here = Tracing(Keep("http://127.0.0.1:9/v1/traces"))
+    queue(here)
+    random.seed(99)
+    await here.flush()
+    expected = spans(posted)
+
+    pipe = Pipe()
+    gateway_end = Tracing(None, link=Pipe.__new__(Pipe))
+    gateway_end._link = pipe  # type: ignore[assignment]
+    queue(gateway_end)
+    await gateway_end.flush()
+    assert [kind for kind, _ in pipe.frames] == ["M", "S", "M", "S"]  # the reload in between
+
+    posted.clear()
+    child = Tracing(Keep("http://127.0.0.1:9/v1/traces"))
+    random.seed(99)
+    for kind, payload in pipe.frames:
+        if kind == "M":
+            child.use_models(models_from_wire(payload))
+        else:
+            assert await child.export_jobs(jobs_from_wire(payload))
+    assert len(expected) == 12 + 12 + 4
+    assert spans(posted) == expected
