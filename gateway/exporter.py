@@ -50,11 +50,12 @@ import orjson
 if TYPE_CHECKING:
     from .settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gateway.exporter")  # also when run as __main__
 
 _HEADER = struct.Struct(">IB")
 _RECORDS = struct.Struct(">QI")
 RESPAWN_S = 1.0
+QUEUED_FRAMES = 64  # batches the child holds per worker
 NICE = 10  # the exporter process's niceness: it yields to serving work
 
 
@@ -291,8 +292,10 @@ async def _serve() -> None:
     gc.set_threshold(10_000, *gc.get_threshold()[1:])
     # Records and spans are written by their own workers: a collector retrying with back-off
     # must not hold up the records (nor the answers a read of the stream waits for).
-    records: asyncio.Queue[bytes | None] = asyncio.Queue()
-    spans: asyncio.Queue[bytes | None] = asyncio.Queue()
+    # Bounded: while a sink is slow (Redis down, a collector backing off) the child stops
+    # reading, the pipe fills, and the gateway drops and counts batches past its own bound.
+    records: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED_FRAMES)
+    spans: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED_FRAMES)
 
     async def write_records() -> None:
         while (payload := await records.get()) is not None:
@@ -321,13 +324,13 @@ async def _serve() -> None:
     while (got := await frame()) is not None:
         kind, payload = got
         if kind == ord("R"):
-            records.put_nowait(payload)
+            await records.put(payload)
         elif kind == ord("S"):
-            spans.put_nowait(payload)
+            await spans.put(payload)
         elif kind == ord("M"):
-            spans.put_nowait(b"M" + payload)  # in order with the spans it applies to
-    records.put_nowait(None)
-    spans.put_nowait(None)
+            await spans.put(b"M" + payload)  # in order with the spans it applies to
+    await records.put(None)
+    await spans.put(None)
     await asyncio.gather(*workers)
     if sinks is not None:
         await sinks.close()
