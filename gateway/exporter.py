@@ -247,7 +247,8 @@ class ExporterLink:
 async def _serve() -> None:
     from .decision_store import DecisionSinks
     from .otlp import OTLPHttpExporter
-    from .tracing import Tracing, jobs_from_wire, models_from_wire
+    from .trace_jobs import jobs_from_wire, models_from_wire
+    from .tracing import Tracing
 
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 30)

@@ -10,9 +10,12 @@ the recorded timings (so nothing in the pipeline opens or carries spans):
   semantic conventions: ``gen_ai.operation.name``, ``gen_ai.provider.name``,
   ``gen_ai.request.model`` (the pinned version), ``gen_ai.response.model`` (the version served),
   ``gen_ai.usage.input_tokens``/``output_tokens`` on the attempt that answered, ``error.type`` on
-  failed ones, ``server.address``/``server.port``, and the request parameters that were set.
+  failed ones, ``server.address``/``server.port``, and the request parameters that were set
+  (the attributes: gateway/genai_spans.py).
 
-The request path only samples and queues; every 2 s a background task encodes the queued
+The request path only samples and queues. With the exporter process (gateway/exporter.py, the
+default) it queues the request's span data already serialised (gateway/trace_jobs.py) and every
+2 s hands it over; the child builds and posts the spans with this same class. Otherwise every 2 s a background task encodes the queued
 requests' spans straight to OTLP protobuf (gateway/otlp.py, tested equal to the SDK's encoding
 of the same spans as ``ReadableSpan`` objects) and posts them from the event loop with aiohttp.
 Building spans through a tracer (sampler, locks, attribute validation), a batch processor's
@@ -34,24 +37,32 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import orjson
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, TraceFlags, get_current_span
+from opentelemetry.trace import SpanContext, SpanKind, get_current_span
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.trace.status import Status, StatusCode
 
 from .background import flush_periodically, stop_then_flush
+from .genai_spans import (
+    OPERATION,
+    SpanModel,
+    attempt_attributes,
+    request_attributes,
+    server_attributes,
+    span_models,
+)
 from .otlp import OTLPHttpExporter, SpanEncoder
+from .trace_jobs import ID_MASK, SAMPLED, TraceJob, models_to_wire, send_spans, span_wire
 
 if TYPE_CHECKING:
     from providers.schema import ChatRequest
 
-    from .decisions import Attempt, Decision
+    from .decisions import Decision
     from .exporter import ExporterLink
     from .policy import Policy
     from .settings import Settings
@@ -59,81 +70,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SERVER_SPAN = "POST /v1/chat/completions"
-OPERATION = "chat"
 
-# Provider family -> the well-known gen_ai.provider.name value (others pass through as is).
-_WELL_KNOWN = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "gemini": "gcp.gemini",
-    "google": "gcp.gemini",
-    "xai": "x_ai",
-    "grok": "x_ai",
-    "mistral": "mistral_ai",
-    "deepseek": "deepseek",
-    "groq": "groq",
-}
-
-
-class _Model:
-    """What an attempt span needs of a model alias, resolved once per policy."""
-
-    __slots__ = ("attributes", "request_model", "span_name")
-
-    def __init__(self, request_model: str, attributes: dict[str, Any]) -> None:
-        self.request_model = request_model
-        self.span_name = f"{OPERATION} {request_model}"
-        self.attributes = attributes
-
-
-def _models(policy: Policy) -> dict[str, _Model]:
-    providers = {p.name: p for p in policy.providers}
-    found = {}
-    for model in policy.models:
-        provider = providers[model.provider]
-        family = provider.family_name
-        url = urlsplit(provider.base_url)
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": OPERATION,
-            "gen_ai.provider.name": _WELL_KNOWN.get(family, family),
-            "gen_ai.request.model": model.id,
-            "gateway.model_alias": model.name,
-            "gateway.region": provider.region,
-        }
-        if url.hostname:
-            attributes["server.address"] = url.hostname
-            attributes["server.port"] = url.port or (443 if url.scheme == "https" else 80)
-        found[model.name] = _Model(model.id, attributes)
-    return found
-
-
-_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _OK = Status(StatusCode.UNSET)
-_ID_MASK = (1 << 64) - 1
 _YIELD_EVERY = 32  # requests encoded between yields to the event loop (~0.3 ms of work)
 EXPORT_INTERVAL_S = 2.0  # how often queued requests' spans are encoded and posted
-
-
-class _Job:
-    """A sampled request waiting for its spans to be built (off the request path)."""
-
-    __slots__ = ("cache", "decision", "knowledge", "parent", "policy", "request", "trace_id")
-
-    def __init__(
-        self,
-        policy: Policy | None,  # None in the exporter process (it is told the model table)
-        decision: Decision,
-        request: dict[str, Any],
-        trace_id: int,
-        parent: SpanContext | None,
-        cache: str | None,
-        knowledge: str | None,
-    ) -> None:
-        # The request's GenAI parameters, not the request: its messages would stay alive until
-        # the export (and the garbage collector would walk them) for nothing.
-        self.policy, self.decision, self.request = policy, decision, request
-        self.trace_id, self.parent = trace_id, parent
-        self.cache, self.knowledge = cache, knowledge
 
 
 class Tracing:
@@ -166,7 +106,7 @@ class Tracing:
         self.dropped = 0
         self._threshold = int(sample_ratio * (1 << 64))  # keep trace ids below it (low 64 bits)
         self._propagator = TraceContextTextMapPropagator()
-        self._pending: deque[_Job] = deque(maxlen=max_pending)
+        self._pending: deque[TraceJob] = deque(maxlen=max_pending)
         # With the exporter process: each traced request's span data, serialised as it ends
         # (``_wire``), and a policy wherever the model table changes. Bytes hold no reference
         # to the request's objects: the 2 s between exports keeps nothing else alive (nor
@@ -174,7 +114,7 @@ class Tracing:
         self._wired: deque[bytes | Policy] = deque(maxlen=max_pending)
         self._wired_policy: Policy | None = None
         self._policy: Policy | None = None
-        self._models: dict[str, _Model] = {}
+        self._models: dict[str, SpanModel] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._encoder = SpanEncoder()
@@ -227,7 +167,7 @@ class Tracing:
                 if not await self._export(jobs):
                     log.warning("exporting the spans of %d requests failed", take)
 
-    async def _export(self, jobs: list[_Job]) -> bool:
+    async def _export(self, jobs: list[TraceJob]) -> bool:
         exporter = self.exporter
         if exporter is None:
             return False
@@ -236,7 +176,7 @@ class Tracing:
             return await asyncio.to_thread(exporter.export, spans) is SpanExportResult.SUCCESS
         return await self.export_jobs(jobs)
 
-    async def export_jobs(self, jobs: list[_Job]) -> bool:
+    async def export_jobs(self, jobs: list[TraceJob]) -> bool:
         """Encode the jobs' spans and post them (to the OTLP exporter)."""
         assert isinstance(self.exporter, OTLPHttpExporter)
         encoder, encoded = self._encoder, []
@@ -253,16 +193,16 @@ class Tracing:
         for _ in range(len(wired)):
             item = wired.popleft()
             if not isinstance(item, bytes):  # a policy: the spans after it use its models
-                wire = await _send(link, wire)
-                self.use_models(_models(item), item)
-                await link.models(_models_to_wire(self._models))
+                wire = await send_spans(link, wire)
+                self.use_models(span_models(item), item)
+                await link.models(models_to_wire(self._models))
                 continue
             wire.append(item)
             if len(wire) == self.batch_size // 2:
-                wire = await _send(link, wire)
-        await _send(link, wire)
+                wire = await send_spans(link, wire)
+        await send_spans(link, wire)
 
-    def use_models(self, models: dict[str, _Model], policy: Policy | None = None) -> None:
+    def use_models(self, models: dict[str, SpanModel], policy: Policy | None = None) -> None:
         """Build spans with ``models`` from now on (a reload, or the exporter process told)."""
         self._models, self._policy = models, policy
         self._encoder.forget_templates()  # an alias may now pin another model version
@@ -292,9 +232,9 @@ class Tracing:
             trace_id = parent.trace_id
         else:
             trace_id = random.getrandbits(128)
-            if (trace_id & _ID_MASK) >= self._threshold:
+            if (trace_id & ID_MASK) >= self._threshold:
                 return
-        request = _request_attributes(chat)
+        request = request_attributes(chat)
         if self._link is not None:
             wired = self._wired
             if len(wired) == wired.maxlen:  # the exporter is far behind: the oldest goes
@@ -302,21 +242,23 @@ class Tracing:
             if policy is not self._wired_policy:  # the first request, or one after a reload
                 self._wired_policy = policy
                 wired.append(policy)
-            wired.append(orjson.dumps(_wire(trace_id, parent, request, cache, knowledge, decision)))
+            wired.append(
+                orjson.dumps(span_wire(trace_id, parent, request, cache, knowledge, decision))
+            )
             return
         pending = self._pending
         if len(pending) == pending.maxlen:  # the exporter is far behind: the oldest goes
             self.dropped += 1
-        pending.append(_Job(policy, decision, request, trace_id, parent, cache, knowledge))
+        pending.append(TraceJob(policy, decision, request, trace_id, parent, cache, knowledge))
 
     # -- building spans -------------------------------------------------------------------
     # Each span is planned once as (static attributes, their cache key, dynamic attributes):
     # the static ones repeat across requests (team, route, model, status...) and are encoded
     # once per combination by the lean encoder; both export paths put them in the same order.
-    def _plan(self, job: _Job) -> list[_SpanPlan]:
+    def _plan(self, job: TraceJob) -> list[_SpanPlan]:
         """The request's spans: one per attempt, then the server span (ids drawn in order)."""
         if job.policy is not self._policy and job.policy is not None:  # a reload swapped it
-            self.use_models(_models(job.policy), job.policy)
+            self.use_models(span_models(job.policy), job.policy)
         decision = job.decision
         server_id = random.getrandbits(64)
         request = job.request
@@ -348,7 +290,7 @@ class Tracing:
                     end_ns - int(attempt.latency_ms * 1e6),
                     end_ns,
                     key,
-                    partial(_attempt_attributes, model, request, attempt),
+                    partial(attempt_attributes, model, request, attempt),
                     dynamic,
                     None if ok else attempt.outcome,
                 )
@@ -383,22 +325,22 @@ class Tracing:
                     error,
                     parent is not None and parent.is_remote,
                 ),
-                partial(_server_attributes, decision, job.cache, job.knowledge, error),
+                partial(server_attributes, decision, job.cache, job.knowledge, error),
                 dynamic,
                 error,
             )
         )
         return plans
 
-    def _spans(self, job: _Job) -> list[ReadableSpan]:
+    def _spans(self, job: TraceJob) -> list[ReadableSpan]:
         """The request's spans as SDK objects (for any exporter)."""
         spans = []
         for plan in self._plan(job):
-            context = SpanContext(job.trace_id, plan.span_id, is_remote=False, trace_flags=_SAMPLED)
+            context = SpanContext(job.trace_id, plan.span_id, is_remote=False, trace_flags=SAMPLED)
             parent_context: SpanContext | None
             if plan.kind is SpanKind.CLIENT:
                 parent_context = SpanContext(
-                    job.trace_id, plan.parent_id or 0, is_remote=False, trace_flags=_SAMPLED
+                    job.trace_id, plan.parent_id or 0, is_remote=False, trace_flags=SAMPLED
                 )
             else:
                 parent_context = job.parent
@@ -418,7 +360,7 @@ class Tracing:
             )
         return spans
 
-    def _encoded(self, job: _Job, encoder: SpanEncoder) -> list[bytes]:
+    def _encoded(self, job: TraceJob, encoder: SpanEncoder) -> list[bytes]:
         """The request's spans encoded directly (the lean exporter's path: no SDK objects; the
         parts that repeat for a plan's key are encoded once). Positional calls throughout: this
         runs per span (with the other changes of its commit: 9.1 -> 8.1 us per request)."""
@@ -479,132 +421,3 @@ class _SpanPlan:
         self.span_id, self.parent_id, self.remote = span_id, parent_id, remote
         self.name, self.kind, self.start, self.end = name, kind, start, end
         self.key, self.static, self.dynamic, self.error = key, static, dynamic, error
-
-
-def _server_attributes(
-    decision: Decision, cache: str | None, knowledge: str | None, error: str | None
-) -> dict[str, Any]:
-    """The server span's attributes that repeat across requests (its plan's key decides them)."""
-    found: dict[str, Any] = {
-        "http.request.method": "POST",
-        "http.route": "/v1/chat/completions",
-        "http.response.status_code": decision.status,
-        "gateway.team": decision.team,
-        "gateway.route": decision.route,
-        "gateway.task_type": decision.task_type,
-        "gateway.source": decision.source,
-    }
-    if cache:
-        found["gateway.cache"] = cache
-    if knowledge:
-        found["gateway.knowledge"] = knowledge
-    if error:
-        found["error.type"] = error
-    return found
-
-
-def _attempt_attributes(
-    model: _Model | None, request: dict[str, Any], attempt: Attempt
-) -> dict[str, Any]:
-    """An attempt span's attributes that repeat across requests (its plan's key decides them)."""
-    found: dict[str, Any] = (
-        {**model.attributes, **request} if model else {"gen_ai.operation.name": OPERATION}
-    )
-    if attempt.served_model:
-        found["gen_ai.response.model"] = attempt.served_model
-    if attempt.outcome != "ok":
-        found["error.type"] = attempt.outcome
-        if attempt.status is not None:
-            found["http.response.status_code"] = attempt.status
-    return found
-
-
-def _request_attributes(chat: ChatRequest) -> dict[str, Any]:
-    """The GenAI request parameters the client set."""
-    found: dict[str, Any] = {}
-    max_tokens = chat.max_completion_tokens or chat.max_tokens
-    if max_tokens is not None:
-        found["gen_ai.request.max_tokens"] = max_tokens
-    if chat.temperature is not None:
-        found["gen_ai.request.temperature"] = float(chat.temperature)
-    if chat.top_p is not None:
-        found["gen_ai.request.top_p"] = float(chat.top_p)
-    return found
-
-
-# -- the exporter process's wire format (gateway/exporter.py) ----------------------------------
-def _models_to_wire(models: dict[str, _Model]) -> bytes:
-    return orjson.dumps({alias: [m.request_model, m.attributes] for alias, m in models.items()})
-
-
-def models_from_wire(payload: bytes) -> dict[str, _Model]:
-    return {alias: _Model(model, attrs) for alias, (model, attrs) in orjson.loads(payload).items()}
-
-
-async def _send(link: ExporterLink, wire: list[bytes]) -> list[bytes]:
-    """Send serialised span data (a JSON list of ``_wire`` lists); what to fill next."""
-    if wire:
-        await link.spans(b"[" + b",".join(wire) + b"]", len(wire))
-    return []
-
-
-def _wire(
-    trace_id: int,
-    parent: SpanContext | None,
-    request: dict[str, Any],
-    cache: str | None,
-    knowledge: str | None,
-    d: Decision,
-) -> list[Any]:
-    """What the spans of a traced request are built from, as a compact JSON-able list."""
-    return [
-        trace_id >> 64,
-        trace_id & _ID_MASK,
-        None if parent is None else [parent.span_id, parent.is_remote],
-        request,
-        cache,
-        knowledge,
-        [d.request_id, d.team, d.route, d.task_type, d.source, d.status, d.error],
-        [d.cost_usd, d.ttft_ms, d.ended_at, d.total_ms, d.prompt_tokens, d.completion_tokens],
-        [
-            [
-                a.model,
-                a.provider,
-                a.region,
-                a.outcome,
-                a.latency_ms,
-                a.served_model,
-                a.status,
-                a.ended_at,
-            ]
-            for a in d.attempts
-        ],
-    ]
-
-
-def jobs_from_wire(payload: bytes) -> list[_Job]:
-    from .decisions import Attempt, Decision
-
-    jobs = []
-    for high, low, parent, request, cache, knowledge, names, figures, attempts in orjson.loads(
-        payload
-    ):
-        trace_id = (high << 64) | low
-        rid, team, route, task, source, status, error = names
-        decision = Decision(rid, team, route, task, source=source, status=status, error=error)
-        (
-            decision.cost_usd,
-            decision.ttft_ms,
-            decision.ended_at,
-            decision.total_ms,
-            decision.prompt_tokens,
-            decision.completion_tokens,
-        ) = figures
-        decision.attempts = [
-            Attempt(a[0], a[1], a[2], a[3], a[4], a[5], a[6], ended_at=a[7]) for a in attempts
-        ]
-        context = None
-        if parent is not None:
-            context = SpanContext(trace_id, parent[0], is_remote=parent[1], trace_flags=_SAMPLED)
-        jobs.append(_Job(None, decision, request, trace_id, context, cache, knowledge))
-    return jobs

@@ -20,7 +20,8 @@ from gateway.decisions import Attempt, Decision
 from gateway.otlp import OTLPHttpExporter, SpanEncoder
 from gateway.policy import Policy
 from gateway.runtime import RUNTIME
-from gateway.tracing import Tracing, jobs_from_wire, models_from_wire
+from gateway.trace_jobs import jobs_from_wire, models_from_wire
+from gateway.tracing import Tracing
 from providers.schema import ChatRequest
 from tests.conftest import MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes
 from tests.fakes.base import Fail, Ok
