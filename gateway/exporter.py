@@ -84,6 +84,7 @@ class ExporterLink:
         self._reader: asyncio.Task[None] | None = None
         self._inflight: dict[int, int] = {}  # seq -> records in that batch
         self._answered = asyncio.Condition()
+        self.ready = asyncio.Event()  # the running child has read its configuration
         self._started_at = 0.0
         self._closing = False
 
@@ -117,6 +118,7 @@ class ExporterLink:
 
     async def _spawn(self) -> None:
         self._started_at = time.monotonic()
+        self.ready.clear()
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -159,6 +161,7 @@ class ExporterLink:
                 log.warning("the telemetry exporter wrote something unexpected; ignored")
                 continue
             seq = int(answer.get("seq", 0))
+            self.ready.set()  # its first answer says it is set up
             self._inflight.pop(seq, None)
             if self.on_answer is not None:
                 self.on_answer(answer)
@@ -322,6 +325,8 @@ async def _serve() -> None:
                 log.warning("exporting the spans of %d requests failed", len(jobs))
 
     workers = [asyncio.create_task(write_records()), asyncio.create_task(export_spans())]
+    out.write(b'{"seq": 0}\n')  # ready
+    out.flush()
     while (got := await frame()) is not None:
         kind, payload = got
         if kind == ord("R"):
@@ -340,9 +345,11 @@ async def _serve() -> None:
 
 
 def main() -> None:
-    # Ctrl-C in a terminal reaches the whole process group: the child ignores it and exits when
-    # the gateway closes the pipe (also when the gateway is killed), after writing what it holds.
+    # Ctrl-C in a terminal reaches the whole process group, and a service manager may send
+    # SIGTERM to every process of the service: the child ignores both and exits when the gateway
+    # closes the pipe (after its own drain, or when it is killed), having written what it holds.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Background work: where it shares a core with serving work (the gateway's, or anything
     # else on the machine), that work goes first. Its bursts (a batch of spans every 2 s) then
     # do not show in their latency.

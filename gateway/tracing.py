@@ -15,9 +15,10 @@ the recorded timings (so nothing in the pipeline opens or carries spans):
 
 The request path only samples and queues. With the exporter process (gateway/exporter.py, the
 default) it queues the request's span data already serialised (gateway/trace_jobs.py) and every
-2 s hands it over; the child builds and posts the spans with this same class. Otherwise every 2 s a background task encodes the queued
-requests' spans straight to OTLP protobuf (gateway/otlp.py, tested equal to the SDK's encoding
-of the same spans as ``ReadableSpan`` objects) and posts them from the event loop with aiohttp.
+2 s hands it over; the child builds and posts the spans with this same class. Otherwise every
+2 s a background task encodes the queued requests' spans straight to OTLP protobuf
+(gateway/otlp.py, tested equal to the SDK's encoding of the same spans as ``ReadableSpan``
+objects) and posts them from the event loop with aiohttp.
 Building spans through a tracer (sampler, locks, attribute validation), a batch processor's
 per-span wake-up and the SDK's per-attribute encoder together cost about as much CPU as the rest
 of the request (the SDK's exporter, posting from a worker thread, is replaced too: see

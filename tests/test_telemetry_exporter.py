@@ -181,7 +181,13 @@ async def test_shutdown_writes_and_exports_what_was_handed_over(
         priced_policy(fakes), decision_log=log, otlp_endpoint=collector.url
     )
     link = link_of(client)
+    assert link.pid is not None
     ids = [(await ask(client)).headers["x-request-id"] for _ in range(5)]
+    # A service manager stopping the service signals every process of it: the child waits for
+    # the gateway to close the pipe.
+    async with asyncio.timeout(10):
+        await link.ready.wait()
+    os.kill(link.pid, signal.SIGTERM)
     await client.close()  # at once: nothing was flushed yet
     assert [line["request_id"] for line in lines(log)] == ids
     assert collector.names.count("POST /v1/chat/completions") == 5
