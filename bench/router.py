@@ -12,6 +12,9 @@ Splits (stated, seeded):
   Mixtral-8x7B-chat, frontier = GPT-4-1106, costs from the files' per-model ``total_cost``;
   the 14 ARC rows without a grade for these two models are dropped.
 
+On MMLU it also prints a reference line that is not a router: the APGR of routing by each
+prompt's subject (known from its file, not from the prompt) and the subject's mean gain on TRAIN.
+
 The data is read from ../shared/benchmarks/data/router and never copied into the repository;
 nothing fitted here is kept. Embeddings are cached in ``--work``/emb.npz (minutes on a CPU once).
 
@@ -41,6 +44,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "benchmarks" / "data" / "router"
 WEAK, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
 RB_CHEAP, RB_FRONTIER = "mistralai/mixtral-8x7b-chat", "gpt-4-1106-preview"
 ROUTERBENCH = {"arc": "arc_challenge", "mbpp": "mbpp", "winogrande": "winograde"}
+SUBJECTS: dict[str, str] = {}  # MMLU prompt -> its subject (for the reference line only)
 
 
 def _truth(value: str) -> float:
@@ -61,17 +65,32 @@ def _routellm_rows(data: Path, name: str) -> list[dict[str, Any]]:
     dropped = _contaminated(data / f"routellm/{name}/contaminated_prompts.jsonl")
     rows = []
     for file in files:
+        subject = Path(file).stem.removeprefix("mmlu_")  # MMLU: one file per subject
         with open(file, newline="") as fh:
             for row in csv.DictReader(fh):
                 if row["prompt"] in dropped:
                     continue
-                rows.append(
-                    {
-                        "prompt": row["prompt"],
-                        "quality": {"cheap": _truth(row[WEAK]), "frontier": _truth(row[STRONG])},
-                    }
-                )
+                quality = {"cheap": _truth(row[WEAK]), "frontier": _truth(row[STRONG])}
+                SUBJECTS[row["prompt"]] = subject
+                rows.append({"prompt": row["prompt"], "quality": quality})
     return rows
+
+
+def subject_oracle(train: list[Any], test: list[Any], shrink: float = 10.0) -> float:
+    """APGR of a reference router that knows each MMLU prompt's subject (the file it came
+    from; not in the prompt, so not available to the replay) and routes by the subject's mean
+    frontier-minus-cheap gain on TRAIN, shrunk towards the overall mean."""
+    gains: dict[str, list[float]] = {}
+    for row in train:
+        quality = row["quality"]
+        gains.setdefault(SUBJECTS[row["prompt"]], []).append(quality["frontier"] - quality["cheap"])
+    overall = float(np.mean([g for values in gains.values() for g in values]))
+    mean = {s: (sum(v) + shrink * overall) / (len(v) + shrink) for s, v in gains.items()}
+    scores = np.array([mean.get(SUBJECTS[r["prompt"]], overall) for r in test])
+    scores += np.random.default_rng(0).random(len(test)) * 1e-9  # ties in a random order
+    weak = np.array([r["quality"]["cheap"] for r in test])
+    strong = np.array([r["quality"]["frontier"] for r in test])
+    return apgr(scores, weak, strong)
 
 
 def _routerbench_rows(data: Path, stem: str, part: str) -> list[dict[str, Any]]:
@@ -164,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         weak = np.array([r["quality"]["cheap"] for r in test])
         strong = np.array([r["quality"]["frontier"] for r in test])
         summary.append((name, apgr(np.array(scores), weak, strong)))
+        if name == "mmlu":
+            print(
+                "reference, not a router: routing by the MMLU subject's mean gain on TRAIN, "
+                f"subject known: APGR {subject_oracle(train, test):.3f}\n"
+            )
     print("held-out APGR: " + ", ".join(f"{n} {v:.3f}" for n, v in summary))
     return 0
 
