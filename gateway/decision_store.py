@@ -5,7 +5,9 @@ task drains it every ``interval_s`` in batches: each record is serialised once, 
 written with one Lua call per 64 records doing ``XADD … MAXLEN ~ N`` per record (three
 arguments a call) and one append to the file (in a worker thread). A Redis outage costs the
 records of the outage on the stream (the ring and the file still have them) and one log line;
-writes resume when Redis is back.
+writes resume when Redis is back. With the exporter process (gateway/exporter.py, the default)
+the serialised batch is handed to it instead and the child runs ``store``; this end keeps the
+queue, the metrics (from the child's answers) and the reads.
 
 The stream is ``<prefix>:decisions``; each entry holds ``rid`` (the request id) and ``d`` (the
 record's JSON). Reads (``lookup``, ``query``) scan it newest first: it is bounded, and the
