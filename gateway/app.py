@@ -187,6 +187,8 @@ def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]
         policy.quality, alerts=alerts, metrics=metrics_, store=quality_store(settings)
     )
     exporter = ExporterLink.from_settings(settings)
+    if exporter is not None:
+        exporter.on_exit = metrics_.exporter_exits.inc
     return Runtime(
         settings=settings,
         catalog=catalog,

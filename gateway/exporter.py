@@ -78,6 +78,7 @@ class ExporterLink:
         # number of records lost when the child dies or a batch cannot be sent.
         self.on_answer: Callable[[dict[str, Any]], None] | None = None
         self.on_lost: Callable[[int], None] | None = None
+        self.on_exit: Callable[[], None] | None = None  # the child exited unexpectedly
         self.spans_dropped = 0
         self._models: bytes | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -177,6 +178,8 @@ class ExporterLink:
             self.acked = self.sent  # nothing more will be answered: readers must not wait
             self._answered.notify_all()
         if not self._closing:
+            if self.on_exit is not None:
+                self.on_exit()
             log.error(
                 "the telemetry exporter exited (code %s); %d decision records lost; "
                 "it is started again at the next batch",

@@ -89,6 +89,11 @@ class Metrics:
             ["sink", "result"],
             registry=r,
         )
+        self.exporter_exits = Counter(
+            "gateway_telemetry_exporter_exits",
+            "Times the telemetry exporter process exited unexpectedly (it is started again)",
+            registry=r,
+        )
         self.cache_lookups = Counter(
             "gateway_cache_lookups", "Cache lookups by result", ["result"], registry=r
         )

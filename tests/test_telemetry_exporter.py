@@ -139,6 +139,7 @@ async def test_a_killed_exporter_process_is_started_again_and_its_losses_counted
     assert await link.wait_written(10.0)  # the reader saw it die: nothing more to wait for
     lost = 'gateway_decision_records_total{result="dropped",sink="queue"}'
     assert await metric(exporting, lost) == 1
+    assert await metric(exporting, "gateway_telemetry_exporter_exits_total") == 1
 
     await asyncio.sleep(1.0)  # started again at most once a second
     answered = await ask(exporting)
