@@ -364,7 +364,7 @@ def evidence(redis_url: str, workdir: Path, collector_port: int, parts: set[str]
 def components(redis_url: str, workdir: Path, count: int = 5000) -> list[str]:
     """CPU per request of each telemetry part, in-process (``time.process_time``: the least
     noisy figure on a shared machine), for a decision like the bench's request makes."""
-    from gateway.cli import _tune_gc
+    from gateway.background import tune_gc
     from gateway.decision_store import DecisionSinks
     from gateway.decisions import Attempt, CandidateVerdict, Decision
     from gateway.otlp import OTLPHttpExporter
@@ -373,7 +373,7 @@ def components(redis_url: str, workdir: Path, count: int = 5000) -> list[str]:
     from gateway.tracing import Tracing
     from providers.schema import ChatRequest
 
-    _tune_gc(Settings().gc_gen0_threshold)  # as the gateway does at start-up
+    tune_gc(Settings().gc_gen0_threshold)  # as the gateway does at start-up
     body = json.loads(REQUEST_BODY)
     chat = ChatRequest.from_body(body)
     policy = Policy.model_validate(yaml.safe_load(policy_yaml(1)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cache_cli, eval_cli, router_cli
+from .background import tune_gc
 from .policy import PolicyError, hash_key, load_policy
 from .settings import EMBEDDED_CONFIG, Settings
 
@@ -66,20 +66,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(args)
 
 
-def _tune_gc(gen0_threshold: int) -> None:
-    """Tune the collector for a long-running server (measured: bench/README.md).
-
-    Every request allocates a few hundred short-lived container objects; with CPython's default
-    threshold of 700 the young generation is collected every couple of requests and the full
-    collections walk every module object loaded at start-up: 18 % of the CPU under load.
-    Freezing what start-up built and raising the young threshold cuts that to ~1 %.
-    """
-    gc.collect()
-    gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold, gen1, gen2)
-
-
 def _check_config(path: Path) -> int:
     try:
         policy = load_policy(path)
@@ -112,7 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .lifecycle import serve
 
     app = create_app(settings, policy)
-    _tune_gc(settings.gc_gen0_threshold)
+    tune_gc(settings.gc_gen0_threshold)
     if not args.local_model:
         serve(app, settings)  # SIGHUP reloads the policy; SIGTERM drains (gateway.lifecycle)
         return 0

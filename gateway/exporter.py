@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -79,7 +78,6 @@ class ExporterLink:
         self.on_answer: Callable[[dict[str, Any]], None] | None = None
         self.on_lost: Callable[[int], None] | None = None
         self.on_exit: Callable[[], None] | None = None  # the child exited unexpectedly
-        self.spans_dropped = 0
         self._models: bytes | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -106,6 +104,7 @@ class ExporterLink:
                 "path": str(settings.decision_log) if settings.decision_log else None,
                 "otlp_endpoint": settings.otlp_endpoint,
                 "service_name": settings.otlp_service_name,
+                "gc_gen0_threshold": settings.gc_gen0_threshold,
             }
         )
 
@@ -188,17 +187,16 @@ class ExporterLink:
             )
 
     async def _alive(self) -> bool:
-        """The child is running, started again if it died (at most once per ``RESPAWN_S``)."""
-        proc = self._proc
-        if proc is not None and proc.returncode is None and not self._reader_done():
+        """The child is running, started again if it died (at most once per ``RESPAWN_S``).
+
+        Its reader ends only after counting what the dead child lost: until then there is no
+        new child (whose batches that count would take as lost too)."""
+        if self._reader is not None and not self._reader.done():
             return True
         if self._closing or time.monotonic() - self._started_at < RESPAWN_S:
             return False
         await self._spawn()
         return True
-
-    def _reader_done(self) -> bool:
-        return self._reader is not None and self._reader.done()
 
     def _write(self, kind: bytes, payload: bytes) -> bool:
         proc = self._proc
@@ -211,19 +209,17 @@ class ExporterLink:
         return True
 
     # -- what the gateway sends -----------------------------------------------------------
-    async def records(self, rids: str, blob: bytes, count: int) -> int | None:
-        """Hand over a batch of ``count`` records; its sequence number, or ``None`` when it
-        could not be sent (counted as lost)."""
+    async def records(self, rids: str, blob: bytes, count: int) -> None:
+        """Hand over a batch of ``count`` records (counted as lost when it cannot be sent)."""
         if await self._alive():
             seq = self.sent + 1
             rid_bytes = rids.encode()
             if self._write(b"R", _RECORDS.pack(seq, len(rid_bytes)) + rid_bytes + blob):
                 self.sent = seq
                 self._inflight[seq] = count
-                return seq
+                return
         if self.on_lost is not None:
             self.on_lost(count)
-        return None
 
     async def models(self, table: bytes) -> None:
         """The model table spans are built with, from now on."""
@@ -231,12 +227,9 @@ class ExporterLink:
         if await self._alive():
             self._write(b"M", table)
 
-    async def spans(self, wire: bytes, count: int) -> bool:
-        """Hand over the span data of ``count`` traced requests."""
-        if await self._alive() and self._write(b"S", wire):
-            return True
-        self.spans_dropped += count
-        return False
+    async def spans(self, wire: bytes) -> bool:
+        """Hand over traced requests' span data; ``False`` when it could not be sent."""
+        return await self._alive() and self._write(b"S", wire)
 
     async def wait_written(self, timeout_s: float) -> bool:
         """Wait until every records batch sent so far is answered; ``False`` at the timeout."""
@@ -251,6 +244,7 @@ class ExporterLink:
 
 # -- the child ------------------------------------------------------------------------------
 async def _serve() -> None:
+    from .background import tune_gc
     from .decision_store import DecisionSinks
     from .otlp import OTLPHttpExporter
     from .trace_jobs import jobs_from_wire, models_from_wire
@@ -294,15 +288,13 @@ async def _serve() -> None:
             OTLPHttpExporter(config["otlp_endpoint"]),
             service_name=config.get("service_name") or "knowledge-gateway",
         )
-    gc.collect()  # as the gateway does (cli._tune_gc): the collector skips start-up's objects
-    gc.freeze()
-    gc.set_threshold(10_000, *gc.get_threshold()[1:])
+    tune_gc(int(config.get("gc_gen0_threshold") or 10_000))  # as the gateway does
     # Records and spans are written by their own workers: a collector retrying with back-off
     # must not hold up the records (nor the answers a read of the stream waits for).
     # Bounded: while a sink is slow (Redis down, a collector backing off) the child stops
     # reading, the pipe fills, and the gateway drops and counts batches past its own bound.
     records: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED_FRAMES)
-    spans: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED_FRAMES)
+    spans: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(QUEUED_FRAMES)  # S and M
 
     async def write_records() -> None:
         while (payload := await records.get()) is not None:
@@ -317,11 +309,12 @@ async def _serve() -> None:
             out.flush()
 
     async def export_spans() -> None:
-        while (payload := await spans.get()) is not None:
+        while (got := await spans.get()) is not None:
+            kind, payload = got
             if tracing is None:
                 continue
-            if payload[:1] == b"M":
-                tracing.use_models(models_from_wire(payload[1:]))
+            if kind == ord("M"):
+                tracing.use_models(models_from_wire(payload))
                 continue
             jobs = jobs_from_wire(payload)
             if not await tracing.export_jobs(jobs):
@@ -334,10 +327,8 @@ async def _serve() -> None:
         kind, payload = got
         if kind == ord("R"):
             await records.put(payload)
-        elif kind == ord("S"):
-            await spans.put(payload)
-        elif kind == ord("M"):
-            await spans.put(b"M" + payload)  # in order with the spans it applies to
+        elif kind in (ord("S"), ord("M")):  # a model table in order with the spans it applies to
+            await spans.put((kind, payload))
     await records.put(None)
     await spans.put(None)
     await asyncio.gather(*workers)
@@ -354,8 +345,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Background work: where it shares a core with serving work (the gateway's, or anything
-    # else on the machine), that work goes first. Its bursts (a batch of spans every 2 s) then
-    # do not show in their latency.
+    # else on the machine), that work goes first.
     with contextlib.suppress(OSError):
         os.nice(NICE)
     asyncio.run(_serve())

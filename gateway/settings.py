@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("data"), description="exported models and local state")
     log_level: str = "INFO"
-    gc_gen0_threshold: int = Field(default=10_000, ge=100, description="see cli._tune_gc")
+    gc_gen0_threshold: int = Field(default=10_000, ge=100, description="see background.tune_gc")
     # Telemetry (gateway/telemetry.py): decision records and traces.
     decision_log: Path | None = Field(
         default=None, description="append each decision record here as a JSON line"

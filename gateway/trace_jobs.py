@@ -58,11 +58,12 @@ def models_from_wire(payload: bytes) -> dict[str, SpanModel]:
     }
 
 
-async def send_spans(link: ExporterLink, wire: list[bytes]) -> list[bytes]:
-    """Send serialised span data (a JSON list of ``_wire`` lists); what to fill next."""
-    if wire:
-        await link.spans(b"[" + b",".join(wire) + b"]", len(wire))
-    return []
+async def send_spans(link: ExporterLink, wire: list[bytes]) -> int:
+    """Send serialised span data (``span_wire`` lists) as one JSON list; how many requests'
+    data could not be sent."""
+    if not wire or await link.spans(b"[" + b",".join(wire) + b"]"):
+        return 0
+    return len(wire)
 
 
 def span_wire(

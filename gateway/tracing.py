@@ -15,7 +15,7 @@ the recorded timings (so nothing in the pipeline opens or carries spans):
 
 The request path only samples and queues. With the exporter process (gateway/exporter.py, the
 default) it queues the request's span data already serialised (gateway/trace_jobs.py) and every
-2 s hands it over; the child builds and posts the spans with this same class. Otherwise every
+0.2 s hands it over; the child builds and posts the spans with this same class. Otherwise every
 2 s a background task encodes the queued requests' spans straight to OTLP protobuf
 (gateway/otlp.py, tested equal to the SDK's encoding of the same spans as ``ReadableSpan``
 objects) and posts them from the event loop with aiohttp.
@@ -110,9 +110,9 @@ class Tracing:
         self._propagator = TraceContextTextMapPropagator()
         self._pending: deque[TraceJob] = deque(maxlen=max_pending)
         # With the exporter process: each traced request's span data, serialised as it ends
-        # (``_wire``), and a policy wherever the model table changes. Bytes hold no reference
-        # to the request's objects: the 2 s between exports keeps nothing else alive (nor
-        # gives the garbage collector more to walk).
+        # (``span_wire``), and a policy wherever the model table changes. Bytes hold no
+        # reference to the request's objects: waiting for the hand-over keeps nothing else
+        # alive (nor gives the garbage collector more to walk).
         self._wired: deque[bytes | Policy] = deque(maxlen=max_pending)
         self._wired_policy: Policy | None = None
         self._policy: Policy | None = None
@@ -198,14 +198,16 @@ class Tracing:
         for _ in range(len(wired)):
             item = wired.popleft()
             if not isinstance(item, bytes):  # a policy: the spans after it use its models
-                wire = await send_spans(link, wire)
+                self.dropped += await send_spans(link, wire)
+                wire = []
                 self.use_models(span_models(item), item)
                 await link.models(models_to_wire(self._models))
                 continue
             wire.append(item)
             if len(wire) == self.batch_size // 2:
-                wire = await send_spans(link, wire)
-        await send_spans(link, wire)
+                self.dropped += await send_spans(link, wire)
+                wire = []
+        self.dropped += await send_spans(link, wire)
 
     def use_models(self, models: dict[str, SpanModel], policy: Policy | None = None) -> None:
         """Build spans with ``models`` from now on (a reload, or the exporter process told)."""

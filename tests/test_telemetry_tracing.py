@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -444,7 +444,7 @@ async def test_the_exporter_process_builds_the_spans_the_gateway_would() -> None
         def __init__(self) -> None:
             self.frames: list[tuple[str, bytes]] = []
 
-        async def spans(self, wire: bytes, count: int) -> bool:
+        async def spans(self, wire: bytes) -> bool:
             self.frames.append(("S", wire))
             return True
 
@@ -509,8 +509,7 @@ async def test_the_exporter_process_builds_the_spans_the_gateway_would() -> None
     expected = spans(posted)
 
     pipe = Pipe()
-    gateway_end = Tracing(None, link=Pipe.__new__(Pipe))
-    gateway_end._link = pipe  # type: ignore[assignment]
+    gateway_end = Tracing(None, link=cast(Any, pipe))
     queue(gateway_end)
     await gateway_end.flush()
     assert [kind for kind, _ in pipe.frames] == ["M", "S", "M", "S"]  # the reload in between
