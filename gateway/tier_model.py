@@ -1,11 +1,9 @@
 """Predicting the frontier tier's quality gain over the cheap tier from a prompt.
 
-A prompt is its text, its sentence embedding (unit-norm, MiniLM) and cheap text features
-(length, digits, math and code markers, negations, answer options, and the structure of word
-problems: how many and how large the numbers, sentences, step and unit words, names). The
-score ranks prompts by how much the frontier model is worth on them.
+A prompt is its text, its sentence embedding (unit-norm, MiniLM) and the cheap text features of
+``prompt_features``. The score ranks prompts by how much the frontier model is worth on them.
 
-The predictors (numpy, and scikit-learn for the text model):
+The predictors (numpy, and scikit-learn for the text and tree models):
 
 - ``KnnGain``: the softmax-weighted mean gain ``frontier - cheap`` of the ``k`` most similar
   training prompts. It carries what per-prompt text cannot: how hard the *neighbourhood*
@@ -14,19 +12,20 @@ The predictors (numpy, and scikit-learn for the text model):
   features, or on the features alone.
 - ``TextOddsGain``: ``P(frontier good) - P(cheap good)`` from two logistic regressions on
   TF-IDF n-grams; unlike the gain's regressions it also learns where the frontier fails.
+- ``BoostedGain``: gradient-boosted trees on the features and the embedding's principal
+  directions, of the gain or of the two tiers' odds: the interactions the linear models miss.
 - ``StackedGain``: several of these, z-scored and weighted; the weights maximise the APGR of
   their out-of-fold predictions on the training prompts.
 
 ``select_gain_model`` stacks ``base_models()`` so, from the training prompts only; the test
 prompts never influence it. (It replaced a choice of the single best of a 20-model grid by
 cross-validated APGR: on held-out halves the stack scored as well or better on 8 of 10
-datasets and splits, and fits fewer models: an MMLU replay took 51 s instead of 81 s.)
+datasets and splits, and fits fewer models.)
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,100 +33,11 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from .prompt_features import feature_matrix
 from .router_metrics import apgr
 
 Array = npt.NDArray[np.float64]
 Matrix = npt.NDArray[np.float32]
-
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
-_QUANTITY = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
-_FRACTION = re.compile(r"\b\d+/\d+\b")
-_SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
-# Words that add a step to a word problem (a ratio, a share, a rate, a remainder).
-_STEP_WORDS = re.compile(
-    r"(?i)\b(half|halves|twice|double|triple|third|quarter|fourth|fifth|percent|times|each|"
-    r"every|per|remaining|rest|left|more than|less than|fewer|total|average|ratio|profit|"
-    r"discount|tax|interest|split|share|rate)\b|%"
-)
-_UNIT = re.compile(
-    r"(?i)\b(hours?|minutes?|seconds?|days?|weeks?|months?|years?|miles?|feet|foot|inch(?:es)?|"
-    r"pounds?|dollars?|cents?|gallons?|liters?|litres?|meters?|metres?|km|kg|grams?)\b|\$"
-)
-_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+")
-_HOW_MANY = re.compile(r"(?i)\bhow (?:many|much)\b")
-_WORD = re.compile(r"\w+")
-_CODE = re.compile(r"```|\bdef |\breturn\b|\bimport |\bfunction\b|[{};]|==|->|\bclass ")
-_MATH = re.compile(r"[+\-*/=^%$<>]|\\frac|\bsqrt\b")
-_NEGATION = re.compile(r"\b(NOT|EXCEPT|not|never|least|false)\b")
-_OPTIONS = re.compile(r"(?m)^\s*\(?[A-D][.)]\s")
-
-FEATURE_NAMES = (
-    "log_chars",
-    "log_words",
-    "log_lines",
-    "digit_share",
-    "log_numbers",
-    "math_share",
-    "log_code_markers",
-    "negations",
-    "questions",
-    "has_options",
-    "mean_word_len",
-    "upper_share",
-    "log_distinct_numbers",
-    "log_max_number",
-    "decimals",
-    "fractions",
-    "log_sentences",
-    "words_per_sentence",
-    "log_step_words",
-    "log_units",
-    "log_unit_kinds",
-    "log_names",
-    "how_many",
-)
-
-
-def prompt_features(text: str) -> list[float]:
-    """Cheap per-prompt features, in ``FEATURE_NAMES`` order (no model, microseconds)."""
-    chars = len(text)
-    words = _WORD.findall(text)
-    letters = sum(c.isalpha() for c in text) or 1
-    quantities = _QUANTITY.findall(text)
-    numbers = [min(float(n.replace(",", "")), 1e300) for n in quantities]
-    sentences = max(1, len(_SENTENCE_END.findall(text)))
-    units = [u.lower() for u in _UNIT.findall(text)]
-    return [
-        math.log1p(chars),
-        math.log1p(len(words)),
-        math.log1p(text.count("\n")),
-        sum(c.isdigit() for c in text) / (chars or 1),
-        math.log1p(len(_NUMBER.findall(text))),
-        len(_MATH.findall(text)) / (chars or 1) * 100,
-        math.log1p(len(_CODE.findall(text))),
-        float(len(_NEGATION.findall(text))),
-        float(text.count("?")),
-        1.0 if _OPTIONS.search(text) else 0.0,
-        sum(map(len, words)) / (len(words) or 1),
-        sum(c.isupper() for c in text) / letters,
-        math.log1p(len(set(numbers))),
-        math.log1p(max(numbers, default=0.0)),
-        float(sum("." in n for n in quantities)),
-        float(len(_FRACTION.findall(text))),
-        math.log1p(sentences),
-        len(words) / sentences,
-        math.log1p(len(_STEP_WORDS.findall(text))),
-        math.log1p(len(units)),
-        math.log1p(len(set(units))),
-        math.log1p(len(_NAME.findall(text))),
-        float(len(_HOW_MANY.findall(text))),
-    ]
-
-
-def feature_matrix(texts: Sequence[str]) -> Array:
-    return np.array([prompt_features(t) for t in texts], dtype=np.float64).reshape(
-        len(texts), len(FEATURE_NAMES)
-    )
 
 
 @dataclass(frozen=True)
@@ -277,31 +187,100 @@ class TextOddsGain:
             matrix = self._matrix(x.texts, fit=True)
         except ValueError:  # no terms at all (e.g. only empty prompts)
             matrix, self._vectorizers = None, []
-        self._models = [self._classifier(matrix, np.clip(q, 0.0, 1.0)) for q in (frontier, cheap)]
-        return self
-
-    def _classifier(self, matrix: Any, quality: Array) -> Any:
-        """A fitted classifier of P(good), or the mean quality when there is nothing to learn."""
-        from scipy import sparse
         from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
-        if matrix is None or np.all(quality == quality[0]):
-            return float(quality.mean()) if len(quality) else 0.5
-        n = len(quality)
-        labels = np.r_[np.ones(n), np.zeros(n)]
-        weights = np.r_[quality, 1.0 - quality]
-        keep = weights > 0
-        stacked = sparse.vstack([matrix, matrix]).tocsr()[keep]
-        model = LogisticRegression(C=self.c, max_iter=1000)
-        return model.fit(stacked, labels[keep], sample_weight=weights[keep])
+        self._models = [
+            fit_good(lambda: LogisticRegression(C=self.c, max_iter=1000), matrix, q)
+            for q in (np.clip(frontier, 0.0, 1.0), np.clip(cheap, 0.0, 1.0))
+        ]
+        return self
 
     def predict(self, x: Prompts) -> Array:
         matrix = self._matrix(x.texts, fit=False) if self._vectorizers else None
-        frontier, cheap = (
-            np.full(len(x.texts), m) if isinstance(m, float) else m.predict_proba(matrix)[:, 1]
-            for m in self._models
+        return odds(self._models, matrix, len(x.texts))
+
+
+def fit_good(make: Callable[[], Any], matrix: Any, quality: Array) -> Any:
+    """A classifier of P(good) fitted on ``matrix`` (dense or sparse rows) with soft labels:
+    each row counts as good with weight ``q`` and bad with ``1 - q``; the mean quality instead
+    when there is nothing to learn (no matrix, or one quality for all)."""
+    from scipy import sparse
+
+    if matrix is None or np.all(quality == quality[0]):
+        return float(quality.mean()) if len(quality) else 0.5
+    n = len(quality)
+    labels = np.r_[np.ones(n), np.zeros(n)]
+    weights = np.r_[quality, 1.0 - quality]
+    keep = weights > 0
+    if sparse.issparse(matrix):
+        stacked = sparse.vstack([matrix, matrix]).tocsr()[keep]
+    else:
+        stacked = np.vstack([matrix, matrix])[keep]
+    return make().fit(stacked, labels[keep], sample_weight=weights[keep])
+
+
+def odds(models: Sequence[Any], matrix: Any, n: int) -> Array:
+    """``P(frontier good) - P(cheap good)`` for ``n`` rows of ``matrix``, from the two
+    ``fit_good`` models (frontier first)."""
+    frontier, cheap = (
+        np.full(n, m) if isinstance(m, float) else m.predict_proba(matrix)[:, 1] for m in models
+    )
+    out: Array = frontier - cheap
+    return out
+
+
+@dataclass
+class BoostedGain:
+    """Gradient-boosted trees (scikit-learn's histogram GBM) on the standardised features and
+    the embedding's top ``components`` principal directions. Trees find what the linear models
+    cannot: interactions, such as a feature that marks a hard question in one subject and not
+    in another. ``odds``: ``P(frontier good) - P(cheap good)`` from two classifiers with soft
+    labels, as ``TextOddsGain``; otherwise a regression of the gain."""
+
+    components: int = 16
+    odds: bool = False
+
+    def __post_init__(self) -> None:
+        self.name = f"boosted({'odds' if self.odds else 'gain'}, pcs={self.components})"
+        self._centre: Matrix = np.zeros(0, dtype=np.float32)
+        self._basis: Matrix = np.zeros((0, 0), dtype=np.float32)
+        self._models: list[Any] = []
+
+    def _design(self, x: Prompts) -> Array:
+        return np.hstack([x.feats, (x.emb - self._centre) @ self._basis])
+
+    def fit(self, x: Prompts, cheap: Array, frontier: Array) -> BoostedGain:
+        from sklearn.ensemble import (  # type: ignore[import-untyped]
+            HistGradientBoostingClassifier,
+            HistGradientBoostingRegressor,
         )
-        out: Array = frontier - cheap
+
+        self._centre = x.emb.mean(axis=0)
+        _, _, directions = np.linalg.svd(x.emb - self._centre, full_matrices=False)
+        self._basis = directions[: self.components].T
+        design = self._design(x)
+        params = {
+            "learning_rate": 0.05,
+            "max_iter": 200,
+            "max_leaf_nodes": 15,
+            "min_samples_leaf": 40,
+            "l2_regularization": 1.0,
+            "early_stopping": False,
+        }
+        if self.odds:
+            self._models = [
+                fit_good(lambda: HistGradientBoostingClassifier(**params), design, q)
+                for q in (np.clip(frontier, 0.0, 1.0), np.clip(cheap, 0.0, 1.0))
+            ]
+        else:
+            self._models = [HistGradientBoostingRegressor(**params).fit(design, frontier - cheap)]
+        return self
+
+    def predict(self, x: Prompts) -> Array:
+        design = self._design(x)
+        if self.odds:
+            return odds(self._models, design, len(design))
+        out: Array = self._models[0].predict(design)
         return out
 
 
@@ -399,6 +378,8 @@ def base_models() -> list[Callable[[], GainModel]]:
         lambda: RidgeGain(alpha=100.0, use_embedding=False),
         lambda: TextOddsGain(c=0.3),
         lambda: TextOddsGain(c=0.3, chars=True),
+        lambda: BoostedGain(),
+        lambda: BoostedGain(odds=True),
     ]
 
 

@@ -13,7 +13,14 @@ import pytest
 from gateway.cli import main
 from gateway.router_embeddings import embed_cached
 from gateway.router_metrics import apgr, cost_to_reach, cpt, pgr_curve, random_figures
-from gateway.tier_model import KnnGain, Prompts, RidgeGain, StackedGain, TextOddsGain
+from gateway.tier_model import (
+    BoostedGain,
+    KnnGain,
+    Prompts,
+    RidgeGain,
+    StackedGain,
+    TextOddsGain,
+)
 
 NAMES = ["Ada", "Grace", "Linus", "Barbara", "Edsger", "Donald", "Frances", "Ken", "Radia", "Tim"]
 
@@ -191,6 +198,37 @@ def test_text_odds_learns_from_words_and_soft_labels() -> None:
     assert np.all(constant == 0.0)
     empty = Prompts.of(["", "?"], np.zeros((2, 4), dtype=np.float32))
     assert TextOddsGain().fit(empty, np.array([0.0, 1.0]), np.ones(2)).predict(empty).shape == (2,)
+
+
+def test_boosted_trees_learn_an_interaction_the_linear_models_cannot() -> None:
+    """The cheap tier fails long prompts on one side of the embedding space and short ones on
+    the other (an XOR of a text feature and an embedding direction). No linear model of the
+    gain can rank that; the trees, of the gain or of the odds, must. Constant labels and a
+    handful of prompts must not break them."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    lengths = rng.integers(1, 60, size=n)
+    texts = [" ".join(["word"] * int(k)) for k in lengths]
+    emb = rng.normal(size=(n, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    x = Prompts.of(texts, emb)
+    fails = (lengths > 30) ^ (emb[:, 0] > 0)
+    cheap, frontier = np.where(fails, 0.0, 1.0), np.ones(n)
+    train, test = np.arange(2000), np.arange(2000, n)
+
+    def held_out(model: Any) -> float:
+        model.fit(x.take(train), cheap[train], frontier[train])
+        return apgr(model.predict(x.take(test)), cheap[test], frontier[test])
+
+    best = apgr(1.0 * fails[test], cheap[test], frontier[test])  # ~0.75: half the prompts fail
+    assert held_out(RidgeGain(alpha=1.0)) < 0.55  # random: 0.5
+    assert held_out(BoostedGain()) > best - 0.02
+    assert held_out(BoostedGain(odds=True)) > best - 0.02
+    for model in (BoostedGain(), BoostedGain(odds=True)):
+        constant = model.fit(x.take(train), np.ones(2000), np.ones(2000)).predict(x.take(test))
+        assert np.allclose(constant, constant[0])
+        few = model.fit(x.take(train[:5]), cheap[:5], frontier[:5]).predict(x.take(test))
+        assert few.shape == (1000,) and np.all(np.isfinite(few))
 
 
 def test_the_stack_weighs_what_predicts_and_drops_what_does_not() -> None:

@@ -1,0 +1,106 @@
+"""Cheap text features of a prompt for the tier router's models (no model, microseconds).
+
+Length, digits, math and code markers, negations, answer options, and the structure of word
+problems: how many and how large the numbers, sentences, step and unit words, names.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[np.float64]
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_QUANTITY = re.compile(r"\d+(?:,\d{3})*(?:\.\d+)?")
+_FRACTION = re.compile(r"\b\d+/\d+\b")
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+# Words that add a step to a word problem (a ratio, a share, a rate, a remainder).
+_STEP_WORDS = re.compile(
+    r"(?i)\b(half|halves|twice|double|triple|third|quarter|fourth|fifth|percent|times|each|"
+    r"every|per|remaining|rest|left|more than|less than|fewer|total|average|ratio|profit|"
+    r"discount|tax|interest|split|share|rate)\b|%"
+)
+_UNIT = re.compile(
+    r"(?i)\b(hours?|minutes?|seconds?|days?|weeks?|months?|years?|miles?|feet|foot|inch(?:es)?|"
+    r"pounds?|dollars?|cents?|gallons?|liters?|litres?|meters?|metres?|km|kg|grams?)\b|\$"
+)
+_NAME = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+")
+_HOW_MANY = re.compile(r"(?i)\bhow (?:many|much)\b")
+_WORD = re.compile(r"\w+")
+_CODE = re.compile(r"```|\bdef |\breturn\b|\bimport |\bfunction\b|[{};]|==|->|\bclass ")
+_MATH = re.compile(r"[+\-*/=^%$<>]|\\frac|\bsqrt\b")
+_NEGATION = re.compile(r"\b(NOT|EXCEPT|not|never|least|false)\b")
+_OPTIONS = re.compile(r"(?m)^\s*\(?[A-D][.)]\s")
+
+FEATURE_NAMES = (
+    "log_chars",
+    "log_words",
+    "log_lines",
+    "digit_share",
+    "log_numbers",
+    "math_share",
+    "log_code_markers",
+    "negations",
+    "questions",
+    "has_options",
+    "mean_word_len",
+    "upper_share",
+    "log_distinct_numbers",
+    "log_max_number",
+    "decimals",
+    "fractions",
+    "log_sentences",
+    "words_per_sentence",
+    "log_step_words",
+    "log_units",
+    "log_unit_kinds",
+    "log_names",
+    "how_many",
+)
+
+
+def prompt_features(text: str) -> list[float]:
+    """Cheap per-prompt features, in ``FEATURE_NAMES`` order (no model, microseconds)."""
+    chars = len(text)
+    words = _WORD.findall(text)
+    letters = sum(c.isalpha() for c in text) or 1
+    quantities = _QUANTITY.findall(text)
+    numbers = [min(float(n.replace(",", "")), 1e300) for n in quantities]
+    sentences = max(1, len(_SENTENCE_END.findall(text)))
+    units = [u.lower() for u in _UNIT.findall(text)]
+    return [
+        math.log1p(chars),
+        math.log1p(len(words)),
+        math.log1p(text.count("\n")),
+        sum(c.isdigit() for c in text) / (chars or 1),
+        math.log1p(len(_NUMBER.findall(text))),
+        len(_MATH.findall(text)) / (chars or 1) * 100,
+        math.log1p(len(_CODE.findall(text))),
+        float(len(_NEGATION.findall(text))),
+        float(text.count("?")),
+        1.0 if _OPTIONS.search(text) else 0.0,
+        sum(map(len, words)) / (len(words) or 1),
+        sum(c.isupper() for c in text) / letters,
+        math.log1p(len(set(numbers))),
+        math.log1p(max(numbers, default=0.0)),
+        float(sum("." in n for n in quantities)),
+        float(len(_FRACTION.findall(text))),
+        math.log1p(sentences),
+        len(words) / sentences,
+        math.log1p(len(_STEP_WORDS.findall(text))),
+        math.log1p(len(units)),
+        math.log1p(len(set(units))),
+        math.log1p(len(_NAME.findall(text))),
+        float(len(_HOW_MANY.findall(text))),
+    ]
+
+
+def feature_matrix(texts: Sequence[str]) -> Array:
+    return np.array([prompt_features(t) for t in texts], dtype=np.float64).reshape(
+        len(texts), len(FEATURE_NAMES)
+    )
