@@ -197,7 +197,7 @@ class TextOddsGain:
 
     def predict(self, x: Prompts) -> Array:
         matrix = self._matrix(x.texts, fit=False) if self._vectorizers else None
-        return odds(self._models, matrix, len(x.texts))
+        return tier_odds(self._models, matrix, len(x.texts))
 
 
 def fit_good(make: Callable[[], Any], matrix: Any, quality: Array) -> Any:
@@ -219,7 +219,7 @@ def fit_good(make: Callable[[], Any], matrix: Any, quality: Array) -> Any:
     return make().fit(stacked, labels[keep], sample_weight=weights[keep])
 
 
-def odds(models: Sequence[Any], matrix: Any, n: int) -> Array:
+def tier_odds(models: Sequence[Any], matrix: Any, n: int) -> Array:
     """``P(frontier good) - P(cheap good)`` for ``n`` rows of ``matrix``, from the two
     ``fit_good`` models (frontier first)."""
     frontier, cheap = (
@@ -231,7 +231,7 @@ def odds(models: Sequence[Any], matrix: Any, n: int) -> Array:
 
 @dataclass
 class BoostedGain:
-    """Gradient-boosted trees (scikit-learn's histogram GBM) on the standardised features and
+    """Gradient-boosted trees (scikit-learn's histogram GBM) on the text features and
     the embedding's top ``components`` principal directions. Trees find what the linear models
     cannot: interactions, such as a feature that marks a hard question in one subject and not
     in another. ``odds``: ``P(frontier good) - P(cheap good)`` from two classifiers with soft
@@ -279,7 +279,7 @@ class BoostedGain:
     def predict(self, x: Prompts) -> Array:
         design = self._design(x)
         if self.odds:
-            return odds(self._models, design, len(design))
+            return tier_odds(self._models, design, len(design))
         out: Array = self._models[0].predict(design)
         return out
 
