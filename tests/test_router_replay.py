@@ -228,7 +228,8 @@ def test_boosted_trees_learn_an_interaction_the_linear_models_cannot() -> None:
         constant = model.fit(x.take(train), np.ones(2000), np.ones(2000)).predict(x.take(test))
         assert np.allclose(constant, constant[0])
         few = model.fit(x.take(train[:5]), cheap[:5], frontier[:5]).predict(x.take(test))
-        assert few.shape == (1000,) and np.all(np.isfinite(few))
+        assert few.shape == (1000,)
+        assert np.all(np.isfinite(few))
 
 
 def test_the_stack_weighs_what_predicts_and_drops_what_does_not() -> None:
