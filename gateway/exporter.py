@@ -288,7 +288,7 @@ async def _serve() -> None:
             OTLPHttpExporter(config["otlp_endpoint"]),
             service_name=config.get("service_name") or "knowledge-gateway",
         )
-    tune_gc(int(config.get("gc_gen0_threshold") or 10_000))  # as the gateway does
+    tune_gc(config["gc_gen0_threshold"])  # as the gateway does
     # Records and spans are written by their own workers: a collector retrying with back-off
     # must not hold up the records (nor the answers a read of the stream waits for).
     # Bounded: while a sink is slow (Redis down, a collector backing off) the child stops

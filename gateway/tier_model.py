@@ -230,6 +230,19 @@ def tier_odds(models: Sequence[Any], matrix: Any, n: int) -> Array:
     return out
 
 
+# Each ensemble of ``BoostedGain``: 200 trees of 15 leaves, at least 40 prompts a leaf, each split
+# choosing among a random half of the inputs (the bag's members differ by their random state).
+_TREES: dict[str, Any] = {
+    "learning_rate": 0.05,
+    "max_iter": 200,
+    "max_leaf_nodes": 15,
+    "min_samples_leaf": 40,
+    "l2_regularization": 1.0,
+    "max_features": 0.5,
+    "early_stopping": False,
+}
+
+
 @dataclass
 class BoostedGain:
     """Gradient-boosted trees (scikit-learn's histogram GBM) on the text features and the
@@ -264,28 +277,15 @@ class BoostedGain:
         self._basis = directions[: self.components].T
         design = self._design(x)
 
-        def params(seed: int) -> dict[str, Any]:
-            return {
-                "learning_rate": 0.05,
-                "max_iter": 200,
-                "max_leaf_nodes": 15,
-                "min_samples_leaf": 40,
-                "l2_regularization": 1.0,
-                "max_features": 0.5,
-                "early_stopping": False,
-                "random_state": seed,
-            }
-
         qualities = (np.clip(frontier, 0.0, 1.0), np.clip(cheap, 0.0, 1.0))
-        self._members = [
-            [
-                fit_good(partial(HistGradientBoostingClassifier, **params(seed)), design, q)
-                for q in qualities
-            ]
-            if self.odds
-            else [HistGradientBoostingRegressor(**params(seed)).fit(design, frontier - cheap)]
-            for seed in range(self.members)
-        ]
+        self._members = []
+        for seed in range(self.members):
+            if self.odds:
+                make = partial(HistGradientBoostingClassifier, **_TREES, random_state=seed)
+                self._members.append([fit_good(make, design, q) for q in qualities])
+            else:
+                trees = HistGradientBoostingRegressor(**_TREES, random_state=seed)
+                self._members.append([trees.fit(design, frontier - cheap)])
         return self
 
     def predict(self, x: Prompts) -> Array:
