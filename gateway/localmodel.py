@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +40,26 @@ def model_path(data_dir: Path) -> Path:
         data_dir.mkdir(parents=True, exist_ok=True)
         weights.assemble(path)
     return path
+
+
+def exit_reason(returncode: int) -> str:
+    """Why ``llama_cpp.server`` stopped, with the fix where one is known."""
+    if returncode >= 0:
+        return f"llama_cpp.server exited with {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    reason = f"llama_cpp.server was killed by {name}"
+    if -returncode == signal.SIGILL:
+        # pip builds llama.cpp for the CPU it compiles on and caches the wheel; a cache shared
+        # with another machine hands over code using instructions this CPU lacks.
+        reason += (
+            " (illegal instruction: llama-cpp-python was compiled for another CPU, e.g. a wheel"
+            " from a shared pip cache; rebuild it here with"
+            " pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python)"
+        )
+    return reason
 
 
 def free_port() -> int:
@@ -99,10 +120,11 @@ class LocalModelServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise LocalModelError(
-                    f"llama_cpp.server exited with {self._process.returncode}; see {self.log_path}"
-                )
-            if self._ready():
+                reason = exit_reason(self._process.returncode)
+                raise LocalModelError(f"{reason}; see {self.log_path}")
+            # Listing the models proves the server listens; one generated token proves the
+            # compiled llama.cpp runs on this CPU (and loads the weights before the first user).
+            if self._ready() and self._generates():
                 return
             time.sleep(0.25)
         self.stop()
@@ -113,6 +135,17 @@ class LocalModelServer:
     def _ready(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.base_url}/models", timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _generates(self) -> bool:
+        body = b'{"prompt": "Hi", "max_tokens": 1}'
+        request = urllib.request.Request(
+            f"{self.base_url}/completions", body, {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False

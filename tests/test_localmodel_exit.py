@@ -1,0 +1,26 @@
+"""How ``gateway serve --local-model`` explains a llama.cpp server that died (no model needed)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+from gateway.localmodel import exit_reason
+
+
+def test_a_server_killed_by_an_illegal_instruction_is_told_how_to_rebuild() -> None:
+    # A real process killed by SIGILL, as llama.cpp compiled for another CPU dies on its first
+    # matrix product (seen with a wheel from a pip cache shared across machines).
+    code = "import os, signal; os.kill(os.getpid(), signal.SIGILL)"
+    returncode = subprocess.run([sys.executable, "-c", code], check=False).returncode
+    assert returncode == -signal.SIGILL
+    reason = exit_reason(returncode)
+    assert "SIGILL" in reason
+    assert "pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python" in reason
+
+
+def test_other_exits_are_named_without_a_guess() -> None:
+    assert exit_reason(1) == "llama_cpp.server exited with 1"
+    assert exit_reason(-signal.SIGKILL) == "llama_cpp.server was killed by SIGKILL"
+    assert exit_reason(-200) == "llama_cpp.server was killed by signal 200"
