@@ -244,11 +244,13 @@ class Tracing:
         request = request_attributes(chat)
         if self._link is not None:
             wired = self._wired
-            if len(wired) == wired.maxlen:  # the exporter is far behind: the oldest goes
-                self.dropped += 1
             if policy is not self._wired_policy:  # the first request, or one after a reload
                 self._wired_policy = policy
+                if len(wired) == wired.maxlen:
+                    self._make_room(wired)
                 wired.append(policy)
+            if len(wired) == wired.maxlen:  # the exporter is far behind
+                self._make_room(wired)
             wired.append(
                 orjson.dumps(span_wire(trace_id, parent, request, cache, knowledge, decision))
             )
@@ -257,6 +259,20 @@ class Tracing:
         if len(pending) == pending.maxlen:  # the exporter is far behind: the oldest goes
             self.dropped += 1
         pending.append(TraceJob(policy, decision, request, trace_id, parent, cache, knowledge))
+
+    def _make_room(self, wired: deque[bytes | Policy]) -> None:
+        """Drop the oldest span when the hand-over queue is full (the exporter is far behind),
+        keeping the policy marker before it: the spans after a marker are built with its model
+        table, so evicting the marker would build them with the table of an older policy."""
+        marker: Policy | None = None
+        while wired:
+            item = wired.popleft()
+            if isinstance(item, bytes):
+                self.dropped += 1
+                break
+            marker = item
+        if marker is not None and (not wired or isinstance(wired[0], bytes)):
+            wired.appendleft(marker)  # (a marker at the head now supersedes it)
 
     # -- building spans -------------------------------------------------------------------
     # Each span is planned once as (static attributes, their cache key, dynamic attributes):

@@ -524,3 +524,53 @@ async def test_the_exporter_process_builds_the_spans_the_gateway_would() -> None
             assert await child.export_jobs(jobs_from_wire(payload))
     assert len(expected) == 12 + 12 + 4
     assert spans(posted) == expected
+
+
+async def test_a_full_hand_over_queue_keeps_the_reloads_model_table() -> None:
+    """With the exporter process far behind, the oldest spans go, never the reload marker before
+    the spans that remain: they must still be built with the new policy's model table."""
+
+    class Pipe:
+        def __init__(self) -> None:
+            self.frames: list[tuple[str, bytes]] = []
+
+        async def spans(self, wire: bytes) -> bool:
+            self.frames.append(("S", wire))
+            return True
+
+        async def models(self, table: bytes) -> None:
+            self.frames.append(("M", table))
+
+    def policy(version: str) -> Policy:
+        return Policy.model_validate(
+            {
+                "providers": [{"name": "p", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"}],
+                "models": [{"name": "gpt", "provider": "p", "id": version}],
+                "teams": [{"name": "t", "key_sha256": "0" * 64, "routes": ["*"]}],
+            }
+        )
+
+    def answered(i: int) -> Decision:
+        decision = Decision(request_id=f"r{i}", team="t", route="gpt", task_type="general")
+        decision.attempts = [Attempt("gpt", "p", "us", "ok", 1.0)]
+        decision.ended_at, decision.total_ms = 1e9 + i, 2.0
+        return decision
+
+    chat = ChatRequest.from_body({"model": "gpt", "messages": [{"role": "user", "content": "x"}]})
+    old, new = policy("gpt-4o-2024-08-06"), policy("gpt-4o-2024-11-20")
+    pipe = Pipe()
+    tracing = Tracing(None, link=cast(Any, pipe), max_pending=4)
+    tracing.record(old, answered(0), chat, {})
+    await tracing.flush()
+    assert [kind for kind, _ in pipe.frames] == ["M", "S"]
+    pipe.frames.clear()
+
+    for i in range(1, 7):  # the reload's marker and three spans fill the queue; three more come
+        tracing.record(new, answered(i), chat, {})
+    assert tracing.dropped == 3
+    await tracing.flush()
+    assert [kind for kind, _ in pipe.frames] == ["M", "S"]
+    assert b"gpt-4o-2024-11-20" in pipe.frames[0][1]
+    assert b"gpt-4o-2024-08-06" not in pipe.frames[0][1]
+    sent = jobs_from_wire(pipe.frames[1][1])
+    assert [job.decision.request_id for job in sent] == ["r4", "r5", "r6"]
