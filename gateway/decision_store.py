@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections import deque
 from collections.abc import Mapping
@@ -208,6 +209,7 @@ class DecisionSinks:
         )
         self._pending: deque[Decision] = deque(maxlen=pending_max)
         self._file: IO[bytes] | None = None
+        self._identity: tuple[int, int] | None = None  # the open file's (device, inode)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._healthy = True
@@ -241,7 +243,13 @@ class DecisionSinks:
         """Open the file (``start`` does; the exporter process, which only ``store``s, too)."""
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = await asyncio.to_thread(self.path.open, "ab")
+            await asyncio.to_thread(self._open_file)
+
+    def _open_file(self) -> None:
+        assert self.path is not None
+        self._file = self.path.open("ab")
+        stat = os.fstat(self._file.fileno())
+        self._identity = (stat.st_dev, stat.st_ino)
 
     async def close(self) -> None:
         await stop_then_flush(self._task, self.flush, self._lock, 5)
@@ -337,8 +345,25 @@ class DecisionSinks:
 
     def _append(self, blob: bytes) -> None:
         assert self._file is not None
+        self._reopen_if_moved()
         self._file.write(blob)
         self._file.flush()
+
+    def _reopen_if_moved(self) -> None:
+        """Write to a new file at the path once the open one was moved or removed (logrotate's
+        default ``create`` mode, or an operator's ``mv``), as ``logging.WatchedFileHandler``
+        does: one ``stat`` per batch of records."""
+        assert self._file is not None
+        assert self.path is not None
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            pass
+        else:
+            if (stat.st_dev, stat.st_ino) == self._identity:
+                return
+        self._file.close()
+        self._open_file()
 
     async def _xadd(self, rids: str, blob: bytes) -> bool:
         """Stream records: their request ids and JSON lines, each ending in a newline.

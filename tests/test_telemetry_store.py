@@ -210,6 +210,36 @@ async def test_the_request_path_never_waits_for_the_sinks(
     assert len(log.read_bytes().splitlines()) == 3
 
 
+async def test_the_log_follows_a_rotation(make_gateway: Any, fakes: Fakes, tmp_path: Path) -> None:
+    """logrotate's default (``create``) moves the file away: later records go to a new file at
+    the configured path, not into the moved one; a removed file is created again."""
+    log = tmp_path / "decisions.jsonl"
+    client: TestClient[Any, Any] = await make_gateway(priced_policy(fakes), decision_log=log)
+    sinks = client.app[RUNTIME].decisions.sinks
+    assert sinks is not None
+
+    async def answered(n: int) -> list[str]:
+        ids = []
+        for _ in range(n):
+            response = await ask(client)
+            assert response.status == 200
+            ids.append(response.headers["x-request-id"])
+        assert await sinks.written(5.0)
+        return ids
+
+    def request_ids(path: Path) -> list[str]:
+        return [orjson.loads(line)["request_id"] for line in path.read_bytes().splitlines()]
+
+    first = await answered(2)
+    log.rename(tmp_path / "decisions.jsonl.1")
+    second = await answered(3)
+    assert request_ids(tmp_path / "decisions.jsonl.1") == first
+    assert request_ids(log) == second
+    log.unlink()
+    third = await answered(1)
+    assert request_ids(log) == third
+
+
 def test_a_record_from_another_version_reads_back() -> None:
     """Rolling deploys: fields this version does not know are ignored, not an error."""
     record = Decision(request_id="r1", team="alpha", route="default", task_type="chat")
