@@ -1,7 +1,10 @@
-"""Cheap text features of a prompt for the tier router's models (no model, microseconds).
+"""Cheap text features of a prompt for the tier router's models (no model; ~0.5 ms a prompt).
 
-Length, digits, math and code markers, negations, answer options, and the structure of word
-problems: how many and how large the numbers, sentences, step and unit words, names.
+Length, digits, math and code markers, negations, answer options, the structure of word
+problems (how many and how large the numbers, sentences, step and unit words, names), and of a
+multiple-choice question's options: how long and how alike they are, how much they repeat the
+question, whether they are numbers, "all of the above" or combinations of numbered statements.
+Options that differ by a word or two ask for a finer distinction than four unrelated ones.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ _CODE = re.compile(r"```|\bdef |\breturn\b|\bimport |\bfunction\b|[{};]|==|->|\b
 _MATH = re.compile(r"[+\-*/=^%$<>]|\\frac|\bsqrt\b")
 _NEGATION = re.compile(r"\b(NOT|EXCEPT|not|never|least|false)\b")
 _OPTIONS = re.compile(r"(?m)^\s*\(?[A-D][.)]\s")
+_OPTION = re.compile(r"(?m)^\s*\(?([A-J])[.)]\s*(.*)$")  # a lettered option and its text
+# A short number with its unit or sign (\u2212: the minus sign)
+_NUMERIC_OPTION = re.compile("[-\u2212\\d.,/%$ a-zA-Z\u00b0^]*\\d[-\u2212\\d.,/%$ a-zA-Z\u00b0^]*")
+_ALL_OR_NONE = re.compile(r"(?i)\b(all|none|both|neither) of the (above|these)")
+_STATEMENTS = re.compile(r"\b(I|II|III|IV)\b\s*(,|and|only)")
 
 FEATURE_NAMES = (
     "log_chars",
@@ -61,11 +69,20 @@ FEATURE_NAMES = (
     "log_unit_kinds",
     "log_names",
     "how_many",
+    "log_option_chars",
+    "option_length_spread",
+    "option_overlap",
+    "option_max_overlap",
+    "option_stem_overlap",
+    "numeric_options",
+    "all_or_none_option",
+    "statement_options",
 )
+NO_OPTIONS = [0.0] * 8
 
 
 def prompt_features(text: str) -> list[float]:
-    """Cheap per-prompt features, in ``FEATURE_NAMES`` order (no model, microseconds)."""
+    """Cheap per-prompt features, in ``FEATURE_NAMES`` order (no model)."""
     chars = len(text)
     words = _WORD.findall(text)
     letters = sum(c.isalpha() for c in text) or 1
@@ -97,6 +114,37 @@ def prompt_features(text: str) -> list[float]:
         math.log1p(len(set(units))),
         math.log1p(len(_NAME.findall(text))),
         float(len(_HOW_MANY.findall(text))),
+        *option_features(text),
+    ]
+
+
+def option_features(text: str) -> list[float]:
+    """The last eight of ``FEATURE_NAMES``: a multiple-choice question's lettered options
+    (``A. ...`` or ``(B) ...`` on their own lines), zeros without two of them. Overlaps are
+    Jaccard similarities of the options' word sets (mean and largest over pairs), and the
+    share of each option's words found in the question (mean)."""
+    found = list(_OPTION.finditer(text))
+    if len(found) < 2:
+        return NO_OPTIONS
+    options = [m.group(2).strip() for m in found]
+    stem_words = {w.lower() for w in _WORD.findall(text[: found[0].start()])}
+    words = [{w.lower() for w in _WORD.findall(o)} for o in options]
+    pairs = [
+        len(a & b) / len(a | b) if a | b else 1.0
+        for i, a in enumerate(words)
+        for b in words[i + 1 :]
+    ]
+    lengths = np.array([len(o) for o in options], dtype=np.float64)
+    mean_length = float(lengths.mean())
+    return [
+        math.log1p(mean_length),
+        float(lengths.std()) / (mean_length + 1),
+        sum(pairs) / len(pairs),
+        max(pairs),
+        sum(len(w & stem_words) / (len(w) or 1) for w in words) / len(words),
+        sum(len(o) < 25 and bool(_NUMERIC_OPTION.fullmatch(o)) for o in options) / len(options),
+        1.0 if any(_ALL_OR_NONE.search(o) for o in options) else 0.0,
+        1.0 if any(_STATEMENTS.search(o) for o in options) else 0.0,
     ]
 
 

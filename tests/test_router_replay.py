@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gateway.cli import main
+from gateway.prompt_features import FEATURE_NAMES, NO_OPTIONS, option_features
 from gateway.router_embeddings import embed_cached
 from gateway.router_metrics import apgr, cost_to_reach, cpt, pgr_curve, random_figures
 from gateway.tier_model import (
@@ -265,3 +266,63 @@ def test_the_stack_weighs_what_predicts_and_drops_what_does_not() -> None:
         x.take(rows[:6]), cheap[:6], frontier[:6]
     )
     assert tiny.predict(x.take(test)).shape == (100,)
+
+
+def mc_question(rng: np.random.Generator, alike: bool) -> str:
+    """A multiple-choice question on random words; its four options are either one phrase with
+    one word changed (a fine distinction) or four unrelated phrases of the same length."""
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocab = ["".join(rng.choice(letters, size=5)) for _ in range(500)]  # one length, no digits
+    stem = " ".join(rng.choice(vocab, size=12)) + "?"
+    phrase = list(rng.choice(vocab, size=5))
+    options = []
+    for _ in range(4):
+        words = list(phrase) if alike else list(rng.choice(vocab, size=5))
+        if alike:
+            words[int(rng.integers(5))] = str(rng.choice(vocab))
+        options.append(" ".join(words))
+    lines = "\n".join(f"{letter}. {o}" for letter, o in zip("ABCD", options, strict=True))
+    return f"{stem}\n{lines}\nAnswer:"
+
+
+def test_option_features_read_a_multiple_choice_question() -> None:
+    def named(text: str) -> dict[str, float]:
+        return dict(zip(FEATURE_NAMES[-8:], option_features(text), strict=True))
+
+    alike = named("Which is right?\nA. the red car\nB. the red bus\nC. the red cars\nD. red car")
+    unlike = named("Which is right?\n(A) a dog\n(B) some cheese\n(C) the moon\n(D) quartz")
+    assert alike["option_overlap"] > 0.3
+    assert alike["option_max_overlap"] > unlike["option_max_overlap"] == 0.0
+    numbers = named("How much charge?\nA. 0.005 C\nB. 0.01 C\nC. 0.02 C\nD. 0.5 C\nAnswer:")
+    assert numbers["numeric_options"] == 1.0
+    assert unlike["numeric_options"] == 0.0
+    assert (
+        named("Q?\nA. I and II only\nB. III only\nC. none of the above\nD. x")["all_or_none_option"]
+        == 1.0
+    )
+    assert named("Q?\nA. I and II only\nB. III only")["statement_options"] == 1.0
+    assert named("Which dog barks?\nA. a small dog\nB. a cat")["option_stem_overlap"] > 0
+    assert option_features("Compute 37 * 41. A. is not an option line") == [0.0] * 8
+    assert option_features("") == [0.0] * 8
+
+
+def test_the_features_see_options_that_ask_for_a_fine_distinction() -> None:
+    """The cheap tier fails exactly the questions whose options differ by one word: the ridge on
+    the text features must rank them first on held-out questions. Lengths, digits and the other
+    features tell nothing here: without the options' features the ridge ranks at random."""
+    rng = np.random.default_rng(11)
+    hard = rng.random(600) < 0.4
+    texts = [mc_question(rng, bool(h)) for h in hard]
+    x = Prompts.of(texts, np.zeros((600, 4), dtype=np.float32))
+    cheap, frontier = np.where(hard, 0.0, 1.0), np.ones(600)
+    model = RidgeGain(alpha=1.0, use_embedding=False).fit(
+        x.take(np.arange(400)), cheap[:400], frontier[:400]
+    )
+    held = np.arange(400, 600)
+    best = apgr(1.0 * hard[held], cheap[held], frontier[held])
+    assert apgr(model.predict(x.take(held)), cheap[held], frontier[held]) > best - 0.01
+    blind = Prompts(x.texts, x.emb, x.feats[:, : -len(NO_OPTIONS)])
+    model = RidgeGain(alpha=1.0, use_embedding=False).fit(
+        blind.take(np.arange(400)), cheap[:400], frontier[:400]
+    )
+    assert apgr(model.predict(blind.take(held)), cheap[held], frontier[held]) < 0.6  # random: 0.5
