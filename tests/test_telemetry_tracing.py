@@ -390,6 +390,30 @@ async def test_a_flush_exports_what_was_queued_when_it_began(
     assert list(tracing._pending) == [late]
 
 
+class Pipe:
+    """The gateway's end of the exporter link: what would cross the pipe, in order."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, bytes]] = []
+
+    async def spans(self, wire: bytes) -> bool:
+        self.frames.append(("S", wire))
+        return True
+
+    async def models(self, table: bytes) -> None:
+        self.frames.append(("M", table))
+
+
+def one_model_policy(version: str) -> Policy:
+    return Policy.model_validate(
+        {
+            "providers": [{"name": "p", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"}],
+            "models": [{"name": "gpt", "provider": "p", "id": version}],
+            "teams": [{"name": "t", "key_sha256": "0" * 64, "routes": ["*"]}],
+        }
+    )
+
+
 async def test_a_reload_that_pins_another_version_changes_the_spans() -> None:
     """Encoded span parts are cached per alias and outcome; a new policy must not reuse them."""
     posted: list[bytes] = []
@@ -398,15 +422,6 @@ async def test_a_reload_that_pins_another_version_changes_the_spans() -> None:
         async def export(self, data: bytes) -> bool:
             posted.append(data)
             return True
-
-    def policy(version: str) -> Policy:
-        return Policy.model_validate(
-            {
-                "providers": [{"name": "p", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"}],
-                "models": [{"name": "gpt", "provider": "p", "id": version}],
-                "teams": [{"name": "t", "key_sha256": "0" * 64, "routes": ["*"]}],
-            }
-        )
 
     def answered() -> Decision:
         decision = Decision(request_id="r", team="t", route="gpt", task_type="general")
@@ -418,7 +433,7 @@ async def test_a_reload_that_pins_another_version_changes_the_spans() -> None:
     chat = ChatRequest.from_body({"model": "gpt", "messages": [{"role": "user", "content": "x"}]})
     names = []
     for version in ("gpt-4o-2024-08-06", "gpt-4o-2024-11-20"):
-        tracing.record(policy(version), answered(), chat, {})
+        tracing.record(one_model_policy(version), answered(), chat, {})
         await tracing.flush()
         message = ExportTraceServiceRequest()
         message.ParseFromString(posted[-1])
@@ -437,19 +452,6 @@ async def test_the_exporter_process_builds_the_spans_the_gateway_would() -> None
         async def export(self, data: bytes) -> bool:
             posted.append(data)
             return True
-
-    class Pipe:
-        """The gateway's end of the link: what would cross the pipe, in order."""
-
-        def __init__(self) -> None:
-            self.frames: list[tuple[str, bytes]] = []
-
-        async def spans(self, wire: bytes) -> bool:
-            self.frames.append(("S", wire))
-            return True
-
-        async def models(self, table: bytes) -> None:
-            self.frames.append(("M", table))
 
     def policy(version: str) -> Policy:
         return Policy.model_validate(
@@ -530,26 +532,6 @@ async def test_a_full_hand_over_queue_keeps_the_reloads_model_table() -> None:
     """With the exporter process far behind, the oldest spans go, never the reload marker before
     the spans that remain: they must still be built with the new policy's model table."""
 
-    class Pipe:
-        def __init__(self) -> None:
-            self.frames: list[tuple[str, bytes]] = []
-
-        async def spans(self, wire: bytes) -> bool:
-            self.frames.append(("S", wire))
-            return True
-
-        async def models(self, table: bytes) -> None:
-            self.frames.append(("M", table))
-
-    def policy(version: str) -> Policy:
-        return Policy.model_validate(
-            {
-                "providers": [{"name": "p", "kind": "openai", "base_url": "http://127.0.0.1:9/v1"}],
-                "models": [{"name": "gpt", "provider": "p", "id": version}],
-                "teams": [{"name": "t", "key_sha256": "0" * 64, "routes": ["*"]}],
-            }
-        )
-
     def answered(i: int) -> Decision:
         decision = Decision(request_id=f"r{i}", team="t", route="gpt", task_type="general")
         decision.attempts = [Attempt("gpt", "p", "us", "ok", 1.0)]
@@ -557,7 +539,7 @@ async def test_a_full_hand_over_queue_keeps_the_reloads_model_table() -> None:
         return decision
 
     chat = ChatRequest.from_body({"model": "gpt", "messages": [{"role": "user", "content": "x"}]})
-    old, new = policy("gpt-4o-2024-08-06"), policy("gpt-4o-2024-11-20")
+    old, new = one_model_policy("gpt-4o-2024-08-06"), one_model_policy("gpt-4o-2024-11-20")
     pipe = Pipe()
     tracing = Tracing(None, link=cast(Any, pipe), max_pending=4)
     tracing.record(old, answered(0), chat, {})
