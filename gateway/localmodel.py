@@ -42,6 +42,14 @@ def model_path(data_dir: Path) -> Path:
     return path
 
 
+# A build of llama.cpp for any x86-64 CPU with AVX2, instead of ``-march=native``: on a virtual
+# machine whose CPU lists AMX without enabling it, a native build dies on its first token (seen).
+PORTABLE_BUILD = (
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" '
+    "pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python"
+)
+
+
 def exit_reason(returncode: int) -> str:
     """Why ``llama_cpp.server`` stopped, with the fix where one is known."""
     if returncode >= 0:
@@ -52,12 +60,11 @@ def exit_reason(returncode: int) -> str:
         name = f"signal {-returncode}"
     reason = f"llama_cpp.server was killed by {name}"
     if -returncode == signal.SIGILL:
-        # pip builds llama.cpp for the CPU it compiles on and caches the wheel; a cache shared
-        # with another machine hands over code using instructions this CPU lacks.
         reason += (
-            " (illegal instruction: llama-cpp-python was compiled for another CPU, e.g. a wheel"
-            " from a shared pip cache; rebuild it here with"
-            " pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python)"
+            " (illegal instruction: llama.cpp was compiled for instructions this CPU does not"
+            " run, by a native build where the CPU lists AMX but the virtual machine does not"
+            " enable it, or a wheel built elsewhere and taken from pip's cache; rebuild it"
+            f" portably: {PORTABLE_BUILD})"
         )
     return reason
 

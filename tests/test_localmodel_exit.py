@@ -6,18 +6,19 @@ import signal
 import subprocess
 import sys
 
-from gateway.localmodel import exit_reason
+from gateway.localmodel import PORTABLE_BUILD, exit_reason
 
 
 def test_a_server_killed_by_an_illegal_instruction_is_told_how_to_rebuild() -> None:
-    # A real process killed by SIGILL, as llama.cpp compiled for another CPU dies on its first
-    # matrix product (seen with a wheel from a pip cache shared across machines).
+    # A real process killed by SIGILL, as a native llama.cpp build dies on its first matrix
+    # product where the CPU lists AMX but the virtual machine does not enable it (seen).
     code = "import os, signal; os.kill(os.getpid(), signal.SIGILL)"
     returncode = subprocess.run([sys.executable, "-c", code], check=False).returncode
     assert returncode == -signal.SIGILL
     reason = exit_reason(returncode)
     assert "SIGILL" in reason
-    assert "pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python" in reason
+    assert PORTABLE_BUILD in reason
+    assert "-DGGML_NATIVE=OFF" in PORTABLE_BUILD
 
 
 def test_other_exits_are_named_without_a_guess() -> None:
