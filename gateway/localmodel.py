@@ -69,6 +69,15 @@ def exit_reason(returncode: int) -> str:
     return reason
 
 
+def _answers(request: str | urllib.request.Request, timeout: float) -> bool:
+    """Whether the server answers ``request`` with 200 within ``timeout`` seconds."""
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -140,22 +149,13 @@ class LocalModelServer:
         )
 
     def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.base_url}/models", timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return _answers(f"{self.base_url}/models", timeout=1)
 
     def _generates(self) -> bool:
         body = b'{"prompt": "Hi", "max_tokens": 1}'
-        request = urllib.request.Request(
-            f"{self.base_url}/completions", body, {"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        headers = {"Content-Type": "application/json"}
+        request = urllib.request.Request(f"{self.base_url}/completions", body, headers)
+        return _answers(request, timeout=60)
 
     def stop(self) -> None:
         if self._process is None:

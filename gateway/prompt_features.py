@@ -78,7 +78,7 @@ FEATURE_NAMES = (
     "all_or_none_option",
     "statement_options",
 )
-NO_OPTIONS = [0.0] * 8
+NO_OPTIONS = (0.0,) * 8  # the options' features of a prompt without options
 
 
 def prompt_features(text: str) -> list[float]:
@@ -125,7 +125,7 @@ def option_features(text: str) -> list[float]:
     share of each option's words found in the question (mean)."""
     found = list(_OPTION.finditer(text))
     if len(found) < 2:
-        return NO_OPTIONS
+        return list(NO_OPTIONS)
     options = [m.group(2).strip() for m in found]
     stem_words = {w.lower() for w in _WORD.findall(text[: found[0].start()])}
     words = [{w.lower() for w in _WORD.findall(o)} for o in options]
