@@ -26,7 +26,7 @@ import numpy.typing as npt
 import onnxruntime as ort  # type: ignore[import-untyped]  # no type information shipped
 from tokenizers import Tokenizer
 
-from cache.embedder import BUNDLED_MODEL_NAME, BatchingEmbedder, bundled_model_path
+from cache.embedder import BUNDLED_MODEL_NAME, BatchingEmbedder, TokenWindow, bundled_model_path
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class OnnxEmbedder(BatchingEmbedder):
         model_dir = Path(model_dir) if model_dir else bundled_model_path()
         _require_mean_pooling(model_dir)
         self._tokenizer = _load_tokenizer(model_dir)
+        self.window = token_window(model_dir)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or 0
@@ -180,6 +181,14 @@ def _load_tokenizer(model_dir: Path) -> Tokenizer:
     pad_id = tokenizer.token_to_id("[PAD]")
     tokenizer.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
     return tokenizer
+
+
+def token_window(model_dir: Path) -> TokenWindow:
+    """The model's window check: its own tokenizer (a copy, for counting only) and the maximum
+    sequence length sentence-transformers truncates at."""
+    return TokenWindow(
+        Tokenizer.from_file(str(model_dir / "tokenizer.json")), _max_seq_length(model_dir)
+    )
 
 
 def _max_seq_length(model_dir: Path) -> int:

@@ -1,8 +1,9 @@
 """What the semantic cache may serve, store and compare (gateway/caching.py applies them).
 
 A request bypasses the cache when its team or route turned it off, it asks to, it samples
-above the allowed temperature, or it has no user turn to look up. Only plain text answers that
-ended normally are stored. Two answers agree when equal up to case and spacing.
+above the allowed temperature, or it has no user turn to look up. A final user turn longer than
+the embedder's window is looked up and stored by its exact text only. Only plain text answers
+that ended normally are stored. Two answers agree when equal up to case and spacing.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from cache.scope import normalise
 
 from .cache_config import CacheSettings
-from .context import RequestContext
+from .context import QUERY_EXCEEDS_WINDOW, RequestContext
 
 CACHEABLE_FINISH = frozenset({"stop", "length"})
 
@@ -28,6 +29,18 @@ def bypass_reason(ctx: RequestContext, settings: CacheSettings, mode: str) -> st
         return f"temperature {temperature} above {settings.max_temperature}"
     if not ctx.query_text:
         return "no user turn to look up"
+    return None
+
+
+def semantic_skip_reason(ctx: RequestContext) -> str | None:
+    """Why the request's final user turn may be neither served nor stored by similarity (the
+    exact path still applies), or ``None`` when it may.
+
+    Past the embedder's window the embedding is that of the turn's beginning: a turn that
+    shares it and asks something else would be a hit at similarity 1.0.
+    """
+    if not ctx.query_fits():
+        return QUERY_EXCEEDS_WINDOW
     return None
 
 

@@ -3,8 +3,10 @@
 ``before`` answers from the cache or lets the request go on; ``after`` stores the provider's
 answer (in the background: the client never waits on Redis) and records verification outcomes.
 Isolation is structural: a lookup only ever searches the request's own scope (see cache/scope.py),
-and a fetched entry whose scope differs is never served. Redis or the embedder failing means
-"miss" plus a log line and a metric: the request is still answered (fail-open).
+and a fetched entry whose scope differs is never served. A final user turn longer than the
+embedder's window takes the exact path only (cache_rules.semantic_skip_reason). Redis or the
+embedder failing means "miss" plus a log line and a metric: the request is still answered
+(fail-open).
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ from cache.store import CacheUnavailable, Entry, RedisStore, Store
 from providers.base import Completion, Usage, new_completion_id
 
 from .cache_config import CacheConfig, CacheSettings, effective
-from .cache_rules import CACHEABLE_FINISH, answer_text, bypass_reason, same_answer
+from .cache_rules import (
+    CACHEABLE_FINISH,
+    answer_text,
+    bypass_reason,
+    same_answer,
+    semantic_skip_reason,
+)
 from .context import RequestContext
 from .metrics import Metrics
 from .settings import Settings
@@ -120,6 +128,11 @@ class CacheStage:
         entry = await self.store.exact(exact_key(scope, query))
         if entry is not None and entry.scope == scope:
             return self._serve(ctx, entry, 1.0, "exact")
+        if skipped := semantic_skip_reason(ctx):
+            ctx.decision.events.append({"type": "cache_semantic_skipped", "reason": skipped})
+            self._count("semantic_skipped")
+            log.debug("no semantic lookup for %s: %s", ctx.request_id, skipped)
+            return None
         vector = await ctx.query_embedding()
         if vector is None:
             return None
@@ -254,7 +267,8 @@ class CacheStage:
             new_state = EntryState.from_bytes(b"")
             if comparison is not None:
                 await self._learn(ctx, scope, text, comparison, new_state)
-            vector = await ctx.query_embedding()
+            # No vector for a turn past the embedder's window: an exact-only entry.
+            vector = None if semantic_skip_reason(ctx) else await ctx.query_embedding()
             new = Entry(
                 id=entry_id,
                 scope=scope,

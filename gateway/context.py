@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cache.embedder import Embedder, Vector
+from cache.embedder import Embedder, Vector, fits_window
 from providers.base import Completion
 from providers.schema import ChatRequest, content_text
 
@@ -17,6 +17,9 @@ from .decisions import Decision
 from .policy import TeamConfig
 
 log = logging.getLogger(__name__)
+
+# Why a stage did not act on the query's similarity: the embedder saw only the turn's beginning.
+QUERY_EXCEEDS_WINDOW = "query_exceeds_window"
 
 
 @dataclass(slots=True)
@@ -41,6 +44,7 @@ class RequestContext:
     headers: dict[str, str] = field(default_factory=dict)
     _embedding: Vector | None = None
     _embedded: bool = False
+    _fits: bool | None = None
 
     def overhead_ms(self) -> float:
         return (time.perf_counter() - self.started - self.upstream_s) * 1000
@@ -52,6 +56,18 @@ class RequestContext:
             if message.role == "user":
                 return content_text(message.content)
         return ""
+
+    def query_fits(self) -> bool:
+        """Whether the embedder sees the whole final user turn, computed at most once.
+
+        A turn longer than the model's window is embedded from its beginning only: two turns
+        that share it embed identically whatever follows (a pasted document, then different
+        questions), so their similarity says nothing and must not choose an answer. Tokenizer
+        only, no forward pass; ``True`` without an embedder or one that cannot count.
+        """
+        if self._fits is None:
+            self._fits = self.embedder is None or fits_window(self.embedder, self.query_text)
+        return self._fits
 
     async def query_embedding(self) -> Vector | None:
         """The final user turn's embedding, computed at most once per request.

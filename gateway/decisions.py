@@ -95,8 +95,9 @@ class Decision:
     upstream_ms: float | None = None
     ttft_ms: float | None = None
     ended_at: float | None = None  # wall clock: when the answer (or error) was ready
-    # The interceptors' verdicts: {"result": hit|miss|bypass|refresh, "kind", "similarity"} and
-    # {"result": answer|context|none|off|error|..., "chunks": [{"id", "score"}]}.
+    # The interceptors' verdicts: {"result": hit|miss|bypass|refresh, "kind", "similarity",
+    # "semantic_skipped"} and {"result": answer|context|none|off|error|..., "chunks": [{"id",
+    # "score"}], "answer_skipped"} (the *_skipped: why similarity was not acted on).
     cache: dict[str, Any] | None = None
     knowledge: dict[str, Any] | None = None
     # SHA-256 of the client's messages (canonical JSON); computed off the request path.

@@ -5,7 +5,9 @@ caller's ACL filter inside Qdrant (retrieval/search.py) and then:
 
 1. a curated FAQ entry whose question is at or above ``answer_threshold`` is the answer: an
    OpenAI ``chat.completion`` with the answer and its citation, served as ``knowledge:<kb>``,
-   with no provider call (only for a plain question: no tools, no JSON mode, first user turn);
+   with no provider call (only for a plain question: no tools, no JSON mode, first user turn,
+   and a turn the embedder sees whole: past its window the similarity is that of the turn's
+   beginning, whatever it asks after);
 2. otherwise the passages at or above ``context_threshold`` are attached as one system message
    of delimited ``<source>`` blocks, marked as data and not instructions, and the request goes
    on with it (``ctx.chat`` is replaced);
@@ -33,7 +35,7 @@ from providers.schema import ChatRequest
 from retrieval.search import Access, Retrieved, access_filter, retrieve
 from retrieval.store import Condition, Hit, KnowledgeStore, StoreUnavailable, open_store
 
-from .context import RequestContext
+from .context import QUERY_EXCEEDS_WINDOW, RequestContext
 from .metrics import Metrics
 from .policy import KnowledgeConfig, KnowledgeSettings, Policy
 from .settings import Settings
@@ -120,7 +122,7 @@ class KnowledgeStage:
                     top_k=settings.top_k,
                     answer_threshold=settings.answer_threshold,
                     context_threshold=settings.context_threshold,
-                    direct_answers=settings.direct_answers and _plain_question(ctx),
+                    direct_answers=settings.direct_answers and _answerable(ctx),
                 )
         except (StoreUnavailable, TimeoutError) as exc:
             self._failed(ctx, exc)
@@ -174,6 +176,19 @@ class KnowledgeStage:
         self._hit("context")
         ctx.decision.events.append({"type": "knowledge_context", "chunks": len(used)})
         return None
+
+
+def _answerable(ctx: RequestContext) -> bool:
+    """Whether a curated answer may be chosen for the request by similarity; a plain question
+    the embedder does not see whole may not (the decision record says why)."""
+    if not _plain_question(ctx):
+        return False
+    if not ctx.query_fits():
+        ctx.decision.events.append(
+            {"type": "knowledge_answer_skipped", "reason": QUERY_EXCEEDS_WINDOW}
+        )
+        return False
+    return True
 
 
 def _plain_question(ctx: RequestContext) -> bool:

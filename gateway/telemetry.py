@@ -44,7 +44,8 @@ def complete_decision(ctx: RequestContext, chat: ChatRequest) -> None:
 
 
 def cache_verdict(ctx: RequestContext) -> dict[str, Any] | None:
-    """The semantic cache's verdict: hit/miss/bypass/refresh, with its similarity score."""
+    """The semantic cache's verdict: hit/miss/bypass/refresh, with its similarity score, and
+    ``semantic_skipped`` (why) when only the exact path was looked up."""
     result = ctx.headers.get("x-gateway-cache")
     if result is None:
         return None
@@ -56,6 +57,8 @@ def cache_verdict(ctx: RequestContext) -> dict[str, Any] | None:
             verdict["similarity"] = event.get("similarity")
         elif kind == "cache_guard":
             verdict["guard"] = event.get("reason")
+        elif kind == "cache_semantic_skipped":  # exact lookup only (a turn past the window)
+            verdict["semantic_skipped"] = event.get("reason")
     comparison = ctx.notes.get("cache_compare")
     neighbours = getattr(comparison, "neighbours", None)
     if neighbours:
@@ -66,7 +69,8 @@ def cache_verdict(ctx: RequestContext) -> dict[str, Any] | None:
 
 
 def knowledge_verdict(ctx: RequestContext) -> dict[str, Any] | None:
-    """The knowledge base's verdict: answer/context/none/off/error/..., with chunk scores."""
+    """The knowledge base's verdict: answer/context/none/off/error/..., with chunk scores, and
+    ``answer_skipped`` (why) when a curated answer could not be chosen by similarity."""
     result = ctx.notes.get("knowledge")
     if result is None:
         return None
@@ -75,9 +79,12 @@ def knowledge_verdict(ctx: RequestContext) -> dict[str, Any] | None:
     if citations:
         verdict["chunks"] = [{"id": c.get("id"), "score": c.get("score")} for c in citations]
     for event in ctx.decision.events:
-        if event.get("type") == "knowledge_answer":
+        kind = event.get("type")
+        if kind == "knowledge_answer":
             verdict["chunks"] = [{"id": event.get("chunk"), "score": event.get("score")}]
             verdict["kb"] = event.get("kb")
+        elif kind == "knowledge_answer_skipped":  # no curated answer by similarity, and why
+            verdict["answer_skipped"] = event.get("reason")
     return verdict
 
 

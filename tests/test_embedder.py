@@ -11,7 +11,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from cache.embedder import BatchingEmbedder, SentenceEmbedder, bundled_model_path
+from cache.embedder import (
+    BatchingEmbedder,
+    SentenceEmbedder,
+    TokenWindow,
+    bundled_model_path,
+    fits_window,
+)
 from cache.embedders import make_embedder
 from cache.onnx_embedder import OnnxEmbedder, OnnxExport, export_onnx
 
@@ -97,6 +103,76 @@ def test_int8_is_close_to_sentence_transformers(
     reference: npt.NDArray[np.float32], onnx_int8: OnnxEmbedder
 ) -> None:
     assert cosines(onnx_int8.encode(TEXTS), reference).min() > 0.95
+
+
+@pytest.mark.parametrize("backend", ["embedder", "onnx", "onnx_int8"])
+def test_the_token_window_is_where_the_vector_stops_changing(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    embedder: BatchingEmbedder = request.getfixturevalue(backend)
+    window = embedder.window
+    assert window is not None
+    assert window.max_tokens == 256
+    # "why" is one word piece; [CLS] and [SEP] take two places of the window.
+    assert window.count("why " * 254) == 256
+    assert fits_window(embedder, "why " * 254)
+    assert not fits_window(embedder, "why " * 255)
+    tail = "Now tell me why the sky is blue."
+    inside, past = "why " * 240, "why " * 300
+    assert fits_window(embedder, inside)
+    assert not fits_window(embedder, past)
+    vectors = embedder.encode([inside, inside + tail, past, past + tail])
+    assert float(vectors[0] @ vectors[1]) < 0.999  # the model sees what follows...
+    assert float(vectors[2] @ vectors[3]) > 0.99999  # ...until the window is full
+
+
+def test_fits_agrees_with_the_whole_count_on_every_path(embedder: SentenceEmbedder) -> None:
+    """Short texts are counted whole; long ones are settled by their word count or by a
+    probe of their beginning (cut between words, or anywhere in text without spaces)."""
+    window = embedder.window
+    assert window is not None
+    texts = [
+        "",
+        "How do I locate my card?",
+        "why " * 254,  # exactly the window
+        "why " * 255,  # over it by the word count alone
+        "antidisestablishmentarianism " * 40,  # few words, many word pieces
+        "antidisestablishmentarianism " * 400,  # past the first probe, settled by it
+        " " * 20_000 + "why",  # long, and a handful of word pieces: counted whole
+        "数据" * 3_000,  # no space to cut at
+        "x" * 101 + " why" * 250,  # a word over 100 characters is one [UNK]
+    ]
+    for text in texts:
+        assert window.fits(text) == (window.count(text) <= 256), text[:40]
+
+
+def test_a_token_window_needs_a_window() -> None:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(bundled_model_path() / "tokenizer.json"))
+    with pytest.raises(ValueError, match="max_tokens"):
+        TokenWindow(tokenizer, 0)
+
+
+def test_an_embedder_that_cannot_count_counts_as_fitting() -> None:
+    class Fake:
+        """What the tests' fakes and wrappers look like: no tokenizer."""
+
+        name, dim = "fake", 3
+
+        async def embed(self, text: str) -> npt.NDArray[np.float32]:
+            return self.encode([text])[0]
+
+        async def embed_many(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            return self.encode(texts)
+
+        def encode(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
+            return np.full((len(texts), 3), 3**-0.5, dtype=np.float32)
+
+        async def close(self) -> None:
+            return None
+
+    assert fits_window(Fake(), "why " * 1000)
 
 
 async def test_embed_and_embed_many_match_encode(onnx: OnnxEmbedder) -> None:

@@ -330,3 +330,48 @@ async def test_through_the_gateway(
     first = sent.body["messages"][0]
     assert first["role"] == "system"
     assert "Fines and parking tickets" in first["content"]
+
+
+async def test_a_turn_longer_than_the_window_gets_context_not_a_curated_answer(
+    make_gateway: Any, fakes: Fakes, embedder: Any, kb_store: Any, tmp_path: Path
+) -> None:
+    """Past its window the embedder sees only the turn's beginning: a curated answer close to
+    that beginning would be returned whatever the turn asks after it. (The low threshold stands
+    for a curated entry close to a long turn's beginning: this one scores ~0.48.)"""
+    policy = policy_for(
+        fakes, knowledge={"kbs": ["company"], "answer_threshold": 0.4, "context_threshold": 0.3}
+    )
+    # A generous stage budget: a lookup cut off by it would skip the answer for another reason.
+    client = await make_gateway(
+        policy, embedder=embedder, knowledge_path=tmp_path, stage_timeout_s=30.0
+    )
+    assert policy.knowledge is not None
+    client.app[RUNTIME].interceptors = (KnowledgeStage(policy.knowledge, kb_store),)
+    auth = {"Authorization": f"Bearer {TEAM_KEY}"}
+    plan = (
+        "I am a full-time employee and I want to plan my holidays for next year. How many days "
+        "of annual leave do I get, how many carry over, and do public holidays count? "
+    )
+    long_turn = plan * 8 + "Now draft the message to my manager asking for two weeks off."
+    assert not embedder.window.fits(long_turn)
+
+    async def ask(text: str) -> Any:
+        body = {"model": "gpt", "messages": [{"role": "user", "content": text}]}
+        response = await client.post("/v1/chat/completions", json=body, headers=auth)
+        assert response.status == 200
+        decision = client.app[RUNTIME].decisions.find(response.headers["x-request-id"])
+        assert decision is not None
+        return response, decision.to_dict()
+
+    response, record = await ask(plan)  # the same question, whole: answered directly
+    assert response.headers["x-gateway-source"] == "knowledge"
+    assert record["knowledge"]["result"] == "answer"
+    assert "answer_skipped" not in record["knowledge"]
+
+    response, record = await ask(long_turn)
+    assert "x-gateway-source" not in response.headers  # the provider answered
+    assert response.headers["x-gateway-knowledge"].startswith("context;chunks=")
+    assert record["knowledge"]["result"] == "context"
+    assert record["knowledge"]["answer_skipped"] == "query_exceeds_window"
+    [sent] = fakes.openai.requests
+    assert "27 days" in sent.body["messages"][0]["content"]  # the passages still help
