@@ -4,6 +4,7 @@ hand-computable cases."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -326,3 +327,25 @@ def test_the_features_see_options_that_ask_for_a_fine_distinction() -> None:
         blind.take(np.arange(400)), cheap[:400], frontier[:400]
     )
     assert apgr(model.predict(blind.take(held)), cheap[held], frontier[held]) < 0.6  # random: 0.5
+
+
+def test_the_word_counts_of_a_word_problem() -> None:
+    """The word-level features, counted by hand (any case where the words are any case)."""
+    from gateway.prompt_features import prompt_features
+
+    text = (
+        "Tom buys 3 pens for $2 each. Then Ann pays MORE THAN half, 50%. "
+        "How many hours and Minutes did not pass? def f(): return x == y -> z; sqrt"
+    )
+    values = dict(zip(FEATURE_NAMES, prompt_features(text), strict=True))
+    # each, MORE THAN, half, %
+    assert values["log_step_words"] == pytest.approx(math.log1p(4))
+    # $, hours, Minutes: three units of three kinds ("", "hours", "minutes")
+    assert values["log_units"] == pytest.approx(math.log1p(3))
+    assert values["log_unit_kinds"] == pytest.approx(math.log1p(3))
+    assert values["how_many"] == 1.0
+    assert values["negations"] == 1.0  # "not"
+    # Ann (Tom starts the text, Then and How start sentences); Minutes is mid-sentence
+    assert values["log_names"] == pytest.approx(math.log1p(2))
+    # "def ", "return", "==", "->", ";"
+    assert values["log_code_markers"] == pytest.approx(math.log1p(5))
