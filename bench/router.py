@@ -12,6 +12,10 @@ Splits (stated, seeded):
   Mixtral-8x7B-chat, frontier = GPT-4-1106, costs from the files' per-model ``total_cost``;
   the 14 ARC rows without a grade for these two models are dropped.
 
+For each dataset it also replays the gateway's own online tier router (``gateway.tiering``) as
+it learns in service: each TRAIN prompt answered by one tier at random and graded on it alone,
+then its predicted gain ranks TEST.
+
 On MMLU it also prints a reference line that is not a router: the APGR of routing by each
 prompt's subject (known from its file, not from the prompt) and the subject's mean gain on TRAIN.
 
@@ -35,7 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from gateway.policy import Policy, hash_key
+from gateway.prompt_features import prompt_features
+from gateway.router_cli import embed_prompts
 from gateway.router_metrics import apgr
+from gateway.tiering import TierRouter
 
 csv.field_size_limit(10**9)
 
@@ -142,6 +150,39 @@ def datasets(data: Path, seed: int) -> dict[str, tuple[list[Any], list[Any]]]:
     return out
 
 
+def live_router(work: Path, train: list[Any], test: list[Any], seed: int = 0) -> float:
+    """APGR on TEST of the gateway's own online tier router (``gateway.tiering.TierRouter``,
+    the policy's defaults) after it learnt from TRAIN as in service: each prompt answered by
+    one tier at random (seeded) and graded on that tier only, one outcome at a time, the
+    route's memory keeping the latest 4,096. Its score is its predicted gain."""
+    policy = Policy.model_validate(
+        {
+            "providers": [{"name": "p", "kind": "openai", "base_url": "http://127.0.0.1:9"}],
+            "models": [
+                {"name": "small", "provider": "p", "id": "small-1", "tier": "cheap"},
+                {"name": "big", "provider": "p", "id": "big-1", "tier": "frontier"},
+            ],
+            "routes": [{"name": "r", "candidates": ["small", "big"], "tiering": {}}],
+            "teams": [{"name": "t", "key_sha256": hash_key("k")}],
+        }
+    )
+    router = TierRouter(policy, seed=seed)
+    texts = [row["prompt"] for row in train + test]
+    vectors = embed_prompts(texts, "torch", work / "emb.npz")  # the replay's cache: no model
+    rng = np.random.default_rng(seed)
+    for i, row in enumerate(train):
+        tier = "frontier" if rng.random() < 0.5 else "cheap"
+        router.remember(str(i), "r", vectors[i], np.array(prompt_features(row["prompt"])))
+        router.served(str(i), tier, (row["quality"][tier], 1.0))
+    gains = [
+        router.predicted_gain("r", "general", v, np.array(prompt_features(row["prompt"])))
+        for row, v in zip(test, vectors[len(train) :], strict=True)
+    ]
+    weak = np.array([r["quality"]["cheap"] for r in test])
+    strong = np.array([r["quality"]["frontier"] for r in test])
+    return apgr(np.array(gains), weak, strong)
+
+
 def run_replay(work: Path, name: str, train: list[Any], test: list[Any]) -> str:
     folder = work / name
     _write(folder / "train.jsonl", train)
@@ -170,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated dataset names")
     args = parser.parse_args(argv)
     wanted = set(args.only.split(",")) if args.only else None
-    summary = []
+    summary, live_summary = [], []
     for name, (train, test) in datasets(args.data, args.seed).items():
         if wanted and name not in wanted:
             continue
@@ -183,12 +224,19 @@ def main(argv: list[str] | None = None) -> int:
         weak = np.array([r["quality"]["cheap"] for r in test])
         strong = np.array([r["quality"]["frontier"] for r in test])
         summary.append((name, apgr(np.array(scores), weak, strong)))
+        live = live_router(args.work, train, test, args.seed)
+        live_summary.append((name, live))
+        print(
+            "the online tier router (gateway.tiering), TRAIN prompts graded on one tier at "
+            f"random, one at a time: APGR {live:.3f}"
+        )
         if name == "mmlu":
             print(
                 "reference, not a router: routing by the MMLU subject's mean gain on TRAIN, "
                 f"subject known: APGR {subject_oracle(train, test):.3f}\n"
             )
     print("held-out APGR: " + ", ".join(f"{n} {v:.3f}" for n, v in summary))
+    print("the online router: " + ", ".join(f"{n} {v:.3f}" for n, v in live_summary))
     return 0
 
 

@@ -308,10 +308,13 @@ def app_runtime(app: web.Application) -> Any:
     return app[RUNTIME]
 
 
-def decision_latency(embedder: Any, samples: int = 3000) -> dict[str, tuple[float, float]]:
-    """(p50, p99) ms of classifying a task and choosing a tier with a full outcome memory (4096),
-    in wall time and in the thread's CPU time (wall time on a loaded machine includes waiting
-    for a core)."""
+def decision_latency(
+    embedder: Any, texts: Sequence[str], samples: int = 3000
+) -> dict[str, tuple[float, float]]:
+    """(p50, p99) ms of classifying a task and choosing a tier (the prompt's text features, the
+    feature models and the neighbourhood) with a full outcome memory (4096), in wall time and
+    in the thread's CPU time (wall time on a loaded machine includes waiting for a core)."""
+    from gateway.prompt_features import prompt_features
     from gateway.tasks import TaskClassifier
     from gateway.tiering import TierRouter
 
@@ -323,14 +326,16 @@ def decision_latency(embedder: Any, samples: int = 3000) -> dict[str, tuple[floa
     vectors = rng.standard_normal((4096 + samples, embedder.dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     for i, v in enumerate(vectors[:4096]):
-        router.remember(f"r{i}", "default", v)
+        router.remember(f"r{i}", "default", v, np.array(prompt_features(texts[i % len(texts)])))
         tier = "frontier" if i % 3 == 0 else "cheap"
         router.served(f"r{i}", tier, (float(rng.random()), 1.0))
     wall, cpu = [], []
-    for v in vectors[4096:]:
+    for i, v in enumerate(vectors[4096:]):
+        text = texts[i % len(texts)]
         started, started_cpu = time.perf_counter(), time.thread_time()
         guess = classifier.classify(v, "general")
-        router.decide("default", guess.task_type, v, {"cheap", "frontier"})
+        features = np.array(prompt_features(text))
+        router.decide("default", guess.task_type, v, {"cheap", "frontier"}, features)
         wall.append((time.perf_counter() - started) * 1000)
         cpu.append((time.thread_time() - started_cpu) * 1000)
     return {
@@ -368,7 +373,7 @@ async def main_async(args: argparse.Namespace) -> None:
             f"sources {r['sources']} tiers {r['tiers']} ({r['seconds']:.0f} s)"
         )
         print(f"{'':<16} quality by kind { ({k: round(v, 3) for k, v in r['by_kind'].items()}) }")
-    for clock, (p50, p99) in decision_latency(embedder).items():
+    for clock, (p50, p99) in decision_latency(embedder, [p.text for p in prompts]).items():
         print(f"tier decision (classifier + tier router, 4096 outcomes), {clock} time: "
               f"p50 {p50:.3f} ms, p99 {p99:.3f} ms")  # fmt: skip
     await embedder.close()

@@ -174,7 +174,7 @@ class TieringConfig(_Model):
 
     max_frontier_share: float = Field(default=0.3, ge=0, le=1)
     exploration: float = Field(default=0.05, ge=0, le=0.5)
-    neighbours: int = Field(default=32, ge=1, le=512)
+    neighbours: int = Field(default=128, ge=1, le=1024)
     memory: int = Field(default=4096, ge=16, le=100_000)  # outcomes kept for the route
     window: int = Field(default=500, ge=10, le=100_000)  # recent decisions the share is over
 

@@ -128,8 +128,11 @@ def _take(obj: Any, tiers: Sequence[str], into: dict[str, list[float]], where: s
     return True
 
 
-def _embed(args: argparse.Namespace, texts: list[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """Embeddings of ``texts``; the model loads only if the cache lacks some of them."""
+def embed_prompts(
+    texts: list[str], embedder: str, cache: Path | None
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Embeddings of ``texts`` by ``embedder`` (torch, onnx or onnx-int8), kept in the ``cache``
+    file; the model loads only if the cache lacks some of them."""
     import asyncio
 
     from cache.embedder import BUNDLED_MODEL_NAME, BatchingEmbedder
@@ -142,16 +145,16 @@ def _embed(args: argparse.Namespace, texts: list[str]) -> np.ndarray[Any, np.dty
     def encode(batch: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
         if not loaded:
             data_dir = Path(os.environ.get("GATEWAY_DATA_DIR", "data"))
-            loaded.append(make_embedder(args.embedder, data_dir))
+            loaded.append(make_embedder(embedder, data_dir))
         return loaded[0].encode(batch)
 
     # The same name the embedder will report: int8 vectors differ, so they are cached apart.
-    name = BUNDLED_MODEL_NAME + ("-int8" if args.embedder == "onnx-int8" else "")
+    name = BUNDLED_MODEL_NAME + ("-int8" if embedder == "onnx-int8" else "")
     try:
-        return embed_cached(texts, encode, name, args.embedding_cache)
+        return embed_cached(texts, encode, name, cache)
     finally:
-        for embedder in loaded:
-            asyncio.run(embedder.close())
+        for model in loaded:
+            asyncio.run(model.close())
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -161,7 +164,7 @@ def _replay(args: argparse.Namespace) -> int:
     if not train.prompts:
         raise ReplayError(f"{args.train}: no training lines")
     started = time.perf_counter()
-    vectors = _embed(args, train.prompts + test.prompts)
+    vectors = embed_prompts(train.prompts + test.prompts, args.embedder, args.embedding_cache)
     n = len(train.prompts)
     x_train, x_test = Prompts.of(train.prompts, vectors[:n]), Prompts.of(test.prompts, vectors[n:])
     cheap = np.array(train.quality[args.cheap])

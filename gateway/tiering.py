@@ -1,11 +1,22 @@
 """The learned tier router: cheap or frontier, per request, from outcomes of similar prompts.
 
-For a route with ``tiering`` in policy, each request's embedding (the one the cache computes) is
-compared with the route's remembered outcomes: (embedding, tier served, quality 0..1). The
-expected quality of each tier is the similarity-weighted mean quality of its nearest outcomes
-(softmax weights, as the offline replay's kNN), shrunk towards a prior (cold start: the cheap
-tier at ``PRIOR_QUALITY``, the frontier at that plus the task type's ``frontier_gain``). The
-predicted gain is their difference.
+For a route with ``tiering`` in policy, each request's embedding (the one the cache computes) and
+its text features (``prompt_features``: length, numbers, options, ...) are compared with the
+route's remembered outcomes: (embedding, features, tier served, quality 0..1). Each tier's
+expected quality has two halves:
+
+- its *feature model*: a ridge regression of the tier's quality on the standardised features,
+  refitted every ``REFIT_EVERY`` outcomes once the tier has ``MIN_FIT`` of them. It carries
+  what holds across the route (long multi-step questions are hard for the cheap tier);
+- its *neighbourhood*: the similarity-weighted mean quality of its nearest outcomes (softmax
+  weights over cosine similarity), shrunk towards the feature model's prediction. It carries
+  what holds for one kind of prompt.
+
+Before a tier's feature model exists, its place is taken by a prior (cold start: the cheap tier at
+``PRIOR_QUALITY``, the frontier at that plus the task type's ``frontier_gain``), and the
+neighbourhood alone is shrunk towards it. The predicted gain is the frontier's expected quality
+minus the cheap tier's. (``python -m bench.router`` replays this router on public outcome data,
+each prompt served by one tier at random: held-out APGR in bench/README.md.)
 
 The frontier is worth its price only when the gain is positive and among the highest of the
 route's recent requests: the threshold is the ``1 - max_frontier_share`` quantile of recent
@@ -31,14 +42,23 @@ import numpy.typing as npt
 from .catalog import Candidate
 from .context import RequestContext
 from .policy import Policy, TaskTypeConfig, TieringConfig
+from .prompt_features import FEATURE_NAMES, prompt_features
 from .router import Plan
 
 Vector = npt.NDArray[np.float32]
+Array = npt.NDArray[np.float64]
 
 PRIOR_QUALITY = 0.7
 PRIOR_WEIGHT = 2.0  # pseudo-outcomes the prior counts for
-# Neighbours weigh exp((sim - best sim) / scale), as the offline replay's kNN (tier_model).
-SIMILARITY_SCALE = 0.05
+# Neighbours weigh exp((sim - best sim) / scale). A broad neighbourhood (128 outcomes, scale 0.2)
+# where the replay's kNN, which learns from both tiers' grades of every prompt, is sharp (0.05):
+# with one tier graded per prompt, a sharp one averages a handful of noisy outcomes.
+SIMILARITY_SCALE = 0.2
+SAME_PROMPT = 0.97  # cosine similarity at which an outcome counts as the same prompt's
+FEATURE_SHARE = 0.5  # the feature model's share of a tier's expected quality, once fitted
+FEATURE_ALPHA = 100.0  # the feature model's ridge penalty (features standardised)
+MIN_FIT = 32  # a tier's outcomes before its feature model is fitted
+REFIT_EVERY = 64  # outcomes (new or regraded) between refits
 CHEAP, FRONTIER = "cheap", "frontier"
 # The quality signals a decision record may carry, most trusted first, with the weight an
 # outcome graded by each carries. Heuristics weigh little: a fluent wrong answer passes them
@@ -82,27 +102,63 @@ class TierDecision:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _Linear:
+    """A tier's feature model: quality ~ standardised features (ridge, weighted by signal)."""
+
+    mean: Array
+    scale: Array
+    coef: Array
+    intercept: float
+
+    @classmethod
+    def fit(cls, x: Array, y: Array, weight: Array, alpha: float) -> _Linear:
+        total = float(weight.sum())
+        mean = weight @ x / total
+        scale = np.sqrt(weight @ (x - mean) ** 2 / total) + 1e-9
+        z = (x - mean) / scale
+        y_mean = float(weight @ y) / total
+        weighted = z * weight[:, None]
+        gram = weighted.T @ z + alpha * np.eye(x.shape[1])
+        coef = np.linalg.solve(gram, weighted.T @ (y - y_mean)).astype(np.float64)
+        return cls(mean, scale, coef, y_mean)
+
+    def predict(self, features: Array) -> float:
+        value = float(np.dot((features - self.mean) / self.scale, self.coef)) + self.intercept
+        return min(1.0, max(0.0, value))
+
+
 class _Memory:
-    """A route's recent outcomes, a fixed-size ring of rows."""
+    """A route's recent outcomes, a fixed-size ring of rows, and each tier's feature model."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.vectors: Vector | None = None
+        self.features = np.zeros((size, len(FEATURE_NAMES)), dtype=np.float64)
+        self.featured = np.zeros(size, dtype=bool)  # the row's features are known
         self.frontier = np.zeros(size, dtype=bool)
         self.quality = np.zeros(size, dtype=np.float64)
         self.weight = np.zeros(size, dtype=np.float64)
         self.count = 0
+        self.models: dict[bool, _Linear | None] = {False: None, True: None}  # by is_frontier
+        self._changes = 0
 
-    def add(self, vector: Vector, tier: str, quality: float, weight: float) -> int:
+    def add(
+        self, vector: Vector, features: Array | None, tier: str, quality: float, weight: float
+    ) -> int:
         """Remember one outcome; its serial number (for ``regrade``)."""
         if self.vectors is None:
             self.vectors = np.zeros((self.size, len(vector)), dtype=np.float32)
         row = self.count % self.size
         self.vectors[row] = vector
+        self.featured[row] = features is not None
+        if features is not None:
+            self.features[row] = features
         self.frontier[row] = tier == FRONTIER
         self.quality[row] = quality
         self.weight[row] = weight
         self.count += 1
+        self._changed()
         return self.count - 1
 
     def regrade(self, serial: int, quality: float, weight: float) -> None:
@@ -110,22 +166,54 @@ class _Memory:
         if self.count - serial <= self.size:
             self.quality[serial % self.size] = quality
             self.weight[serial % self.size] = weight
+            self._changed()
 
-    def estimate(self, vector: Vector, k: int, priors: tuple[float, float]) -> tuple[float, float]:
-        """Expected (cheap, frontier) quality near ``vector``."""
+    def _changed(self) -> None:
+        self._changes += 1
+        if self._changes >= REFIT_EVERY:
+            self._changes = 0
+            self.refit()
+
+    def refit(self) -> None:
+        """Each tier's feature model from its featured outcomes (~1 ms for 4,096 rows; at most
+        once per ``REFIT_EVERY`` outcomes, when a request ends, never while deciding)."""
+        n = min(self.count, self.size)
+        for is_frontier in (False, True):
+            rows = np.flatnonzero(
+                (self.frontier[:n] == is_frontier) & self.featured[:n] & (self.weight[:n] > 0)
+            )
+            self.models[is_frontier] = (
+                _Linear.fit(
+                    self.features[rows], self.quality[rows], self.weight[rows], FEATURE_ALPHA
+                )
+                if len(rows) >= MIN_FIT
+                else None
+            )
+
+    def estimate(
+        self, vector: Vector, features: Array | None, k: int, priors: tuple[float, float]
+    ) -> tuple[float, float]:
+        """Expected (cheap, frontier) quality of a prompt with this embedding and features."""
+        bases = []
+        for is_frontier, prior in zip((False, True), priors, strict=True):
+            model = self.models[is_frontier]
+            if model is None or features is None:
+                bases.append((prior, False))
+            else:
+                bases.append((model.predict(features), True))
         n = min(self.count, self.size)
         if self.vectors is None or n == 0:
-            return priors
+            return bases[0][0], bases[1][0]
         # einsum, not ``@``: BLAS fans a matrix-vector product out to its threads, which on a
         # busy server costs milliseconds of waiting (p99 8 ms vs 0.3 ms single-threaded).
         sims = np.einsum("ij,j->i", self.vectors[:n], vector)
         out = []
-        for is_frontier, prior in zip((False, True), priors, strict=True):
+        for is_frontier, (base, fitted) in zip((False, True), bases, strict=True):
             rows = np.flatnonzero(self.frontier[:n] == is_frontier)
             if len(rows) > k:
                 rows = rows[np.argpartition(-sims[rows], k - 1)[:k]]
             if len(rows) == 0:
-                out.append(prior)
+                out.append(base)
                 continue
             near = sims[rows].astype(np.float64)
             graded = self.weight[rows]
@@ -133,7 +221,19 @@ class _Memory:
             local = float(weights @ self.quality[rows]) / float(weights.sum())
             evidence = float(graded.sum())
             trust = evidence / (evidence + PRIOR_WEIGHT)
-            out.append(trust * local + (1 - trust) * prior)
+            neighbourhood = trust * local + (1 - trust) * base
+            broad = (
+                FEATURE_SHARE * base + (1 - FEATURE_SHARE) * neighbourhood
+                if fitted
+                else neighbourhood
+            )
+            # Outcomes of the same prompt (a repeat, a near-copy) outweigh everything else.
+            same = near >= SAME_PROMPT
+            if same.any():
+                repeats = float(graded[same].sum())
+                mean = float(graded[same] @ self.quality[rows][same]) / repeats
+                broad += repeats / (repeats + PRIOR_WEIGHT) * (mean - broad)
+            out.append(broad)
         return out[0], out[1]
 
 
@@ -145,14 +245,24 @@ class _RouteState:
         self.choices: deque[bool] = deque(maxlen=config.window)  # True: frontier
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A request whose outcome is not known yet (or may still be regraded)."""
+
+    route: str
+    embedding: Vector
+    features: Array | None
+    tier: str = ""  # the tier that answered, once known
+    serial: int = -1  # its outcome's serial in the route's memory, once graded
+
+
 class TierRouter:
     """Per-route tier choices and the outcomes they learn from."""
 
     def __init__(self, policy: Policy, *, seed: int | None = None) -> None:
         self._routes = {r.name: _RouteState(r.tiering) for r in policy.routes if r.tiering}
         self._tasks: Mapping[str, TaskTypeConfig] = policy.task_types
-        # request id -> (route, embedding, tier served, serial of its outcome or -1)
-        self._pending: OrderedDict[str, tuple[str, Vector, str, int]] = OrderedDict()
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()  # by request id
         self._rng = random.Random(seed)
 
     def enabled(self, route: str) -> bool:
@@ -162,11 +272,36 @@ class TierRouter:
         task = self._tasks.get(task_type)
         return None if task is None or task.tiers is None else list(task.tiers)
 
+    def predicted_gain(
+        self, route: str, task_type: str, embedding: Vector | None, features: Array | None
+    ) -> float:
+        """The frontier's expected quality minus the cheap tier's for one prompt (no side
+        effects; 0.0 for a route without tiering)."""
+        state = self._routes.get(route)
+        if state is None:
+            return 0.0
+        task = self._tasks.get(task_type)
+        prior_gain = task.frontier_gain if task is not None else 0.0
+        priors = (PRIOR_QUALITY, min(1.0, max(0.0, PRIOR_QUALITY + prior_gain)))
+        if embedding is None:
+            cheap_q, frontier_q = priors
+        else:
+            cheap_q, frontier_q = state.memory.estimate(
+                embedding, features, state.config.neighbours, priors
+            )
+        return frontier_q - cheap_q
+
     def decide(
-        self, route: str, task_type: str, embedding: Vector | None, tiers: Iterable[str]
+        self,
+        route: str,
+        task_type: str,
+        embedding: Vector | None,
+        tiers: Iterable[str],
+        features: Array | None = None,
     ) -> TierDecision | None:
         """The tier for one request among the ``tiers`` its candidates offer; ``None`` when
-        the route has no tiering or there is no choice to make."""
+        the route has no tiering or there is no choice to make. ``features``: the prompt's
+        ``prompt_features`` (without them only the neighbourhood and the prior count)."""
         state = self._routes.get(route)
         available = set(tiers)
         if state is None or not available:
@@ -174,14 +309,7 @@ class TierRouter:
         if len(available) == 1:
             only = available.pop()
             return TierDecision(only, 0.0, 0.0, False, "only tier allowed")
-        task = self._tasks.get(task_type)
-        prior_gain = task.frontier_gain if task is not None else 0.0
-        priors = (PRIOR_QUALITY, min(1.0, max(0.0, PRIOR_QUALITY + prior_gain)))
-        if embedding is None:
-            cheap_q, frontier_q = priors
-        else:
-            cheap_q, frontier_q = state.memory.estimate(embedding, state.config.neighbours, priors)
-        gain = frontier_q - cheap_q
+        gain = self.predicted_gain(route, task_type, embedding, features)
         share = state.config.max_frontier_share
         threshold = _quantile(state.gains, 1 - share) if state.gains else gain
         state.gains.append(gain)
@@ -201,11 +329,18 @@ class TierRouter:
         state.choices.append(tier == FRONTIER)
         return TierDecision(tier, gain, threshold, explored, reason)
 
-    def remember(self, request_id: str, route: str, embedding: Vector | None) -> None:
-        """Keep the request's embedding until its served tier and quality are known."""
+    def remember(
+        self,
+        request_id: str,
+        route: str,
+        embedding: Vector | None,
+        features: Array | None = None,
+    ) -> None:
+        """Keep the request's embedding and features until its served tier and quality are
+        known."""
         if embedding is None or route not in self._routes:
             return
-        self._pending[request_id] = (route, embedding, "", -1)
+        self._pending[request_id] = _Pending(route, embedding, features)
         while len(self._pending) > _PENDING_MAX:
             self._pending.popitem(last=False)
 
@@ -218,7 +353,7 @@ class TierRouter:
         if tier is None:
             del self._pending[request_id]
             return
-        self._pending[request_id] = (entry[0], entry[1], tier, -1)
+        entry.tier = tier
         if signal is not None:
             self.observe(request_id, *signal)
 
@@ -227,19 +362,13 @@ class TierRouter:
         (``SIGNALS``); ``False`` if the request is unknown here. A later score (feedback after
         the heuristics) replaces the earlier one."""
         entry = self._pending.get(request_id)
-        if entry is None or not entry[2]:
+        if entry is None or not entry.tier:
             return False
-        route, embedding, tier, serial = entry
-        memory = self._routes[route].memory
-        if serial >= 0:
-            memory.regrade(serial, quality, weight)
+        memory = self._routes[entry.route].memory
+        if entry.serial >= 0:
+            memory.regrade(entry.serial, quality, weight)
         else:
-            self._pending[request_id] = (
-                route,
-                embedding,
-                tier,
-                memory.add(embedding, tier, quality, weight),
-            )
+            entry.serial = memory.add(entry.embedding, entry.features, entry.tier, quality, weight)
         return True
 
     def outcomes(self, route: str) -> int:
@@ -270,12 +399,13 @@ async def apply_tier(tiers: TierRouter | None, ctx: RequestContext, plan: Plan) 
     candidates = [c for c in plan.ordered if allowed is None or c.model.tier in allowed]
     candidates = candidates or plan.ordered
     embedding = await ctx.query_embedding()
+    features = np.array(prompt_features(ctx.query_text))
     decision = tiers.decide(
-        ctx.route.name, ctx.task_type, embedding, {tier_of(c) for c in candidates}
+        ctx.route.name, ctx.task_type, embedding, {tier_of(c) for c in candidates}, features
     )
     if decision is None:
         return plan
-    tiers.remember(ctx.request_id, ctx.route.name, embedding)
+    tiers.remember(ctx.request_id, ctx.route.name, embedding, features)
     ctx.notes["tier_of_model"] = {c.model.name: tier_of(c) for c in plan.ordered}
     ctx.decision.tiering = decision.record()
     ctx.headers["x-gateway-tier"] = decision.tier

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gateway.policy import Policy, hash_key
+from gateway.prompt_features import prompt_features
 from gateway.tiering import FRONTIER, TierRouter, quality_signal
 
 DIM = 384
@@ -155,5 +156,55 @@ def test_heuristic_passes_weigh_less_than_grades(centers: Any) -> None:
     for i in range(4):
         router.remember(f"g{i}", "r", unit(rng, centers[0]))
         router.served(f"g{i}", "cheap", (0.0, 1.0))  # graded: wrong
-    cheap_q, _ = router._routes["r"].memory.estimate(unit(rng, centers[0]), 32, (0.7, 0.7))
+    cheap_q, _ = router._routes["r"].memory.estimate(unit(rng, centers[0]), None, 32, (0.7, 0.7))
     assert cheap_q < 0.5
+
+
+def test_the_feature_model_learns_what_the_embedding_does_not_carry() -> None:
+    """Embeddings in random directions (no neighbourhood to learn from); the cheap tier fails
+    the prompts with many numbers. Once each tier has enough outcomes, the feature model ranks
+    a many-number prompt above a plain one, which the neighbourhood alone could not."""
+    rng = np.random.default_rng(3)
+    router = TierRouter(policy({"max_frontier_share": 1.0, "exploration": 0}), seed=3)
+
+    def prompt(hard: bool) -> str:
+        numbers = " ".join(str(int(n)) for n in rng.integers(10, 999, 12 if hard else 1))
+        return f"A question about {numbers} things?"
+
+    def random_unit() -> np.ndarray:
+        v = rng.standard_normal(DIM)
+        return (v / np.linalg.norm(v)).astype(np.float32)
+
+    for i in range(400):
+        hard = bool(i % 2)
+        tier = "cheap" if i % 4 < 2 else FRONTIER
+        quality = 0.0 if hard and tier == "cheap" else 1.0
+        router.remember(f"q{i}", "r", random_unit(), np.array(prompt_features(prompt(hard))))
+        router.served(f"q{i}", tier, (quality, 1.0))
+    assert all(model is not None for model in router._routes["r"].memory.models.values())
+    hard_gain = router.predicted_gain(
+        "r", "general", random_unit(), np.array(prompt_features(prompt(True)))
+    )
+    easy_gain = router.predicted_gain(
+        "r", "general", random_unit(), np.array(prompt_features(prompt(False)))
+    )
+    assert hard_gain > 0.3 > easy_gain
+    # Without features the same router has nothing to tell them apart by.
+    blind = [router.predicted_gain("r", "general", random_unit(), None) for _ in range(20)]
+    assert max(blind) - min(blind) < 0.2
+
+
+def test_outcomes_of_the_same_prompt_outweigh_its_neighbourhood(centers: Any) -> None:
+    """A repeated prompt the cheap tier failed three times is a frontier prompt, though its
+    neighbourhood (and the feature model) says the cheap tier does well there."""
+    rng = np.random.default_rng(4)
+    router = TierRouter(policy({"max_frontier_share": 1.0, "exploration": 0}), seed=4)
+    features = np.array(prompt_features("What is the capital of France?"))
+    teach(router, rng, centers[0], cheap=1.0, frontier=1.0, count=100, tag="near")
+    repeated = unit(rng, centers[0], noise=0.0)
+    for i in range(3):
+        router.remember(f"again-{i}", "r", repeated, features)
+        router.served(f"again-{i}", "cheap", (0.0, 1.0))
+    assert router.predicted_gain("r", "general", repeated, features) > 0.4
+    elsewhere = unit(rng, centers[0], noise=0.05)  # similar, not the same prompt
+    assert abs(router.predicted_gain("r", "general", elsewhere, features)) < 0.1
