@@ -108,12 +108,18 @@ async def test_a_long_turn_stores_no_vector_for_a_short_turn_to_hit(
     assert "semantic_skipped" not in decision(shared, headers).to_dict()["cache"]
 
 
+async def cached(shared: TestClient[Any, Any], fakes: Fakes, prompt: str, answer: str) -> None:
+    """Ask ``prompt`` once, answered ``answer`` by the upstream, and wait for the cache to store
+    it."""
+    fakes.openai.push(Ok(text=answer))
+    await ask(shared, prompt)
+    await settle(shared)
+
+
 async def test_an_exact_repeat_of_a_long_turn_is_still_an_exact_hit(
     shared: TestClient[Any, Any], fakes: Fakes
 ) -> None:
-    fakes.openai.push(Ok(text="A summary of three outages."))
-    await ask(shared, SUMMARISE)
-    await settle(shared)
+    await cached(shared, fakes, SUMMARISE, "A summary of three outages.")
     status, body, headers = await ask(shared, f"  {SUMMARISE.upper()}  ")
     assert status == 200
     assert headers["x-gateway-cache"] == "hit"
@@ -126,9 +132,7 @@ async def test_an_exact_repeat_of_a_long_turn_is_still_an_exact_hit(
 async def test_short_turns_still_hit_by_similarity(
     shared: TestClient[Any, Any], fakes: Fakes
 ) -> None:
-    fakes.openai.push(Ok(text="Use the reset link on the sign-in page."))
-    await ask(shared, QUESTION)
-    await settle(shared)
+    await cached(shared, fakes, QUESTION, "Use the reset link on the sign-in page.")
     _, body, headers = await ask(shared, PARAPHRASE)
     assert headers["x-gateway-cache"] == "hit"
     assert 0.85 <= float(headers["x-gateway-cache-similarity"]) < 1
