@@ -39,6 +39,7 @@ import orjson
 
 from cache.guard import conflict
 from cache.hits import NEIGHBOURS, EntryState, HitPolicy, ScopeState
+from cache.scope import normalise
 
 GRAM_LIMIT = 8000  # records; above it nearest neighbours are one matrix-vector product each
 
@@ -88,6 +89,7 @@ class ReplayResult:
     guarded: int = 0  # near neighbours refused by the guard
     estimated_false_hits: float = 0.0  # Horvitz-Thompson, from verifications only
     entries: int = 0
+    exact_only: int = 0  # records past the embedder's window: looked up by their exact text
 
     @property
     def hit_rate(self) -> float:
@@ -132,6 +134,7 @@ class _Scope:
     texts: list[str] = field(default_factory=list)
     states: list[EntryState] = field(default_factory=list)
     learned: ScopeState = field(default_factory=ScopeState)
+    exact: dict[str, str | None] = field(default_factory=dict)  # exact-only entries' answers
 
     def __post_init__(self) -> None:
         self.vectors = np.empty((64, self.dim), dtype=np.float32)
@@ -174,23 +177,37 @@ def replay(
     seed: int = 0,
     policy: HitPolicy | None = None,
     neighbours: int = 1 + NEIGHBOURS,
+    fits: Sequence[bool] | None = None,
 ) -> list[ReplayResult]:
-    """Replay ``records`` in order once per setting; vectors are row-aligned with records."""
+    """Replay ``records`` in order once per setting; vectors are row-aligned with records.
+
+    As in the gateway, a query past the embedder's window (``fits`` false; by default asked of
+    the embedder's ``window``, every query fits with given vectors) is served and stored by its
+    exact text only: its vector is that of its beginning, shared by queries that differ after.
+    """
     if isinstance(embedder_or_vectors, np.ndarray):
         vectors = np.asarray(embedder_or_vectors, dtype=np.float32)
     else:
         vectors = embedder_or_vectors.encode([r.query for r in records])
+        window = getattr(embedder_or_vectors, "window", None)
+        if fits is None and window is not None:
+            fits = [window.fits(r.query) for r in records]
     if len(vectors) != len(records):
         raise ValueError(f"{len(vectors)} vectors for {len(records)} records")
+    fits = fits if fits is not None else [True] * len(records)
     policy = policy or HitPolicy()
     # Small logs: one matrix product up front instead of one per request.
     gram = vectors @ vectors.T if len(vectors) <= GRAM_LIMIT else None
-    return [_run(records, vectors, gram, setting, policy, seed, neighbours) for setting in settings]
+    return [
+        _run(records, vectors, fits, gram, setting, policy, seed, neighbours)
+        for setting in settings
+    ]
 
 
 def _run(
     records: Sequence[Record],
     vectors: npt.NDArray[np.float32],
+    fits: Sequence[bool],
     gram: npt.NDArray[np.float32] | None,
     setting: Setting,
     policy: HitPolicy,
@@ -207,6 +224,15 @@ def _run(
         result.requests += 1
         known = record.answer is not None
         result.known += known
+        if not fits[row]:
+            result.exact_only += 1
+            key = normalise(record.query)
+            if key in scope.exact:
+                result.hits += 1
+                result.false_hits += known and scope.exact[key] != record.answer
+            else:
+                scope.exact[key] = record.answer
+            continue
         near = scope.nearest(row, vector, neighbours)
         j, s = near[0] if near else (-1, -1.0)
         if setting.static:
@@ -260,7 +286,7 @@ def _run(
                 same = scope.answers[k] == record.answer
                 policy.learn(scope.states[k], scope.learned, s_k, same)
                 policy.learn(new, scope.learned, s_k, same)
-    result.entries = sum(len(s.answers) for s in scopes.values())
+    result.entries = sum(len(s.answers) + len(s.exact) for s in scopes.values())
     return result
 
 
@@ -330,6 +356,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         print(r.line())
     print(f"{sum(1 for r in records if r.answer is not None)} of {len(records)} records answered")
+    if results and results[0].exact_only:
+        print(
+            f"{results[0].exact_only} queries past the embedder's window: exact matches only, "
+            "as in the gateway"
+        )
     return 0
 
 

@@ -30,6 +30,8 @@ stage) or later (``POST /v1/feedback``).
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
@@ -241,7 +243,7 @@ class _RouteState:
     def __init__(self, config: TieringConfig) -> None:
         self.config = config
         self.memory = _Memory(config.memory)
-        self.gains: deque[float] = deque(maxlen=config.window)
+        self.gains = _RollingQuantile(config.window)
         self.choices: deque[bool] = deque(maxlen=config.window)  # True: frontier
 
 
@@ -311,7 +313,7 @@ class TierRouter:
             return TierDecision(only, 0.0, 0.0, False, "only tier allowed")
         gain = self.predicted_gain(route, task_type, embedding, features)
         share = state.config.max_frontier_share
-        threshold = _quantile(state.gains, 1 - share) if state.gains else gain
+        threshold = state.gains.quantile(1 - share) if len(state.gains) else gain
         state.gains.append(gain)
         frontier_share = sum(state.choices) / len(state.choices) if state.choices else 0.0
         if gain <= 0:
@@ -376,8 +378,30 @@ class TierRouter:
         return 0 if state is None else state.memory.count
 
 
-def _quantile(values: Iterable[float], q: float) -> float:
-    return float(np.quantile(np.fromiter(values, dtype=np.float64), min(max(q, 0.0), 1.0)))
+class _RollingQuantile:
+    """Quantiles of the last ``size`` values: a sorted copy kept beside them in arrival order, so
+    a quantile is two lookups (``np.quantile`` over a 500-value window took ~0.15 ms a decision).
+    Linear interpolation between order statistics, as ``np.quantile``'s default."""
+
+    def __init__(self, size: int) -> None:
+        self._order: deque[float] = deque()
+        self._sorted: list[float] = []
+        self._size = size
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def append(self, value: float) -> None:
+        if len(self._order) == self._size:
+            del self._sorted[bisect.bisect_left(self._sorted, self._order.popleft())]
+        self._order.append(value)
+        bisect.insort(self._sorted, value)
+
+    def quantile(self, q: float) -> float:
+        position = min(max(q, 0.0), 1.0) * (len(self._sorted) - 1)
+        low = math.floor(position)
+        high = min(low + 1, len(self._sorted) - 1)
+        return self._sorted[low] + (self._sorted[high] - self._sorted[low]) * (position - low)
 
 
 def order_by_tier(

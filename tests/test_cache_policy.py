@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import string
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -286,3 +287,24 @@ def test_replay_cli_reads_openai_bodies(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="line 1"):
         load_records([b'{"messages": []}'])
     assert main([str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_replay_matches_queries_past_the_window_by_their_exact_text(embedder: Any) -> None:
+    """As the gateway: two long queries sharing their first 256 word pieces embed identically;
+    the replay must not count the second a hit, and an exact repeat still is one."""
+    from tests.test_cache_window import RISKS, SUMMARISE
+
+    records = [
+        Record(SUMMARISE, "summary"),
+        Record(RISKS, "risks"),
+        Record(f" {SUMMARISE.upper()} ", "summary"),
+        Record("How do I reset my password?", "reset"),
+    ]
+    settings = [Setting(0.85, static=True)]
+    result = replay(records, embedder, settings)[0]
+    assert (result.exact_only, result.hits, result.false_hits) == (3, 1, 0)
+    # The vectors alone, as before the rule: the second long query is a false hit.
+    vectors = embedder.encode([r.query for r in records])
+    blind = replay(records, vectors, settings)[0]
+    assert blind.exact_only == 0
+    assert blind.false_hits >= 1

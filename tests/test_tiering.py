@@ -208,3 +208,17 @@ def test_outcomes_of_the_same_prompt_outweigh_its_neighbourhood(centers: Any) ->
     assert router.predicted_gain("r", "general", repeated, features) > 0.4
     elsewhere = unit(rng, centers[0], noise=0.05)  # similar, not the same prompt
     assert abs(router.predicted_gain("r", "general", elsewhere, features)) < 0.1
+
+
+def test_the_rolling_quantile_is_numpys_over_the_window() -> None:
+    from gateway.tiering import _RollingQuantile
+
+    rng = np.random.default_rng(0)
+    rolling, values = _RollingQuantile(50), []
+    for i in range(400):
+        value = 0.5 if i % 7 == 0 else float(rng.standard_normal())  # ties too
+        rolling.append(value)
+        values.append(value)
+        for q in (0.0, 0.3, 0.7, 0.95, 1.0):
+            assert rolling.quantile(q) == pytest.approx(np.quantile(values[-50:], q), abs=1e-12)
+    assert len(rolling) == 50
