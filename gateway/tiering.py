@@ -113,21 +113,47 @@ class _Linear:
     coef: Array
     intercept: float
 
-    @classmethod
-    def fit(cls, x: Array, y: Array, weight: Array, alpha: float) -> _Linear:
-        total = float(weight.sum())
-        mean = weight @ x / total
-        scale = np.sqrt(weight @ (x - mean) ** 2 / total) + 1e-9
-        z = (x - mean) / scale
-        y_mean = float(weight @ y) / total
-        weighted = z * weight[:, None]
-        gram = weighted.T @ z + alpha * np.eye(x.shape[1])
-        coef = np.linalg.solve(gram, weighted.T @ (y - y_mean)).astype(np.float64)
-        return cls(mean, scale, coef, y_mean)
-
     def predict(self, features: Array) -> float:
         value = float(np.dot((features - self.mean) / self.scale, self.coef)) + self.intercept
         return min(1.0, max(0.0, value))
+
+
+class _Moments:
+    """One tier's weighted sums over its featured, graded outcomes: the ridge's sufficient
+    statistics, updated as outcomes come, are graded again or leave the ring. A refit is then a
+    31 x 31 solve (~0.1 ms) instead of a pass over the ring (~3-18 ms for 4,096 rows), so it can
+    run on the event loop when a request ends."""
+
+    def __init__(self, dim: int) -> None:
+        self.rows = 0
+        self.w, self.y = 0.0, 0.0
+        self.x, self.xy = np.zeros(dim), np.zeros(dim)
+        self.xx = np.zeros((dim, dim))
+
+    def update(self, x: Array, y: float, w: float, sign: float) -> None:
+        """Add (``sign`` 1) or remove (-1) one outcome."""
+        if w <= 0:
+            return
+        self.rows += int(sign)
+        ws = sign * w
+        self.w += ws
+        self.y += ws * y
+        self.x += ws * x
+        self.xy += ws * y * x
+        self.xx += ws * np.outer(x, x)
+
+    def fit(self, alpha: float) -> _Linear | None:
+        """The ridge of quality on the standardised features; ``None`` under ``MIN_FIT``."""
+        if self.rows < MIN_FIT or self.w <= 0:
+            return None
+        mean = self.x / self.w
+        y_mean = self.y / self.w
+        cov = self.xx / self.w - np.outer(mean, mean)
+        scale = np.sqrt(np.clip(np.diag(cov), 0.0, None)) + 1e-9
+        gram = self.w * cov / np.outer(scale, scale) + alpha * np.eye(len(mean))
+        rhs = (self.xy - self.w * y_mean * mean) / scale
+        coef = np.linalg.solve(gram, rhs).astype(np.float64)
+        return _Linear(mean, scale, coef, y_mean)
 
 
 class _Memory:
@@ -142,6 +168,7 @@ class _Memory:
         self.quality = np.zeros(size, dtype=np.float64)
         self.weight = np.zeros(size, dtype=np.float64)
         self.count = 0
+        self.moments = {tier: _Moments(len(FEATURE_NAMES)) for tier in (False, True)}
         self.models: dict[bool, _Linear | None] = {False: None, True: None}  # by is_frontier
         self._changes = 0
 
@@ -152,6 +179,8 @@ class _Memory:
         if self.vectors is None:
             self.vectors = np.zeros((self.size, len(vector)), dtype=np.float32)
         row = self.count % self.size
+        if self.count >= self.size:
+            self._moments(row, -1.0)  # the outcome this one replaces leaves the sums
         self.vectors[row] = vector
         self.featured[row] = features is not None
         if features is not None:
@@ -159,6 +188,7 @@ class _Memory:
         self.frontier[row] = tier == FRONTIER
         self.quality[row] = quality
         self.weight[row] = weight
+        self._moments(row, 1.0)
         self.count += 1
         self._changed()
         return self.count - 1
@@ -166,9 +196,18 @@ class _Memory:
     def regrade(self, serial: int, quality: float, weight: float) -> None:
         """A better signal for an outcome still in the ring (feedback after heuristics)."""
         if self.count - serial <= self.size:
-            self.quality[serial % self.size] = quality
-            self.weight[serial % self.size] = weight
+            row = serial % self.size
+            self._moments(row, -1.0)
+            self.quality[row] = quality
+            self.weight[row] = weight
+            self._moments(row, 1.0)
             self._changed()
+
+    def _moments(self, row: int, sign: float) -> None:
+        if self.featured[row]:
+            self.moments[bool(self.frontier[row])].update(
+                self.features[row], float(self.quality[row]), float(self.weight[row]), sign
+            )
 
     def _changed(self) -> None:
         self._changes += 1
@@ -177,20 +216,10 @@ class _Memory:
             self.refit()
 
     def refit(self) -> None:
-        """Each tier's feature model from its featured outcomes (~1 ms for 4,096 rows; at most
-        once per ``REFIT_EVERY`` outcomes, when a request ends, never while deciding)."""
-        n = min(self.count, self.size)
-        for is_frontier in (False, True):
-            rows = np.flatnonzero(
-                (self.frontier[:n] == is_frontier) & self.featured[:n] & (self.weight[:n] > 0)
-            )
-            self.models[is_frontier] = (
-                _Linear.fit(
-                    self.features[rows], self.quality[rows], self.weight[rows], FEATURE_ALPHA
-                )
-                if len(rows) >= MIN_FIT
-                else None
-            )
+        """Each tier's feature model from its sums (at most once per ``REFIT_EVERY`` outcomes,
+        when a request ends, never while deciding)."""
+        for tier, moments in self.moments.items():
+            self.models[tier] = moments.fit(FEATURE_ALPHA)
 
     def estimate(
         self, vector: Vector, features: Array | None, k: int, priors: tuple[float, float]

@@ -222,3 +222,35 @@ def test_the_rolling_quantile_is_numpys_over_the_window() -> None:
         for q in (0.0, 0.3, 0.7, 0.95, 1.0):
             assert rolling.quantile(q) == pytest.approx(np.quantile(values[-50:], q), abs=1e-12)
     assert len(rolling) == 50
+
+
+def test_the_feature_models_sums_follow_the_ring() -> None:
+    """After the ring has wrapped and outcomes were graded again, each tier's model is the
+    weighted ridge on exactly the outcomes the ring holds (computed here from scratch)."""
+    from gateway.tiering import FEATURE_ALPHA, _Memory
+
+    rng = np.random.default_rng(5)
+    memory = _Memory(128)
+    serials = []
+    for i in range(300):
+        vector = unit(rng, np.ones(DIM) / np.sqrt(DIM), noise=1.0)
+        features = None if i % 11 == 0 else rng.standard_normal(31) * 3 + 1
+        tier = FRONTIER if i % 3 == 0 else "cheap"
+        serials.append(memory.add(vector, features, tier, float(rng.random()), 1.0 - 0.8 * (i % 2)))
+    for serial in serials[-40::3]:
+        memory.regrade(serial, float(rng.random()), 1.0)
+    memory.refit()
+    for is_frontier in (False, True):
+        rows = np.flatnonzero((memory.frontier == is_frontier) & memory.featured)
+        x, y, w = memory.features[rows], memory.quality[rows], memory.weight[rows]
+        mean = w @ x / w.sum()
+        scale = np.sqrt(w @ (x - mean) ** 2 / w.sum()) + 1e-9
+        z = (x - mean) / scale
+        y_mean = float(w @ y / w.sum())
+        gram = (z * w[:, None]).T @ z + FEATURE_ALPHA * np.eye(31)
+        coef = np.linalg.solve(gram, (z * w[:, None]).T @ (y - y_mean))
+        model = memory.models[is_frontier]
+        assert model is not None
+        assert model.intercept == pytest.approx(y_mean, abs=1e-9)
+        np.testing.assert_allclose(model.mean, mean, atol=1e-9)
+        np.testing.assert_allclose(model.coef, coef, atol=1e-9)
