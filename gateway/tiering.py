@@ -12,11 +12,13 @@ expected quality has two halves:
   weights over cosine similarity), shrunk towards the feature model's prediction. It carries
   what holds for one kind of prompt.
 
-Before a tier's feature model exists, its place is taken by a prior (cold start: the cheap tier at
-``PRIOR_QUALITY``, the frontier at that plus the task type's ``frontier_gain``), and the
-neighbourhood alone is shrunk towards it. The predicted gain is the frontier's expected quality
-minus the cheap tier's. (``python -m bench.router`` replays this router on public outcome data,
-each prompt served by one tier at random: held-out APGR in bench/README.md.)
+Outcomes of the same prompt (cosine similarity >= ``SAME_PROMPT``: a repeat) then outweigh both:
+their mean, shrunk towards the two halves by their weight. Before a tier's feature model exists,
+its place is taken by a prior (cold start: the cheap tier at ``PRIOR_QUALITY``, the frontier at
+that plus the task type's ``frontier_gain``), and the neighbourhood alone is shrunk towards it.
+The predicted gain is the frontier's expected quality minus the cheap tier's.
+(``python -m bench.router`` replays this router on public outcome data, each prompt served by
+one tier at random: held-out APGR in bench/README.md.)
 
 The frontier is worth its price only when the gain is positive and among the highest of the
 route's recent requests: the threshold is the ``1 - max_frontier_share`` quantile of recent
@@ -452,10 +454,10 @@ async def apply_tier(tiers: TierRouter | None, ctx: RequestContext, plan: Plan) 
     candidates = [c for c in plan.ordered if allowed is None or c.model.tier in allowed]
     candidates = candidates or plan.ordered
     embedding = await ctx.query_embedding()
-    features = np.array(prompt_features(ctx.query_text))
-    decision = tiers.decide(
-        ctx.route.name, ctx.task_type, embedding, {tier_of(c) for c in candidates}, features
-    )
+    offered = {tier_of(c) for c in candidates}
+    # The text features only where there is a choice to make (~50-250 us a prompt).
+    features = np.array(prompt_features(ctx.query_text)) if len(offered) > 1 else None
+    decision = tiers.decide(ctx.route.name, ctx.task_type, embedding, offered, features)
     if decision is None:
         return plan
     tiers.remember(ctx.request_id, ctx.route.name, embedding, features)
