@@ -141,9 +141,13 @@ def test_fits_agrees_with_the_whole_count_on_every_path(embedder: SentenceEmbedd
         " " * 20_000 + "why",  # long, and a handful of word pieces: counted whole
         "数据" * 3_000,  # no space to cut at
         "x" * 101 + " why" * 250,  # a word over 100 characters is one [UNK]
+        "갃 " * 42,  # short enough to fit uncounted: three jamo a syllable at most
+        "갃" * 84,
+        "갃 " * 43,  # just past the shortcut: counted
     ]
     for text in texts:
         assert window.fits(text) == (window.count(text) <= 256), text[:40]
+        assert window.count(text) <= 3 * len(text) + 2  # the shortcut's bound
 
 
 def test_a_token_window_needs_a_window() -> None:
