@@ -123,6 +123,16 @@ class TokenWindow:
         self.max_tokens = max_tokens
         # English runs 5-6 characters a word: 8 a word piece passes the window in one probe.
         self.probe_chars = probe_chars or 8 * max_tokens
+        # A BERT word piece covers at least one character of the normalised text, and BERT's
+        # normalising makes at most three of one character (checked over every code point for
+        # MiniLM's: a Hangul syllable's jamo, spaces around a CJK ideograph), so a text this short
+        # fits without tokenising (most questions: ~20 us saved a lookup). Other tokenizers may
+        # expand more (NFKC, byte-level pieces): no shortcut.
+        bert = (type(tokenizer.model).__name__, type(tokenizer.normalizer).__name__) == (
+            "WordPiece",
+            "BertNormalizer",
+        )
+        self.short_chars = (max_tokens - 2) // 3 if bert else 0
 
     def count(self, text: str) -> int:
         """The text's word pieces, special tokens included (nothing cut off)."""
@@ -130,11 +140,7 @@ class TokenWindow:
 
     def fits(self, text: str) -> bool:
         """Whether the model sees all of ``text`` (at most ``max_tokens`` word pieces)."""
-        # A word piece covers at least one character of the normalised text, and normalising
-        # makes at most three of one character (checked over every code point for MiniLM's:
-        # a Hangul syllable's jamo, spaces around a CJK ideograph): a short text fits without
-        # tokenising (most questions: ~20 us saved a lookup).
-        if 3 * len(text) + 2 <= self.max_tokens:
+        if len(text) <= self.short_chars:
             return True
         if len(text[: self.probe_chars].split()) + 2 > self.max_tokens:
             return False

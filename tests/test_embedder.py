@@ -282,3 +282,18 @@ def test_replicas_exporting_into_one_fresh_directory_at_once(tmp_path: Path) -> 
     assert {r[0].decode().strip() for r in results} == {str(int8)}
     OnnxEmbedder(int8)  # loads: not a half-written file
     assert not list(out.parent.glob("*inferred*"))  # no scratch model left behind
+
+
+def test_only_a_bert_tokenizer_gets_the_short_text_shortcut() -> None:
+    """The shortcut's bound (three normalised characters to one) holds for BERT's normaliser;
+    a tokenizer that normalises otherwise (NFKC can make 18 characters of one) counts every
+    text."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import BPE
+    from tokenizers.normalizers import NFKC
+
+    bert = Tokenizer.from_file(str(bundled_model_path() / "tokenizer.json"))
+    assert TokenWindow(bert, 256).short_chars == 84
+    other = Tokenizer(BPE())
+    other.normalizer = NFKC()
+    assert TokenWindow(other, 256).short_chars == 0
