@@ -1,4 +1,5 @@
-"""Cheap text features of a prompt for the tier router's models (no model; ~0.5 ms a prompt).
+"""Cheap text features of a prompt for the tier router's models (no model; ~0.05 ms a short
+prompt, 0.26 ms on average over the benchmarks' prompts).
 
 Length, digits, math and code markers, negations, answer options, the structure of word
 problems (how many and how large the numbers, sentences, step and unit words, names), and of a
