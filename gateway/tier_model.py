@@ -217,6 +217,11 @@ def fit_good(make: Callable[[], Any], matrix: Any, quality: Array) -> Any:
         stacked = sparse.vstack([matrix, matrix]).tocsr()[keep]
     else:
         stacked = np.vstack([matrix, matrix])[keep]
+    if np.all(weights[keep] == 1.0):
+        # 0/1 qualities: each row once, unweighted. The same model, and for the trees 5-10x
+        # faster: given weights, scikit-learn bins each input by weighted percentiles (~90 % of
+        # a fit's time on MMLU-sized data).
+        return make().fit(stacked, labels[keep])
     return make().fit(stacked, labels[keep], sample_weight=weights[keep])
 
 
