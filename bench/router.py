@@ -6,8 +6,10 @@ held-out figures: APGR, CPT(50 %), CPT(80 %) for the router, a random router and
 router; on RouterBench also the USD cost of reaching 95 % of GPT-4's quality.
 
 Splits (stated, seeded):
-- RouteLLM MMLU and GSM8K: the contaminated prompts dropped, then a random half (seed ``--seed``)
-  trains and the other half is held out. Weak = Mixtral-8x7B-Instruct, strong = GPT-4-1106.
+- RouteLLM MMLU and GSM8K: the contaminated prompts dropped, then a random half (seed ``--seeds``)
+  trains and the other half is held out. One held-out half is noisy (APGR moves by ~0.01 on MMLU
+  and ~0.03 on GSM8K between splits), so ``--seeds`` runs several and prints each dataset's
+  mean ± sd and lowest over them. Weak = Mixtral-8x7B-Instruct, strong = GPT-4-1106.
 - RouterBench (0-shot, RouterDC's re-split): its own train and test files. Cheap =
   Mixtral-8x7B-chat, frontier = GPT-4-1106, costs from the files' per-model ``total_cost``;
   the 14 ARC rows without a grade for these two models are dropped.
@@ -22,7 +24,7 @@ prompt's subject (known from its file, not from the prompt) and the subject's me
 The data is read from ../shared/benchmarks/data/router and never copied into the repository;
 nothing fitted here is kept. Embeddings are cached in ``--work``/emb.npz (minutes on a CPU once).
 
-    python -m bench.router [--data DIR] [--work DIR] [--seed 0] [--only mmlu,gsm8k,...]
+    python -m bench.router [--data DIR] [--work DIR] [--seeds 0 | 0,1,2 | 3-7] [--only mmlu,...]
 """
 
 from __future__ import annotations
@@ -203,40 +205,75 @@ def run_replay(work: Path, name: str, train: list[Any], test: list[Any]) -> str:
     return done.stdout + f"(replay took {took:.1f} s)\n"
 
 
+def _seeds(text: str) -> list[int]:
+    """``0,1,2`` or a range ``3-7`` (inclusive), or both: ``0,3-5``."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        seeds += range(int(low), int(high or low) + 1)
+    return seeds
+
+
+def summarise(results: dict[str, dict[int, float]]) -> list[str]:
+    """One line per dataset: the figure per seed, then mean ± sd and the lowest over seeds."""
+    lines = []
+    for name, by_seed in results.items():
+        values = np.array(list(by_seed.values()))
+        line = f"{name:<18} " + " ".join(f"s{seed} {v:.3f}" for seed, v in by_seed.items())
+        if len(values) > 1:
+            spread = values.std(ddof=1)
+            line += f"  | mean {values.mean():.3f} ± {spread:.3f}, min {values.min():.3f}"
+        lines.append(line)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--work", type=Path, default=Path("/tmp/router_bench"))
-    parser.add_argument("--seed", type=int, default=0, help="MMLU and GSM8K train/test split")
+    parser.add_argument(
+        "--seed",
+        "--seeds",
+        dest="seeds",
+        type=_seeds,
+        default=[0],
+        help="MMLU and GSM8K train/test splits: 0, 0,1,2 or 3-7 (RouterBench has its own split)",
+    )
     parser.add_argument("--only", help="comma-separated dataset names")
     args = parser.parse_args(argv)
     wanted = set(args.only.split(",")) if args.only else None
-    summary, live_summary = [], []
-    for name, (train, test) in datasets(args.data, args.seed).items():
-        if wanted and name not in wanted:
-            continue
-        print(f"== {name}: train {len(train)}, held-out test {len(test)}")
-        output = run_replay(args.work, name, train, test)
-        print(output)
-        # split("\n"), not splitlines(): prompts may hold U+2028, which JSON leaves raw.
-        lines = (args.work / name / "scores.jsonl").read_text().split("\n")[:-1]
-        scores = [json.loads(line)["frontier_score"] for line in lines]
-        weak = np.array([r["quality"]["cheap"] for r in test])
-        strong = np.array([r["quality"]["frontier"] for r in test])
-        summary.append((name, apgr(np.array(scores), weak, strong)))
-        live = live_router(args.work, train, test, args.seed)
-        live_summary.append((name, live))
-        print(
-            "the online tier router (gateway.tiering), TRAIN prompts graded on one tier at "
-            f"random, one at a time: APGR {live:.3f}"
-        )
-        if name == "mmlu":
+    stack: dict[str, dict[int, float]] = {}
+    online: dict[str, dict[int, float]] = {}
+    for seed in args.seeds:
+        for name, (train, test) in datasets(args.data, seed).items():
+            if wanted and name not in wanted:
+                continue
+            if name.startswith("routerbench") and seed != args.seeds[0]:
+                continue  # its own fixed split: once
+            print(f"== {name} (seed {seed}): train {len(train)}, held-out test {len(test)}")
+            output = run_replay(args.work, name, train, test)
+            print(output)
+            # split("\n"), not splitlines(): prompts may hold U+2028, which JSON leaves raw.
+            lines = (args.work / name / "scores.jsonl").read_text().split("\n")[:-1]
+            scores = [json.loads(line)["frontier_score"] for line in lines]
+            weak = np.array([r["quality"]["cheap"] for r in test])
+            strong = np.array([r["quality"]["frontier"] for r in test])
+            stack.setdefault(name, {})[seed] = apgr(np.array(scores), weak, strong)
+            live = live_router(args.work, train, test, seed)
+            online.setdefault(name, {})[seed] = live
             print(
-                "reference, not a router: routing by the MMLU subject's mean gain on TRAIN, "
-                f"subject known: APGR {subject_oracle(train, test):.3f}\n"
+                "the online tier router (gateway.tiering), TRAIN prompts graded on one tier at "
+                f"random, one at a time: APGR {live:.3f}"
             )
-    print("held-out APGR: " + ", ".join(f"{n} {v:.3f}" for n, v in summary))
-    print("the online router: " + ", ".join(f"{n} {v:.3f}" for n, v in live_summary))
+            if name == "mmlu":
+                print(
+                    "reference, not a router: routing by the MMLU subject's mean gain on TRAIN, "
+                    f"subject known: APGR {subject_oracle(train, test):.3f}\n"
+                )
+    print("held-out APGR, the replay (gateway router replay):")
+    print("\n".join(summarise(stack)))
+    print("held-out APGR, the online router (gateway.tiering):")
+    print("\n".join(summarise(online)))
     return 0
 
 
