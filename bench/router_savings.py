@@ -314,9 +314,12 @@ def decision_latency(
     """(p50, p99) ms of classifying a task and choosing a tier (the prompt's text features, the
     feature models and the neighbourhood) with a full outcome memory (4096), in wall time and
     in the thread's CPU time (wall time on a loaded machine includes waiting for a core)."""
+    from gateway.background import single_thread_blas
     from gateway.prompt_features import prompt_features
     from gateway.tasks import TaskClassifier
     from gateway.tiering import TierRouter
+
+    single_thread_blas()  # as ``gateway serve`` runs it
 
     pol = policy("http://127.0.0.1:9", "gateway")
     examples = {n: embedder.encode(t["examples"]) for n, t in TASK_TYPES.items()}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cache_cli, eval_cli, router_cli
-from .background import tune_gc
+from .background import single_thread_blas, tune_gc
 from .policy import PolicyError, hash_key, load_policy
 from .settings import EMBEDDED_CONFIG, Settings
 
@@ -99,6 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     app = create_app(settings, policy)
     tune_gc(settings.gc_gen0_threshold)
+    single_thread_blas()
     if not args.local_model:
         serve(app, settings)  # SIGHUP reloads the policy; SIGTERM drains (gateway.lifecycle)
         return 0

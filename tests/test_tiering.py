@@ -254,3 +254,24 @@ def test_the_feature_models_sums_follow_the_ring() -> None:
         assert model.intercept == pytest.approx(y_mean, abs=1e-9)
         np.testing.assert_allclose(model.mean, mean, atol=1e-9)
         np.testing.assert_allclose(model.coef, coef, atol=1e-9)
+
+
+def test_serve_keeps_numpys_blas_on_one_thread() -> None:
+    """``gateway serve`` puts numpy's BLAS on one thread (the tier router's matrix-vector
+    product must not wait for busy cores); run in a child so this process keeps its pool."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy, threadpoolctl\n"
+        "from gateway.background import single_thread_blas\n"
+        "single_thread_blas()\n"
+        "blas = [i for i in threadpoolctl.threadpool_info() if i['internal_api'] == 'openblas']\n"
+        "print(len(blas), sorted({i['num_threads'] for i in blas}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    count, threads = done.stdout.split(maxsplit=1)
+    assert int(count) >= 1  # numpy's OpenBLAS was found
+    assert threads.strip() == "[1]"
