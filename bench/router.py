@@ -7,8 +7,8 @@ router; on RouterBench also the USD cost of reaching 95 % of GPT-4's quality.
 
 Splits (stated, seeded):
 - RouteLLM MMLU and GSM8K: the contaminated prompts dropped, then a random half (seed ``--seeds``)
-  trains and the other half is held out. One held-out half is noisy (APGR moves by ~0.01 on MMLU
-  and ~0.03 on GSM8K between splits), so ``--seeds`` runs several and prints each dataset's
+  trains and the other half is held out. One held-out half is noisy (APGR's sd over splits:
+  ~0.015 on MMLU, ~0.03 on GSM8K), so ``--seeds`` runs several and prints each dataset's
   mean ± sd and lowest over them. Weak = Mixtral-8x7B-Instruct, strong = GPT-4-1106.
 - RouterBench (0-shot, RouterDC's re-split): its own train and test files. Cheap =
   Mixtral-8x7B-chat, frontier = GPT-4-1106, costs from the files' per-model ``total_cost``;

@@ -114,7 +114,7 @@ def single_thread_blas() -> None:
     a prompt to the 4,096 it remembers, the task classifier's centroids. Fanned out to BLAS's
     threads, a matrix-vector product waits for idle cores, which a loaded server does not have
     (p99 8 ms against 0.3 ms, measured on 2 cores); on one thread it is also 2.6x cheaper than
-    numpy's einsum (0.19 against 0.50 ms of CPU for 4,096 x 384, measured on the same host).
+    numpy's einsum (0.19 against 0.50 ms of CPU for 4,096 x 384, on a loaded 2-core host).
     The embedders (ONNX Runtime, torch) keep their own thread pools.
     """
     from threadpoolctl import ThreadpoolController  # type: ignore[import-untyped]

@@ -237,8 +237,9 @@ class _Memory:
         n = min(self.count, self.size)
         if self.vectors is None or n == 0:
             return bases[0][0], bases[1][0]
-        # A BLAS matrix-vector product: ~0.19 ms for 4,096 rows on the one BLAS thread that
-        # ``gateway serve`` keeps (background.single_thread_blas), against ~0.5 ms for einsum.
+        # A BLAS matrix-vector product on the one BLAS thread that ``gateway serve`` keeps
+        # (background.single_thread_blas): 0.19 ms for 4,096 rows against einsum's 0.50 on a
+        # loaded host. Elsewhere (tests, bench.router) BLAS may fan out: the same values.
         sims = self.vectors[:n] @ vector
         out = []
         for is_frontier, (base, fitted) in zip((False, True), bases, strict=True):
