@@ -167,6 +167,11 @@ class _Memory:
         self.features = np.zeros((size, len(FEATURE_NAMES)), dtype=np.float64)
         self.featured = np.zeros(size, dtype=bool)  # the row's features are known
         self.frontier = np.zeros(size, dtype=bool)
+        # Each tier's rows, kept as outcomes come and go, so a decision reads them instead of
+        # filtering the ring: ``rows[tier][:filled[tier]]``, a row's place there in ``place``.
+        self.rows = {tier: np.zeros(size, dtype=np.intp) for tier in (False, True)}
+        self.filled = {False: 0, True: 0}
+        self.place = np.zeros(size, dtype=np.intp)
         self.quality = np.zeros(size, dtype=np.float64)
         self.weight = np.zeros(size, dtype=np.float64)
         self.count = 0
@@ -183,17 +188,30 @@ class _Memory:
         row = self.count % self.size
         if self.count >= self.size:
             self._moments(row, -1.0)  # the outcome this one replaces leaves the sums
+            self._leave(row)
         self.vectors[row] = vector
         self.featured[row] = features is not None
         if features is not None:
             self.features[row] = features
-        self.frontier[row] = tier == FRONTIER
+        self.frontier[row] = is_frontier = tier == FRONTIER
+        self.rows[is_frontier][self.filled[is_frontier]] = row
+        self.place[row] = self.filled[is_frontier]
+        self.filled[is_frontier] += 1
         self.quality[row] = quality
         self.weight[row] = weight
         self._moments(row, 1.0)
         self.count += 1
         self._changed()
         return self.count - 1
+
+    def _leave(self, row: int) -> None:
+        """Take a ring row out of its tier's rows (the last one takes its place)."""
+        is_frontier = bool(self.frontier[row])
+        rows = self.rows[is_frontier]
+        self.filled[is_frontier] -= 1
+        last = rows[self.filled[is_frontier]]
+        rows[self.place[row]] = last
+        self.place[last] = self.place[row]
 
     def regrade(self, serial: int, quality: float, weight: float) -> None:
         """A better signal for an outcome still in the ring (feedback after heuristics)."""
@@ -243,9 +261,9 @@ class _Memory:
         sims = self.vectors[:n] @ vector
         out = []
         for is_frontier, (base, fitted) in zip((False, True), bases, strict=True):
-            rows = np.flatnonzero(self.frontier[:n] == is_frontier)
+            rows = self.rows[is_frontier][: self.filled[is_frontier]]
             if len(rows) > k:
-                rows = rows[np.argpartition(-sims[rows], k - 1)[:k]]
+                rows = rows[np.argpartition(sims[rows], len(rows) - k)[len(rows) - k :]]
             if len(rows) == 0:
                 out.append(base)
                 continue

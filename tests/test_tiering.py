@@ -256,6 +256,38 @@ def test_the_feature_models_sums_follow_the_ring() -> None:
         np.testing.assert_allclose(model.coef, coef, atol=1e-9)
 
 
+def test_each_tiers_neighbourhood_follows_the_ring() -> None:
+    """The rows each tier keeps track of are the ring's rows of that tier after it wrapped
+    many times with tiers in a random order, and a tier's estimate is the documented
+    neighbourhood over them: the softmax-weighted quality of its ``k`` most similar outcomes,
+    shrunk towards the prior (computed here from scratch with a full sort)."""
+    from gateway.tiering import PRIOR_WEIGHT, SIMILARITY_SCALE, _Memory
+
+    rng = np.random.default_rng(11)
+    memory = _Memory(96)
+    for i in range(1000):
+        tier = FRONTIER if rng.random() < (0.1 if i < 500 else 0.6) else "cheap"
+        vector = unit(rng, np.ones(DIM) / np.sqrt(DIM), noise=0.1)
+        memory.add(vector, None, tier, float(rng.random()), float(rng.choice([0.2, 1.0])))
+        for is_frontier in (False, True):
+            held = memory.rows[is_frontier][: memory.filled[is_frontier]]
+            expected = np.flatnonzero(memory.frontier[: min(i + 1, 96)] == is_frontier)
+            assert sorted(held.tolist()) == expected.tolist()
+    k, priors = 16, (0.6, 0.8)
+    for _ in range(20):
+        query = unit(rng, np.ones(DIM) / np.sqrt(DIM), noise=0.1)
+        sims = (memory.vectors @ query).astype(np.float64)  # type: ignore[operator]
+        estimates = memory.estimate(query, None, k, priors)
+        for is_frontier, got, prior in zip((False, True), estimates, priors, strict=True):
+            rows = np.flatnonzero(memory.frontier == is_frontier)
+            rows = rows[np.argsort(-sims[rows])[:k]]
+            graded = memory.weight[rows]
+            weights = np.exp((sims[rows] - sims[rows].max()) / SIMILARITY_SCALE) * graded
+            local = weights @ memory.quality[rows] / weights.sum()
+            trust = graded.sum() / (graded.sum() + PRIOR_WEIGHT)
+            assert got == pytest.approx(trust * local + (1 - trust) * prior, abs=1e-9)
+
+
 def test_serve_keeps_numpys_blas_on_one_thread() -> None:
     """``gateway serve`` puts numpy's BLAS on one thread (the tier router's matrix-vector
     product must not wait for busy cores); run in a child so this process keeps its pool."""
