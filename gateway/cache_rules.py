@@ -32,14 +32,14 @@ def bypass_reason(ctx: RequestContext, settings: CacheSettings, mode: str) -> st
     return None
 
 
-def semantic_skip_reason(ctx: RequestContext) -> str | None:
+async def semantic_skip_reason(ctx: RequestContext) -> str | None:
     """Why the request's final user turn may be neither served nor stored by similarity (the
     exact path still applies), or ``None`` when it may.
 
     Past the embedder's window the embedding is that of the turn's beginning: a turn that
     shares it and asks something else would be a hit at similarity 1.0.
     """
-    if not ctx.query_fits():
+    if not await ctx.query_fits():
         return QUERY_EXCEEDS_WINDOW
     return None
 

@@ -128,7 +128,7 @@ class CacheStage:
         entry = await self.store.exact(exact_key(scope, query))
         if entry is not None and entry.scope == scope:
             return self._serve(ctx, entry, 1.0, "exact")
-        if skipped := semantic_skip_reason(ctx):
+        if skipped := await semantic_skip_reason(ctx):
             ctx.decision.events.append({"type": "cache_semantic_skipped", "reason": skipped})
             self._count("semantic_skipped")
             log.debug("no semantic lookup for %s: %s", ctx.request_id, skipped)
@@ -268,7 +268,7 @@ class CacheStage:
             if comparison is not None:
                 await self._learn(ctx, scope, text, comparison, new_state)
             # No vector for a turn past the embedder's window: an exact-only entry.
-            vector = None if semantic_skip_reason(ctx) else await ctx.query_embedding()
+            vector = None if await semantic_skip_reason(ctx) else await ctx.query_embedding()
             new = Entry(
                 id=entry_id,
                 scope=scope,

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cache.embedder import Embedder, Vector, fits_window
+from cache.embedder import Embedder, Vector, fits_window_off_loop
 from providers.base import Completion
 from providers.schema import ChatRequest, content_text
 
@@ -57,16 +57,18 @@ class RequestContext:
                 return content_text(message.content)
         return ""
 
-    def query_fits(self) -> bool:
+    async def query_fits(self) -> bool:
         """Whether the embedder sees the whole final user turn, computed at most once.
 
         A turn longer than the model's window is embedded from its beginning only: two turns
         that share it embed identically whatever follows (a pasted document, then different
         questions), so their similarity says nothing and must not choose an answer. Tokenizer
-        only, no forward pass; ``True`` without an embedder or one that cannot count.
+        only, no forward pass, and on a thread when it must tokenise (``fits_window_off_loop``);
+        ``True`` without an embedder or one that cannot count.
         """
         if self._fits is None:
-            self._fits = self.embedder is None or fits_window(self.embedder, self.query_text)
+            text = self.query_text
+            self._fits = self.embedder is None or await fits_window_off_loop(self.embedder, text)
         return self._fits
 
     async def query_embedding(self) -> Vector | None:

@@ -122,7 +122,7 @@ class KnowledgeStage:
                     top_k=settings.top_k,
                     answer_threshold=settings.answer_threshold,
                     context_threshold=settings.context_threshold,
-                    direct_answers=settings.direct_answers and _answerable(ctx),
+                    direct_answers=settings.direct_answers and await _answerable(ctx),
                 )
         except (StoreUnavailable, TimeoutError) as exc:
             self._failed(ctx, exc)
@@ -178,12 +178,12 @@ class KnowledgeStage:
         return None
 
 
-def _answerable(ctx: RequestContext) -> bool:
+async def _answerable(ctx: RequestContext) -> bool:
     """Whether a curated answer may be chosen for the request by similarity; a plain question
     the embedder does not see whole may not (the decision record says why)."""
     if not _plain_question(ctx):
         return False
-    if not ctx.query_fits():
+    if not await ctx.query_fits():
         ctx.decision.events.append(
             {"type": "knowledge_answer_skipped", "reason": QUERY_EXCEEDS_WINDOW}
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +18,7 @@ from cache.embedder import (
     TokenWindow,
     bundled_model_path,
     fits_window,
+    fits_window_off_loop,
 )
 from cache.embedders import make_embedder
 from cache.onnx_embedder import OnnxEmbedder, OnnxExport, export_onnx
@@ -148,6 +150,45 @@ def test_fits_agrees_with_the_whole_count_on_every_path(embedder: SentenceEmbedd
     for text in texts:
         assert window.fits(text) == (window.count(text) <= 256), text[:40]
         assert window.count(text) <= 3 * len(text) + 2  # the shortcut's bound
+
+
+async def test_a_requests_window_check_tokenises_off_the_event_loop(onnx: OnnxEmbedder) -> None:
+    """A turn the shortcuts cannot settle is tokenised on a thread (0.4-0.8 ms for 1,000
+    characters would hold up every other request); the shortcuts answer on the loop. Same
+    answers as ``fits``."""
+    import threading
+
+    window = onnx.window
+    assert window is not None
+    tokenizer = window._tokenizer
+    threads: list[int] = []
+
+    class Recording:
+        """The window's tokenizer, noting which thread tokenises."""
+
+        def encode_batch(self, texts: list[str], add_special_tokens: bool) -> Any:
+            threads.append(threading.get_ident())
+            return tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
+
+    window._tokenizer = Recording()  # type: ignore[assignment]
+    try:
+        loop_thread = threading.get_ident()
+        for text, fits in (
+            ("why " * 250, True),  # counted
+            ("antidisestablishmentarianism " * 40, False),  # counted: few words, many pieces
+            ("How do I locate my card?", True),  # short: settled without tokenising
+            ("why " * 300, False),  # settled by the word count
+        ):
+            threads.clear()
+            assert await fits_window_off_loop(onnx, text) is fits
+            assert window.fits(text) is fits
+            if window.settle(text) is None:
+                assert threads
+                assert threads[0] != loop_thread
+            else:
+                assert threads == []
+    finally:
+        window._tokenizer = tokenizer
 
 
 def test_a_token_window_needs_a_window() -> None:
