@@ -28,6 +28,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -163,9 +164,24 @@ class TokenWindow:
         return self.count(text) <= self.max_tokens
 
     async def fits_off_loop(self, text: str) -> bool:
-        """``fits``, tokenising (when the shortcuts do not settle it) on a thread."""
+        """``fits``, tokenising (when the shortcuts do not settle it) on one of the window
+        checks' own threads: not the loop's default executor, where a slow span export or file
+        write could keep a request waiting."""
         settled = self.settle(text)
-        return settled if settled is not None else await asyncio.to_thread(self.fits, text)
+        if settled is not None:
+            return settled
+        return await asyncio.get_running_loop().run_in_executor(_tokenising(), self.fits, text)
+
+
+_TOKENISING: list[ThreadPoolExecutor] = []
+
+
+def _tokenising() -> ThreadPoolExecutor:
+    """The window checks' threads, created on first use (two: a check tokenises for at most a
+    few milliseconds, and the tokenizer releases the GIL meanwhile)."""
+    if not _TOKENISING:
+        _TOKENISING.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="token-window"))
+    return _TOKENISING[0]
 
 
 def fits_window(embedder: Embedder, text: str) -> bool:
