@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
 import os
 import sys
@@ -153,15 +154,7 @@ class TokenWindow:
     def fits(self, text: str) -> bool:
         """Whether the model sees all of ``text`` (at most ``max_tokens`` word pieces)."""
         settled = self.settle(text)
-        if settled is not None:
-            return settled
-        size = self.probe_chars
-        while size < len(text):
-            head, space, _ = text[:size].rpartition(" ")  # cut between words where possible
-            if self.count(head if space else text[:size]) > self.max_tokens:
-                return False
-            size *= 2
-        return self.count(text) <= self.max_tokens
+        return settled if settled is not None else self._fits_counted(text)
 
     async def fits_off_loop(self, text: str) -> bool:
         """``fits``, tokenising (when the shortcuts do not settle it) on one of the window
@@ -170,24 +163,37 @@ class TokenWindow:
         settled = self.settle(text)
         if settled is not None:
             return settled
-        return await asyncio.get_running_loop().run_in_executor(_tokenising(), self.fits, text)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_tokenising(), self._fits_counted, text)
+
+    def _fits_counted(self, text: str) -> bool:
+        """``fits`` past the shortcuts: the beginning's word pieces (probes doubling in size),
+        then the whole text's."""
+        size = self.probe_chars
+        while size < len(text):
+            head, space, _ = text[:size].rpartition(" ")  # cut between words where possible
+            if self.count(head if space else text[:size]) > self.max_tokens:
+                return False
+            size *= 2
+        return self.count(text) <= self.max_tokens
 
 
-_TOKENISING: list[ThreadPoolExecutor] = []
-
-
+@functools.cache
 def _tokenising() -> ThreadPoolExecutor:
     """The window checks' threads, created on first use (two: a check tokenises for at most a
     few milliseconds, and the tokenizer releases the GIL meanwhile)."""
-    if not _TOKENISING:
-        _TOKENISING.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="token-window"))
-    return _TOKENISING[0]
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="token-window")
+
+
+def _window_of(embedder: Embedder) -> TokenWindow | None:
+    """The embedder's window; ``None`` for one without a tokenizer (a test fake, a wrapper)."""
+    return embedder.window if isinstance(embedder, BatchingEmbedder) else None
 
 
 def fits_window(embedder: Embedder, text: str) -> bool:
     """Whether ``embedder`` sees all of ``text``; an embedder without a tokenizer (a test fake,
     a wrapper) cannot tell and counts as fitting."""
-    window = embedder.window if isinstance(embedder, BatchingEmbedder) else None
+    window = _window_of(embedder)
     return window is None or window.fits(text)
 
 
@@ -195,7 +201,7 @@ async def fits_window_off_loop(embedder: Embedder, text: str) -> bool:
     """``fits_window`` for a request: the shortcuts on the event loop, tokenising on a thread.
     A 1,000-character turn that fits takes 0.4-0.8 ms to tokenise (bench/token_window.py);
     the tokenizer releases the GIL meanwhile, so other requests go on."""
-    window = embedder.window if isinstance(embedder, BatchingEmbedder) else None
+    window = _window_of(embedder)
     return window is None or await window.fits_off_loop(text)
 
 
