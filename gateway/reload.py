@@ -8,9 +8,10 @@ half of it). Each request works on a snapshot of the runtime taken when it arriv
 requests finish on the catalog and pool they started with; a replaced pool is closed once the
 longest request it may still serve is over (``retire_after_s``), or at shutdown.
 
-Applied on reload: providers, models, routes, teams (and their limits), routing. Sections built
-into long-lived stages at start-up (``cache``, ``knowledge`` and any other) are reported in
-``restart_required`` when they change; they take effect at the next start.
+Applied on reload: providers, models, routes (their ``tiering`` too: what a route's tier router
+learnt stays), teams (and their limits), routing. Sections built into long-lived stages at
+start-up (``cache``, ``knowledge`` and any other) are reported in ``restart_required`` when they
+change; they take effect at the next start.
 """
 
 from __future__ import annotations
@@ -24,11 +25,26 @@ from aiohttp import web
 from providers.pool import ProviderPool
 
 from .policy import Policy, load_policy
-from .runtime import RUNTIME
+from .runtime import RUNTIME, Runtime
+from .tiering import TierRouter
 
 log = logging.getLogger(__name__)
 
 APPLIED = ("providers", "models", "routes", "teams", "routing", "quality")
+
+
+def _configure_tiers(runtime: Runtime, policy: Policy) -> bool:
+    """Apply the routes' ``tiering`` (what each route learnt stays); ``True`` when a route gained
+    it but the process has no embedder to compare prompts with (it is loaded at start-up)."""
+    if runtime.tiers is not None:
+        runtime.tiers.configure(policy)
+        return False
+    if not any(route.tiering for route in policy.routes):
+        return False
+    if runtime.embedder is None:
+        return True
+    runtime.tiers = TierRouter(policy)
+    return False
 
 
 def retire_after_s(policy: Policy) -> float:
@@ -65,11 +81,14 @@ async def reload_policy(app: web.Application) -> dict[str, Any]:
         runtime.router.config = policy.routing
         runtime.board.config = policy.routing.breaker
         runtime.quality.configure(policy.quality)
+        tiering_waits = _configure_tiers(runtime, policy)
         lifecycle.policy = policy
         if retired is not None:
             lifecycle.retire(retired, retire_after_s(old))
     applied = [name for name in changed if name in APPLIED]
     restart = [name for name in changed if name not in APPLIED]
+    if tiering_waits:
+        restart.append("routes.tiering")
     result: dict[str, Any] = {
         "status": "reloaded",
         "file": str(path),

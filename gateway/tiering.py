@@ -144,6 +144,17 @@ class _Moments:
         self.xy += ws * y * x
         self.xx += ws * np.outer(x, x)
 
+    def update_many(self, x: Array, y: Array, w: Array) -> None:
+        """Add several outcomes (rows of ``x``) at once."""
+        keep = w > 0
+        x, y, w = x[keep], y[keep], w[keep]
+        self.rows += len(w)
+        self.w += float(w.sum())
+        self.y += float(w @ y)
+        self.x += w @ x
+        self.xy += (w * y) @ x
+        self.xx += (x * w[:, None]).T @ x
+
     def fit(self, alpha: float) -> _Linear | None:
         """The ridge of quality on the standardised features; ``None`` under ``MIN_FIT``."""
         if self.rows < MIN_FIT or self.w <= 0:
@@ -212,6 +223,38 @@ class _Memory:
         last = rows[self.filled[is_frontier]]
         rows[self.place[row]] = last
         self.place[last] = self.place[row]
+
+    def resized(self, size: int) -> tuple[_Memory, dict[int, int]]:
+        """A memory of ``size`` holding this one's newest outcomes, in their order, with the
+        feature models refitted; and each kept outcome's serial here -> its serial there."""
+        new = _Memory(size)
+        serials = np.arange(max(0, self.count - min(self.size, size)), self.count)
+        if self.vectors is None or len(serials) == 0:
+            return new, {}
+        old = serials % self.size  # their rows here, oldest first; there they fill rows 0..n-1
+        n = len(old)
+        new.vectors = np.zeros((size, self.vectors.shape[1]), dtype=np.float32)
+        for mine, theirs in (
+            (self.vectors, new.vectors),
+            (self.features, new.features),
+            (self.featured, new.featured),
+            (self.frontier, new.frontier),
+            (self.quality, new.quality),
+            (self.weight, new.weight),
+        ):
+            theirs[:n] = mine[old]
+        for is_frontier in (False, True):
+            rows = np.flatnonzero(new.frontier[:n] == is_frontier)
+            new.rows[is_frontier][: len(rows)] = rows
+            new.place[rows] = np.arange(len(rows))
+            new.filled[is_frontier] = len(rows)
+            rows = rows[new.featured[rows]]
+            new.moments[is_frontier].update_many(
+                new.features[rows], new.quality[rows], new.weight[rows]
+            )
+        new.count = n
+        new.refit()
+        return new, dict(zip(serials.tolist(), range(n), strict=True))
 
     def regrade(self, serial: int, quality: float, weight: float) -> None:
         """A better signal for an outcome still in the ring (feedback after heuristics)."""
@@ -296,6 +339,22 @@ class _RouteState:
         self.gains = _RollingQuantile(config.window)
         self.choices: deque[bool] = deque(maxlen=config.window)  # True: frontier
 
+    def reconfigure(self, config: TieringConfig) -> dict[int, int] | None:
+        """Apply a reloaded route's ``tiering``; the outcomes and recent decisions stay (the
+        newest of them when ``memory`` or ``window`` shrank). When the memory was rebuilt:
+        each kept outcome's old serial -> its new one."""
+        kept = None
+        if config.memory != self.config.memory:
+            self.memory, kept = self.memory.resized(config.memory)
+        if config.window != self.config.window:
+            gains = _RollingQuantile(config.window)
+            for gain in self.gains.values()[-config.window :]:
+                gains.append(gain)
+            self.gains = gains
+            self.choices = deque(self.choices, maxlen=config.window)
+        self.config = config
+        return kept
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -305,7 +364,10 @@ class _Pending:
     embedding: Vector
     features: Array | None
     tier: str = ""  # the tier that answered, once known
-    serial: int = -1  # its outcome's serial in the route's memory, once graded
+    serial: int = -1  # its outcome's serial in the route's memory, once graded (GONE: forgotten)
+
+
+GONE = -2  # a pending request's outcome that a reload dropped from its route's memory
 
 
 class TierRouter:
@@ -316,6 +378,28 @@ class TierRouter:
         self._tasks: Mapping[str, TaskTypeConfig] = policy.task_types
         self._pending: OrderedDict[str, _Pending] = OrderedDict()  # by request id
         self._rng = random.Random(seed)
+
+    def configure(self, policy: Policy) -> None:
+        """Apply a reloaded policy's routes. A route that keeps ``tiering`` keeps what it
+        learnt (a smaller ``memory`` keeps the newest outcomes); one that gains it starts cold;
+        one that loses it forgets. Task types apply at the next start, with the classifier."""
+        routes: dict[str, _RouteState] = {}
+        for route in policy.routes:
+            if route.tiering is None:
+                continue
+            state = self._routes.get(route.name)
+            if state is None:
+                routes[route.name] = _RouteState(route.tiering)
+                continue
+            kept = state.reconfigure(route.tiering)
+            if kept is not None:  # the outcomes were renumbered: so are the pending ones'
+                for entry in self._pending.values():
+                    if entry.route == route.name and entry.serial >= 0:
+                        entry.serial = kept.get(entry.serial, GONE)
+            routes[route.name] = state
+        for request_id in [r for r, e in self._pending.items() if e.route not in routes]:
+            del self._pending[request_id]  # a route that lost tiering: its requests are moot
+        self._routes = routes
 
     def enabled(self, route: str) -> bool:
         return route in self._routes
@@ -414,13 +498,15 @@ class TierRouter:
         (``SIGNALS``); ``False`` if the request is unknown here. A later score (feedback after
         the heuristics) replaces the earlier one."""
         entry = self._pending.get(request_id)
-        if entry is None or not entry.tier:
-            return False
-        memory = self._routes[entry.route].memory
+        state = None if entry is None else self._routes.get(entry.route)
+        if entry is None or state is None or not entry.tier:
+            return False  # unknown, not served yet, or its route no longer has tiering
         if entry.serial >= 0:
-            memory.regrade(entry.serial, quality, weight)
-        else:
-            entry.serial = memory.add(entry.embedding, entry.features, entry.tier, quality, weight)
+            state.memory.regrade(entry.serial, quality, weight)
+        elif entry.serial != GONE:
+            entry.serial = state.memory.add(
+                entry.embedding, entry.features, entry.tier, quality, weight
+            )
         return True
 
     def outcomes(self, route: str) -> int:
@@ -440,6 +526,10 @@ class _RollingQuantile:
 
     def __len__(self) -> int:
         return len(self._order)
+
+    def values(self) -> list[float]:
+        """The values, oldest first."""
+        return list(self._order)
 
     def append(self, value: float) -> None:
         if len(self._order) == self._size:

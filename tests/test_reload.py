@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.lifecycle import LIFECYCLE
 from gateway.policy import Policy, hash_key
+from gateway.runtime import RUNTIME
 from tests.conftest import TEAM_KEY, Fakes, policy_for
 from tests.fakes.base import Hang, Ok
 
@@ -153,6 +154,23 @@ async def test_sections_built_at_start_need_a_restart(
     write_policy(path, data)
     result = await (await gateway.post("/admin/reload", headers=ADMIN)).json()
     assert result["restart_required"] == ["knowledge"]
+
+
+async def test_tiering_on_a_gateway_without_an_embedder_needs_a_restart(
+    reloadable: tuple[TestClient[Any, Any], Path], fakes: Fakes
+) -> None:
+    """The tier router compares prompts by their embedding, and the embedding model is loaded at
+    start-up only when something needs it: a reload that adds the first ``tiering`` says so."""
+    gateway, path = reloadable
+    data = policy_for(fakes).model_dump()
+    data["routes"][0]["tiering"] = {}
+    write_policy(path, data)
+    result = await (await gateway.post("/admin/reload", headers=ADMIN)).json()
+    assert result["changed"] == ["routes"]
+    assert result["restart_required"] == ["routes.tiering"]
+    assert gateway.app is not None
+    assert gateway.app[RUNTIME].tiers is None
+    assert (await ask(gateway, "default")).status == 200
 
 
 async def test_a_run_time_team_the_new_policy_cannot_hold_is_left_out(

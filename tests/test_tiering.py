@@ -307,3 +307,71 @@ def test_serve_keeps_numpys_blas_on_one_thread() -> None:
     count, threads = done.stdout.split(maxsplit=1)
     assert int(count) >= 1  # numpy's OpenBLAS was found
     assert threads.strip() == "[1]"
+
+
+def test_a_reload_keeps_what_a_route_learnt_and_applies_its_knobs(centers: Any) -> None:
+    hard, _ = centers
+    router = TierRouter(policy({"max_frontier_share": 1.0, "exploration": 0.0}), seed=12)
+    teach(router, np.random.default_rng(12), hard, cheap=0.2, frontier=0.9, count=30, tag="h")
+    probe = unit(np.random.default_rng(13), hard)
+    gain = router.predicted_gain("r", "general", probe, None)
+    assert gain > 0.3
+    router.configure(policy({"max_frontier_share": 0.0, "exploration": 0.0}))
+    assert router.outcomes("r") == 60
+    assert router.predicted_gain("r", "general", probe, None) == gain
+    decision = router.decide("r", "general", probe, BOTH)
+    assert decision is not None
+    assert (decision.tier, decision.reason) == ("cheap", "frontier share at the 0% cap")
+
+
+def test_a_smaller_memory_keeps_the_newest_outcomes_and_their_late_grades(centers: Any) -> None:
+    """Shrinking ``memory`` keeps the newest outcomes in order, as if the ring had always been
+    that size; a late grade of a kept outcome replaces it there, one of a dropped outcome
+    is not added again."""
+    rng = np.random.default_rng(14)
+    router = TierRouter(policy({"memory": 64}), seed=14)
+    fresh = TierRouter(policy({"memory": 16}), seed=14)
+    for i in range(100):
+        vector = unit(rng, centers[i % 2], noise=0.3)
+        features = np.array(prompt_features(f"question {i} with {i % 7} numbers 1 2 3"))
+        tier, quality = (FRONTIER if i % 3 else "cheap"), float(rng.random())
+        for each in (router, fresh) if i >= 84 else (router,):
+            each.remember(f"q{i}", "r", vector, features)
+            each.served(f"q{i}", tier, (quality, 1.0))
+    router.configure(policy({"memory": 16}))
+    assert router.outcomes("r") == 16
+    probes = [unit(rng, c, noise=0.3) for c in centers]
+    features = np.array(prompt_features("question 7 with 3 numbers 1 2 3"))
+    for probe in probes:
+        assert router.predicted_gain("r", "general", probe, features) == pytest.approx(
+            fresh.predicted_gain("r", "general", probe, features), abs=1e-12
+        )
+    for each in (router, fresh):
+        assert each.observe("q99", 0.0) is True  # kept: graded again in place
+    assert router.observe("q10", 1.0) is True  # dropped by the reload: not added again
+    assert router.outcomes("r") == fresh.outcomes("r") == 16
+    for probe in probes:
+        assert router.predicted_gain("r", "general", probe, features) == pytest.approx(
+            fresh.predicted_gain("r", "general", probe, features), abs=1e-12
+        )
+
+
+def test_a_route_that_loses_tiering_forgets_and_one_that_gains_it_starts_cold(
+    centers: Any,
+) -> None:
+    router = TierRouter(policy({}), seed=15)
+    teach(router, np.random.default_rng(15), centers[0], cheap=0.2, frontier=0.9, count=5, tag="a")
+    router.remember("late", "r", unit(np.random.default_rng(16), centers[0]))
+    router.served("late", "cheap", None)
+    without = policy({})
+    router.configure(
+        without.model_copy(
+            update={"routes": [without.routes[0].model_copy(update={"tiering": None})]}
+        )
+    )
+    assert not router.enabled("r")
+    assert router.observe("late", 0.5) is False  # its route has no tier router any more
+    router.configure(policy({}))
+    assert router.enabled("r")
+    assert router.outcomes("r") == 0
+    assert router.observe("late", 0.5) is False

@@ -4,14 +4,18 @@ the x-gateway-tier header, the decision record, and learning from feedback."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from gateway.policy import hash_key
 from gateway.runtime import RUNTIME
 from tests.conftest import MODELS, TEAM_KEY, Fakes, policy_for
+from tests.test_reload import write_policy
 
 AUTH = {"Authorization": f"Bearer {TEAM_KEY}"}
+ADMIN = "admin-secret-key"
 
 PROOFS = [
     "Prove that the square root of 2 is irrational.",
@@ -165,3 +169,52 @@ async def test_bad_grades_for_the_frontier_send_similar_prompts_to_the_cheap_tie
     decision = client.app[RUNTIME].decisions.find(after.headers["x-request-id"])
     assert decision is not None
     assert decision.tiering["predicted_gain"] < 0
+
+
+async def test_a_reload_applies_the_routes_tiering_and_keeps_what_it_learnt(
+    make_gateway: Any, fakes: Fakes, embedder: Any, tmp_path: Path
+) -> None:
+    """Ops turn the frontier share down at run time (``POST /admin/reload``): the next request
+    stays on the cheap tier, and the outcomes learnt before the reload are still there."""
+    path = tmp_path / "policy.yaml"
+    write_policy(path, tiered_policy(fakes))
+    client = await make_gateway(
+        tiered_policy(fakes), embedder=embedder, config=path, admin_key_sha256=hash_key(ADMIN)
+    )
+    tiers = client.app[RUNTIME].tiers
+    assert tiers is not None
+    assert (await ask(client, PROOFS[0])).headers["x-gateway-tier"] == "frontier"
+    assert tiers.outcomes("default") == 1
+    write_policy(path, tiered_policy(fakes, max_frontier_share=0.0))
+    reload = await client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert reload.status == 200
+    assert (await reload.json())["changed"] == ["routes"]
+    assert client.app[RUNTIME].tiers is tiers
+    assert tiers.outcomes("default") == 1
+    after = await ask(client, PROOFS[1])
+    assert after.headers["x-gateway-tier"] == "cheap"
+    decision = client.app[RUNTIME].decisions.find(after.headers["x-request-id"])
+    assert decision is not None
+    assert decision.tiering["reason"] == "frontier share at the 0% cap"
+    assert tiers.outcomes("default") == 2
+
+
+async def test_a_reload_can_add_the_first_tiered_route(
+    make_gateway: Any, fakes: Fakes, embedder: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "policy.yaml"
+    untiered = tiered_policy(fakes).model_dump()
+    untiered["routes"][0].pop("tiering")
+    write_policy(path, untiered)
+    client = await make_gateway(
+        policy_for(fakes, **untiered),
+        embedder=embedder,
+        config=path,
+        admin_key_sha256=hash_key(ADMIN),
+    )
+    assert client.app[RUNTIME].tiers is None
+    assert "x-gateway-tier" not in (await ask(client, PROOFS[0])).headers
+    write_policy(path, tiered_policy(fakes))
+    reload = await client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert (await reload.json())["restart_required"] == []
+    assert (await ask(client, PROOFS[1])).headers["x-gateway-tier"] == "frontier"
