@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.policy import hash_key
 from tests.conftest import EU_TEAM_KEY, LIMITED_TEAM_KEY, TEAM_KEY, Fakes, RedisServer, policy_for
@@ -154,7 +155,7 @@ async def test_replicas_share_limits_budgets_breakers_and_keys(
 
 @pytest.mark.timeout(180)
 async def test_replicas_share_cache_entries_and_thresholds(
-    fakes: Fakes, replicas: Replicas
+    fakes: Fakes, replicas: Replicas, redis_server: RedisServer
 ) -> None:
     policy = policy_for(fakes, cache={"static_threshold": 0.9}).model_dump()
     # The ONNX int8 embedder loads in about a second (exported once under data/models).
@@ -164,6 +165,15 @@ async def test_replicas_share_cache_entries_and_thresholds(
         status, headers = await one.ask(TEAM_KEY, text=question)
         assert (status, headers["x-gateway-cache"]) == (200, "miss")
         calls = len(fakes.openai.requests)
+        # One stores the entry after its answer: two asks once it is in Redis (asked earlier,
+        # two would miss and call the provider itself).
+        store = aioredis.Redis.from_url(redis_server.url)
+
+        async def stored() -> bool:
+            return bool(await store.xlen("gw:c:events"))
+
+        await eventually(stored)
+        await store.aclose()
 
         async def hit_on_two() -> bool:
             _, headers = await two.ask(TEAM_KEY, text=question)
