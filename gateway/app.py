@@ -43,6 +43,7 @@ from .shadow import install_shadow
 from .shared import LocalState, RedisState, SharedState
 from .tasks import TaskClassifier
 from .telemetry import running_telemetry
+from .tier_sync import sharing_outcomes
 from .tiering import TierRouter
 from .tracing import Tracing
 
@@ -283,6 +284,17 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
             stack.push_async_callback(knowledge.close)
             stages.append(knowledge)
         runtime.interceptors = tuple(stages)
+        settings = runtime.settings
+        if settings.redis_url and settings.tier_outcome_stream and runtime.embedder is not None:
+            # Tier outcomes shared by the replicas (a reload may create the tier router later).
+            await stack.enter_async_context(
+                sharing_outcomes(
+                    lambda: runtime.tiers,
+                    settings.redis_url,
+                    prefix=settings.redis_prefix,
+                    metrics=runtime.metrics,
+                )
+            )
         await stack.enter_async_context(
             runtime.quality.running(lambda: runtime.pool, lambda: runtime.catalog)
         )

@@ -89,6 +89,13 @@ class Metrics:
             ["sink", "result"],
             registry=r,
         )
+        self.tier_outcomes = Counter(
+            "gateway_tier_outcomes",
+            "Tier router outcomes shared through Redis: this replica's written or dropped, "
+            "others' learnt, ignored (no such tiered route here) or malformed; sync errors",
+            ["result"],
+            registry=r,
+        )
         self.exporter_exits = Counter(
             "gateway_telemetry_exporter_exits",
             "Times the telemetry exporter process exited unexpectedly (it is started again)",

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     decision_stream: bool = Field(
         default=True, description="with redis_url: stream decision records to Redis"
     )
+    tier_outcome_stream: bool = Field(
+        default=True,
+        description="with redis_url: share tier router outcomes across replicas and restarts",
+    )
     otlp_endpoint: str | None = Field(
         default=None, description="OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces"
     )

@@ -36,7 +36,7 @@ import bisect
 import math
 import random
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -368,6 +368,21 @@ class _Pending:
 
 
 GONE = -2  # a pending request's outcome that a reload dropped from its route's memory
+_REMOTE_MAX = 50_000  # other replicas' outcomes whose place in memory is kept (for regrades)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One graded outcome, as replicas share it (``gateway.tier_sync``); a later one with the
+    same ``key`` grades the same request again."""
+
+    route: str
+    key: str
+    embedding: Vector
+    features: Array | None
+    tier: str
+    quality: float
+    weight: float
 
 
 class TierRouter:
@@ -378,6 +393,10 @@ class TierRouter:
         self._tasks: Mapping[str, TaskTypeConfig] = policy.task_types
         self._pending: OrderedDict[str, _Pending] = OrderedDict()  # by request id
         self._rng = random.Random(seed)
+        # Other replicas' outcomes (``apply``): key -> (route, serial in its memory).
+        self._remote: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        # Called with each outcome this replica learns (``gateway.tier_sync`` shares them).
+        self.on_outcome: Callable[[Outcome], None] | None = None
 
     def configure(self, policy: Policy) -> None:
         """Apply a reloaded policy's routes. A route that keeps ``tiering`` keeps what it
@@ -392,14 +411,23 @@ class TierRouter:
                 routes[route.name] = _RouteState(route.tiering)
                 continue
             kept = state.reconfigure(route.tiering)
-            if kept is not None:  # the outcomes were renumbered: so are the pending ones'
+            if kept is not None:  # the outcomes were renumbered: so are the ones to regrade
                 for entry in self._pending.values():
                     if entry.route == route.name and entry.serial >= 0:
                         entry.serial = kept.get(entry.serial, GONE)
+                for key, (name, serial) in list(self._remote.items()):
+                    if name == route.name:
+                        self._remote[key] = (name, kept.get(serial, GONE))
             routes[route.name] = state
         for request_id in [r for r, e in self._pending.items() if e.route not in routes]:
             del self._pending[request_id]  # a route that lost tiering: its requests are moot
+        for key in [k for k, (name, _) in self._remote.items() if name not in routes]:
+            del self._remote[key]
         self._routes = routes
+
+    def memories(self) -> dict[str, int]:
+        """Each tiered route's ``memory`` (how many outcomes it keeps)."""
+        return {name: state.config.memory for name, state in self._routes.items()}
 
     def enabled(self, route: str) -> bool:
         return route in self._routes
@@ -507,6 +535,43 @@ class TierRouter:
             entry.serial = state.memory.add(
                 entry.embedding, entry.features, entry.tier, quality, weight
             )
+        if self.on_outcome is not None:
+            self.on_outcome(
+                Outcome(
+                    entry.route,
+                    request_id,
+                    entry.embedding,
+                    entry.features,
+                    entry.tier,
+                    quality,
+                    weight,
+                )
+            )
+        return True
+
+    def apply(self, outcome: Outcome) -> bool:
+        """Learn another replica's outcome (or its new grade, by ``key``); ``False`` when its
+        route has no tiering here or its embedding or features do not fit this route's."""
+        state = self._routes.get(outcome.route)
+        if state is None or outcome.tier not in (CHEAP, FRONTIER):
+            return False
+        memory = state.memory
+        if memory.vectors is not None and outcome.embedding.shape != memory.vectors.shape[1:]:
+            return False  # another embedding model's
+        features = outcome.features
+        if features is not None and features.shape != (len(FEATURE_NAMES),):
+            features = None  # another version's text features: the neighbourhood still counts
+        known = self._remote.get(outcome.key)
+        if known is not None and known[0] == outcome.route:
+            if known[1] >= 0:
+                memory.regrade(known[1], outcome.quality, outcome.weight)
+            return True
+        serial = memory.add(
+            outcome.embedding, features, outcome.tier, outcome.quality, outcome.weight
+        )
+        self._remote[outcome.key] = (outcome.route, serial)
+        while len(self._remote) > _REMOTE_MAX:
+            self._remote.popitem(last=False)
         return True
 
     def outcomes(self, route: str) -> int:

@@ -1,5 +1,6 @@
 """Two real ``gateway serve`` processes on one (throwaway) Redis share what replicas must share:
-rate limits, budgets, breaker state, team keys, cache entries and run-time cache thresholds."""
+rate limits, budgets, breaker state, team keys, cache entries, run-time cache thresholds and tier
+router outcomes."""
 
 from __future__ import annotations
 
@@ -191,3 +192,33 @@ async def test_replicas_share_cache_entries_and_thresholds(
             return headers["x-gateway-cache"] == "bypass"
 
         await eventually(bypass_on_two, within_s=10)
+
+
+@pytest.mark.timeout(180)
+async def test_replicas_learn_each_others_tier_outcomes(fakes: Fakes, replicas: Replicas) -> None:
+    """A cheap answer graded 0 on one replica makes the other send a similar prompt to the
+    frontier: the outcome and its late grade travel through the route's outcome stream."""
+    policy = policy_for(fakes).model_dump()
+    for model in policy["models"]:
+        model["tier"] = {"gpt": "cheap", "claude": "frontier"}.get(model["name"], "standard")
+    policy["routes"][0]["tiering"] = {"max_frontier_share": 1.0, "exploration": 0.0}
+    env = {"GATEWAY_EMBEDDER": "onnx-int8", "GATEWAY_DATA_DIR": str(REPO / "data")}
+    async with replicas(policy, **env) as (one, two):
+        status, headers = await one.ask(TEAM_KEY, "default", "Prove that 17 is a prime number.")
+        assert (status, headers["x-gateway-tier"]) == (200, "cheap")  # no outcome yet: no gain
+        body = {"request_id": headers["X-Request-ID"], "score": 0.0}
+        async with one.session.post(
+            f"{one.gateway.url}/v1/feedback",
+            json=body,
+            headers={"Authorization": f"Bearer {TEAM_KEY}"},
+        ) as graded:
+            assert graded.status == 200
+
+        async def two_learnt_the_grade() -> bool:
+            async with one.session.get(f"{two.gateway.url}/metrics") as response:
+                text = await response.text()
+            return 'gateway_tier_outcomes_total{result="learnt"} 2.0' in text
+
+        await eventually(two_learnt_the_grade, within_s=10)
+        status, headers = await two.ask(TEAM_KEY, "default", "Prove that 19 is a prime number.")
+        assert (status, headers["x-gateway-tier"]) == (200, "frontier")

@@ -4,6 +4,7 @@ the x-gateway-tier header, the decision record, and learning from feedback."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.policy import hash_key
 from gateway.runtime import RUNTIME
-from tests.conftest import MODELS, TEAM_KEY, Fakes, policy_for
+from tests.conftest import MODELS, TEAM_KEY, Fakes, RedisServer, policy_for
 from tests.test_reload import write_policy
 
 AUTH = {"Authorization": f"Bearer {TEAM_KEY}"}
@@ -218,3 +219,39 @@ async def test_a_reload_can_add_the_first_tiered_route(
     reload = await client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"})
     assert (await reload.json())["restart_required"] == []
     assert (await ask(client, PROOFS[1])).headers["x-gateway-tier"] == "frontier"
+
+
+async def test_a_grade_given_on_one_replica_steers_the_other(
+    make_gateway: Any, fakes: Fakes, embedder: Any, redis_server: RedisServer
+) -> None:
+    """Two gateways on one Redis: the frontier's answer graded 0 through one of them sends a
+    similar prompt to the cheap tier on the other (the outcome and its grade travel through the
+    route's outcome stream)."""
+    one, two = [
+        await make_gateway(
+            tiered_policy(fakes), embedder=embedder, redis_url=redis_server.url, redis_prefix="tg"
+        )
+        for _ in range(2)
+    ]
+    first = await ask(one, PROOFS[0])
+    assert first.headers["x-gateway-tier"] == "frontier"
+    graded = await one.post(
+        "/v1/feedback",
+        json={"request_id": first.headers["x-request-id"], "score": 0.0},
+        headers=AUTH,
+    )
+    assert graded.status == 200
+    metrics = two.app[RUNTIME].metrics
+
+    def learnt() -> float:
+        samples = metrics.samples("gateway_tier_outcomes_total")
+        return sum(v for labels, v in samples if labels["result"] == "learnt")
+
+    async with asyncio.timeout(10):
+        while learnt() < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    tiers = two.app[RUNTIME].tiers
+    assert tiers is not None
+    assert tiers.outcomes("default") == 1  # the answer, then its grade: one outcome
+    after = await ask(two, "Prove that the square root of 5 is irrational.")
+    assert after.headers["x-gateway-tier"] == "cheap"

@@ -1,0 +1,189 @@
+"""Tier outcomes shared through Redis streams (gateway.tier_sync), on throwaway redis-servers:
+one replica's graded outcomes reach another's tier router, late grades follow, a restarted
+replica replays what the route learnt, a Redis outage costs only the sharing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.metrics import Metrics
+from gateway.prompt_features import prompt_features
+from gateway.tier_sync import TierOutcomeSync
+from gateway.tiering import FRONTIER, TierRouter
+from tests.conftest import RedisServer
+from tests.test_tiering import policy, unit
+
+DIM = 384
+
+
+def serve(router: TierRouter, rng: np.random.Generator, center: np.ndarray, tag: str,
+          tier: str, quality: float, count: int = 1) -> list[str]:  # fmt: skip
+    """``count`` requests near ``center`` answered by ``tier`` and graded ``quality``."""
+    ids = []
+    for i in range(count):
+        request_id = f"{tag}-{i}"
+        features = np.array(prompt_features(f"{tag} question number {i}"))
+        router.remember(request_id, "r", unit(rng, center, noise=0.05), features)
+        router.served(request_id, tier, (quality, 1.0))
+        ids.append(request_id)
+    return ids
+
+
+def replica(url: str, tiering: dict[str, Any] | None = None) -> tuple[TierRouter, TierOutcomeSync]:
+    router = TierRouter(policy(tiering or {}), seed=0)
+    metrics = Metrics()
+    return router, TierOutcomeSync(lambda: router, url, prefix="t", metrics=metrics)
+
+
+def counted(sync: TierOutcomeSync, result: str) -> float:
+    assert sync.metrics is not None
+    return sum(v for labels, v in sync.metrics.samples("gateway_tier_outcomes_total")
+               if labels["result"] == result)  # fmt: skip
+
+
+@pytest.fixture
+def centers() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal(DIM), rng.standard_normal(DIM)
+    return a / np.linalg.norm(a), b / np.linalg.norm(b)
+
+
+async def test_one_replicas_outcomes_and_late_grades_reach_the_other(
+    redis_server: RedisServer, centers: Any
+) -> None:
+    (a, sync_a), (b, sync_b) = replica(redis_server.url), replica(redis_server.url)
+    try:
+        for sync in (sync_a, sync_b):
+            await sync.sync_once(block_ms=0)  # both follow the route's (empty) stream
+        rng = np.random.default_rng(2)
+        probe = unit(rng, centers[0], noise=0.05)
+        cold = b.predicted_gain("r", "general", probe, None)
+        ids = serve(a, rng, centers[0], "hard", FRONTIER, 0.9, count=20)
+        serve(a, rng, centers[0], "hard-cheap", "cheap", 0.1, count=20)
+        await sync_a.sync_once(block_ms=0)
+        await sync_b.sync_once(block_ms=1000)
+        assert b.outcomes("r") == a.outcomes("r") == 40
+        assert counted(sync_a, "written") == 40
+        assert counted(sync_b, "learnt") == 40
+        learnt = b.predicted_gain("r", "general", probe, None)
+        assert learnt == pytest.approx(a.predicted_gain("r", "general", probe, None))
+        assert learnt > cold + 0.3
+        # The client's feedback regrades the frontier's answers on a: b regrades them too.
+        for request_id in ids:
+            assert a.observe(request_id, 0.0)
+        await sync_a.sync_once(block_ms=0)
+        await sync_b.sync_once(block_ms=1000)
+        assert b.outcomes("r") == 40  # graded again, not added
+        regraded = b.predicted_gain("r", "general", probe, None)
+        assert regraded == pytest.approx(a.predicted_gain("r", "general", probe, None))
+        assert regraded < 0
+        await sync_a.sync_once(block_ms=0)  # a skips its own entries
+        assert a.outcomes("r") == 40
+    finally:
+        await sync_a.close()
+        await sync_b.close()
+
+
+async def test_a_restarted_replica_replays_the_newest_outcomes(
+    redis_server: RedisServer, centers: Any
+) -> None:
+    """The stream keeps about ``memory`` outcomes; a new replica learns the newest of them in
+    order and predicts as a router that saw just those (text features included)."""
+    a, sync_a = replica(redis_server.url, {"memory": 64})
+    rng = np.random.default_rng(3)
+    served = []
+    try:
+        await sync_a.sync_once(block_ms=0)
+        for i in range(240):
+            center, tier = (centers[0], FRONTIER) if i % 3 else (centers[1], "cheap")
+            outcome = (f"q{i}", unit(rng, center, noise=0.3), tier, float(rng.random()))
+            served.append(outcome)
+            a.remember(outcome[0], "r", outcome[1], np.array(prompt_features(f"q {i} {i % 7}")))
+            a.served(outcome[0], tier, (outcome[3], 1.0))
+            if i % 50 == 0:
+                await sync_a.sync_once(block_ms=0)
+        await sync_a.sync_once(block_ms=0)
+        redis = aioredis.Redis.from_url(redis_server.url)
+        assert 64 <= await redis.xlen("t:tier:r") < 240  # trimmed to about the memory
+        await redis.aclose()
+    finally:
+        await sync_a.close()
+    reference = TierRouter(policy({"memory": 64}), seed=0)
+    for request_id, vector, tier, quality in served[-64:]:
+        i = int(request_id[1:])
+        reference.remember(request_id, "r", vector, np.array(prompt_features(f"q {i} {i % 7}")))
+        reference.served(request_id, tier, (quality, 1.0))
+    b, sync_b = replica(redis_server.url, {"memory": 64})
+    try:
+        await sync_b.sync_once(block_ms=0)
+        assert b.outcomes("r") == 64
+        features = np.array(prompt_features("q 9 3"))
+        for center in centers:
+            probe = unit(rng, center, noise=0.3)
+            assert b.predicted_gain("r", "general", probe, features) == pytest.approx(
+                reference.predicted_gain("r", "general", probe, features), abs=1e-12
+            )
+    finally:
+        await sync_b.close()
+
+
+async def test_a_redis_outage_costs_only_the_sharing(
+    redis_server: RedisServer, centers: Any
+) -> None:
+    a, sync_a = replica(redis_server.url)
+    b, sync_b = replica(redis_server.url)
+    rng = np.random.default_rng(4)
+    stop = asyncio.Event()
+    try:
+        for sync in (sync_a, sync_b):
+            await sync.sync_once(block_ms=0)
+        redis_server.stop()
+        serve(a, rng, centers[0], "while-down", FRONTIER, 0.9, count=5)
+        assert a.outcomes("r") == 5  # learnt at once, locally
+        runs = [asyncio.create_task(s.run(stop)) for s in (sync_a, sync_b)]
+        async with asyncio.timeout(10):
+            while sync_a.healthy or counted(sync_a, "dropped") < 5:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        redis_server.start()
+        serve(a, rng, centers[0], "after", FRONTIER, 0.9, count=3)
+        async with asyncio.timeout(10):
+            while b.outcomes("r") < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert sync_a.healthy
+        assert b.outcomes("r") == 3  # what a could not write was not shared
+        assert a.outcomes("r") == 8
+    finally:
+        stop.set()
+        await asyncio.gather(*runs, return_exceptions=True)
+        await sync_a.close()
+        await sync_b.close()
+
+
+async def test_entries_that_do_not_fit_are_skipped(redis_server: RedisServer) -> None:
+    """A malformed entry, another embedding model's vector or an unknown route's stream never
+    reach the memory; the rest still do."""
+    b, sync_b = replica(redis_server.url)
+    redis = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await sync_b.sync_once(block_ms=0)
+        good = unit(np.random.default_rng(5), np.ones(DIM) / np.sqrt(DIM))
+        fields = {"k": "x/1", "r": "x", "t": "cheap", "q": "0.5", "w": "1.0", "f": b""}
+        await redis.xadd("t:tier:r", {**fields, "v": good.tobytes()[:-4] + b"\x00"})
+        await redis.xadd("t:tier:r", {**fields, "k": "x/2", "v": good.tobytes()})
+        await redis.xadd(
+            "t:tier:r", {**fields, "k": "x/3", "v": np.zeros(768, np.float32).tobytes()}
+        )
+        await redis.xadd("t:tier:r", {**fields, "k": "x/4", "q": "7", "v": good.tobytes()})
+        await redis.xadd("t:tier:r", {"k": "x/5"})
+        await sync_b.sync_once(block_ms=1000)
+        assert b.outcomes("r") == 1  # x/2
+        assert counted(sync_b, "ignored") == 1  # x/3, 768 dimensions: another model's
+        assert counted(sync_b, "malformed") == 3  # a cut vector, a quality of 7, no fields
+    finally:
+        await redis.aclose()
+        await sync_b.close()
