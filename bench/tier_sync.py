@@ -52,7 +52,9 @@ def policy(memory: int) -> Policy:
 
 def replica(url: str, memory: int) -> tuple[TierRouter, TierOutcomeSync]:
     router = TierRouter(policy(memory), seed=0)
-    return router, TierOutcomeSync(lambda: router, url, prefix="bench", metrics=Metrics())
+    return router, TierOutcomeSync(
+        lambda: router, url, model="minilm", dim=DIM, prefix="bench", metrics=Metrics()
+    )
 
 
 def learn(router: TierRouter, vectors: np.ndarray, features: np.ndarray, tag: str) -> float:

@@ -291,6 +291,8 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
                 sharing_outcomes(
                     lambda: runtime.tiers,
                     settings.redis_url,
+                    model=runtime.embedder.name,
+                    dim=runtime.embedder.dim,
                     prefix=settings.redis_prefix,
                     metrics=runtime.metrics,
                 )

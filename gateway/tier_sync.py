@@ -41,10 +41,11 @@ BATCH = 64
 PAGE = 256
 
 
-def encode(outcome: Outcome, replica: str) -> dict[str, bytes | str]:
+def encode(outcome: Outcome, replica: str, model: str) -> dict[str, bytes | str]:
     return {
         "k": f"{replica}/{outcome.key}",
         "r": replica,
+        "m": model,
         "t": outcome.tier,
         "q": repr(float(outcome.quality)),
         "w": repr(float(outcome.weight)),
@@ -53,8 +54,9 @@ def encode(outcome: Outcome, replica: str) -> dict[str, bytes | str]:
     }
 
 
-def decode(route: str, fields: dict[bytes, bytes]) -> tuple[str, Outcome] | None:
-    """(the writer's replica, the outcome) of a stream entry; ``None`` if it is malformed."""
+def decode(route: str, fields: dict[bytes, bytes]) -> tuple[str, str, Outcome] | None:
+    """(the writer's replica, its embedding model, the outcome) of a stream entry; ``None`` if
+    it is malformed."""
     try:
         vector = np.frombuffer(fields[b"v"], dtype=np.float32)
         raw = fields.get(b"f", b"")
@@ -63,22 +65,25 @@ def decode(route: str, fields: dict[bytes, bytes]) -> tuple[str, Outcome] | None
         outcome = Outcome(
             route, fields[b"k"].decode(), vector, features, fields[b"t"].decode(), quality, weight
         )
-        replica = fields[b"r"].decode()
+        replica, model = fields[b"r"].decode(), fields.get(b"m", b"").decode()
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
     if not (0 <= quality <= 1 and 0 < weight <= 1 and vector.size and np.isfinite(vector).all()):
         return None
-    return replica, outcome
+    return replica, model, outcome
 
 
 class TierOutcomeSync:
-    """This replica's end of the shared outcome streams."""
+    """This replica's end of the shared outcome streams. ``model`` and ``dim``: the embedding
+    model this replica compares prompts with; outcomes embedded by another are ignored."""
 
     def __init__(
         self,
         tiers: Callable[[], TierRouter | None],
         redis_url: str,
         *,
+        model: str,
+        dim: int,
         prefix: str = "gw",
         metrics: Metrics | None = None,
         block_ms: int = 250,
@@ -89,6 +94,7 @@ class TierOutcomeSync:
         self._redis = aioredis.Redis.from_url(
             redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
         )
+        self.model, self.dim = model, dim
         self.prefix = prefix
         self.metrics = metrics
         self.block_ms = block_ms
@@ -171,7 +177,7 @@ class TierOutcomeSync:
             for outcome in batch:
                 pipe.xadd(
                     self.key(outcome.route),
-                    encode(outcome, self.replica),  # type: ignore[arg-type]
+                    encode(outcome, self.replica, self.model),  # type: ignore[arg-type]
                     maxlen=memories[outcome.route],
                     approximate=True,
                 )
@@ -211,10 +217,11 @@ class TierOutcomeSync:
             if decoded is None:
                 self._count("malformed")
                 continue
-            replica, outcome = decoded
+            replica, model, outcome = decoded
             if replica == self.replica:
                 continue  # learnt when it happened
-            self._count("learnt" if tiers.apply(outcome) else "ignored")
+            comparable = model == self.model and outcome.embedding.size == self.dim
+            self._count("learnt" if comparable and tiers.apply(outcome) else "ignored")
 
     def _count(self, result: str, n: int = 1) -> None:
         if self.metrics is not None:
@@ -233,10 +240,16 @@ class TierOutcomeSync:
 
 @contextlib.asynccontextmanager
 async def sharing_outcomes(
-    tiers: Callable[[], TierRouter | None], redis_url: str, *, prefix: str, metrics: Metrics
+    tiers: Callable[[], TierRouter | None],
+    redis_url: str,
+    *,
+    model: str,
+    dim: int,
+    prefix: str,
+    metrics: Metrics,
 ) -> AsyncIterator[TierOutcomeSync]:
     """The outcome streams' follower, running for the application's lifetime."""
-    sync = TierOutcomeSync(tiers, redis_url, prefix=prefix, metrics=metrics)
+    sync = TierOutcomeSync(tiers, redis_url, model=model, dim=dim, prefix=prefix, metrics=metrics)
     stop = asyncio.Event()
     task = asyncio.create_task(sync.run(stop), name="tier-outcome-sync")
     try:

@@ -37,7 +37,9 @@ def serve(router: TierRouter, rng: np.random.Generator, center: np.ndarray, tag:
 def replica(url: str, tiering: dict[str, Any] | None = None) -> tuple[TierRouter, TierOutcomeSync]:
     router = TierRouter(policy(tiering or {}), seed=0)
     metrics = Metrics()
-    return router, TierOutcomeSync(lambda: router, url, prefix="t", metrics=metrics)
+    return router, TierOutcomeSync(
+        lambda: router, url, model="minilm", dim=DIM, prefix="t", metrics=metrics
+    )
 
 
 def counted(sync: TierOutcomeSync, result: str) -> float:
@@ -165,25 +167,29 @@ async def test_a_redis_outage_costs_only_the_sharing(
 
 
 async def test_entries_that_do_not_fit_are_skipped(redis_server: RedisServer) -> None:
-    """A malformed entry, another embedding model's vector or an unknown route's stream never
-    reach the memory; the rest still do."""
+    """A malformed entry, another embedding model's vector (by name or width) or an unknown
+    route's stream never reach the memory; the rest still do."""
     b, sync_b = replica(redis_server.url)
     redis = aioredis.Redis.from_url(redis_server.url)
     try:
         await sync_b.sync_once(block_ms=0)
-        good = unit(np.random.default_rng(5), np.ones(DIM) / np.sqrt(DIM))
-        fields = {"k": "x/1", "r": "x", "t": "cheap", "q": "0.5", "w": "1.0", "f": b""}
-        await redis.xadd("t:tier:r", {**fields, "v": good.tobytes()[:-4] + b"\x00"})
-        await redis.xadd("t:tier:r", {**fields, "k": "x/2", "v": good.tobytes()})
-        await redis.xadd(
-            "t:tier:r", {**fields, "k": "x/3", "v": np.zeros(768, np.float32).tobytes()}
-        )
-        await redis.xadd("t:tier:r", {**fields, "k": "x/4", "q": "7", "v": good.tobytes()})
-        await redis.xadd("t:tier:r", {"k": "x/5"})
+        good = unit(np.random.default_rng(5), np.ones(DIM) / np.sqrt(DIM)).tobytes()
+        fields = {"r": "x", "m": "minilm", "t": "cheap", "q": "0.5", "w": "1.0", "f": b""}
+        for key, changes in (
+            ("x/1", {"v": good[:-4] + b"\x00"}),  # not a whole number of floats
+            ("x/2", {"v": good}),  # fits
+            ("x/3", {"v": np.zeros(768, np.float32).tobytes()}),  # another model's width
+            ("x/4", {"v": good, "m": "bge-small"}),  # another model's name
+            ("x/5", {"v": good, "q": "7"}),  # not a quality
+            ("x/6", {"v": good, "t": "premium"}),  # not a tier
+        ):
+            await redis.xadd("t:tier:r", {**fields, "k": key, **changes})
+        await redis.xadd("t:tier:r", {"k": "x/7"})
+        await redis.xadd("t:tier:elsewhere", {**fields, "k": "x/8", "v": good})
         await sync_b.sync_once(block_ms=1000)
         assert b.outcomes("r") == 1  # x/2
-        assert counted(sync_b, "ignored") == 1  # x/3, 768 dimensions: another model's
-        assert counted(sync_b, "malformed") == 3  # a cut vector, a quality of 7, no fields
+        assert counted(sync_b, "ignored") == 3  # x/3, x/4, x/6
+        assert counted(sync_b, "malformed") == 3  # x/1, x/5, x/7
     finally:
         await redis.aclose()
         await sync_b.close()
