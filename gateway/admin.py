@@ -1,4 +1,4 @@
-"""The admin API: run-time cache settings, invalidation, recent decisions.
+"""The admin API: run-time cache settings, invalidation, recent decisions, quality, tiering.
 
 Behind an admin key (``Authorization: Bearer <admin key>``, its SHA-256 in
 ``GATEWAY_ADMIN_KEY_SHA256``); without one configured the admin API answers 403. Cache settings
@@ -168,6 +168,25 @@ async def promote_quality(request: web.Request) -> web.Response:
     return _json_response({"model": model, "task_type": task_type, "promoted": promoted})
 
 
+async def get_tiering(request: web.Request) -> web.Response:
+    """``GET /admin/tiering``: each tiered route's knobs, outcomes, feature models and recent
+    decisions on this replica, and whether outcomes are shared with the others."""
+    runtime = _authorise(request)
+    sync = runtime.tier_sync
+    return _json_response(
+        {
+            "enabled": runtime.tiers is not None,
+            "routes": runtime.tiers.snapshot() if runtime.tiers is not None else {},
+            "sharing": {
+                "enabled": sync is not None,
+                "healthy": sync.healthy if sync is not None else None,
+                "replica": sync.replica if sync is not None else None,
+                "queued": sync.queued if sync is not None else 0,
+            },
+        }
+    )
+
+
 async def get_shadow(request: web.Request) -> web.Response:
     """``GET /admin/shadow``: shadow traffic's comparison per (task type, candidate)."""
     _authorise(request)
@@ -191,6 +210,7 @@ ROUTES = [
     web.post("/admin/cache/invalidate", invalidate_cache),
     web.get("/admin/decisions", recent_decisions),
     web.get("/admin/quality", get_quality),
+    web.get("/admin/tiering", get_tiering),
     web.post("/admin/quality/promote", promote_quality),
     web.get("/admin/decisions/{request_id}", get_decision),
 ]

@@ -287,7 +287,7 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
         settings = runtime.settings
         if settings.redis_url and settings.tier_outcome_stream and runtime.embedder is not None:
             # Tier outcomes shared by the replicas (a reload may create the tier router later).
-            await stack.enter_async_context(
+            runtime.tier_sync = await stack.enter_async_context(
                 sharing_outcomes(
                     lambda: runtime.tiers,
                     settings.redis_url,

@@ -89,6 +89,12 @@ class Metrics:
             ["sink", "result"],
             registry=r,
         )
+        self.tier_decisions = Counter(
+            "gateway_tier_decisions",
+            "Tier router choices by route, tier and reason code (gateway.tiering.REASONS)",
+            ["route", "tier", "code"],
+            registry=r,
+        )
         self.tier_outcomes = Counter(
             "gateway_tier_outcomes",
             "Tier router outcomes shared through Redis: this replica's written or dropped, "

@@ -111,7 +111,7 @@ async def _answer(
         strategy=ctx.route.strategy,
     )
     ctx.decision.candidates = plan.verdicts
-    plan = await apply_tier(runtime.tiers, ctx, plan)
+    plan = await apply_tier(runtime.tiers, ctx, plan, runtime.metrics)
     if ctx.chat.stream:
         return await stream_answer(request, runtime, ctx, plan)
 

@@ -24,6 +24,7 @@ from .settings import Settings
 from .shared import SharedState
 from .tasks import TaskClassifier
 from .teams import TeamRegistry
+from .tier_sync import TierOutcomeSync
 from .tiering import TierRouter
 from .timeseries import TrafficSeries
 from .tracing import Tracing
@@ -44,6 +45,7 @@ class Runtime:
     embedder: Embedder | None = None
     tasks: TaskClassifier | None = None  # None: no labelled task examples in policy
     tiers: TierRouter | None = None  # None: no route has tiering
+    tier_sync: TierOutcomeSync | None = None  # tier outcomes shared through Redis
     tracing: Tracing | None = None  # None: no OTLP endpoint, no spans
     exporter: ExporterLink | None = None  # the telemetry exporter process (gateway/exporter.py)
     series: TrafficSeries = field(default_factory=TrafficSeries)  # the dashboard's traffic

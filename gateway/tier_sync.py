@@ -104,6 +104,11 @@ class TierOutcomeSync:
         self._hooked: TierRouter | None = None
         self.healthy = True
 
+    @property
+    def queued(self) -> int:
+        """This replica's outcomes waiting to be written."""
+        return len(self._pending)
+
     def key(self, route: str) -> str:
         return f"{self.prefix}:tier:{route}"
 

@@ -45,6 +45,7 @@ import numpy.typing as npt
 
 from .catalog import Candidate
 from .context import RequestContext
+from .metrics import Metrics
 from .policy import Policy, TaskTypeConfig, TieringConfig
 from .prompt_features import FEATURE_NAMES, prompt_features
 from .router import Plan
@@ -88,12 +89,24 @@ def tier_of(candidate: Candidate) -> str:
     return FRONTIER if candidate.model.tier == FRONTIER else CHEAP
 
 
+# Why a tier was chosen: a stable code (metrics, ``GET /admin/tiering``) and its sentence.
+REASONS = {
+    "only_tier": "only tier allowed",
+    "no_gain": "no predicted gain",
+    "share_cap": "frontier share at the {share:.0%} cap",
+    "top_share": "predicted gain in the top share",
+    "below_threshold": "predicted gain below the share's threshold",
+    "exploration": "exploration",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class TierDecision:
     tier: str
     predicted_gain: float
     threshold: float
     explored: bool
+    code: str  # a key of REASONS
     reason: str
 
     def record(self) -> dict[str, Any]:
@@ -102,6 +115,7 @@ class TierDecision:
             "predicted_gain": round(self.predicted_gain, 4),
             "threshold": round(self.threshold, 4),
             "explored": self.explored,
+            "code": self.code,
             "reason": self.reason,
         }
 
@@ -338,6 +352,41 @@ class _RouteState:
         self.memory = _Memory(config.memory)
         self.gains = _RollingQuantile(config.window)
         self.choices: deque[bool] = deque(maxlen=config.window)  # True: frontier
+        self.decided: dict[str, int] = dict.fromkeys(REASONS, 0)  # decisions by code
+        self.shared = 0  # outcomes learnt from other replicas
+
+    def snapshot(self) -> dict[str, Any]:
+        """What ``GET /admin/tiering`` shows of one route."""
+        memory, config = self.memory, self.config
+        recent = self.gains.values()
+        share = config.max_frontier_share
+        return {
+            "config": config.model_dump(),
+            "outcomes": {
+                "remembered": min(memory.count, memory.size),
+                "cheap": memory.filled[False],
+                "frontier": memory.filled[True],
+                "learnt": memory.count,
+                "from_other_replicas": self.shared,
+            },
+            "feature_models": {
+                CHEAP: memory.models[False] is not None,
+                FRONTIER: memory.models[True] is not None,
+            },
+            "recent": {
+                "decisions": len(self.choices),
+                "frontier_share": round(sum(self.choices) / len(self.choices), 4)
+                if self.choices
+                else None,
+                "threshold": round(self.gains.quantile(1 - share), 4) if recent else None,
+                "predicted_gain": {
+                    f"p{int(q * 100)}": round(self.gains.quantile(q), 4) for q in (0.1, 0.5, 0.9)
+                }
+                if recent
+                else None,
+            },
+            "decisions": dict(self.decided),
+        }
 
     def reconfigure(self, config: TieringConfig) -> dict[int, int] | None:
         """Apply a reloaded route's ``tiering``; the outcomes and recent decisions stay (the
@@ -471,27 +520,33 @@ class TierRouter:
         if state is None or not available:
             return None
         if len(available) == 1:
-            only = available.pop()
-            return TierDecision(only, 0.0, 0.0, False, "only tier allowed")
+            state.decided["only_tier"] += 1
+            return TierDecision(available.pop(), 0.0, 0.0, False, "only_tier", REASONS["only_tier"])
         gain = self.predicted_gain(route, task_type, embedding, features)
         share = state.config.max_frontier_share
         threshold = state.gains.quantile(1 - share) if len(state.gains) else gain
         state.gains.append(gain)
         frontier_share = sum(state.choices) / len(state.choices) if state.choices else 0.0
         if gain <= 0:
-            tier, reason = CHEAP, "no predicted gain"
-        elif share <= 0 or frontier_share >= share:
-            tier, reason = CHEAP, f"frontier share at the {share:.0%} cap"
-        elif gain >= threshold:
-            tier, reason = FRONTIER, "predicted gain in the top share"
+            tier, code = CHEAP, "no_gain"
+        elif share <= 0 or (share < 1 and frontier_share >= share):
+            tier, code = CHEAP, "share_cap"
+        elif share >= 1 or gain >= threshold:  # a knob of 1: every positive gain, no cap
+            tier, code = FRONTIER, "top_share"
         else:
-            tier, reason = CHEAP, "predicted gain below the share's threshold"
+            tier, code = CHEAP, "below_threshold"
         explored = self._rng.random() < state.config.exploration
         if explored:
             tier = FRONTIER if tier == CHEAP else CHEAP
-            reason = "exploration"
+            code = "exploration"
         state.choices.append(tier == FRONTIER)
-        return TierDecision(tier, gain, threshold, explored, reason)
+        state.decided[code] += 1
+        reason = REASONS[code].format(share=share)
+        return TierDecision(tier, gain, threshold, explored, code, reason)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Each tiered route's knobs, outcomes, feature models and recent decisions."""
+        return {name: state.snapshot() for name, state in self._routes.items()}
 
     def remember(
         self,
@@ -569,6 +624,7 @@ class TierRouter:
         serial = memory.add(
             outcome.embedding, features, outcome.tier, outcome.quality, outcome.weight
         )
+        state.shared += 1
         self._remote[outcome.key] = (outcome.route, serial)
         while len(self._remote) > _REMOTE_MAX:
             self._remote.popitem(last=False)
@@ -619,9 +675,12 @@ def order_by_tier(
     return first + [c for c in kept if tier_of(c) != tier]
 
 
-async def apply_tier(tiers: TierRouter | None, ctx: RequestContext, plan: Plan) -> Plan:
+async def apply_tier(
+    tiers: TierRouter | None, ctx: RequestContext, plan: Plan, metrics: Metrics | None = None
+) -> Plan:
     """Reorder ``plan`` so the chosen tier is tried first; record the choice (decision record,
-    ``x-gateway-tier``). A route without tiering keeps its plan untouched."""
+    ``x-gateway-tier``, ``gateway_tier_decisions_total``). A route without tiering keeps its
+    plan untouched."""
     if tiers is None or not tiers.enabled(ctx.route.name):
         return plan
     allowed = tiers.allowed_tiers(ctx.task_type)
@@ -638,6 +697,9 @@ async def apply_tier(tiers: TierRouter | None, ctx: RequestContext, plan: Plan) 
     ctx.notes["tier_of_model"] = {c.model.name: tier_of(c) for c in plan.ordered}
     ctx.decision.tiering = decision.record()
     ctx.headers["x-gateway-tier"] = decision.tier
+    if metrics is not None:
+        route = ctx.route.name
+        metrics.child(metrics.tier_decisions, route, decision.tier, decision.code).inc()
     plan.ordered = order_by_tier(plan.ordered, decision.tier, allowed)
     return plan
 

@@ -108,6 +108,17 @@ def test_the_frontier_share_never_exceeds_the_knob(centers: Any, share: float) -
     assert frontier_share(decisions) >= share - 0.05
 
 
+def test_a_knob_of_one_puts_no_cap_on_the_frontier(centers: Any) -> None:
+    """``max_frontier_share: 1``: every request with the highest gains goes to the frontier
+    (the share is never "at the cap": it cannot go over 100 %)."""
+    rng = np.random.default_rng(13)
+    router = TierRouter(policy({"max_frontier_share": 1.0, "exploration": 0}), seed=13)
+    teach(router, rng, centers[0], cheap=0.0, frontier=1.0, count=10, tag="hard")
+    decisions = [router.decide("r", "general", unit(rng, centers[0]), BOTH) for _ in range(50)]
+    assert all(d is not None and d.tier == FRONTIER for d in decisions)
+    assert {d.code for d in decisions if d is not None} == {"top_share"}
+
+
 def test_exploration_sends_a_share_to_the_other_tier(centers: Any) -> None:
     rng = np.random.default_rng(4)
     router = TierRouter(policy({"max_frontier_share": 0.5, "exploration": 0.2}), seed=4)

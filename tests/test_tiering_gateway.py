@@ -78,14 +78,15 @@ async def test_a_classified_hard_prompt_goes_to_the_frontier(
     make_gateway: Any, fakes: Fakes, embedder: Any
 ) -> None:
     client = await make_gateway(tiered_policy(fakes), embedder=embedder)
-    hard = await ask(client, "Prove that the square root of 3 is irrational.")
-    assert hard.headers["x-gateway-task"] == "proof"
-    assert hard.headers["x-gateway-tier"] == "frontier"
-    assert hard.headers["x-gateway-provider"] == "anthropic"
+    # Cold start: each task type's prior decides (no outcome yet to move the estimates).
     easy = await ask(client, "Say a warm hello to the support team.")
     assert easy.headers["x-gateway-task"] == "greeting"
     assert easy.headers["x-gateway-tier"] == "cheap"
     assert easy.headers["x-gateway-provider"] == "openai"
+    hard = await ask(client, "Prove that the square root of 3 is irrational.")
+    assert hard.headers["x-gateway-task"] == "proof"
+    assert hard.headers["x-gateway-tier"] == "frontier"
+    assert hard.headers["x-gateway-provider"] == "anthropic"
     decision = client.app[RUNTIME].decisions.find(hard.headers["x-request-id"])
     assert decision is not None
     assert decision.tiering["tier"] == "frontier"
@@ -255,3 +256,46 @@ async def test_a_grade_given_on_one_replica_steers_the_other(
     assert tiers.outcomes("default") == 1  # the answer, then its grade: one outcome
     after = await ask(two, "Prove that the square root of 5 is irrational.")
     assert after.headers["x-gateway-tier"] == "cheap"
+
+
+async def test_ops_see_each_routes_tier_router(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    """``GET /admin/tiering`` and ``gateway_tier_decisions_total``: the knobs, what the route
+    learnt, and why its requests went where they did."""
+    client = await make_gateway(
+        tiered_policy(fakes), embedder=embedder, admin_key_sha256=hash_key(ADMIN)
+    )
+    tiers = [
+        (await ask(client, text)).headers["x-gateway-tier"]
+        for text in (
+            PROOFS[0],  # the proof type's prior gain: the frontier
+            "Say a warm hello to the support team.",
+            "What is the capital of Italy?",  # lookups may only use the cheap tier
+        )
+    ]
+    assert tiers[0] == "frontier"
+    assert tiers[2] == "cheap"
+    response = await client.get("/admin/tiering", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert response.status == 200
+    state = await response.json()
+    assert state["enabled"] is True
+    assert state["sharing"] == {"enabled": False, "healthy": None, "replica": None, "queued": 0}
+    route = state["routes"]["default"]
+    assert route["config"]["max_frontier_share"] == 1.0
+    assert route["outcomes"]["learnt"] == 3  # each answer's heuristic grade
+    assert route["outcomes"]["frontier"] == tiers.count("frontier")
+    assert route["recent"]["decisions"] == 2  # the ones that had a choice to make
+    assert route["recent"]["frontier_share"] == tiers[:2].count("frontier") / 2
+    decided = {code: n for code, n in route["decisions"].items() if n}
+    assert decided["top_share"] >= 1
+    assert decided["only_tier"] == 1
+    assert sum(decided.values()) == 3
+    samples = client.app[RUNTIME].metrics.samples("gateway_tier_decisions_total")
+    by_code: dict[str, float] = {}
+    for labels, value in samples:
+        assert labels["route"] == "default"
+        by_code[labels["code"]] = by_code.get(labels["code"], 0) + value
+    assert by_code == decided
+    refused = await client.get("/admin/tiering", headers=AUTH)
+    assert refused.status == 401
