@@ -27,7 +27,9 @@ predicted gains, and the frontier's share of recent decisions never goes over th
 
 Outcomes arrive through one seam, ``observe(request_id, quality)``: when a request ends
 (``quality_signal`` of its decision record: feedback, judge or heuristic scores from the quality
-stage) or later (``POST /v1/feedback``).
+stage) or later (``POST /v1/feedback``). Each one is also handed to ``on_outcome``, through which
+``gateway.tier_sync`` shares it with the other replicas; theirs arrive through ``apply``.
+A policy reload reaches the router through ``configure``.
 """
 
 from __future__ import annotations
