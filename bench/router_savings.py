@@ -1,6 +1,6 @@
 """Savings replay: a mixed workload through the gateway, spend and quality against always-frontier.
 
-    python -m bench.router_savings [--requests 1200] [--seed 0] [--feedback 0.5]
+    python -m bench.router_savings [--requests 1200] [--seed 0] [--feedback 0.5] [--replicas 2]
 
 A fake OpenAI-compatible upstream serves two models at per-token prices (cheap: $0.15 / $0.60 per
 1M input / output tokens, like gpt-4o-mini; frontier: $3 / $15, like Claude Sonnet) and keeps the
@@ -22,8 +22,10 @@ learned tier router alone, and the gateway with cache + knowledge + the learned 
 (task-type priors from a few labelled examples, which are not workload prompts). Quality is
 the share of right answers over all requests, cached ones included.
 
-Also prints the tier decision's own latency (classifier + tier router with a full outcome
-memory), beyond the embedding the request computes anyway.
+With ``--replicas N`` the tier router alone is also replayed on N gateways taking the requests in
+turn, on a throwaway ``redis-server``, each learning from its own outcomes or from all of them
+(``gateway.tier_sync``). Also prints the tier decision's own latency (classifier + tier router
+with a full outcome memory), beyond the embedding the request computes anyway.
 """
 
 from __future__ import annotations
@@ -236,8 +238,19 @@ async def ingest_kb(path: Path, embedder: Any) -> None:
 
 
 async def run_mode(
-    mode: str, prompts: list[Prompt], embedder: Any, args: argparse.Namespace, kb: Path
+    mode: str,
+    prompts: list[Prompt],
+    embedder: Any,
+    args: argparse.Namespace,
+    kb: Path,
+    *,
+    replicas: int = 1,
+    redis_url: str | None = None,
+    shared: bool = True,
 ) -> dict[str, Any]:
+    """One mode's replay; with ``replicas`` > 1, that many gateways on ``redis_url`` take the
+    requests in turn (each grade goes to the replica that answered), sharing tier outcomes or
+    not (``shared``)."""
     truth = {p.text: p for p in prompts}
     ledger = Ledger()
     up = web.AppRunner(upstream(truth, ledger), access_log=None)
@@ -245,15 +258,21 @@ async def run_mode(
     site = web.TCPSite(up, "127.0.0.1", 0)
     await site.start()
     base = f"http://127.0.0.1:{up.addresses[0][1]}"
-    settings = Settings(knowledge_path=kb)
-    app = create_app(
-        settings, policy(base, mode, args.max_frontier_share), environ={}, embedder=embedder
+    prefix = f"savings-{mode}-{int(shared)}-{time.time_ns()}"
+    settings = Settings(
+        knowledge_path=kb, redis_url=redis_url, redis_prefix=prefix, tier_outcome_stream=shared
     )
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    gw_site = web.TCPSite(runner, "127.0.0.1", 0)
-    await gw_site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    apps, runners, urls = [], [], []
+    for _ in range(replicas):
+        app = create_app(
+            settings, policy(base, mode, args.max_frontier_share), environ={}, embedder=embedder
+        )
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        apps.append(app)
+        runners.append(runner)
+        urls.append(f"http://127.0.0.1:{runner.addresses[0][1]}")
     rng = random.Random(args.seed + 1)
     good = 0
     sources: dict[str, int] = {}
@@ -262,7 +281,8 @@ async def run_mode(
     headers = {"Authorization": f"Bearer {KEY}"}
     try:
         async with aiohttp.ClientSession() as session:
-            for prompt in prompts:
+            for i, prompt in enumerate(prompts):
+                app, url = apps[i % replicas], urls[i % replicas]
                 body = {"model": "default", "messages": [{"role": "user", "content": prompt.text}]}
                 async with session.post(
                     f"{url}/v1/chat/completions", json=body, headers=headers
@@ -290,7 +310,8 @@ async def run_mode(
                     if drain is not None:
                         await drain()
     finally:
-        await runner.cleanup()
+        for runner in runners:
+            await runner.cleanup()
         await up.cleanup()
     return {
         "usd": ledger.usd(),
@@ -347,6 +368,31 @@ def decision_latency(
     }
 
 
+async def compare_replicas(
+    prompts: list[Prompt], embedder: Any, args: argparse.Namespace, one: dict[str, Any]
+) -> None:
+    """The tier router alone across ``--replicas`` gateways on one throwaway Redis, each
+    learning from its own outcomes or from all of them."""
+    from tests.conftest import RedisServer
+
+    redis = RedisServer()
+    redis.start()
+    try:
+        print(f"tier-router on {args.replicas} replicas taking requests in turn:")
+        print(f"  one replica              spend ${one['usd']:.4f}, quality {one['quality']:.3f}")
+        for shared in (False, True):
+            with tempfile.TemporaryDirectory() as scratch:
+                r = await run_mode(
+                    "tier-router", prompts, embedder, args, Path(scratch) / "kb",
+                    replicas=args.replicas, redis_url=redis.url, shared=shared,
+                )  # fmt: skip
+            label = "outcomes shared" if shared else "each learns alone"
+            print(f"  {label:<24} spend ${r['usd']:.4f}, quality {r['quality']:.3f}, "
+                  f"tiers {r['tiers']}")  # fmt: skip
+    finally:
+        redis.stop()
+
+
 async def main_async(args: argparse.Namespace) -> None:
     from cache.embedder import SentenceEmbedder
 
@@ -376,6 +422,8 @@ async def main_async(args: argparse.Namespace) -> None:
             f"sources {r['sources']} tiers {r['tiers']} ({r['seconds']:.0f} s)"
         )
         print(f"{'':<16} quality by kind { ({k: round(v, 3) for k, v in r['by_kind'].items()}) }")
+    if args.replicas > 1:
+        await compare_replicas(prompts, embedder, args, results["tier-router"])
     for clock, (p50, p99) in decision_latency(embedder, [p.text for p in prompts]).items():
         print(f"tier decision (classifier + tier router, 4096 outcomes), {clock} time: "
               f"p50 {p50:.3f} ms, p99 {p99:.3f} ms")  # fmt: skip
@@ -387,6 +435,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--feedback", type=float, default=0.5, help="share of answers graded")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="also replay the tier router on this many gateways, sharing outcomes or not",
+    )
     parser.add_argument(
         "--max-frontier-share", type=float, default=MAX_FRONTIER_SHARE, help="the route's knob"
     )
