@@ -21,7 +21,8 @@ LATEST_DECISIONS = 25
 
 
 def snapshot(runtime: Runtime, *, now: float | None = None) -> dict[str, Any]:
-    """The dashboard's data: traffic, cost, hit rates, quality, breakers, latest decisions."""
+    """The dashboard's data: traffic, cost, hit rates, quality, breakers, tier routing, latest
+    decisions."""
     series = runtime.series
     totals = series.totals
     recent = runtime.decisions.recent(1000)
@@ -68,6 +69,7 @@ def snapshot(runtime: Runtime, *, now: float | None = None) -> dict[str, Any]:
         "breakers": [
             {"key": key, "state": state} for key, state in sorted(runtime.board.states().items())
         ],
+        "tiering": runtime.tiers.snapshot() if runtime.tiers is not None else {},
         "decisions": [decision_row(d) for d in reversed(recent[-LATEST_DECISIONS:])],
     }
 

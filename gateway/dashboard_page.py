@@ -63,6 +63,7 @@ def panels(snapshot: dict[str, Any]) -> str:
                 quality_chart(snapshot["quality"]) + _quality_stats(snapshot["quality_stats"]),
                 wide=True,
             ),
+            _section("Tier routing (this replica)", _tiering(snapshot["tiering"]), wide=True),
             _section("Latest decisions", _decisions(snapshot["decisions"]), wide=True),
             "</div>",
         ]
@@ -126,6 +127,38 @@ def _quality_stats(rows: list[dict[str, Any]]) -> str:
         '<div class="table-wrap"><table class="quality"><tr><th>model</th><th>version</th>'
         "<th>task</th><th class='num'>score</th><th>signals (n)</th><th></th></tr>"
         f"{''.join(body)}</table></div>"
+    )
+
+
+def _tiering(routes: dict[str, Any]) -> str:
+    """Each tiered route: the knob, recent decisions and their frontier share, the threshold,
+    the outcomes it learns from and why requests went where they did (``GET /admin/tiering``)."""
+    if not routes:
+        return '<p class="empty">No route has tiering.</p>'
+    body = []
+    for name, r in sorted(routes.items()):
+        recent, outcomes = r["recent"], r["outcomes"]
+        share = recent["frontier_share"]
+        threshold = recent["threshold"]
+        reasons = ", ".join(f"{code} {n}" for code, n in r["decisions"].items() if n)
+        body.append(
+            f'<tr data-tier-route="{escape(name, quote=True)}" '
+            f'data-frontier-share="{"" if share is None else share}">'
+            f"<td>{escape(name)}</td>"
+            f'<td class="num">{r["config"]["max_frontier_share"]:.0%}</td>'
+            f'<td class="num">{recent["decisions"]}</td>'
+            f'<td class="num">{"-" if share is None else f"{share:.0%}"}</td>'
+            f'<td class="num">{"-" if threshold is None else f"{threshold:.3f}"}</td>'
+            f'<td class="num">{outcomes["cheap"]} / {outcomes["frontier"]}</td>'
+            f'<td class="num">{outcomes["from_other_replicas"]}</td>'
+            f"<td>{escape(reasons)}</td></tr>"
+        )
+    return (
+        '<div class="table-wrap"><table class="tiering"><tr><th>route</th>'
+        "<th class='num'>frontier cap</th><th class='num'>recent decisions</th>"
+        "<th class='num'>to the frontier</th><th class='num'>gain threshold</th>"
+        "<th class='num'>outcomes cheap / frontier</th><th class='num'>from other replicas</th>"
+        f"<th>decisions by reason</th></tr>{''.join(body)}</table></div>"
     )
 
 

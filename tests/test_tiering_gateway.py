@@ -5,6 +5,7 @@ the x-gateway-tier header, the decision record, and learning from feedback."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,32 @@ async def test_ops_see_each_routes_tier_router(
     assert by_code == decided
     refused = await client.get("/admin/tiering", headers=AUTH)
     assert refused.status == 401
+
+
+async def test_the_dashboard_shows_each_routes_tier_routing(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    client = await make_gateway(
+        tiered_policy(fakes), embedder=embedder, admin_key_sha256=hash_key(ADMIN)
+    )
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    panels = await (await client.get("/dashboard/panels", headers=admin)).text()
+    assert 'data-tier-route="default" data-frontier-share=""' in panels  # nothing decided yet
+    await ask(client, "Say a warm hello to the support team.")  # cold start: no gain, cheap
+    await ask(client, PROOFS[0])  # the proof type's prior: the frontier
+    data = await (await client.get("/dashboard/data", headers=admin)).json()
+    assert data["tiering"]["default"]["recent"]["frontier_share"] == 0.5
+    panels = await (await client.get("/dashboard/panels", headers=admin)).text()
+    row = re.search(r'<tr data-tier-route="default"[^>]*>(.*?)</tr>', panels)
+    assert row is not None
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row.group(1))
+    assert cells == [
+        "default",
+        "100%",
+        "2",
+        "50%",
+        cells[4],
+        "1 / 1",
+        "0",
+        "no_gain 1, top_share 1",
+    ]
