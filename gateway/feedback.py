@@ -44,7 +44,12 @@ async def post_feedback(request: web.Request) -> web.Response:
     # The per-(model version, task type) quality statistics; the first grade per request counts.
     quality_counted = runtime.quality.observe_feedback(decision, float(score))
     if runtime.tiers is not None:  # the tier router learns from the grade of the tier it chose
-        runtime.tiers.observe(request_id, float(score))
+        learnt = runtime.tiers.observe(request_id, float(score))
+        if not learnt and runtime.tier_sync is not None and decision.tiering:
+            # Another replica answered: the grade goes to it through the outcome stream.
+            runtime.tier_sync.relay_grade(
+                decision.route, request_id, decision.tiering, float(score)
+            )
     cache_corrected = False
     stage = next((s for s in runtime.interceptors if isinstance(s, CacheStage)), None)
     if score < WRONG_BELOW and stage is not None:

@@ -43,7 +43,10 @@ def _configure_tiers(runtime: Runtime, policy: Policy) -> bool:
         return False
     if runtime.embedder is None:
         return True
-    runtime.tiers = TierRouter(policy)
+    tiers = TierRouter(policy)
+    if runtime.tier_sync is not None:
+        runtime.tier_sync.attach(tiers)  # shared from its first outcome
+    runtime.tiers = tiers
     return False
 
 

@@ -5,15 +5,20 @@ embedding, text features, the tier that answered, its quality and the signal's w
 appended to its route's stream ``<prefix>:tier:<route>``, capped at about the route's
 ``memory``. Every replica follows the streams and learns the others' outcomes
 (``TierRouter.apply``); a replica that starts, or a route that gains ``tiering``, first replays
-the stream's newest ``memory`` entries, so a restart or a new replica does not start cold. A
-later grade of the same request (``POST /v1/feedback`` after the heuristics) is a new entry with
-the same key: it regrades the outcome wherever it is still remembered.
+the stream's newest ``memory`` entries (at start-up before the first request is served, for up
+to ``STARTUP_S``), so a restart or a new replica does not start cold. A later grade of the same
+request (``POST /v1/feedback`` after the heuristics) is a new entry with the same key: it
+regrades the outcome wherever it is still remembered. A grade sent to another replica than the
+one that answered (``relay_grade``) goes through the stream to the one that answered, which
+learns it as its own late grade and shares it as such.
 
-Nothing on the request path waits on Redis: outcomes queue in memory (``publish``) and one
+Nothing on the request path waits on Redis: entries queue in memory (``publish``) and one
 background task writes them in batches and reads the others'. During an outage each replica
-learns from its own outcomes alone; what it could not write is dropped (counted in
-``gateway_tier_outcomes{result="dropped"}``), and it catches up with the others' when Redis
-returns (entries trimmed from a stream meanwhile are missed).
+learns from its own outcomes alone and keeps up to ``pending_max`` of them queued, written when
+Redis returns (beyond that the oldest are dropped, counted in
+``gateway_tier_outcomes{result="dropped"}``); it then catches up with the others' (entries
+trimmed from a stream meanwhile are missed). Entries that are malformed, not finite, not
+unit-length or embedded by another model are never learnt.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ log = logging.getLogger(__name__)
 # loop: each holds the loop for a few milliseconds at most (redis-py parses replies in Python).
 BATCH = 64
 PAGE = 256
+STARTUP_S = 5.0  # the most the start-up replay may delay serving (Redis slow or away)
+UNIT = 1e-3  # how far from unit length a shared embedding may be
 
 
 def encode(outcome: Outcome, replica: str, model: str) -> dict[str, bytes | str]:
@@ -54,23 +61,40 @@ def encode(outcome: Outcome, replica: str, model: str) -> dict[str, bytes | str]
     }
 
 
+def encode_grade(key: str, replica: str, quality: float, weight: float) -> dict[str, str]:
+    """A late grade of the outcome ``key`` (``<replica that answered>/<request id>``)."""
+    return {"k": key, "r": replica, "g": "1", "q": repr(float(quality)), "w": repr(float(weight))}
+
+
+def _grade(fields: dict[bytes, bytes]) -> tuple[float, float] | None:
+    """(quality 0..1, weight in (0, 1]) of an entry; ``None`` unless both are."""
+    try:
+        quality, weight = float(fields[b"q"]), float(fields[b"w"])
+    except (KeyError, ValueError):
+        return None
+    return (quality, weight) if 0 <= quality <= 1 and 0 < weight <= 1 else None  # NaN fails
+
+
 def decode(route: str, fields: dict[bytes, bytes]) -> tuple[str, str, Outcome] | None:
     """(the writer's replica, its embedding model, the outcome) of a stream entry; ``None`` if
-    it is malformed."""
+    it is malformed, not finite or its embedding not of unit length (one bad entry must not
+    skew every replica's estimates)."""
+    grade = _grade(fields)
     try:
         vector = np.frombuffer(fields[b"v"], dtype=np.float32)
         raw = fields.get(b"f", b"")
         features = np.frombuffer(raw, dtype=np.float64) if raw else None
-        quality, weight = float(fields[b"q"]), float(fields[b"w"])
-        outcome = Outcome(
-            route, fields[b"k"].decode(), vector, features, fields[b"t"].decode(), quality, weight
-        )
+        key, tier = fields[b"k"].decode(), fields[b"t"].decode()
         replica, model = fields[b"r"].decode(), fields.get(b"m", b"").decode()
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
-    if not (0 <= quality <= 1 and 0 < weight <= 1 and vector.size and np.isfinite(vector).all()):
+    if grade is None or not vector.size or not np.isfinite(vector).all():
         return None
-    return replica, model, outcome
+    if abs(float(np.linalg.norm(vector)) - 1.0) > UNIT:
+        return None
+    if features is not None and not np.isfinite(features).all():
+        return None
+    return replica, model, Outcome(route, key, vector, features, tier, *grade)
 
 
 class TierOutcomeSync:
@@ -99,8 +123,10 @@ class TierOutcomeSync:
         self.metrics = metrics
         self.block_ms = block_ms
         self.replica = replica or uuid.uuid4().hex[:12]
-        self._pending: deque[Outcome] = deque(maxlen=pending_max)
+        # Entries to write: (route, fields), oldest first.
+        self._pending: deque[tuple[str, dict[str, Any]]] = deque(maxlen=pending_max)
         self._last: dict[str, str] = {}  # route -> the last stream entry applied
+        self._epochs: dict[str, int] = {}  # route -> the epoch of its state when replayed
         self._hooked: TierRouter | None = None
         self.healthy = True
 
@@ -112,12 +138,33 @@ class TierOutcomeSync:
     def key(self, route: str) -> str:
         return f"{self.prefix}:tier:{route}"
 
+    def attach(self, tiers: TierRouter) -> None:
+        """Share ``tiers``' outcomes from now on (a reload may create the tier router)."""
+        tiers.on_outcome = self.publish
+        tiers.replica = self.replica
+        self._hooked = tiers
+
     # -- the request path -----------------------------------------------------------------
     def publish(self, outcome: Outcome) -> None:
         """Queue one of this replica's outcomes for the others (never waits)."""
+        self._queue(outcome.route, encode(outcome, self.replica, self.model))
+
+    def relay_grade(
+        self, route: str, request_id: str, tiering: dict[str, Any], quality: float
+    ) -> bool:
+        """A client's grade of a request another replica answered (``tiering``: its decision
+        record's): queued for that replica, which owns the outcome; ``False`` if the record
+        names no other replica."""
+        origin = tiering.get("replica")
+        if not isinstance(origin, str) or origin == self.replica:
+            return False
+        self._queue(route, encode_grade(f"{origin}/{request_id}", self.replica, quality, 1.0))
+        return True
+
+    def _queue(self, route: str, fields: dict[str, Any]) -> None:
         if len(self._pending) == self._pending.maxlen:
             self._count("dropped")  # Redis has been away for long: the oldest goes
-        self._pending.append(outcome)
+        self._pending.append((route, fields))
 
     # -- the background task --------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -150,16 +197,17 @@ class TierOutcomeSync:
             await asyncio.sleep(wait_ms / 1000)
             return
         if self._hooked is not tiers:
-            tiers.on_outcome = self.publish
-            self._hooked = tiers
-        memories = tiers.memories()
+            self.attach(tiers)
+        memories, epochs = tiers.memories(), tiers.epochs()
         await self.flush(memories)
-        for route in [r for r in self._last if r not in memories]:
-            del self._last[route]
+        for route in [r for r in self._last if epochs.get(r) != self._epochs.get(r)]:
+            del self._last[route]  # the route lost tiering (and maybe gained it again)
         for route, size in memories.items():
             if route not in self._last:
                 await self._replay(tiers, route, size)
-        if not self._last:
+                self._epochs[route] = epochs[route]
+        if not self._last:  # no tiered route: nothing to read, but never a busy loop
+            await asyncio.sleep(wait_ms / 1000)
             return
         found: Any = await self._redis.xread(
             {self.key(route): last for route, last in self._last.items()},
@@ -170,28 +218,29 @@ class TierOutcomeSync:
         for stream, entries in found or []:
             route = stream.decode()[prefix:]
             if route in self._last:
-                await self._apply_all(tiers, route, entries)
+                await self._apply_all(tiers, route, entries, replay=False)
                 self._last[route] = entries[-1][0].decode()
 
     async def flush(self, memories: dict[str, int]) -> None:
-        """Write the queued outcomes (a batch that fails is dropped, counted)."""
+        """Write the queued entries; a batch that fails goes back to the queue's head."""
         while self._pending:
             batch = [self._pending.popleft() for _ in range(min(BATCH, len(self._pending)))]
-            batch = [o for o in batch if o.route in memories]  # not a route that lost tiering
+            kept = [(route, fields) for route, fields in batch if route in memories]
+            self._count("dropped", len(batch) - len(kept))  # routes that lost tiering
             pipe = self._redis.pipeline(transaction=False)
-            for outcome in batch:
+            for route, fields in kept:
                 pipe.xadd(
-                    self.key(outcome.route),
-                    encode(outcome, self.replica, self.model),  # type: ignore[arg-type]
-                    maxlen=memories[outcome.route],
+                    self.key(route),
+                    fields,  # type: ignore[arg-type]
+                    maxlen=memories[route],
                     approximate=True,
                 )
             try:
                 await pipe.execute()
             except RedisError:
-                self._count("dropped", len(batch))
+                self._pending.extendleft(reversed(kept))  # written when Redis is back
                 raise
-            self._count("written", len(batch))
+            self._count("written", len(kept))
 
     async def _replay(self, tiers: TierRouter, route: str, size: int) -> None:
         """Learn the newest ``size`` outcomes of a route's stream, oldest first."""
@@ -205,28 +254,49 @@ class TierOutcomeSync:
             left -= len(page)
             newest = "(" + page[-1][0].decode()
         entries = [entry for page in reversed(pages) for entry in reversed(page)]
-        await self._apply_all(tiers, route, entries)
+        await self._apply_all(tiers, route, entries, replay=True)
         self._last[route] = entries[-1][0].decode() if entries else "0-0"
         if entries:
             log.info("tier router %s: %d outcomes replayed from Redis", route, len(entries))
 
-    async def _apply_all(self, tiers: TierRouter, route: str, entries: list[Any]) -> None:
+    async def _apply_all(
+        self, tiers: TierRouter, route: str, entries: list[Any], *, replay: bool
+    ) -> None:
         for start in range(0, len(entries), BATCH):
             if start:
                 await asyncio.sleep(0)  # requests keep flowing
-            self._apply(tiers, route, entries[start : start + BATCH])
+            self._apply(tiers, route, entries[start : start + BATCH], replay=replay)
 
-    def _apply(self, tiers: TierRouter, route: str, entries: list[Any]) -> None:
+    def _apply(self, tiers: TierRouter, route: str, entries: list[Any], *, replay: bool) -> None:
         for _, fields in entries:
+            if fields.get(b"g") == b"1":
+                self._apply_grade(tiers, fields)
+                continue
             decoded = decode(route, fields)
             if decoded is None:
                 self._count("malformed")
                 continue
             replica, model, outcome = decoded
-            if replica == self.replica:
-                continue  # learnt when it happened
+            # This replica's own outcomes were learnt when they happened; a replay still learns
+            # the ones it no longer remembers (a route that lost tiering and gained it again).
+            if replica == self.replica and (
+                not replay or tiers.knows(outcome.key.partition("/")[2], route)
+            ):
+                continue
             comparable = model == self.model and outcome.embedding.size == self.dim
             self._count("learnt" if comparable and tiers.apply(outcome) else "ignored")
+
+    def _apply_grade(self, tiers: TierRouter, fields: dict[bytes, bytes]) -> None:
+        """A grade relayed by another replica: learnt here if this replica answered."""
+        grade = _grade(fields)
+        try:
+            origin, _, request_id = fields[b"k"].decode().partition("/")
+        except (KeyError, UnicodeDecodeError):
+            origin, request_id = "", ""
+        if grade is None or not request_id:
+            self._count("malformed")
+        elif origin == self.replica:  # observe() shares it on as this replica's late grade
+            self._count("learnt" if tiers.observe(request_id, *grade) else "ignored")
 
     def _count(self, result: str, n: int = 1) -> None:
         if self.metrics is not None:
@@ -239,7 +309,7 @@ class TierOutcomeSync:
             with contextlib.suppress(RedisError, TimeoutError):
                 await asyncio.wait_for(self.flush(tiers.memories()), timeout=2.0)
         if tiers is not None and tiers.on_outcome == self.publish:
-            tiers.on_outcome = None
+            tiers.on_outcome, tiers.replica = None, None
         await self._redis.aclose()
 
 
@@ -255,6 +325,10 @@ async def sharing_outcomes(
 ) -> AsyncIterator[TierOutcomeSync]:
     """The outcome streams' follower, running for the application's lifetime."""
     sync = TierOutcomeSync(tiers, redis_url, model=model, dim=dim, prefix=prefix, metrics=metrics)
+    try:  # learn what the routes learnt before serving (what is left, the task catches up on)
+        await asyncio.wait_for(sync.sync_once(block_ms=0), timeout=STARTUP_S)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("tier outcomes not replayed at start (%s); catching up in the background", exc)
     stop = asyncio.Event()
     task = asyncio.create_task(sync.run(stop), name="tier-outcome-sync")
     try:

@@ -35,6 +35,7 @@ A policy reload reaches the router through ``configure``.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import random
 from collections import OrderedDict, deque
@@ -348,8 +349,12 @@ class _Memory:
         return out[0], out[1]
 
 
+_EPOCHS = itertools.count()
+
+
 class _RouteState:
     def __init__(self, config: TieringConfig) -> None:
+        self.epoch = next(_EPOCHS)  # a new state, a new number: what it learnt starts here
         self.config = config
         self.memory = _Memory(config.memory)
         self.gains = _RollingQuantile(config.window)
@@ -419,7 +424,7 @@ class _Pending:
 
 
 GONE = -2  # a pending request's outcome that a reload dropped from its route's memory
-_REMOTE_MAX = 50_000  # other replicas' outcomes whose place in memory is kept (for regrades)
+_REMOTE_MIN = 50_000  # other replicas' outcomes whose place in memory is kept (for regrades)
 
 
 @dataclass(frozen=True, slots=True)
@@ -446,8 +451,10 @@ class TierRouter:
         self._rng = random.Random(seed)
         # Other replicas' outcomes (``apply``): key -> (route, serial in its memory).
         self._remote: OrderedDict[str, tuple[str, int]] = OrderedDict()
-        # Called with each outcome this replica learns (``gateway.tier_sync`` shares them).
+        # Called with each outcome this replica learns (``gateway.tier_sync`` shares them), and
+        # the replica's name in the shared streams (recorded with each choice).
         self.on_outcome: Callable[[Outcome], None] | None = None
+        self.replica: str | None = None
 
     def configure(self, policy: Policy) -> None:
         """Apply a reloaded policy's routes. A route that keeps ``tiering`` keeps what it
@@ -479,6 +486,16 @@ class TierRouter:
     def memories(self) -> dict[str, int]:
         """Each tiered route's ``memory`` (how many outcomes it keeps)."""
         return {name: state.config.memory for name, state in self._routes.items()}
+
+    def epochs(self) -> dict[str, int]:
+        """Each tiered route's epoch: it changes when the route's state starts afresh (a
+        route that lost ``tiering`` and gained it again)."""
+        return {name: state.epoch for name, state in self._routes.items()}
+
+    def knows(self, request_id: str, route: str) -> bool:
+        """Whether this replica remembers the outcome of its own request ``request_id``."""
+        entry = self._pending.get(request_id)
+        return entry is not None and entry.route == route and entry.serial >= 0
 
     def enabled(self, route: str) -> bool:
         return route in self._routes
@@ -628,7 +645,8 @@ class TierRouter:
         )
         state.shared += 1
         self._remote[outcome.key] = (outcome.route, serial)
-        while len(self._remote) > _REMOTE_MAX:
+        bound = max(_REMOTE_MIN, 2 * sum(s.config.memory for s in self._routes.values()))
+        while len(self._remote) > bound:
             self._remote.popitem(last=False)
         return True
 
@@ -698,6 +716,8 @@ async def apply_tier(
     tiers.remember(ctx.request_id, ctx.route.name, embedding, features)
     ctx.notes["tier_of_model"] = {c.model.name: tier_of(c) for c in plan.ordered}
     ctx.decision.tiering = decision.record()
+    if tiers.replica is not None:  # where its outcome lives (a grade sent elsewhere goes there)
+        ctx.decision.tiering["replica"] = tiers.replica
     ctx.headers["x-gateway-tier"] = decision.tier
     if metrics is not None:
         route = ctx.route.name

@@ -134,13 +134,16 @@ async def test_a_restarted_replica_replays_the_newest_outcomes(
         await sync_b.close()
 
 
-async def test_a_redis_outage_costs_only_the_sharing(
+async def test_a_redis_outage_delays_the_sharing_only(
     redis_server: RedisServer, centers: Any
 ) -> None:
+    """Outcomes learnt while Redis is away are learnt locally at once, stay queued, and reach
+    the other replica when Redis is back."""
     a, sync_a = replica(redis_server.url)
     b, sync_b = replica(redis_server.url)
     rng = np.random.default_rng(4)
     stop = asyncio.Event()
+    runs: list[asyncio.Task[None]] = []
     try:
         for sync in (sync_a, sync_b):
             await sync.sync_once(block_ms=0)
@@ -149,16 +152,17 @@ async def test_a_redis_outage_costs_only_the_sharing(
         assert a.outcomes("r") == 5  # learnt at once, locally
         runs = [asyncio.create_task(s.run(stop)) for s in (sync_a, sync_b)]
         async with asyncio.timeout(10):
-            while sync_a.healthy or counted(sync_a, "dropped") < 5:  # noqa: ASYNC110
+            while sync_a.healthy:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
+        assert sync_a.queued == 5  # a failed write goes back to the queue
         redis_server.start()
         serve(a, rng, centers[0], "after", FRONTIER, 0.9, count=3)
         async with asyncio.timeout(10):
-            while b.outcomes("r") < 3:  # noqa: ASYNC110
+            while b.outcomes("r") < 8:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         assert sync_a.healthy
-        assert b.outcomes("r") == 3  # what a could not write was not shared
-        assert a.outcomes("r") == 8
+        assert (a.outcomes("r"), b.outcomes("r"), sync_a.queued) == (8, 8, 0)
+        assert counted(sync_a, "dropped") == 0
     finally:
         stop.set()
         await asyncio.gather(*runs, return_exceptions=True)
@@ -166,9 +170,60 @@ async def test_a_redis_outage_costs_only_the_sharing(
         await sync_b.close()
 
 
+async def test_without_a_tiered_route_the_follower_waits(redis_server: RedisServer) -> None:
+    """A reload may leave the tier router with no tiered route: each round then waits instead
+    of returning at once (a task that never awaits would freeze the event loop)."""
+    router, sync = replica(redis_server.url)
+    without = policy({})
+    router.configure(
+        without.model_copy(
+            update={"routes": [without.routes[0].model_copy(update={"tiering": None})]}
+        )
+    )
+    try:
+        started = asyncio.get_running_loop().time()
+        await sync.sync_once(block_ms=100)
+        assert asyncio.get_running_loop().time() - started >= 0.09
+    finally:
+        await sync.close()
+
+
+async def test_a_grade_sent_to_another_replica_reaches_the_one_that_answered(
+    redis_server: RedisServer, centers: Any
+) -> None:
+    """Behind a load balancer the client's feedback may land anywhere: the replica it lands on
+    relays it to the one that answered, which grades its outcome again and shares that."""
+    (a, sync_a), (b, sync_b) = replica(redis_server.url), replica(redis_server.url)
+    try:
+        for sync in (sync_a, sync_b):
+            await sync.sync_once(block_ms=0)
+        assert a.replica == sync_a.replica
+        rng = np.random.default_rng(6)
+        serve(a, rng, centers[0], "answered-by-a", FRONTIER, 0.9)
+        await sync_a.sync_once(block_ms=0)
+        await sync_b.sync_once(block_ms=1000)
+        probe = unit(rng, centers[0], noise=0.05)
+        before = b.predicted_gain("r", "general", probe, None)
+        assert not b.observe("answered-by-a-0", 0.0)  # b did not answer it
+        assert sync_b.relay_grade("r", "answered-by-a-0", {"replica": sync_a.replica}, 0.0)
+        assert not sync_b.relay_grade("r", "x", {"replica": sync_b.replica}, 0.0)  # its own
+        await sync_b.sync_once(block_ms=0)  # writes the relayed grade
+        await sync_a.sync_once(block_ms=1000)  # a learns it, and shares its regrade
+        await sync_a.sync_once(block_ms=0)
+        await sync_b.sync_once(block_ms=1000)
+        assert a.outcomes("r") == b.outcomes("r") == 1  # graded again, not added
+        after = b.predicted_gain("r", "general", probe, None)
+        assert after == pytest.approx(a.predicted_gain("r", "general", probe, None))
+        assert after < before
+    finally:
+        await sync_a.close()
+        await sync_b.close()
+
+
 async def test_entries_that_do_not_fit_are_skipped(redis_server: RedisServer) -> None:
-    """A malformed entry, another embedding model's vector (by name or width) or an unknown
-    route's stream never reach the memory; the rest still do."""
+    """A malformed or non-finite entry, a vector not of unit length, another embedding model's
+    vector (by name or width) or an unknown route's stream never reach the memory (one such
+    entry would skew every replica's estimates); the rest still do."""
     b, sync_b = replica(redis_server.url)
     redis = aioredis.Redis.from_url(redis_server.url)
     try:
@@ -178,18 +233,25 @@ async def test_entries_that_do_not_fit_are_skipped(redis_server: RedisServer) ->
         for key, changes in (
             ("x/1", {"v": good[:-4] + b"\x00"}),  # not a whole number of floats
             ("x/2", {"v": good}),  # fits
-            ("x/3", {"v": np.zeros(768, np.float32).tobytes()}),  # another model's width
+            (
+                "x/3",
+                {"v": np.full(768, 768**-0.5, np.float32).tobytes()},
+            ),  # another model's width
             ("x/4", {"v": good, "m": "bge-small"}),  # another model's name
             ("x/5", {"v": good, "q": "7"}),  # not a quality
             ("x/6", {"v": good, "t": "premium"}),  # not a tier
+            ("x/7", {"v": (np.frombuffer(good, np.float32) * 1e6).tobytes()}),  # not unit length
+            ("x/8", {"v": good, "f": np.full(31, np.nan).tobytes()}),  # features not finite
+            ("x/9", {"v": good, "w": "nan"}),  # not a weight
         ):
             await redis.xadd("t:tier:r", {**fields, "k": key, **changes})
-        await redis.xadd("t:tier:r", {"k": "x/7"})
-        await redis.xadd("t:tier:elsewhere", {**fields, "k": "x/8", "v": good})
+        await redis.xadd("t:tier:r", {"k": "x/10"})
+        await redis.xadd("t:tier:r", {"k": "x/11", "r": "x", "g": "1", "q": "2", "w": "1"})
+        await redis.xadd("t:tier:elsewhere", {**fields, "k": "x/12", "v": good})
         await sync_b.sync_once(block_ms=1000)
         assert b.outcomes("r") == 1  # x/2
         assert counted(sync_b, "ignored") == 3  # x/3, x/4, x/6
-        assert counted(sync_b, "malformed") == 3  # x/1, x/5, x/7
+        assert counted(sync_b, "malformed") == 7  # x/1, x/5, x/7-x/11
     finally:
         await redis.aclose()
         await sync_b.close()

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.policy import hash_key
@@ -223,12 +224,13 @@ async def test_a_reload_can_add_the_first_tiered_route(
     assert (await ask(client, PROOFS[1])).headers["x-gateway-tier"] == "frontier"
 
 
+@pytest.mark.parametrize("graded_on", ["the replica that answered", "the other replica"])
 async def test_a_grade_given_on_one_replica_steers_the_other(
-    make_gateway: Any, fakes: Fakes, embedder: Any, redis_server: RedisServer
+    make_gateway: Any, fakes: Fakes, embedder: Any, redis_server: RedisServer, graded_on: str
 ) -> None:
-    """Two gateways on one Redis: the frontier's answer graded 0 through one of them sends a
-    similar prompt to the cheap tier on the other (the outcome and its grade travel through the
-    route's outcome stream)."""
+    """Two gateways on one Redis: the frontier's answer graded 0 sends a similar prompt to the
+    cheap tier on the other replica (the outcome and its grade travel through the route's
+    outcome stream), whichever replica the client's feedback reached."""
     one, two = [
         await make_gateway(
             tiered_policy(fakes), embedder=embedder, redis_url=redis_server.url, redis_prefix="tg"
@@ -237,12 +239,11 @@ async def test_a_grade_given_on_one_replica_steers_the_other(
     ]
     first = await ask(one, PROOFS[0])
     assert first.headers["x-gateway-tier"] == "frontier"
-    graded = await one.post(
-        "/v1/feedback",
-        json={"request_id": first.headers["x-request-id"], "score": 0.0},
-        headers=AUTH,
-    )
-    assert graded.status == 200
+    grader = one if graded_on == "the replica that answered" else two
+    grade = {"request_id": first.headers["x-request-id"], "score": 0.0}
+    async with asyncio.timeout(10):  # the other replica finds the request in the shared stream
+        while (await grader.post("/v1/feedback", json=grade, headers=AUTH)).status != 200:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
     metrics = two.app[RUNTIME].metrics
 
     def learnt() -> float:
@@ -329,3 +330,30 @@ async def test_the_dashboard_shows_each_routes_tier_routing(
         "0",
         "no_gain 1, top_share 1",
     ]
+
+
+async def test_a_reload_that_ends_tiering_leaves_a_shared_gateway_serving(
+    make_gateway: Any, fakes: Fakes, embedder: Any, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """With outcomes shared through Redis, a reload that takes ``tiering`` off every route
+    leaves the follower with nothing to read: requests are still answered (it once spun)."""
+    path = tmp_path / "policy.yaml"
+    write_policy(path, tiered_policy(fakes))
+    client = await make_gateway(
+        tiered_policy(fakes),
+        embedder=embedder,
+        config=path,
+        admin_key_sha256=hash_key(ADMIN),
+        redis_url=redis_server.url,
+        redis_prefix="untier",
+    )
+    assert (await ask(client, PROOFS[0])).headers["x-gateway-tier"] == "frontier"
+    untiered = tiered_policy(fakes).model_dump()
+    untiered["routes"][0].pop("tiering")
+    write_policy(path, untiered)
+    reload = await client.post("/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert reload.status == 200
+    await asyncio.sleep(0.5)  # the follower's next rounds
+    async with asyncio.timeout(5):
+        answered = await ask(client, PROOFS[1])
+    assert "x-gateway-tier" not in answered.headers
