@@ -33,7 +33,9 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .metrics import Metrics
 from .tiering import Outcome, TierRouter
@@ -202,6 +204,7 @@ class TierOutcomeSync:
         await self.flush(memories)
         for route in [r for r in self._last if epochs.get(r) != self._epochs.get(r)]:
             del self._last[route]  # the route lost tiering (and maybe gained it again)
+            self._epochs.pop(route, None)
         for route, size in memories.items():
             if route not in self._last:
                 await self._replay(tiers, route, size)
@@ -236,11 +239,25 @@ class TierOutcomeSync:
                     approximate=True,
                 )
             try:
-                await pipe.execute()
-            except RedisError:
-                self._pending.extendleft(reversed(kept))  # written when Redis is back
+                results = await pipe.execute(raise_on_error=False)
+            except (RedisConnectionError, RedisTimeoutError):
+                self._requeue(kept)  # written when Redis is back
                 raise
-            self._count("written", len(kept))
+            refused = sum(isinstance(result, Exception) for result in results)
+            if refused:  # e.g. a key of another type: retrying would not help
+                log.warning("Redis refused %d tier outcome writes: %s", refused, results)
+            self._count("dropped", refused)
+            self._count("written", len(kept) - refused)
+
+    def _requeue(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        """Put a batch that could not be written back at the queue's head; what would not fit
+        under ``pending_max`` beside what was queued meanwhile is its oldest: dropped."""
+        assert self._pending.maxlen is not None
+        over = len(self._pending) + len(batch) - self._pending.maxlen
+        if over > 0:
+            self._count("dropped", over)
+            batch = batch[over:]
+        self._pending.extendleft(reversed(batch))
 
     async def _replay(self, tiers: TierRouter, route: str, size: int) -> None:
         """Learn the newest ``size`` outcomes of a route's stream, oldest first."""
@@ -270,7 +287,7 @@ class TierOutcomeSync:
     def _apply(self, tiers: TierRouter, route: str, entries: list[Any], *, replay: bool) -> None:
         for _, fields in entries:
             if fields.get(b"g") == b"1":
-                self._apply_grade(tiers, fields)
+                self._apply_grade(tiers, route, fields)
                 continue
             decoded = decode(route, fields)
             if decoded is None:
@@ -286,17 +303,22 @@ class TierOutcomeSync:
             comparable = model == self.model and outcome.embedding.size == self.dim
             self._count("learnt" if comparable and tiers.apply(outcome) else "ignored")
 
-    def _apply_grade(self, tiers: TierRouter, fields: dict[bytes, bytes]) -> None:
-        """A grade relayed by another replica: learnt here if this replica answered."""
+    def _apply_grade(self, tiers: TierRouter, route: str, fields: dict[bytes, bytes]) -> None:
+        """A grade relayed by another replica: the replica that answered learns it as its own
+        late grade (and shares it on); every other one regrades its copy of the outcome, if it
+        has one (the replica that answered may have restarted since)."""
         grade = _grade(fields)
         try:
-            origin, _, request_id = fields[b"k"].decode().partition("/")
+            key = fields[b"k"].decode()
         except (KeyError, UnicodeDecodeError):
-            origin, request_id = "", ""
+            key = ""
+        origin, _, request_id = key.partition("/")
         if grade is None or not request_id:
             self._count("malformed")
-        elif origin == self.replica:  # observe() shares it on as this replica's late grade
+        elif origin == self.replica:
             self._count("learnt" if tiers.observe(request_id, *grade) else "ignored")
+        elif tiers.regrade_shared(route, key, *grade):
+            self._count("learnt")
 
     def _count(self, result: str, n: int = 1) -> None:
         if self.metrics is not None:
@@ -329,6 +351,8 @@ async def sharing_outcomes(
         await asyncio.wait_for(sync.sync_once(block_ms=0), timeout=STARTUP_S)
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("tier outcomes not replayed at start (%s); catching up in the background", exc)
+    except Exception:  # a start-up must not fail on what another replica wrote
+        log.exception("replaying tier outcomes failed; catching up in the background")
     stop = asyncio.Event()
     task = asyncio.create_task(sync.run(stop), name="tier-outcome-sync")
     try:

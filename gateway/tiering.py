@@ -361,6 +361,9 @@ class _RouteState:
         self.choices: deque[bool] = deque(maxlen=config.window)  # True: frontier
         self.decided: dict[str, int] = dict.fromkeys(REASONS, 0)  # decisions by code
         self.shared = 0  # outcomes learnt from other replicas
+        # Other replicas' outcomes here (``TierRouter.apply``): key -> serial in memory, the
+        # newest ``memory`` of them (older ones have left the ring anyway).
+        self.remote: OrderedDict[str, int] = OrderedDict()
 
     def snapshot(self) -> dict[str, Any]:
         """What ``GET /admin/tiering`` shows of one route."""
@@ -424,7 +427,6 @@ class _Pending:
 
 
 GONE = -2  # a pending request's outcome that a reload dropped from its route's memory
-_REMOTE_MIN = 50_000  # other replicas' outcomes whose place in memory is kept (for regrades)
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,8 +451,6 @@ class TierRouter:
         self._tasks: Mapping[str, TaskTypeConfig] = policy.task_types
         self._pending: OrderedDict[str, _Pending] = OrderedDict()  # by request id
         self._rng = random.Random(seed)
-        # Other replicas' outcomes (``apply``): key -> (route, serial in its memory).
-        self._remote: OrderedDict[str, tuple[str, int]] = OrderedDict()
         # Called with each outcome this replica learns (``gateway.tier_sync`` shares them), and
         # the replica's name in the shared streams (recorded with each choice).
         self.on_outcome: Callable[[Outcome], None] | None = None
@@ -473,14 +473,11 @@ class TierRouter:
                 for entry in self._pending.values():
                     if entry.route == route.name and entry.serial >= 0:
                         entry.serial = kept.get(entry.serial, GONE)
-                for key, (name, serial) in list(self._remote.items()):
-                    if name == route.name:
-                        self._remote[key] = (name, kept.get(serial, GONE))
+                for key, serial in state.remote.items():
+                    state.remote[key] = kept.get(serial, GONE)
             routes[route.name] = state
         for request_id in [r for r, e in self._pending.items() if e.route not in routes]:
             del self._pending[request_id]  # a route that lost tiering: its requests are moot
-        for key in [k for k, (name, _) in self._remote.items() if name not in routes]:
-            del self._remote[key]
         self._routes = routes
 
     def memories(self) -> dict[str, int]:
@@ -635,19 +632,28 @@ class TierRouter:
         features = outcome.features
         if features is not None and features.shape != (len(FEATURE_NAMES),):
             features = None  # another version's text features: the neighbourhood still counts
-        known = self._remote.get(outcome.key)
-        if known is not None and known[0] == outcome.route:
-            if known[1] >= 0:
-                memory.regrade(known[1], outcome.quality, outcome.weight)
+        known = state.remote.get(outcome.key)
+        if known is not None:
+            if known >= 0:
+                memory.regrade(known, outcome.quality, outcome.weight)
             return True
         serial = memory.add(
             outcome.embedding, features, outcome.tier, outcome.quality, outcome.weight
         )
         state.shared += 1
-        self._remote[outcome.key] = (outcome.route, serial)
-        bound = max(_REMOTE_MIN, 2 * sum(s.config.memory for s in self._routes.values()))
-        while len(self._remote) > bound:
-            self._remote.popitem(last=False)
+        state.remote[outcome.key] = serial
+        while len(state.remote) > state.config.memory:
+            state.remote.popitem(last=False)
+        return True
+
+    def regrade_shared(self, route: str, key: str, quality: float, weight: float) -> bool:
+        """A new grade of another replica's outcome ``key`` this one remembers (a grade relayed
+        through the stream: its own replica may be gone); ``False`` if it is not here."""
+        state = self._routes.get(route)
+        serial = None if state is None else state.remote.get(key)
+        if state is None or serial is None or serial < 0:
+            return False
+        state.memory.regrade(serial, quality, weight)
         return True
 
     def outcomes(self, route: str) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from gateway.metrics import Metrics
 from gateway.prompt_features import prompt_features
@@ -254,4 +255,81 @@ async def test_entries_that_do_not_fit_are_skipped(redis_server: RedisServer) ->
         assert counted(sync_b, "malformed") == 7  # x/1, x/5, x/7-x/11
     finally:
         await redis.aclose()
+        await sync_b.close()
+
+
+async def test_a_write_redis_refuses_is_dropped_not_retried(redis_server: RedisServer) -> None:
+    """A key Redis will never take a stream entry into (another type) costs that route's
+    entries, not the others': they are written once, and the queue does not stall."""
+    both = policy({})
+    both = both.model_copy(
+        update={"routes": [both.routes[0], both.routes[0].model_copy(update={"name": "r2"})]}
+    )
+    router = TierRouter(both, seed=0)
+    sync = TierOutcomeSync(
+        lambda: router, redis_server.url, model="minilm", dim=DIM, prefix="t", metrics=Metrics()
+    )
+    redis = aioredis.Redis.from_url(redis_server.url)
+    await redis.set("t:tier:r2", "not a stream")
+    with pytest.raises(RedisError, match="WRONGTYPE"):  # run() logs it, retries every second
+        await sync.sync_once(block_ms=0)
+    try:
+        rng = np.random.default_rng(7)
+        vector = unit(rng, np.ones(DIM) / np.sqrt(DIM))
+        for i, route in enumerate(["r"] * 5 + ["r2"]):
+            router.remember(f"q{i}", route, vector)
+            router.served(f"q{i}", "cheap", (0.5, 1.0))
+        for _ in range(3):
+            await sync.flush(router.memories())
+        assert await redis.xlen("t:tier:r") == 5
+        assert (sync.queued, counted(sync, "written"), counted(sync, "dropped")) == (0, 5, 1)
+    finally:
+        await redis.aclose()
+        await sync.close()
+
+
+def test_a_batch_put_back_keeps_the_newest_under_the_bound() -> None:
+    """While a failed write was under way, newer outcomes were queued: putting the batch back
+    drops its oldest entries, never the newest, and counts them."""
+    sync = TierOutcomeSync(
+        lambda: None, "redis://127.0.0.1:9/0", model="m", dim=DIM, metrics=Metrics(),
+        pending_max=10,
+    )  # fmt: skip
+    for i in range(8):
+        sync._queue("r", {"k": f"new{i}"})
+    sync._requeue([("r", {"k": f"old{i}"}) for i in range(5)])
+    assert [fields["k"] for _, fields in sync._pending] == [
+        "old3", "old4", *(f"new{i}" for i in range(8)),
+    ]  # fmt: skip
+    assert counted(sync, "dropped") == 3
+
+
+async def test_a_relayed_grade_reaches_replicas_after_the_answering_one_restarted(
+    redis_server: RedisServer, centers: Any
+) -> None:
+    (a, sync_a), (b, sync_b) = replica(redis_server.url), replica(redis_server.url)
+    rng = np.random.default_rng(8)
+    try:
+        for sync in (sync_a, sync_b):
+            await sync.sync_once(block_ms=0)
+        serve(a, rng, centers[0], "before-restart", FRONTIER, 0.9)
+        await sync_a.sync_once(block_ms=0)
+        await sync_b.sync_once(block_ms=1000)
+        old_a = sync_a.replica
+        await sync_a.close()  # a restarts: a new replica that replays what the route learnt
+        a2, sync_a2 = replica(redis_server.url)
+        await sync_a2.sync_once(block_ms=0)
+        assert a2.outcomes("r") == 1
+        probe = unit(rng, centers[0], noise=0.05)
+        before = a2.predicted_gain("r", "general", probe, None)
+        assert sync_b.relay_grade("r", "before-restart-0", {"replica": old_a}, 0.0)
+        await sync_b.sync_once(block_ms=0)
+        await sync_a2.sync_once(block_ms=1000)
+        await sync_b.sync_once(block_ms=1000)
+        after = a2.predicted_gain("r", "general", probe, None)
+        assert after < before
+        assert b.predicted_gain("r", "general", probe, None) == pytest.approx(after)
+        assert (a2.outcomes("r"), b.outcomes("r")) == (1, 1)
+        await sync_a2.close()
+    finally:
         await sync_b.close()
