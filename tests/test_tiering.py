@@ -222,10 +222,10 @@ def test_outcomes_of_the_same_prompt_outweigh_its_neighbourhood(centers: Any) ->
 
 
 def test_the_rolling_quantile_is_numpys_over_the_window() -> None:
-    from gateway.tiering import _RollingQuantile
+    from gateway.tier_memory import RollingQuantile
 
     rng = np.random.default_rng(0)
-    rolling, values = _RollingQuantile(50), []
+    rolling, values = RollingQuantile(50), []
     for i in range(400):
         value = 0.5 if i % 7 == 0 else float(rng.standard_normal())  # ties too
         rolling.append(value)
@@ -238,10 +238,10 @@ def test_the_rolling_quantile_is_numpys_over_the_window() -> None:
 def test_the_feature_models_sums_follow_the_ring() -> None:
     """After the ring has wrapped and outcomes were graded again, each tier's model is the
     weighted ridge on exactly the outcomes the ring holds (computed here from scratch)."""
-    from gateway.tiering import FEATURE_ALPHA, _Memory
+    from gateway.tier_memory import FEATURE_ALPHA, Memory
 
     rng = np.random.default_rng(5)
-    memory = _Memory(128)
+    memory = Memory(128)
     serials = []
     for i in range(300):
         vector = unit(rng, np.ones(DIM) / np.sqrt(DIM), noise=1.0)
@@ -272,10 +272,10 @@ def test_each_tiers_neighbourhood_follows_the_ring() -> None:
     many times with tiers in a random order, and a tier's estimate is the documented
     neighbourhood over them: the softmax-weighted quality of its ``k`` most similar outcomes,
     shrunk towards the prior (computed here from scratch with a full sort)."""
-    from gateway.tiering import PRIOR_WEIGHT, SIMILARITY_SCALE, _Memory
+    from gateway.tier_memory import PRIOR_WEIGHT, SIMILARITY_SCALE, Memory
 
     rng = np.random.default_rng(11)
-    memory = _Memory(96)
+    memory = Memory(96)
     for i in range(1000):
         tier = FRONTIER if rng.random() < (0.1 if i < 500 else 0.6) else "cheap"
         vector = unit(rng, np.ones(DIM) / np.sqrt(DIM), noise=0.1)
