@@ -24,34 +24,18 @@ import numpy as np
 
 from gateway.background import single_thread_blas, tune_gc
 from gateway.metrics import Metrics
-from gateway.policy import Policy, hash_key
 from gateway.prompt_features import prompt_features
 from gateway.settings import Settings
 from gateway.tier_sync import BATCH, TierOutcomeSync
 from gateway.tiering import TierRouter
 from tests.conftest import RedisServer
+from tests.test_tiering import policy  # one tiered route, r
 
 DIM = 384
 
 
-def policy(memory: int) -> Policy:
-    return Policy.model_validate(
-        {
-            "providers": [{"name": "p", "kind": "openai", "base_url": "http://127.0.0.1:9"}],
-            "models": [
-                {"name": "small", "provider": "p", "id": "small-1", "tier": "cheap"},
-                {"name": "big", "provider": "p", "id": "big-1", "tier": "frontier"},
-            ],
-            "routes": [
-                {"name": "r", "candidates": ["small", "big"], "tiering": {"memory": memory}}
-            ],
-            "teams": [{"name": "t", "key_sha256": hash_key("k")}],
-        }
-    )
-
-
 def replica(url: str, memory: int) -> tuple[TierRouter, TierOutcomeSync]:
-    router = TierRouter(policy(memory), seed=0)
+    router = TierRouter(policy({"memory": memory}), seed=0)
     return router, TierOutcomeSync(
         lambda: router, url, model="minilm", dim=DIM, prefix="bench", metrics=Metrics()
     )
@@ -100,7 +84,7 @@ async def run(args: argparse.Namespace) -> None:
         vectors = rng.standard_normal((args.outcomes, DIM)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         features = np.array(prompt_features("What is 12 + 30? Explain it step by step."))
-        alone = TierRouter(policy(args.outcomes), seed=0)
+        alone = TierRouter(policy({"memory": args.outcomes}), seed=0)
         one, sync_one = replica(server.url, args.outcomes)
         await sync_one.sync_once(block_ms=0)
         print(f"learning one outcome, {args.outcomes:,} in a row (us each):")

@@ -177,18 +177,16 @@ class TierOutcomeSync:
                 if not self.healthy:
                     log.info("tier outcome streams are back")
                 self.healthy = True
+                continue
             except RedisError as exc:
                 if self.healthy:
                     log.warning("tier outcome streams unavailable (%s); learning alone", exc)
                 self.healthy = False
-                self._count("error")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
             except Exception:  # the follower must outlive any one bad round
                 log.exception("sharing tier outcomes failed; continuing")
-                self._count("error")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+            self._count("error")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
 
     async def sync_once(self, block_ms: int | None = None) -> None:
         """One round: write what is queued, replay the streams of routes not followed yet,

@@ -381,13 +381,12 @@ class TierRouter:
 
     def apply(self, outcome: Outcome) -> bool:
         """Learn another replica's outcome (or its new grade, by ``key``); ``False`` when its
-        route has no tiering here or its embedding or features do not fit this route's."""
+        route has no tiering here. The caller checks that the same embedding model made it
+        (``gateway.tier_sync``); features of another width are left out."""
         state = self._routes.get(outcome.route)
         if state is None or outcome.tier not in (CHEAP, FRONTIER):
             return False
         memory = state.memory
-        if memory.vectors is not None and outcome.embedding.shape != memory.vectors.shape[1:]:
-            return False  # another embedding model's
         features = outcome.features
         if features is not None and features.shape != (len(FEATURE_NAMES),):
             features = None  # another version's text features: the neighbourhood still counts
