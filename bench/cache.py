@@ -32,9 +32,9 @@ from aiohttp import web
 
 from cache.embedder import Embedder
 from cache.embedders import EMBEDDER_KINDS, make_embedder
-from gateway.app import create_app
-from gateway.policy import Policy, hash_key
-from gateway.settings import Settings
+from gateway.api.app import create_app
+from gateway.policy.model import Policy, hash_key
+from gateway.policy.settings import Settings
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks" / "data" / "cache"
 KEY = "bench-cache-key"
@@ -137,7 +137,7 @@ async def run_stream(
 
 
 async def _settle(app: web.Application) -> None:
-    from gateway.runtime import RUNTIME
+    from gateway.core.runtime import RUNTIME
 
     for stage in app[RUNTIME].interceptors:
         drain = getattr(stage, "drain", None)
@@ -146,7 +146,7 @@ async def _settle(app: web.Application) -> None:
 
 
 def _verifications(app: web.Application) -> int:
-    from gateway.runtime import RUNTIME
+    from gateway.core.runtime import RUNTIME
 
     metrics = app[RUNTIME].metrics
     sample = next(iter(metrics.cache_lookups.collect())).samples

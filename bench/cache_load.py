@@ -28,9 +28,9 @@ import numpy as np
 from cache.embedder import Vector
 from cache.index import ScopedIndexes
 from cache.store import Entry, RedisStore
-from gateway.cache_config import CacheConfig
-from gateway.caching import CacheStage
-from gateway.metrics import Metrics
+from gateway.policy.cache_config import CacheConfig
+from gateway.stages.cache import CacheStage
+from gateway.telemetry.metrics import Metrics
 
 DIM = 384
 NAME = "bench-embedder"

@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.policy import hash_key
+from gateway.policy.model import hash_key
 
 HOST = "127.0.0.1"
 PATH = "/v1/chat/completions"

@@ -64,7 +64,7 @@ from bench.overhead import (
     policy_yaml,
     wait_ready,
 )
-from gateway.tracing import EXPORT_INTERVAL_S
+from gateway.telemetry.tracing import EXPORT_INTERVAL_S
 
 TARGET_SHARE = 0.10
 _COUNT = web.AppKey("count", dict)
@@ -364,13 +364,13 @@ def evidence(redis_url: str, workdir: Path, collector_port: int, parts: set[str]
 def components(redis_url: str, workdir: Path, count: int = 5000) -> list[str]:
     """CPU per request of each telemetry part, in-process (``time.process_time``: the least
     noisy figure on a shared machine), for a decision like the bench's request makes."""
-    from gateway.background import tune_gc
-    from gateway.decision_store import DecisionSinks
-    from gateway.decisions import Attempt, CandidateVerdict, Decision
-    from gateway.otlp import OTLPHttpExporter
-    from gateway.policy import Policy
-    from gateway.settings import Settings
-    from gateway.tracing import Tracing
+    from gateway.core.background import tune_gc
+    from gateway.policy.model import Policy
+    from gateway.policy.settings import Settings
+    from gateway.telemetry.decision_store import DecisionSinks
+    from gateway.telemetry.decisions import Attempt, CandidateVerdict, Decision
+    from gateway.telemetry.otlp import OTLPHttpExporter
+    from gateway.telemetry.tracing import Tracing
     from providers.schema import ChatRequest
 
     tune_gc(Settings().gc_gen0_threshold)  # as the gateway does at start-up

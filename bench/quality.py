@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import random
 
-from gateway.quality_config import DetectorConfig
-from gateway.regression import PassRateDetector
+from gateway.policy.quality_config import DetectorConfig
+from gateway.quality.regression import PassRateDetector
 
 STABLE_RATES = (0.99, 0.95, 0.9, 0.8, 0.65, 0.5)
 DROPS = ((0.95, 0.0), (0.95, 0.5), (0.9, 0.6), (0.8, 0.5), (0.95, 0.8))

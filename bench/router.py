@@ -14,8 +14,8 @@ Splits (stated, seeded):
   Mixtral-8x7B-chat, frontier = GPT-4-1106, costs from the files' per-model ``total_cost``;
   the 14 ARC rows without a grade for these two models are dropped.
 
-For each dataset it also replays the gateway's own online tier router (``gateway.tiering``) as
-it learns in service: each TRAIN prompt answered by one tier at random and graded on it alone,
+For each dataset it also replays the gateway's own online tier router (``gateway.tiering.router``)
+as it learns in service: each TRAIN prompt answered by one tier at random and graded on it alone,
 then its predicted gain ranks TEST.
 
 On MMLU it also prints a reference line that is not a router: the APGR of routing by each
@@ -41,11 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from gateway.policy import Policy, hash_key
-from gateway.prompt_features import prompt_features
-from gateway.router_cli import embed_prompts
-from gateway.router_metrics import apgr
-from gateway.tiering import TierRouter
+from gateway.cli.router import embed_prompts
+from gateway.policy.model import Policy, hash_key
+from gateway.tiering.features import prompt_features
+from gateway.tiering.metrics import apgr
+from gateway.tiering.router import TierRouter
 
 csv.field_size_limit(10**9)
 

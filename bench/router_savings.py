@@ -24,7 +24,7 @@ the share of right answers over all requests, cached ones included.
 
 With ``--replicas N`` the tier router alone is also replayed on N gateways taking the requests in
 turn, on a throwaway ``redis-server``, each learning from its own outcomes or from all of them
-(``gateway.tier_sync``). Also prints the tier decision's own latency (classifier + tier router
+(``gateway.tiering.sync``). Also prints the tier decision's own latency (classifier + tier router
 with a full outcome memory), beyond the embedding the request computes anyway.
 """
 
@@ -48,9 +48,9 @@ import numpy as np
 from aiohttp import web
 
 from bench.knowledge import QUESTIONS
-from gateway.app import create_app
-from gateway.policy import Policy, hash_key
-from gateway.settings import Settings
+from gateway.api.app import create_app
+from gateway.policy.model import Policy, hash_key
+from gateway.policy.settings import Settings
 
 KEY = "bench-router-key"
 ROOT = Path(__file__).resolve().parent.parent
@@ -324,7 +324,7 @@ async def run_mode(
 
 
 def app_runtime(app: web.Application) -> Any:
-    from gateway.runtime import RUNTIME
+    from gateway.core.runtime import RUNTIME
 
     return app[RUNTIME]
 
@@ -335,10 +335,10 @@ def decision_latency(
     """(p50, p99) ms of classifying a task and choosing a tier (the prompt's text features, the
     feature models and the neighbourhood) with a full outcome memory (4096), in wall time and
     in the thread's CPU time (wall time on a loaded machine includes waiting for a core)."""
-    from gateway.background import single_thread_blas
-    from gateway.prompt_features import prompt_features
-    from gateway.tasks import TaskClassifier
-    from gateway.tiering import TierRouter
+    from gateway.core.background import single_thread_blas
+    from gateway.routing.tasks import TaskClassifier
+    from gateway.tiering.features import prompt_features
+    from gateway.tiering.router import TierRouter
 
     single_thread_blas()  # as ``gateway serve`` runs it
 

@@ -22,9 +22,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.app import build_runtime, create_app
-from gateway.policy import Policy, hash_key
-from gateway.settings import Settings
+from gateway.api.app import build_runtime, create_app
+from gateway.policy.model import Policy, hash_key
+from gateway.policy.settings import Settings
 from providers.schema import ChatRequest
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.base import Fail

@@ -1,4 +1,4 @@
-"""What sharing tier outcomes through Redis costs (``gateway.tier_sync``), on a throwaway
+"""What sharing tier outcomes through Redis costs (``gateway.tiering.sync``), on a throwaway
 ``redis-server``, with numpy's BLAS and the garbage collector set up as ``gateway serve`` runs them:
 
 - the request path: learning one outcome locally, with and without queueing it for the others;
@@ -22,12 +22,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gateway.background import single_thread_blas, tune_gc
-from gateway.metrics import Metrics
-from gateway.prompt_features import prompt_features
-from gateway.settings import Settings
-from gateway.tier_sync import BATCH, TierOutcomeSync
-from gateway.tiering import TierRouter
+from gateway.core.background import single_thread_blas, tune_gc
+from gateway.policy.settings import Settings
+from gateway.telemetry.metrics import Metrics
+from gateway.tiering.features import prompt_features
+from gateway.tiering.router import TierRouter
+from gateway.tiering.sync import BATCH, TierOutcomeSync
 from tests.conftest import RedisServer
 from tests.test_tiering import policy  # one tiered route, r
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import (
+from gateway.core.errors import (
     ContentBlocked,
     InvalidRequest,
     UpstreamAuthError,

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-from gateway.errors import (
+from gateway.core.errors import (
     UpstreamAuthError,
     UpstreamError,
     UpstreamInvalidRequest,

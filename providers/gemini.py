@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import (
+from gateway.core.errors import (
     ContentBlocked,
     UpstreamAuthError,
     UpstreamError,

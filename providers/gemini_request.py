@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import InvalidRequest
+from gateway.core.errors import InvalidRequest
 
 from .schema import (
     AssistantMessage,

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import (
+from gateway.core.errors import (
     InvalidRequest,
     UpstreamError,
     UpstreamInvalidRequest,

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import ContentBlocked, UpstreamError, UpstreamProtocolError
+from gateway.core.errors import ContentBlocked, UpstreamError, UpstreamProtocolError
 
 from .base import (
     Completion,

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.errors import (
+from gateway.core.errors import (
     UpstreamConnectionError,
     UpstreamError,
     UpstreamProtocolError,

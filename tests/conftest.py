@@ -15,10 +15,10 @@ import openai
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.app import create_app
-from gateway.localmodel import free_port
-from gateway.policy import Policy, hash_key
-from gateway.settings import Settings
+from gateway.api.app import create_app
+from gateway.cli.localmodel import free_port
+from gateway.policy.model import Policy, hash_key
+from gateway.policy.settings import Settings
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.base import FakeProvider
 from tests.fakes.gemini import FakeGemini

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from gateway.localmodel import free_port
-from gateway.policy import Policy
+from gateway.cli.localmodel import free_port
+from gateway.policy.model import Policy
 from tests.conftest import PROVIDER_KEYS
 
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from gateway.errors import (
+from gateway.core.errors import (
     ContentBlocked,
     InvalidRequest,
     UpstreamAuthError,

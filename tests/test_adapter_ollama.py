@@ -15,7 +15,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from gateway.errors import (
+from gateway.core.errors import (
     InvalidRequest,
     UpstreamAuthError,
     UpstreamInvalidRequest,

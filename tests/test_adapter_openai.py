@@ -10,7 +10,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from gateway.errors import (
+from gateway.core.errors import (
     ContentBlocked,
     UpstreamAuthError,
     UpstreamInvalidRequest,

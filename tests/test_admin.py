@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.cli import main
-from gateway.policy import hash_key
+from gateway.cli.main import main
+from gateway.policy.model import hash_key
 from tests.conftest import Fakes, policy_for
 from tests.test_cache import QUESTION, ask, settle
 

@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.runtime import RUNTIME
+from gateway.core.runtime import RUNTIME
 from tests.conftest import (
     LIMITED_TEAM_KEY,
     TEAM_KEY,
@@ -344,7 +344,7 @@ async def test_redis_outage_loses_no_request_and_the_cache_comes_back(
 
 
 def test_cache_config_in_policy_is_validated() -> None:
-    from gateway.cache_config import validate_override
+    from gateway.policy.cache_config import validate_override
 
     assert validate_override({"max_error_rate": 0.02}) == {"max_error_rate": 0.02}
     with pytest.raises(ValueError, match="max_error_rate"):

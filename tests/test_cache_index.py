@@ -83,9 +83,9 @@ class _Named:
 async def test_start_up_load_indexes_every_batch_of_its_own_embedder_only() -> None:
     from cache.local_store import LocalStore
     from cache.store import Entry
-    from gateway.cache_config import CacheConfig
-    from gateway.caching import LOAD_BATCH, CacheStage
-    from gateway.metrics import Metrics
+    from gateway.policy.cache_config import CacheConfig
+    from gateway.stages.cache import LOAD_BATCH, CacheStage
+    from gateway.telemetry.metrics import Metrics
 
     store = LocalStore()
     vectors = unit_rows(2 * LOAD_BATCH + 300, seed=5)

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.dashboard import COOKIE
-from gateway.decisions import Attempt, Decision
-from gateway.policy import Policy, hash_key
-from gateway.timeseries import TrafficSeries
+from gateway.admin.dashboard import COOKIE
+from gateway.policy.model import Policy, hash_key
+from gateway.telemetry.decisions import Attempt, Decision
+from gateway.telemetry.timeseries import TrafficSeries
 from tests.conftest import LIMITED_TEAM_KEY, MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes, policy_for
 from tests.fakes.base import Fail, Ok
 from tests.test_cache import settle

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from gateway.knowledge import KnowledgeStage
-from gateway.policy import hash_key
-from gateway.runtime import RUNTIME
+from gateway.core.runtime import RUNTIME
+from gateway.policy.model import hash_key
+from gateway.stages.knowledge import KnowledgeStage
 from retrieval.ingest import ingest
 from retrieval.store import KnowledgeStore, open_store
 from tests.conftest import TEAM_KEY, Fakes, policy_for

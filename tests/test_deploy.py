@@ -13,8 +13,8 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from gateway.metrics import Metrics
-from gateway.policy import load_policy
+from gateway.policy.model import load_policy
+from gateway.telemetry.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

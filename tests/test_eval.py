@@ -14,9 +14,9 @@ import pytest
 import yaml
 from aiohttp import web
 
-from gateway.cli import main
-from gateway.eval_cli import EXIT_BAD_INPUT, EXIT_HOLD, EXIT_PROMOTE
-from gateway.evaluation import load_suite
+from gateway.cli.evaluate import EXIT_BAD_INPUT, EXIT_HOLD, EXIT_PROMOTE
+from gateway.cli.main import main
+from gateway.quality.evaluation import load_suite
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.base import Behaviour, Fail, FakeProvider, Hang, Ok
 from tests.fakes.openai import FakeOpenAI

@@ -29,8 +29,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from gateway.app import create_app
-from gateway.settings import Settings
+from gateway.api.app import create_app
+from gateway.policy.settings import Settings
 from tests.conftest import MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes, policy_for
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.base import Behaviour, Blocked, CutStream, Fail, FakeProvider, Malformed, Ok

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from gateway.knowledge import open_knowledge
-from gateway.metrics import Metrics
-from gateway.settings import Settings
+from gateway.policy.settings import Settings
+from gateway.stages.knowledge import open_knowledge
+from gateway.telemetry.metrics import Metrics
 from retrieval.store import open_store
 from tests.test_knowledge_stage import (
     EXAMPLES,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.caching import CacheStage
-from gateway.knowledge import KnowledgeStage
-from gateway.policy import hash_key
-from gateway.runtime import RUNTIME
+from gateway.core.runtime import RUNTIME
+from gateway.policy.model import hash_key
+from gateway.stages.cache import CacheStage
+from gateway.stages.knowledge import KnowledgeStage
 from tests.conftest import Fakes, policy_for
 from tests.test_knowledge_stage import kb_store
 

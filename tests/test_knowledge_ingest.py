@@ -307,7 +307,8 @@ async def test_both_embedded_engines_filter_inside_the_store(
 def test_cli_ingest_prints_a_summary(
     tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    from gateway import app, cli
+    from gateway.api import app
+    from gateway.cli import main as cli
 
     class Shared:  # the session's model, which the command must not close
         name, dim = embedder.name, embedder.dim

@@ -19,14 +19,14 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from gateway.catalog import Catalog
-from gateway.context import RequestContext
-from gateway.decisions import Decision
-from gateway.knowledge import KnowledgeStage, context_block
-from gateway.metrics import Metrics
-from gateway.policy import KnowledgeConfig, Policy, hash_key
-from gateway.router import allowed_regions
-from gateway.runtime import RUNTIME
+from gateway.core.context import RequestContext
+from gateway.core.runtime import RUNTIME
+from gateway.policy.catalog import Catalog
+from gateway.policy.model import KnowledgeConfig, Policy, hash_key
+from gateway.routing.router import allowed_regions
+from gateway.stages.knowledge import KnowledgeStage, context_block
+from gateway.telemetry.decisions import Decision
+from gateway.telemetry.metrics import Metrics
 from providers.schema import ChatRequest
 from retrieval.ingest import ingest
 from retrieval.store import Hit, KnowledgeStore, open_store
@@ -91,7 +91,7 @@ def make_ctx(
     regions: list[str] | None = None,
     **body: Any,
 ) -> RequestContext:
-    """A request context built as gateway/pipeline.py builds it."""
+    """A request context built as gateway/api/pipeline.py builds it."""
     catalog = Catalog(policy, {})
     config = next(t for t in policy.teams if t.name == team)
     chat = ChatRequest.from_body(

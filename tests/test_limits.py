@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.limits import reset_text
-from gateway.policy import Policy, hash_key
-from gateway.runtime import RUNTIME, Runtime
+from gateway.core.runtime import RUNTIME, Runtime
+from gateway.policy.limits import reset_text
+from gateway.policy.model import Policy, hash_key
 from tests.conftest import TEAM_KEY, Fakes, RedisServer, policy_for
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -185,7 +185,7 @@ async def test_without_redis_limits_hold_per_process(make_gateway: Any, fakes: F
 async def test_redis_outage_fails_open_with_a_local_limiter(
     make_gateway: Any, fakes: Fakes, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "gateway.limits")
+    caplog.set_level(logging.INFO, "gateway.policy.limits")
     gateway = await make_gateway(
         limited_policy(fakes, requests_per_minute=3), redis_url=redis_server.url
     )

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from gateway.app import create_app
-from gateway.localmodel import MODEL_ALIAS, LocalModelServer, free_port
-from gateway.policy import Policy, load_policy
-from gateway.settings import EMBEDDED_CONFIG, Settings
+from gateway.api.app import create_app
+from gateway.cli.localmodel import MODEL_ALIAS, LocalModelServer, free_port
+from gateway.policy.model import Policy, load_policy
+from gateway.policy.settings import EMBEDDED_CONFIG, Settings
 from tests.conftest import SdkFactory
 
 pytestmark = [pytest.mark.local_model, pytest.mark.timeout(300)]  # a CPU model on a busy machine

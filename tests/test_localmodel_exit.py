@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 
-from gateway.localmodel import PORTABLE_BUILD, exit_reason
+from gateway.cli.localmodel import PORTABLE_BUILD, exit_reason
 
 
 def test_a_server_killed_by_an_illegal_instruction_is_told_how_to_rebuild() -> None:

@@ -8,7 +8,7 @@ import schemathesis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.openapi import openapi_document
+from gateway.api.openapi import openapi_document
 from providers.schema import ChatRequest
 
 # Routes that exist but are not the public API: operators' endpoints.

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.cli import main
-from gateway.policy import PolicyError, hash_key, load_policy
-from gateway.settings import EMBEDDED_CONFIG
+from gateway.cli.main import main
+from gateway.policy.model import PolicyError, hash_key, load_policy
+from gateway.policy.settings import EMBEDDED_CONFIG
 
 CLOUD_CONFIG = EMBEDDED_CONFIG.parent / "cloud.yaml"
 

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.errors import UpstreamConnectionError, UpstreamProtocolError
-from gateway.localmodel import free_port
+from gateway.cli.localmodel import free_port
+from gateway.core.errors import UpstreamConnectionError, UpstreamProtocolError
 from providers.base import StreamEvent, Target
 from providers.pool import Endpoint, ProviderPool
 from providers.schema import ChatRequest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.quality import (
+from gateway.quality.heuristics import (
     PASS_AT,
     is_refusal,
     json_problem,

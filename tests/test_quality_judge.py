@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.grading import parse_grade
-from gateway.judge import Judge
-from gateway.runtime import RUNTIME, Runtime
+from gateway.core.runtime import RUNTIME, Runtime
+from gateway.quality.grading import parse_grade
+from gateway.quality.judge import Judge
 from tests.conftest import EU_TEAM_KEY, TEAM_KEY, Fakes, policy_for
 from tests.fakes.base import Fail, Hang, Ok
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from gateway.quality_config import DetectorConfig, FallbackAlertConfig, QualityConfig
-from gateway.regression import FallbackWatch, PassRateDetector, two_proportion_z
+from gateway.policy.quality_config import DetectorConfig, FallbackAlertConfig, QualityConfig
+from gateway.quality.regression import FallbackWatch, PassRateDetector, two_proportion_z
 
 CONFIG = DetectorConfig()
 

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from gateway.policy import hash_key
-from gateway.runtime import RUNTIME, Runtime
+from gateway.core.runtime import RUNTIME, Runtime
+from gateway.policy.model import hash_key
 from tests.conftest import TEAM_KEY, Fakes, RedisServer, policy_for
 from tests.fakes.base import Ok
 

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.policy import hash_key
+from gateway.policy.model import hash_key
 from tests.conftest import EU_TEAM_KEY, LIMITED_TEAM_KEY, TEAM_KEY, Fakes, RedisServer, policy_for
 from tests.fakes.base import Fail
 from tests.serve_process import GatewayProcess, write_policy

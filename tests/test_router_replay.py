@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.cli import main
-from gateway.prompt_features import FEATURE_NAMES, NO_OPTIONS, option_features
-from gateway.router_embeddings import embed_cached
-from gateway.router_metrics import apgr, cost_to_reach, cpt, pgr_curve, random_figures
-from gateway.tier_model import (
+from gateway.cli.main import main
+from gateway.tiering.embeddings import embed_cached
+from gateway.tiering.features import FEATURE_NAMES, NO_OPTIONS, option_features
+from gateway.tiering.metrics import apgr, cost_to_reach, cpt, pgr_curve, random_figures
+from gateway.tiering.model import (
     BoostedGain,
     KnnGain,
     Prompts,
@@ -357,7 +357,7 @@ def test_the_features_see_options_that_ask_for_a_fine_distinction() -> None:
 
 def test_the_word_counts_of_a_word_problem() -> None:
     """The word-level features, counted by hand (any case where the words are any case)."""
-    from gateway.prompt_features import prompt_features
+    from gateway.tiering.features import prompt_features
 
     text = (
         "Tom buys 3 pens for $2 each. Then Ann pays MORE THAN half, 50%. "

@@ -11,8 +11,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.policy import Policy
-from gateway.runtime import RUNTIME
+from gateway.core.runtime import RUNTIME
+from gateway.policy.model import Policy
 from tests.conftest import SdkFactory
 from tests.fakes.base import Blocked, CutStream, Drop, Fail, FakeProvider, Hang, Ok
 from tests.worlds import EU_KEY, HELLO, KEY, Region, policy

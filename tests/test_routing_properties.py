@@ -14,8 +14,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.policy import Policy
-from gateway.runtime import RUNTIME
+from gateway.core.runtime import RUNTIME
+from gateway.policy.model import Policy
 from tests.fakes.base import Behaviour, Blocked, CutStream, Drop, Fail, Hang, Malformed, Ok
 from tests.worlds import EU_KEY, HELLO, KEY, Region, policy
 

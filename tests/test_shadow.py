@@ -10,8 +10,8 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient
 
-from gateway.policy import Policy, PolicyError, hash_key, load_policy
-from gateway.shadow import SHADOW, ShadowTraffic, agreement, sampled
+from gateway.policy.model import Policy, PolicyError, hash_key, load_policy
+from gateway.quality.shadow import SHADOW, ShadowTraffic, agreement, sampled
 from tests.conftest import EU_TEAM_KEY, TEAM_KEY, Fakes, GatewayFactory, policy_for
 from tests.fakes.base import Fail, Hang, Ok
 

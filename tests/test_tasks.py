@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gateway.tasks import TaskClassifier
+from gateway.routing.tasks import TaskClassifier
 
 DIM = 64
 

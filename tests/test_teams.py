@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.policy import hash_key
-from gateway.teams import SYNC_INTERVAL_S
+from gateway.policy.model import hash_key
+from gateway.policy.teams import SYNC_INTERVAL_S
 from tests.conftest import TEAM_KEY, Fakes, RedisServer, policy_for
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

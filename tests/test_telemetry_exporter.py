@@ -1,4 +1,5 @@
-"""The telemetry exporter process (gateway/exporter.py): it writes the records and posts the
+"""The telemetry exporter process (gateway/telemetry/exporter.py): it writes the records and posts
+the
 spans the gateway hands it, survives being killed, and loses nothing at shutdown."""
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from gateway.exporter import ExporterLink
-from gateway.runtime import RUNTIME
+from gateway.core.runtime import RUNTIME
+from gateway.telemetry.exporter import ExporterLink
 from tests.conftest import Fakes, RedisServer
 from tests.test_telemetry import ask, priced_policy
 
@@ -104,7 +105,7 @@ async def test_the_exporter_process_writes_records_and_posts_spans(
     # The configuration (a Redis URL may hold a password) is not on its command line.
     cmdline = command_line(link.pid)
     assert b"redis" not in b" ".join(cmdline)
-    assert cmdline[1:3] == [b"-m", b"gateway.exporter"]
+    assert cmdline[1:3] == [b"-m", b"gateway.telemetry.exporter"]
 
     ids = [(await ask(exporting)).headers["x-request-id"] for _ in range(3)]
     sinks, tracing = runtime.decisions.sinks, runtime.tracing

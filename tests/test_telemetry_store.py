@@ -15,10 +15,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
-from gateway.decision_store import DecisionSinks
-from gateway.decisions import Attempt, Decision
-from gateway.policy import hash_key
-from gateway.runtime import RUNTIME
+from gateway.core.runtime import RUNTIME
+from gateway.policy.model import hash_key
+from gateway.telemetry.decision_store import DecisionSinks
+from gateway.telemetry.decisions import Attempt, Decision
 from tests.conftest import PROVIDER_KEYS, TEAM_KEY, Fakes, RedisServer
 from tests.fakes.base import Fail
 from tests.test_telemetry import MESSAGES, OPEN_KEY, PROMPT, ask, priced_policy
@@ -311,7 +311,7 @@ async def test_a_redis_failure_stops_the_batch_and_counts_every_record(tmp_path:
     """A batch goes to Redis in chunks; when one fails, the rest of the batch is not tried (each
     try would wait out the socket timeout) and every record of it is counted as not streamed,
     while the file still gets them all."""
-    from gateway.metrics import Metrics
+    from gateway.telemetry.metrics import Metrics
 
     metrics = Metrics()
     log = tmp_path / "decisions.jsonl"

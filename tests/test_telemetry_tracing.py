@@ -16,12 +16,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from gateway.decisions import Attempt, Decision
-from gateway.otlp import OTLPHttpExporter, SpanEncoder
-from gateway.policy import Policy
-from gateway.runtime import RUNTIME
-from gateway.trace_jobs import jobs_from_wire, models_from_wire
-from gateway.tracing import Tracing
+from gateway.core.runtime import RUNTIME
+from gateway.policy.model import Policy
+from gateway.telemetry.decisions import Attempt, Decision
+from gateway.telemetry.otlp import OTLPHttpExporter, SpanEncoder
+from gateway.telemetry.trace_jobs import jobs_from_wire, models_from_wire
+from gateway.telemetry.tracing import Tracing
 from providers.schema import ChatRequest
 from tests.conftest import MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes
 from tests.fakes.base import Fail, Ok

@@ -12,10 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.metrics import Metrics
-from gateway.prompt_features import prompt_features
-from gateway.tier_sync import TierOutcomeSync
-from gateway.tiering import FRONTIER, TierRouter
+from gateway.telemetry.metrics import Metrics
+from gateway.tiering.features import prompt_features
+from gateway.tiering.router import FRONTIER, TierRouter
+from gateway.tiering.sync import TierOutcomeSync
 from tests.conftest import RedisServer
 from tests.test_tiering import policy, unit
 

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.policy import Policy, hash_key
-from gateway.prompt_features import prompt_features
-from gateway.tiering import FRONTIER, TierRouter, quality_signal
+from gateway.policy.model import Policy, hash_key
+from gateway.tiering.features import prompt_features
+from gateway.tiering.router import FRONTIER, TierRouter, quality_signal
 
 DIM = 384
 BOTH = {"cheap", "frontier"}
@@ -222,7 +222,7 @@ def test_outcomes_of_the_same_prompt_outweigh_its_neighbourhood(centers: Any) ->
 
 
 def test_the_rolling_quantile_is_numpys_over_the_window() -> None:
-    from gateway.tier_memory import RollingQuantile
+    from gateway.tiering.memory import RollingQuantile
 
     rng = np.random.default_rng(0)
     rolling, values = RollingQuantile(50), []
@@ -238,7 +238,7 @@ def test_the_rolling_quantile_is_numpys_over_the_window() -> None:
 def test_the_feature_models_sums_follow_the_ring() -> None:
     """After the ring has wrapped and outcomes were graded again, each tier's model is the
     weighted ridge on exactly the outcomes the ring holds (computed here from scratch)."""
-    from gateway.tier_memory import FEATURE_ALPHA, Memory
+    from gateway.tiering.memory import FEATURE_ALPHA, Memory
 
     rng = np.random.default_rng(5)
     memory = Memory(128)
@@ -272,7 +272,7 @@ def test_each_tiers_neighbourhood_follows_the_ring() -> None:
     many times with tiers in a random order, and a tier's estimate is the documented
     neighbourhood over them: the softmax-weighted quality of its ``k`` most similar outcomes,
     shrunk towards the prior (computed here from scratch with a full sort)."""
-    from gateway.tier_memory import PRIOR_WEIGHT, SIMILARITY_SCALE, Memory
+    from gateway.tiering.memory import PRIOR_WEIGHT, SIMILARITY_SCALE, Memory
 
     rng = np.random.default_rng(11)
     memory = Memory(96)

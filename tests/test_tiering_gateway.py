@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.policy import hash_key
-from gateway.runtime import RUNTIME
+from gateway.core.runtime import RUNTIME
+from gateway.policy.model import hash_key
 from tests.conftest import MODELS, TEAM_KEY, Fakes, RedisServer, policy_for
 from tests.test_reload import write_policy
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.policy import Policy, hash_key
+from gateway.policy.model import Policy, hash_key
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.base import FakeProvider
 from tests.fakes.gemini import FakeGemini

@@ -24,10 +24,10 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from gateway.app import create_app
-from gateway.localmodel import free_port
-from gateway.policy import Policy, hash_key
-from gateway.settings import Settings
+from gateway.api.app import create_app
+from gateway.cli.localmodel import free_port
+from gateway.policy.model import Policy, hash_key
+from gateway.policy.settings import Settings
 from tests.conftest import RedisServer
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.base import (

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from gateway.localmodel import free_port
-from gateway.runtime import RUNTIME
+from gateway.cli.localmodel import free_port
+from gateway.core.runtime import RUNTIME
 from tests.conftest import TEAM_KEY, Fakes, policy_for
 
 

@@ -1,0 +1,328 @@
+"""The aiohttp application: routes, the error middleware and the lifetimes of shared objects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cache.embedder import Embedder
+from gateway.admin import api as admin
+from gateway.admin import dashboard
+from gateway.api import lifecycle
+from gateway.core.context import Interceptor
+from gateway.core.errors import GatewayError, InvalidRequest, ModelNotFound
+from gateway.core.runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
+from gateway.policy.catalog import Catalog
+from gateway.policy.model import Policy
+from gateway.policy.settings import Settings
+from gateway.quality.monitor import QualityMonitor, quality_store
+from gateway.quality.shadow import install_shadow
+from gateway.routing.breakers import BreakerBoard
+from gateway.routing.router import Router
+from gateway.routing.shared import LocalState, RedisState, SharedState
+from gateway.routing.tasks import TaskClassifier
+from gateway.stages.cache import running_cache
+from gateway.stages.knowledge import open_knowledge
+from gateway.telemetry.alerts import Alerts
+from gateway.telemetry.decision_store import decision_sinks
+from gateway.telemetry.decisions import DecisionLog
+from gateway.telemetry.exporter import ExporterLink
+from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.observe import running_telemetry
+from gateway.telemetry.tracing import Tracing
+from gateway.tiering.router import TierRouter
+from gateway.tiering.sync import sharing_outcomes
+from providers.pool import ProviderPool
+
+from .feedback import post_feedback
+from .openapi import get_openapi
+from .pipeline import chat_completions
+from .responses import error_response
+
+log = logging.getLogger(__name__)
+
+# aiohttp's own HTTP errors (unknown path, wrong method) in the OpenAI error shape.
+_HTTP_ERRORS: dict[int, tuple[str, str]] = {
+    404: ("invalid_request_error", "unknown_url"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "payload_too_large"),
+}
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every failure becomes ``{"error": {...}}`` with the request id; never a traceback."""
+    request[REQUEST_STARTED] = time.perf_counter()
+    request_id = f"{random.getrandbits(128):032x}"  # unique, not secret: no syscall needed
+    request[REQUEST_ID] = request_id
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc, request_id)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kind, code = _HTTP_ERRORS.get(exc.status, ("invalid_request_error", "http_error"))
+        http_error = InvalidRequest(f"{exc.reason}: {request.method} {request.path}", code=code)
+        http_error.status, http_error.type = exc.status, kind
+        return error_response(http_error, request_id)
+    except Exception:
+        log.exception("unhandled error in request %s", request_id)
+        failure = GatewayError(f"The gateway failed to handle the request (id {request_id}).")
+        return error_response(failure, request_id)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """``GET /v1/models``: the routes and aliases the caller's team may use."""
+    catalog = request.app[RUNTIME].catalog
+    team = catalog.authenticate(request.headers.get("Authorization"))
+    created = request.app[STARTED]
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": "knowledge-gateway"}
+        for name in catalog.names_for(team)
+    ]
+    return web.json_response({"object": "list", "data": data}, dumps=_dumps)
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """``GET /v1/models/{model}``."""
+    catalog = request.app[RUNTIME].catalog
+    team = catalog.authenticate(request.headers.get("Authorization"))
+    name = request.match_info["model"]
+    if name not in catalog.names_for(team):
+        raise ModelNotFound(f"The model {name!r} does not exist or is not available to you.")
+    return web.json_response(
+        {
+            "id": name,
+            "object": "model",
+            "created": request.app[STARTED],
+            "owned_by": "knowledge-gateway",
+        },
+        dumps=_dumps,
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process serves HTTP."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness, with each dependency's state."""
+    runtime = request.app[RUNTIME]
+    providers = {
+        p.name: {
+            "kind": p.kind,
+            "region": p.region,
+            "credentials": runtime.catalog.credentials[p.name],
+        }
+        for p in runtime.catalog.policy.providers
+    }
+    redis = "not configured (per-process state)"
+    if isinstance(runtime.shared, RedisState):
+        redis = "ok" if await runtime.shared.ping() else "unreachable (degraded: per-process state)"
+    breakers = runtime.board.states()
+    checks: dict[str, Any] = {
+        "providers": providers,
+        "breakers_open": sorted(key for key, state in breakers.items() if state != "closed"),
+        "redis": redis,
+        "stages": {
+            type(stage).__name__: "ok" if getattr(stage, "healthy", True) else "degraded"
+            for stage in runtime.interceptors
+        },
+    }
+    if request.app[lifecycle.LIFECYCLE].draining:  # shutting down: send traffic elsewhere
+        return web.json_response({"status": "draining", "checks": checks}, status=503, dumps=_dumps)
+    # Degraded dependencies fail open, so the gateway stays ready; the body says what is off.
+    return web.json_response({"status": "ready", "checks": checks}, dumps=_dumps)
+
+
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+STARTED = web.AppKey("started", int)
+SYNC_INTERVAL_S = 0.5
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    runtime = request.app[RUNTIME]
+    gauge = runtime.metrics.breaker_state
+    for key, state in runtime.board.states().items():
+        gauge.labels(key).set({"closed": 0, "half_open": 1, "open": 2}[state])
+    return web.Response(
+        body=generate_latest(runtime.metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]) -> Runtime:
+    """The objects every request uses, for ``policy``."""
+    catalog = Catalog(policy, environ)
+    shared: SharedState = (
+        RedisState(settings.redis_url, prefix=settings.redis_prefix)
+        if settings.redis_url
+        else LocalState()
+    )
+    alerts = Alerts(settings.alert_webhook_url)
+    metrics_ = Metrics()
+
+    def breaker_changed(key: str, state: str, reason: str) -> None:
+        metrics_.child(metrics_.breaker_transitions, key, state).inc()
+        if state == "open":
+            alerts.emit("breaker_opened", f"breaker {key} opened: {reason}", key=key, reason=reason)
+
+    board = BreakerBoard(policy.routing.breaker, shared, on_change=breaker_changed)
+    quality = QualityMonitor(
+        policy.quality, alerts=alerts, metrics=metrics_, store=quality_store(settings)
+    )
+    exporter = ExporterLink.from_settings(settings)
+    if exporter is not None:
+        exporter.on_exit = metrics_.exporter_exits.inc
+    return Runtime(
+        settings=settings,
+        catalog=catalog,
+        pool=ProviderPool(catalog.endpoints),
+        shared=shared,
+        board=board,
+        router=Router(policy.routing, board, quality=quality, demotions=quality),
+        alerts=alerts,
+        metrics=metrics_,
+        quality=quality,
+        decisions=DecisionLog(
+            settings.decision_ring_size, sinks=decision_sinks(settings, metrics_, exporter)
+        ),
+        tracing=Tracing.from_settings(settings, exporter),
+        exporter=exporter,
+        tiers=TierRouter(policy) if any(r.tiering for r in policy.routes) else None,
+    )
+
+
+def create_app(
+    settings: Settings,
+    policy: Policy,
+    environ: Mapping[str, str] | None = None,
+    *,
+    embedder: Embedder | None = None,
+) -> web.Application:
+    """The gateway application for ``policy``; provider keys come from ``environ``.
+
+    ``embedder``: share an already loaded model (tests, several apps in one process).
+    """
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[RUNTIME] = build_runtime(settings, policy, os.environ if environ is None else environ)
+    app[RUNTIME].embedder = embedder
+    if policy.shadow is not None:
+        install_shadow(app, policy.shadow, app[RUNTIME].metrics.registry)
+    app[STARTED] = int(time.time())
+    app.cleanup_ctx.append(_lifetimes)
+    app.add_routes(
+        [
+            web.post("/v1/chat/completions", chat_completions),
+            web.get("/v1/models", list_models),
+            web.get("/v1/models/{model}", retrieve_model),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics),
+            web.get("/openapi.json", get_openapi),
+            web.post("/v1/feedback", post_feedback),
+            *admin.ROUTES,
+        ]
+    )
+    dashboard.setup(app)
+    lifecycle.install(app, os.environ if environ is None else environ)
+    return app
+
+
+async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    policy = runtime.catalog.policy
+    await runtime.pool.start()
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(running_telemetry(runtime))
+        stages: list[Interceptor] = []
+        caching = policy.cache is not None and policy.cache.enabled
+        examples = {name: t.examples for name, t in policy.task_types.items() if t.examples}
+        wants_embedder = caching or policy.knowledge is not None or examples or runtime.tiers
+        if wants_embedder and runtime.embedder is None:
+            runtime.embedder = await asyncio.to_thread(make_embedder, runtime.settings)
+            stack.push_async_callback(runtime.embedder.close)
+        if examples and runtime.embedder is not None:
+            classifier = policy.task_classifier
+            runtime.tasks = await TaskClassifier.build(
+                runtime.embedder,
+                examples,
+                min_confidence=classifier.min_confidence,
+                temperature=classifier.temperature,
+                min_similarity=classifier.min_similarity,
+            )
+        if caching and policy.cache is not None and runtime.embedder is not None:
+            # First: a cached answer (already built on the knowledge it needed) ends the request.
+            stages.append(
+                await stack.enter_async_context(
+                    running_cache(policy.cache, runtime.settings, runtime.embedder, runtime.metrics)
+                )
+            )
+        knowledge = await open_knowledge(
+            runtime.settings, policy, runtime.embedder, metrics=runtime.metrics
+        )
+        if knowledge is not None:
+            stack.push_async_callback(knowledge.close)
+            stages.append(knowledge)
+        runtime.interceptors = tuple(stages)
+        settings = runtime.settings
+        if settings.redis_url and settings.tier_outcome_stream and runtime.embedder is not None:
+            # Tier outcomes shared by the replicas (a reload may create the tier router later).
+            runtime.tier_sync = await stack.enter_async_context(
+                sharing_outcomes(
+                    lambda: runtime.tiers,
+                    settings.redis_url,
+                    model=runtime.embedder.name,
+                    dim=runtime.embedder.dim,
+                    prefix=settings.redis_prefix,
+                    metrics=runtime.metrics,
+                )
+            )
+        await stack.enter_async_context(
+            runtime.quality.running(lambda: runtime.pool, lambda: runtime.catalog)
+        )
+        sync = asyncio.create_task(_sync_shared_state(runtime), name="shared-state-sync")
+        yield
+        sync.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sync
+    await runtime.board.drain()
+    await runtime.pool.close()
+    await runtime.alerts.close()
+    await runtime.shared.close()
+
+
+def make_embedder(settings: Settings) -> Embedder:
+    """The embedding model the cache and the knowledge base share."""
+    from cache.embedders import make_embedder as build
+
+    return build(settings.embedder, settings.data_dir)
+
+
+async def _sync_shared_state(runtime: Runtime) -> None:
+    """Pull other replicas' breaker transitions and embargoes, twice a second."""
+    while True:
+        catalog = runtime.catalog  # a reload may swap it
+        await runtime.board.sync(catalog.breaker_keys, catalog.provider_names)
+        await asyncio.sleep(SYNC_INTERVAL_S)

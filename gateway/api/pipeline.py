@@ -1,0 +1,236 @@
+"""The request pipeline, top to bottom in one place.
+
+auth -> validate -> resolve route -> interceptors (cache, knowledge) -> plan candidates ->
+attempts with fallback -> respond -> interceptors see the answer -> decision record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway.core.context import Interceptor, RequestContext
+from gateway.core.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.core.runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
+from gateway.core.validation import describe
+from gateway.policy.catalog import Candidate
+from gateway.policy.model import RoutingConfig
+from gateway.quality.shadow import mirror_answer
+from gateway.routing.attempts import Outcome, run_attempts
+from gateway.routing.router import allowed_regions
+from gateway.routing.tasks import apply_task_type
+from gateway.telemetry.cost import charge
+from gateway.telemetry.decisions import Decision
+from gateway.telemetry.observe import complete_decision, observe_request
+from gateway.tiering.router import apply_tier, settle_tier
+from providers.base import Completion
+from providers.schema import ChatRequest
+
+from .responses import completion_response
+from .streaming import replay_stream, stream_answer
+
+_TASK_MAX = 64
+
+log = logging.getLogger(__name__)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``."""
+    runtime = request.app[RUNTIME].snapshot()  # a reload mid-request does not change it
+    catalog = runtime.catalog
+    routing = catalog.policy.routing
+    team = catalog.authenticate(request.headers.get("Authorization"))
+    chat = parse_chat_request(await read_json_body(request, runtime.settings.max_body_bytes))
+    route = catalog.resolve_route(team, chat.model)
+    task_type = _task_type(request, route.task_type)
+    deadline_s = _deadline_s(request, routing)
+    requested = _requested_regions(request)
+    ctx = RequestContext(
+        request_id=request[REQUEST_ID],
+        started=request[REQUEST_STARTED],
+        team=team,
+        route=route,
+        chat=chat,
+        task_type=task_type,
+        deadline=asyncio.get_running_loop().time() + deadline_s,
+        deadline_s=deadline_s,
+        decision=Decision(
+            request_id=request[REQUEST_ID],
+            team=team.name,
+            route=route.name,
+            task_type=task_type,
+            strategy=route.strategy,
+            stream=chat.stream,
+        ),
+        request_headers=request.headers,
+        allowed_regions=allowed_regions(team.regions, requested),
+        embedder=runtime.embedder,
+    )
+    ctx.notes["requested_regions"] = requested
+    try:
+        # The team's limits (429 when over); a well-formed, allowed request is what counts.
+        if runtime.limits is not None:
+            ctx.headers.update(await runtime.limits.admit(team))
+        explicit = "x-gateway-task" in request.headers
+        await apply_task_type(ctx, runtime.tasks, catalog, explicit=explicit)
+        response = await _answer(request, runtime, ctx)
+    except GatewayError as exc:
+        ctx.decision.status, ctx.decision.error = exc.status, exc.code
+        if regions := ctx.decision.regions_sent:
+            exc.extra_headers["x-gateway-regions"] = ",".join(regions)
+        raise
+    finally:
+        _record(runtime, ctx, chat)
+        if runtime.limits is not None:
+            used = ctx.decision
+            runtime.limits.charge(team, used.prompt_tokens + used.completion_tokens, used.cost_usd)
+    return response
+
+
+async def _answer(
+    request: web.Request, runtime: Runtime, ctx: RequestContext
+) -> web.StreamResponse:
+    for interceptor in runtime.interceptors:
+        if (answer := await _before(runtime, interceptor, ctx)) is not None:
+            ctx.decision.served_model = answer.served_model
+            ctx.decision.source = ctx.headers.get("x-gateway-source", "cache")
+            if ctx.chat.stream:
+                return await replay_stream(request, ctx, answer)
+            return completion_response(ctx, answer, None)
+    plan = runtime.router.plan(
+        ctx.route,
+        ctx.team,
+        ctx.chat,
+        task_type=ctx.task_type,
+        regions=ctx.notes["requested_regions"],
+        strategy=ctx.route.strategy,
+    )
+    ctx.decision.candidates = plan.verdicts
+    plan = await apply_tier(runtime.tiers, ctx, plan, runtime.metrics)
+    if ctx.chat.stream:
+        return await stream_answer(request, runtime, ctx, plan)
+
+    async def complete(candidate: Candidate) -> Outcome[Completion]:
+        completion = await runtime.pool.complete(candidate.target, ctx.chat)
+        return Outcome(completion, completion.served_model, wire_s=completion.wire_s)
+
+    completion, candidate = await run_attempts(runtime, ctx, plan, complete)
+    charge(ctx.decision, candidate.model, completion.usage)
+    runtime.quality.observe_completion(ctx, candidate, completion)
+    for interceptor in runtime.interceptors:
+        await interceptor.after(ctx, completion)
+    mirror_answer(request, runtime, ctx, completion, candidate)  # background; never awaited
+    return completion_response(ctx, completion, candidate)
+
+
+async def _before(
+    runtime: Runtime, interceptor: Interceptor, ctx: RequestContext
+) -> Completion | None:
+    """A stage's lookup within its time budget: the smaller of ``stage_timeout_s`` and half of
+    what is left of the deadline. A stage slowed down by its store or an embedder backlog is cut
+    off and the request goes on without it (fail-open), so it is neither late nor lost."""
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    budget = min(runtime.settings.stage_timeout_s, (ctx.deadline - now) / 2)
+    timeout = asyncio.timeout_at(now + max(budget, 0.0))
+    try:
+        async with timeout:
+            return await interceptor.before(ctx)
+    except TimeoutError:
+        if not timeout.expired():
+            raise  # the stage's own timeout, not its budget
+        stage = type(interceptor).__name__
+        ctx.decision.events.append({"type": "stage_timeout", "stage": stage, "budget_s": budget})
+        runtime.metrics.child(runtime.metrics.stage_timeouts, stage).inc()
+        log.warning(
+            "request %s: %s took over %.3f s; going on without it", ctx.request_id, stage, budget
+        )
+        return None
+
+
+def _record(runtime: Runtime, ctx: RequestContext, chat: ChatRequest) -> None:
+    decision = ctx.decision
+    complete_decision(ctx, chat)  # timings, cache/knowledge verdicts, prompt hash or text
+    settle_tier(runtime.tiers, ctx)
+    runtime.decisions.record(decision)
+    runtime.quality.observe_request(decision)
+    runtime.series.observe(
+        decision, cache=ctx.headers.get("x-gateway-cache"), knowledge=ctx.notes.get("knowledge")
+    )
+    observe_request(runtime, ctx, chat)  # Prometheus metrics and, when configured, the trace
+
+
+def _task_type(request: web.Request, default: str) -> str:
+    task = request.headers.get("x-gateway-task")
+    if task is None:
+        return default
+    task = task.strip()
+    if not task or len(task) > _TASK_MAX or not task.replace("-", "").replace("_", "").isalnum():
+        raise InvalidRequest(
+            "x-gateway-task must be a short name (letters, digits, '-', '_').",
+            param="x-gateway-task",
+        )
+    return task
+
+
+def _deadline_s(request: web.Request, routing: RoutingConfig) -> float:
+    raw = request.headers.get("x-gateway-deadline-ms")
+    if raw is None:
+        return routing.default_deadline_s
+    try:
+        value = float(raw) / 1000
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= routing.max_deadline_s:
+        raise InvalidRequest(
+            f"x-gateway-deadline-ms must be a number of milliseconds in "
+            f"(0, {routing.max_deadline_s * 1000:g}].",
+            param="x-gateway-deadline-ms",
+        )
+    return value
+
+
+def _requested_regions(request: web.Request) -> list[str] | None:
+    raw = request.headers.get("x-gateway-regions")
+    if raw is None:
+        return None
+    return [r.strip() for r in raw.split(",") if r.strip()]
+
+
+async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object, within ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"The request body is {request.content_length} bytes; the limit is {limit}."
+        )
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.") from exc
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"The request body is {len(raw)} bytes; the limit is {limit}.")
+    if not raw:
+        raise InvalidRequest("The request body is empty; send a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"The request body is not valid JSON: {exc}", code="invalid_json"
+        ) from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
+    try:
+        return ChatRequest.from_body(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]["loc"]
+        param = ".".join(str(p) for p in first) if first else None
+        raise InvalidRequest(describe(exc), param=param) from exc

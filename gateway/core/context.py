@@ -1,0 +1,102 @@
+"""Per-request state shared by the pipeline's stages, and the interceptor seam."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cache.embedder import Embedder, Vector, fits_window_off_loop
+from gateway.policy.catalog import Route
+from gateway.policy.model import TeamConfig
+from gateway.telemetry.decisions import Decision
+from providers.base import Completion
+from providers.schema import ChatRequest, content_text
+
+log = logging.getLogger(__name__)
+
+# Why a stage did not act on the query's similarity: the embedder saw only the turn's beginning.
+QUERY_EXCEEDS_WINDOW = "query_exceeds_window"
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the pipeline knows about one request; interceptors read and annotate it."""
+
+    request_id: str
+    started: float  # perf_counter at arrival
+    team: TeamConfig
+    route: Route
+    chat: ChatRequest
+    task_type: str
+    deadline: float  # event-loop time by which the request must be answered
+    deadline_s: float
+    decision: Decision
+    request_headers: Mapping[str, str] = field(default_factory=dict)
+    allowed_regions: frozenset[str] | None = None  # the team's, narrowed by x-gateway-regions
+    embedder: Embedder | None = None
+    upstream_s: float = 0.0  # time spent waiting on providers
+    notes: dict[str, Any] = field(default_factory=dict)
+    # Response headers set by stages (x-gateway-cache, x-gateway-source, ...).
+    headers: dict[str, str] = field(default_factory=dict)
+    _embedding: Vector | None = None
+    _embedded: bool = False
+    _fits: bool | None = None
+
+    def overhead_ms(self) -> float:
+        return (time.perf_counter() - self.started - self.upstream_s) * 1000
+
+    @property
+    def query_text(self) -> str:
+        """The final user turn's text: what the cache and the knowledge base look up."""
+        for message in reversed(self.chat.messages):
+            if message.role == "user":
+                return content_text(message.content)
+        return ""
+
+    async def query_fits(self) -> bool:
+        """Whether the embedder sees the whole final user turn, computed at most once.
+
+        A turn longer than the model's window is embedded from its beginning only: two turns
+        that share it embed identically whatever follows (a pasted document, then different
+        questions), so their similarity says nothing and must not choose an answer. Tokenizer
+        only, no forward pass, and on a thread when it must tokenise (``fits_window_off_loop``);
+        ``True`` without an embedder or one that cannot count.
+        """
+        if self._fits is None:
+            text = self.query_text
+            self._fits = self.embedder is None or await fits_window_off_loop(self.embedder, text)
+        return self._fits
+
+    async def query_embedding(self) -> Vector | None:
+        """The final user turn's embedding, computed at most once per request.
+
+        ``None`` without an embedder, for an empty query, or when the embedder fails (the
+        failure is logged; the request goes on uncached: fail-open).
+        """
+        if self._embedded:
+            return self._embedding
+        self._embedded = True
+        text = self.query_text
+        if self.embedder is None or not text:
+            return None
+        try:
+            self._embedding = await self.embedder.embed(text)
+        except Exception:  # any embedder failure: answer uncached rather than fail
+            log.exception("embedding failed for request %s; continuing without", self.request_id)
+            self.notes["embedding_failed"] = True
+        return self._embedding
+
+
+class Interceptor(Protocol):
+    """A stage before dispatch that may answer on its own (cache, knowledge base)."""
+
+    async def before(self, ctx: RequestContext) -> Completion | None:
+        """An answer that makes the upstream call unnecessary, or ``None`` to go on."""
+        ...
+
+    async def after(self, ctx: RequestContext, completion: Completion) -> None:
+        """See the upstream's answer (e.g. to store it)."""
+        ...

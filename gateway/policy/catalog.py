@@ -1,0 +1,131 @@
+"""The policy compiled for the hot path: dict lookups from key hash, route name and alias.
+
+Built once from a validated ``Policy`` and the environment (provider keys are read here, once);
+immutable afterwards. A reload compiles a new catalog and swaps it in whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gateway.core.errors import AuthenticationFailed, ModelNotAllowed, ModelNotFound
+from providers.base import Target
+from providers.pool import Endpoint
+
+from .model import CompositeWeights, ModelConfig, Policy, ProviderConfig, TeamConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One model a route may send a request to, with everything an attempt needs."""
+
+    model: ModelConfig
+    provider: ProviderConfig
+    target: Target
+
+    @property
+    def region(self) -> str:
+        return self.provider.region
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    task_type: str
+    candidates: tuple[Candidate, ...]
+    strategy: str = "priority"
+    weights: CompositeWeights = field(default_factory=CompositeWeights)
+
+
+class Catalog:
+    """Lookups the pipeline makes on every request."""
+
+    def __init__(self, policy: Policy, environ: Mapping[str, str]) -> None:
+        self.policy = policy
+        self._teams = {digest: team for team in policy.teams for digest in team.key_sha256}
+        providers = {p.name: p for p in policy.providers}
+        self.credentials = {
+            p.name: "configured" if p.api_key_env is None or p.api_key(environ) else "missing"
+            for p in policy.providers
+        }
+        candidates: dict[str, Candidate] = {}
+        for model in policy.models:
+            provider = providers[model.provider]
+            target = Target(
+                provider=provider.name,
+                base_url=provider.base_url,
+                model=model.id,
+                api_key=provider.api_key(environ),
+                headers=dict(provider.headers),
+                options=provider.adapter_options(),
+            )
+            candidates[model.name] = Candidate(model=model, provider=provider, target=target)
+        # Alias -> candidate, for calls outside any route (gateway eval, shadow traffic).
+        self.by_alias: Mapping[str, Candidate] = candidates
+        self._routes: dict[str, Route] = {
+            name: Route(name=name, task_type="general", candidates=(candidate,))
+            for name, candidate in candidates.items()
+        }
+        for route in policy.routes:
+            self._routes[route.name] = Route(
+                name=route.name,
+                task_type=route.task_type,
+                candidates=tuple(candidates[c] for c in route.candidates),
+                strategy=route.strategy,
+                weights=route.weights,
+            )
+        self.breaker_keys = [f"provider:{p.name}" for p in policy.providers] + [
+            f"model:{m.name}" for m in policy.models
+        ]
+        self.provider_names = [p.name for p in policy.providers]
+        self.endpoints = tuple(
+            Endpoint(
+                name=p.name,
+                kind=p.kind,
+                connect_timeout=p.timeouts.connect,
+                first_byte_timeout=p.timeouts.first_byte,
+                total_timeout=p.timeouts.total,
+                max_connections=p.max_connections,
+            )
+            for p in policy.providers
+        )
+
+    def authenticate(self, authorization: str | None) -> TeamConfig:
+        """The team whose key is in ``Authorization: Bearer <key>``."""
+        if not authorization:
+            raise AuthenticationFailed(
+                "Missing API key: send 'Authorization: Bearer <team key>'.", code="missing_api_key"
+            )
+        scheme, _, key = authorization.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise AuthenticationFailed(
+                "Malformed Authorization header: expected 'Bearer <team key>'."
+            )
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        team = self._teams.get(digest)
+        # compare_digest keeps the final check constant-time; the dict lookup is on a hash.
+        if team is None or not any(hmac.compare_digest(digest, d) for d in team.key_sha256):
+            raise AuthenticationFailed("Incorrect API key provided.")
+        return team
+
+    def resolve_route(self, team: TeamConfig, name: str) -> Route:
+        """The route (or single-alias route) a client's ``model`` names, if the team may use it."""
+        route = self._routes.get(name)
+        if route is None:
+            raise ModelNotFound(
+                f"The model {name!r} does not exist; GET /v1/models lists the ones you may use.",
+                param="model",
+            )
+        if not team.may_use(name):
+            raise ModelNotAllowed(
+                f"Team {team.name!r} may not use the model {name!r}.", param="model"
+            )
+        return route
+
+    def names_for(self, team: TeamConfig) -> list[str]:
+        """Routes and aliases the team may call, for ``GET /v1/models``."""
+        return [name for name in self._routes if team.may_use(name)]

@@ -1,0 +1,246 @@
+"""Choosing and ordering a route's candidates before any call.
+
+Filtering, in this order, each with a reason in the decision record:
+residency (the team's regions, narrowed never widened by ``x-gateway-regions``), capability
+(context estimate, tools, JSON mode, streaming), breakers (provider and model), Retry-After
+embargoes. Ordering by the route's strategy: ``priority`` (as listed), ``latency`` (EWMA per
+provider), ``cost`` (price of the estimated tokens), ``composite`` (weighted quality, latency,
+cost).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.core.errors import NoEligibleProvider
+from gateway.policy.catalog import Candidate, Route
+from gateway.policy.model import RoutingConfig, TeamConfig
+from gateway.telemetry.decisions import CandidateVerdict
+from providers.schema import ChatRequest, content_text
+
+from .breakers import BreakerBoard
+
+NEUTRAL_QUALITY = 0.5
+DEFAULT_OUTPUT_TOKENS = 256
+
+
+class QualityScores(Protocol):
+    """Quality of a model for a task type, 0..1; ``None`` when nothing is known yet."""
+
+    def score(self, model: str, task_type: str) -> float | None: ...
+
+
+class Demotions(Protocol):
+    """Models demoted for a task type after a quality regression (gateway/quality/monitor.py)."""
+
+    def demoted(self, route: str, model: str, task_type: str) -> str | None:
+        """Why ``model`` must be skipped for ``task_type`` on ``route``; ``None`` to keep it."""
+        ...
+
+
+@dataclass(slots=True)
+class Plan:
+    """The candidates to try, in order, and the verdict on every candidate of the route."""
+
+    ordered: list[Candidate]
+    verdicts: list[CandidateVerdict]
+    strategy: str
+
+
+def estimate_tokens(chat: ChatRequest) -> tuple[int, int]:
+    """(prompt, output) token estimates: ~4 characters a token, the client's output limit."""
+    chars = sum(len(content_text(m.content)) + 16 for m in chat.messages)
+    if chat.tools:
+        chars += sum(
+            len(t.function.name) + len(str(t.function.parameters or "")) for t in chat.tools
+        )
+    return chars // 4 + 1, chat.output_limit or DEFAULT_OUTPUT_TOKENS
+
+
+def breaker_keys(candidate: Candidate) -> tuple[str, str]:
+    return f"provider:{candidate.provider.name}", f"model:{candidate.model.name}"
+
+
+class Router:
+    """Plans each request's attempts; keeps the latency EWMA that the ``latency`` strategy reads."""
+
+    def __init__(
+        self,
+        config: RoutingConfig,
+        board: BreakerBoard,
+        quality: QualityScores | None = None,
+        demotions: Demotions | None = None,
+    ) -> None:
+        self.config = config
+        self.board = board
+        self.quality = quality
+        self.demotions = demotions
+        self._latency: dict[str, float] = {}
+
+    def observe_latency(self, provider: str, seconds: float) -> None:
+        previous = self._latency.get(provider)
+        alpha = self.config.latency_alpha
+        self._latency[provider] = (
+            seconds if previous is None else alpha * seconds + (1 - alpha) * previous
+        )
+
+    def latency_of(self, provider: str) -> float | None:
+        return self._latency.get(provider)
+
+    def plan(
+        self,
+        route: Route,
+        team: TeamConfig,
+        chat: ChatRequest,
+        *,
+        task_type: str,
+        regions: Sequence[str] | None = None,
+        strategy: str = "priority",
+    ) -> Plan:
+        allowed = allowed_regions(team.regions, regions)
+        prompt_tokens, output_tokens = estimate_tokens(chat)
+        verdicts: list[CandidateVerdict] = []
+        kept: list[Candidate] = []
+        for candidate in route.candidates:
+            reason = self._drop_reason(candidate, chat, allowed, prompt_tokens + output_tokens)
+            verdicts.append(
+                CandidateVerdict(
+                    model=candidate.model.name,
+                    provider=candidate.provider.name,
+                    region=candidate.region,
+                    kept=reason is None,
+                    reason=reason or "eligible",
+                )
+            )
+            if reason is None:
+                kept.append(candidate)
+        demoted_kept: set[str] = set()
+        if self.demotions is not None and kept:
+            kept, demoted_kept = self._demote(route, task_type, kept, verdicts)
+        if not kept:
+            raise NoEligibleProvider(_nothing_left(route, verdicts, allowed))
+        ordered = self._order(kept, strategy, route, task_type, prompt_tokens, output_tokens)
+        by_model = {v.model: v for v in verdicts}
+        for rank, (candidate, score) in enumerate(ordered, start=1):
+            verdict = by_model[candidate.model.name]
+            verdict.score = score
+            verdict.reason = f"rank {rank} by {strategy}"
+            if candidate.model.name in demoted_kept:
+                verdict.reason += "; demoted but kept: no other candidate is eligible"
+        return Plan(ordered=[c for c, _ in ordered], verdicts=verdicts, strategy=strategy)
+
+    def _demote(
+        self,
+        route: Route,
+        task_type: str,
+        kept: list[Candidate],
+        verdicts: list[CandidateVerdict],
+    ) -> tuple[list[Candidate], set[str]]:
+        """Drop candidates demoted for this task type, unless that would leave none."""
+        assert self.demotions is not None
+        reasons = {
+            c.model.name: reason
+            for c in kept
+            if (reason := self.demotions.demoted(route.name, c.model.name, task_type))
+        }
+        if not reasons:
+            return kept, set()
+        remaining = [c for c in kept if c.model.name not in reasons]
+        if not remaining:
+            return kept, set(reasons)
+        for verdict in verdicts:
+            if verdict.model in reasons:
+                verdict.kept, verdict.reason = False, reasons[verdict.model]
+        return remaining, set()
+
+    def _drop_reason(
+        self,
+        candidate: Candidate,
+        chat: ChatRequest,
+        allowed: frozenset[str] | None,
+        tokens: int,
+    ) -> str | None:
+        model = candidate.model
+        if allowed is not None and candidate.region not in allowed:
+            return (
+                f"residency: region {candidate.region} not allowed ({', '.join(sorted(allowed))})"
+            )
+        if tokens > model.context_window:
+            return f"capability: ~{tokens} tokens exceed the {model.context_window}-token window"
+        if chat.tools and not model.supports_tools:
+            return "capability: no tool calling"
+        if chat.wants_json and not model.supports_json:
+            return "capability: no JSON mode"
+        if chat.stream and not model.supports_streaming:
+            return "capability: no streaming"
+        for key in breaker_keys(candidate):
+            if blocked := self.board.blocked(key):
+                return blocked
+        if (left := self.board.embargoed_for(candidate.provider.name)) is not None:
+            return f"embargo: {candidate.provider.name} asked to wait {left:.1f} s (Retry-After)"
+        return None
+
+    def _order(
+        self,
+        kept: list[Candidate],
+        strategy: str,
+        route: Route,
+        task_type: str,
+        prompt_tokens: int,
+        output_tokens: int,
+    ) -> list[tuple[Candidate, float | None]]:
+        if strategy == "priority" or len(kept) == 1:
+            return [(c, None) for c in kept]
+        costs = [
+            (prompt_tokens * c.model.price.input + output_tokens * c.model.price.output) / 1e6
+            for c in kept
+        ]
+        known = [v for c in kept if (v := self._latency.get(c.provider.name)) is not None]
+        # Unmeasured providers are assumed as fast as the best measured one, so they get tried.
+        floor = min(known) if known else 0.0
+        latencies = [self._latency.get(c.provider.name, floor) for c in kept]
+        if strategy == "latency":
+            scores = [-lat for lat in latencies]
+        elif strategy == "cost":
+            scores = [-cost for cost in costs]
+        else:
+            weights = route.weights
+            top_latency = max(latencies) or 1.0
+            top_cost = max(costs) or 1.0
+            scores = [
+                weights.quality * self._quality(c, task_type)
+                + weights.latency * (1 - lat / top_latency)
+                + weights.cost * (1 - cost / top_cost)
+                for c, lat, cost in zip(kept, latencies, costs, strict=True)
+            ]
+        # Stable: ties keep the listed order.
+        ranked = sorted(zip(kept, scores, strict=True), key=lambda pair: -pair[1])
+        return [(c, round(s, 6)) for c, s in ranked]
+
+    def _quality(self, candidate: Candidate, task_type: str) -> float:
+        if self.quality is None:
+            return NEUTRAL_QUALITY
+        score = self.quality.score(candidate.model.name, task_type)
+        return NEUTRAL_QUALITY if score is None else score
+
+
+def allowed_regions(
+    team_regions: list[str] | None, requested: Sequence[str] | None
+) -> frozenset[str] | None:
+    """The team's regions, narrowed (never widened) by the request's header."""
+    if requested is None:
+        return None if team_regions is None else frozenset(team_regions)
+    narrowed = frozenset(requested)
+    return narrowed if team_regions is None else narrowed & frozenset(team_regions)
+
+
+def _nothing_left(
+    route: Route, verdicts: list[CandidateVerdict], allowed: frozenset[str] | None
+) -> str:
+    reasons = "; ".join(f"{v.model}@{v.provider}: {v.reason}" for v in verdicts)
+    prefix = f"No candidate of route {route.name!r} can take this request"
+    if allowed is not None and all(v.reason.startswith("residency") for v in verdicts):
+        prefix += f" within the allowed regions ({', '.join(sorted(allowed)) or 'none'})"
+    return f"{prefix}: {reasons}"
