@@ -28,14 +28,6 @@ from typing import Any
 
 import orjson
 
-from gateway.core.errors import (
-    ContentBlocked,
-    InvalidRequest,
-    UpstreamAuthError,
-    UpstreamError,
-    UpstreamProtocolError,
-)
-
 from .base import (
     Completion,
     Framing,
@@ -48,6 +40,13 @@ from .base import (
     load_json,
     new_completion_id,
     parse_retry_after,
+)
+from .errors import (
+    ContentBlocked,
+    UnsupportedRequest,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamProtocolError,
 )
 from .schema import (
     AssistantMessage,
@@ -103,17 +102,19 @@ def _image_block(url: str) -> dict[str, Any]:
     if url.startswith("data:"):
         match = _DATA_URL.fullmatch(url)
         if match is None:
-            raise InvalidRequest("image_url data: URLs must be base64-encoded", param="messages")
+            raise UnsupportedRequest(
+                "image_url data: URLs must be base64-encoded", param="messages"
+            )
         media = match["media"].lower()
         if media not in IMAGE_MEDIA_TYPES:
-            raise InvalidRequest(
+            raise UnsupportedRequest(
                 f"Anthropic accepts JPEG, PNG, GIF and WebP images, not {media}", param="messages"
             )
         source = {"type": "base64", "media_type": media, "data": match["data"]}
         return {"type": "image", "source": source}
     if url.startswith(("https://", "http://")):
         return {"type": "image", "source": {"type": "url", "url": url}}
-    raise InvalidRequest("image_url must be a data: URL or an http(s) URL", param="messages")
+    raise UnsupportedRequest("image_url must be a data: URL or an http(s) URL", param="messages")
 
 
 def _blocks(content: Content | None, *, images: bool = True) -> list[dict[str, Any]]:
@@ -129,7 +130,7 @@ def _blocks(content: Content | None, *, images: bool = True) -> list[dict[str, A
                 blocks.append({"type": "text", "text": part.text})
         elif isinstance(part, ImagePart):
             if not images:
-                raise InvalidRequest("Anthropic accepts images only in user and tool messages")
+                raise UnsupportedRequest("Anthropic accepts images only in user and tool messages")
             blocks.append(_image_block(part.image_url.url))
     return blocks
 
@@ -138,11 +139,11 @@ def _tool_use(call_id: str, name: str, arguments: str) -> dict[str, Any]:
     try:
         parsed = orjson.loads(arguments) if arguments.strip() else {}
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(
+        raise UnsupportedRequest(
             f"tool call {call_id!r} has arguments that are not valid JSON", param="messages"
         ) from exc
     if not isinstance(parsed, dict):
-        raise InvalidRequest(
+        raise UnsupportedRequest(
             f"tool call {call_id!r} arguments must be a JSON object for Anthropic",
             param="messages",
         )
@@ -174,7 +175,9 @@ def _conversation(request: ChatRequest) -> tuple[list[str], list[dict[str, Any]]
     for message in request.messages:
         if message.role in ("system", "developer"):
             if any(isinstance(part, ImagePart) for part in message.content):
-                raise InvalidRequest(f"Anthropic does not accept images in {message.role} messages")
+                raise UnsupportedRequest(
+                    f"Anthropic does not accept images in {message.role} messages"
+                )
             if text := "".join(block["text"] for block in _blocks(message.content)):
                 system.append(text)
         elif isinstance(message, AssistantMessage):
@@ -194,7 +197,7 @@ def _tool_choice(request: ChatRequest) -> dict[str, Any] | None:
     if not request.tools:
         if choice is None or choice in ("none", "auto"):
             return None
-        raise InvalidRequest("tool_choice requires tools", param="tool_choice")
+        raise UnsupportedRequest("tool_choice requires tools", param="tool_choice")
     if choice == "none":
         return {"type": "none"}  # takes no disable_parallel_tool_use
     if choice is None and request.parallel_tool_calls is not False:
@@ -222,19 +225,19 @@ def _tool(fn: FunctionDefinition) -> dict[str, Any]:
 
 def _check_sampling(request: ChatRequest, version: str) -> None:
     if request.temperature is not None and request.temperature > 1:
-        raise InvalidRequest(
+        raise UnsupportedRequest(
             f"temperature {request.temperature} is out of range: Anthropic accepts 0 to 1",
             param="temperature",
         )
     if version >= SAMPLING_FREE_VERSION:
         for name in ("temperature", "top_p"):
             if getattr(request, name) is not None:
-                raise InvalidRequest(
+                raise UnsupportedRequest(
                     f"{name} is not accepted by Anthropic API version {version}", param=name
                 )
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(request, name):
-            raise InvalidRequest(f"Anthropic does not support {name}", param=name)
+            raise UnsupportedRequest(f"Anthropic does not support {name}", param=name)
 
 
 # -- responses -------------------------------------------------------------------------------
@@ -294,7 +297,7 @@ class AnthropicAdapter:
     framing: Framing = "sse"
 
     def build_request(self, request: ChatRequest, target: Target) -> UpstreamRequest:
-        """``POST {base_url}/v1/messages``; raises ``InvalidRequest`` for what Anthropic lacks."""
+        """``POST {base_url}/v1/messages``; raises ``UnsupportedRequest`` if Anthropic lacks it."""
         version = str(target.options.get("anthropic_version", DEFAULT_VERSION))
         _check_sampling(request, version)
         system, turns = _conversation(request)
@@ -309,7 +312,7 @@ class AnthropicAdapter:
             system.append(JSON_OBJECT_INSTRUCTION)
         elif fmt is not None and fmt.type == "json_schema":
             if fmt.json_schema is None or fmt.json_schema.schema_ is None:
-                raise InvalidRequest(
+                raise UnsupportedRequest(
                     "response_format json_schema needs json_schema.schema", param="response_format"
                 )
             schema_format = {"type": "json_schema", "schema": fmt.json_schema.schema_}

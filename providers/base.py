@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-from gateway.core.errors import (
+from .errors import (
     UpstreamAuthError,
     UpstreamError,
     UpstreamInvalidRequest,
@@ -27,7 +27,6 @@ from gateway.core.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
-
 from .schema import ChatRequest
 
 Framing = Literal["sse", "ndjson"]
@@ -144,7 +143,7 @@ class ProviderAdapter(Protocol):
     def build_request(self, request: ChatRequest, target: Target) -> UpstreamRequest:
         """The upstream HTTP request for ``request`` sent to ``target``.
 
-        Raises ``InvalidRequest`` for what the provider cannot express.
+        Raises ``UnsupportedRequest`` for what the provider cannot express.
         """
         ...
 

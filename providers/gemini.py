@@ -21,14 +21,6 @@ from typing import Any
 
 import orjson
 
-from gateway.core.errors import (
-    ContentBlocked,
-    UpstreamAuthError,
-    UpstreamError,
-    UpstreamProtocolError,
-    UpstreamTimeout,
-)
-
 from .base import (
     Completion,
     Framing,
@@ -41,6 +33,13 @@ from .base import (
     load_json,
     new_completion_id,
     parse_retry_after,
+)
+from .errors import (
+    ContentBlocked,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
 )
 from .gemini_request import (
     calling_config,

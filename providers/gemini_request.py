@@ -7,8 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway.core.errors import InvalidRequest
-
+from .errors import UnsupportedRequest
 from .schema import (
     AssistantMessage,
     ChatRequest,
@@ -43,7 +42,7 @@ def contents_of(messages: list[Message]) -> tuple[list[str], list[dict[str, Any]
             if not isinstance(message.content, str) and any(
                 isinstance(part, ImagePart) for part in message.content
             ):
-                raise InvalidRequest(
+                raise UnsupportedRequest(
                     f"{where}: Gemini system instructions take text only", param="messages"
                 )
             system.append(content_text(message.content))
@@ -59,7 +58,7 @@ def contents_of(messages: list[Message]) -> tuple[list[str], list[dict[str, Any]
             role = "user"
             name = call_names.get(message.tool_call_id)
             if name is None:
-                raise InvalidRequest(
+                raise UnsupportedRequest(
                     f"{where}: tool_call_id {message.tool_call_id!r} matches no earlier assistant "
                     "tool call (Gemini needs the function name of every tool result)",
                     param="messages",
@@ -98,7 +97,7 @@ def _image(url: str, where: str) -> dict[str, Any]:
         header, comma, data = url[5:].partition(",")
         mime, *params = header.split(";")
         if not comma or "base64" not in params or not mime:
-            raise InvalidRequest(
+            raise UnsupportedRequest(
                 f"{where}: image data URLs must look like data:<mime type>;base64,<data>",
                 param="messages",
             )
@@ -110,7 +109,7 @@ def _image(url: str, where: str) -> dict[str, Any]:
         if guessed:
             file_data = {"mimeType": guessed, **file_data}
         return {"fileData": file_data}
-    raise InvalidRequest(
+    raise UnsupportedRequest(
         f"{where}: Gemini takes images as data: URLs or http(s) URLs, not {url[:30]!r}",
         param="messages",
     )
@@ -127,7 +126,7 @@ def _json_object(text: str) -> dict[str, Any] | None:
 def _call_arguments(arguments: str, where: str) -> dict[str, Any]:
     args = _json_object(arguments) if arguments.strip() else {}
     if args is None:
-        raise InvalidRequest(
+        raise UnsupportedRequest(
             f"{where}: function arguments must be a JSON object for Gemini", param="messages"
         )
     return args

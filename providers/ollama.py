@@ -24,14 +24,6 @@ from typing import Any
 
 import orjson
 
-from gateway.core.errors import (
-    InvalidRequest,
-    UpstreamError,
-    UpstreamInvalidRequest,
-    UpstreamOverloaded,
-    UpstreamProtocolError,
-)
-
 from .base import (
     Completion,
     Framing,
@@ -44,6 +36,13 @@ from .base import (
     load_json,
     new_completion_id,
     parse_retry_after,
+)
+from .errors import (
+    UnsupportedRequest,
+    UpstreamError,
+    UpstreamInvalidRequest,
+    UpstreamOverloaded,
+    UpstreamProtocolError,
 )
 from .schema import (
     AssistantMessage,
@@ -102,13 +101,13 @@ def _images(content: Content | None) -> list[str]:
         if url.startswith("data:"):
             header, sep, data = url.partition(",")
             if not sep or not header.endswith(";base64") or not data:
-                raise InvalidRequest(
+                raise UnsupportedRequest(
                     "ollama needs images as base64 data: URLs (data:image/png;base64,...)",
                     param="messages",
                 )
             images.append(data)
         else:
-            raise InvalidRequest(
+            raise UnsupportedRequest(
                 "ollama cannot fetch image URLs; send the image inline as a base64 data: URL",
                 param="messages",
             )
@@ -130,11 +129,11 @@ def _arguments(raw: str, name: str) -> dict[str, Any]:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(
+        raise UnsupportedRequest(
             f"tool call {name!r} has arguments that are not JSON", param="messages"
         ) from exc
     if not isinstance(value, dict):
-        raise InvalidRequest(
+        raise UnsupportedRequest(
             f"tool call {name!r} must have a JSON object as arguments", param="messages"
         )
     return value
@@ -197,7 +196,7 @@ def _tools(request: ChatRequest) -> list[dict[str, Any]] | None:
     if choice is not None and choice != "auto":
         # /api/chat has no way to force a call (neither "required" nor a named function).
         wanted = "required" if choice == "required" else f"function {choice.function.name!r}"
-        raise InvalidRequest(
+        raise UnsupportedRequest(
             f"ollama cannot force a tool call (tool_choice {wanted}); use 'auto' or 'none'",
             param="tool_choice",
         )
@@ -265,7 +264,7 @@ class OllamaAdapter:
     framing: Framing = "ndjson"
 
     def build_request(self, request: ChatRequest, target: Target) -> UpstreamRequest:
-        """The ``/api/chat`` request; raises ``InvalidRequest`` for what Ollama cannot express.
+        """The ``/api/chat`` request; raises ``UnsupportedRequest`` for what Ollama cannot express.
 
         ``user`` has no Ollama counterpart and is dropped; ``target.options["keep_alive"]``
         (e.g. ``"10m"``, or ``-1`` to keep the model loaded) is passed through.

@@ -13,8 +13,6 @@ from typing import Any
 
 import orjson
 
-from gateway.core.errors import ContentBlocked, UpstreamError, UpstreamProtocolError
-
 from .base import (
     Completion,
     Framing,
@@ -28,6 +26,7 @@ from .base import (
     new_completion_id,
     parse_retry_after,
 )
+from .errors import ContentBlocked, UpstreamError, UpstreamProtocolError
 from .schema import ChatRequest
 
 # Error codes OpenAI (and Azure OpenAI) use for a moderation refusal.

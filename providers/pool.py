@@ -15,14 +15,13 @@ from typing import Any
 
 import aiohttp
 
-from gateway.core.errors import (
+from .base import Completion, ProviderAdapter, StreamEvent, StreamState, Target
+from .errors import (
     UpstreamConnectionError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-
-from .base import Completion, ProviderAdapter, StreamEvent, StreamState, Target
 from .registry import adapter_for
 from .schema import ChatRequest
 

@@ -13,9 +13,12 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from gateway.core.errors import (
+from gateway.core.errors import UpstreamFailure
+from providers.anthropic import AnthropicAdapter
+from providers.base import StreamEvent, StreamState, Target
+from providers.errors import (
     ContentBlocked,
-    InvalidRequest,
+    UnsupportedRequest,
     UpstreamAuthError,
     UpstreamError,
     UpstreamInvalidRequest,
@@ -24,8 +27,6 @@ from gateway.core.errors import (
     UpstreamProtocolError,
     UpstreamRateLimited,
 )
-from providers.anthropic import AnthropicAdapter
-from providers.base import StreamEvent, StreamState, Target
 from providers.schema import ChatRequest
 
 ADAPTER = AnthropicAdapter()
@@ -61,9 +62,9 @@ def build(target: Target = TARGET, **fields: Any) -> dict[str, Any]:
     return result
 
 
-def rejects(**fields: Any) -> InvalidRequest:
+def rejects(**fields: Any) -> UnsupportedRequest:
     request = ChatRequest.from_body({"model": "smart", "messages": HELLO, **fields})
-    with pytest.raises(InvalidRequest) as info:
+    with pytest.raises(UnsupportedRequest) as info:
         ADAPTER.build_request(request, TARGET)
     return info.value
 
@@ -201,7 +202,7 @@ def test_sampling_rejected_on_versions_that_forbid_it() -> None:
     )
     for field, value in (("temperature", 0.2), ("top_p", 0.5)):
         request = ChatRequest.from_body({"model": "smart", "messages": HELLO, field: value})
-        with pytest.raises(InvalidRequest) as info:
+        with pytest.raises(UnsupportedRequest) as info:
             ADAPTER.build_request(request, target)
         assert info.value.param == field
     assert "temperature" not in build(target)
@@ -794,7 +795,9 @@ def test_rate_limit_carries_retry_after() -> None:
     error = ADAPTER.classify_error(429, headers, body, TARGET)
     assert isinstance(error, UpstreamRateLimited)
     assert error.retry_after == 17.0
-    assert error.headers() == {"Retry-After": "17"}
+    # The client sees it through the gateway's one mapping: 429 with the provider's Retry-After.
+    failure = UpstreamFailure(error)
+    assert (failure.status, failure.headers()) == (429, {"Retry-After": "17"})
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,10 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from gateway.core.errors import (
+from providers.base import StreamEvent, StreamState, Target
+from providers.errors import (
     ContentBlocked,
-    InvalidRequest,
+    UnsupportedRequest,
     UpstreamAuthError,
     UpstreamError,
     UpstreamInvalidRequest,
@@ -25,7 +26,6 @@ from gateway.core.errors import (
     UpstreamRateLimited,
     UpstreamTimeout,
 )
-from providers.base import StreamEvent, StreamState, Target
 from providers.gemini import FINISH_REASONS, GeminiAdapter
 from providers.schema import ChatRequest
 
@@ -124,7 +124,7 @@ def test_no_system_instruction_without_system_messages() -> None:
 
 def test_image_in_a_system_message_is_refused() -> None:
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
-    with pytest.raises(InvalidRequest, match=r"messages\[0\].*text only"):
+    with pytest.raises(UnsupportedRequest, match=r"messages\[0\].*text only"):
         ADAPTER.build_request(chat([{"role": "system", "content": [image]}, *HELLO]), TARGET)
 
 
@@ -215,7 +215,7 @@ def test_http_image_urls_become_file_data() -> None:
 )
 def test_unusable_image_urls_are_invalid_requests(url: str) -> None:
     content = [{"type": "image_url", "image_url": {"url": url}}]
-    with pytest.raises(InvalidRequest, match=r"messages\[0\]"):
+    with pytest.raises(UnsupportedRequest, match=r"messages\[0\]"):
         ADAPTER.build_request(chat([{"role": "user", "content": content}]), TARGET)
 
 
@@ -404,14 +404,14 @@ def test_assistant_tool_call_without_text_has_only_function_call_parts() -> None
 
 def test_tool_result_for_an_unknown_call_id_is_refused() -> None:
     messages = [*HELLO, {"role": "tool", "tool_call_id": "call_missing", "content": "x"}]
-    with pytest.raises(InvalidRequest, match="call_missing"):
+    with pytest.raises(UnsupportedRequest, match="call_missing"):
         ADAPTER.build_request(chat(messages), TARGET)
 
 
 @pytest.mark.parametrize("arguments", ["not json", "[1, 2]"])
 def test_non_object_tool_call_arguments_are_refused(arguments: str) -> None:
     messages = [*HELLO, {"role": "assistant", "tool_calls": [call("c", "ping", arguments)]}]
-    with pytest.raises(InvalidRequest, match="JSON object"):
+    with pytest.raises(UnsupportedRequest, match="JSON object"):
         ADAPTER.build_request(chat(messages), TARGET)
 
 

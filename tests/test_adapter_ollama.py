@@ -15,8 +15,9 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from gateway.core.errors import (
-    InvalidRequest,
+from providers.base import ProviderAdapter, StreamEvent, StreamState, Target
+from providers.errors import (
+    UnsupportedRequest,
     UpstreamAuthError,
     UpstreamInvalidRequest,
     UpstreamModelNotFound,
@@ -24,7 +25,6 @@ from gateway.core.errors import (
     UpstreamProtocolError,
     UpstreamRateLimited,
 )
-from providers.base import ProviderAdapter, StreamEvent, StreamState, Target
 from providers.ollama import FINISH_REASONS, OllamaAdapter
 from providers.schema import ChatRequest
 from tests.fakes.base import Ok
@@ -149,7 +149,7 @@ def test_images_ollama_cannot_take(url: str, phrase: str) -> None:
     request = chat(
         messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
     )
-    with pytest.raises(InvalidRequest, match=phrase) as info:
+    with pytest.raises(UnsupportedRequest, match=phrase) as info:
         ADAPTER.build_request(request, TARGET)
     assert info.value.param == "messages"
 
@@ -256,7 +256,7 @@ def test_tool_choice_none_sends_no_tools() -> None:
     ],
 )
 def test_forced_tool_choice_is_refused(choice: Any, phrase: str) -> None:
-    with pytest.raises(InvalidRequest, match=phrase) as info:
+    with pytest.raises(UnsupportedRequest, match=phrase) as info:
         ADAPTER.build_request(chat(tools=[WEATHER], tool_choice=choice), TARGET)
     assert info.value.param == "tool_choice"
 
@@ -330,7 +330,7 @@ def test_unusable_tool_call_arguments(arguments: str) -> None:
             },
         ]
     )
-    with pytest.raises(InvalidRequest, match="'f'"):
+    with pytest.raises(UnsupportedRequest, match="'f'"):
         ADAPTER.build_request(request, TARGET)
 
 

@@ -10,7 +10,8 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
-from gateway.core.errors import (
+from providers.base import StreamEvent, Target
+from providers.errors import (
     ContentBlocked,
     UpstreamAuthError,
     UpstreamInvalidRequest,
@@ -19,7 +20,6 @@ from gateway.core.errors import (
     UpstreamProtocolError,
     UpstreamRateLimited,
 )
-from providers.base import StreamEvent, Target
 from providers.openai import OpenAIAdapter
 from providers.schema import ChatRequest
 from tests.fakes.base import Blocked, Fail, Ok

@@ -7,7 +7,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cache.scope import exact_key, normalise, scope_of
+from cache.scope import exact_key, normalise
+from gateway.stages.cache_scope import scope_of
 from providers.schema import ChatRequest
 
 texts = st.text(min_size=1, max_size=30)

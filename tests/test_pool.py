@@ -12,8 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.cli.localmodel import free_port
-from gateway.core.errors import UpstreamConnectionError, UpstreamProtocolError
 from providers.base import StreamEvent, Target
+from providers.errors import UpstreamConnectionError, UpstreamProtocolError
 from providers.pool import Endpoint, ProviderPool
 from providers.schema import ChatRequest
 from tests.conftest import MODELS, Fakes, SdkFactory, policy_for

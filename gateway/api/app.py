@@ -20,7 +20,7 @@ from gateway.admin import api as admin
 from gateway.admin import dashboard
 from gateway.api import lifecycle
 from gateway.core.context import Interceptor
-from gateway.core.errors import GatewayError, InvalidRequest, ModelNotFound
+from gateway.core.errors import GatewayError, InvalidRequest, ModelNotFound, client_error
 from gateway.core.runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
 from gateway.policy.catalog import Catalog
 from gateway.policy.model import Policy
@@ -42,6 +42,7 @@ from gateway.telemetry.observe import running_telemetry
 from gateway.telemetry.tracing import Tracing
 from gateway.tiering.router import TierRouter
 from gateway.tiering.sync import sharing_outcomes
+from providers.errors import ProviderError
 from providers.pool import ProviderPool
 
 from .feedback import post_feedback
@@ -71,6 +72,8 @@ async def error_middleware(
         return await handler(request)
     except GatewayError as exc:
         return error_response(exc, request_id)
+    except ProviderError as exc:  # a provider error no stage translated: the one mapping
+        return error_response(client_error(exc), request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

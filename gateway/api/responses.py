@@ -6,7 +6,7 @@ import orjson
 from aiohttp import web
 
 from gateway.core.context import RequestContext
-from gateway.core.errors import GatewayError, UpstreamError
+from gateway.core.errors import GatewayError, UpstreamFailure
 from gateway.policy.catalog import Candidate
 from providers.base import Completion
 
@@ -44,7 +44,7 @@ def completion_response(
 
 def error_response(error: GatewayError, request_id: str) -> web.Response:
     headers = {"x-request-id": request_id, **error.headers()}
-    if isinstance(error, UpstreamError) and error.provider:
+    if isinstance(error, UpstreamFailure) and error.provider:
         headers["x-gateway-provider"] = error.provider
     return web.Response(
         body=orjson.dumps(error.to_body()),

@@ -19,7 +19,7 @@ import orjson
 from aiohttp import web
 
 from gateway.core.context import RequestContext
-from gateway.core.errors import UpstreamError
+from gateway.core.errors import UpstreamFailure
 from gateway.core.runtime import Runtime
 from gateway.policy.catalog import Candidate
 from gateway.quality.shadow import mirror_answer
@@ -27,6 +27,7 @@ from gateway.routing.attempts import Outcome, run_attempts
 from gateway.routing.router import Plan
 from gateway.telemetry.cost import charge
 from providers.base import Completion
+from providers.errors import UpstreamError
 from providers.pool import UpstreamStream
 
 from .responses import gateway_headers
@@ -227,6 +228,6 @@ async def _relay(
             "stream from %s failed after content was sent: %s", upstream.target.provider, exc.code
         )
         ctx.decision.events.append({"type": "stream_failed_after_content", "error": exc.code})
-        await response.write(sse(exc.to_body()))
+        await response.write(sse(UpstreamFailure(exc).to_body()))
         return False
     return True

@@ -1,10 +1,10 @@
-"""The gateway's one error tree.
+"""The gateway's error tree, and the one place provider errors become HTTP.
 
 Every failure a client can see is one of these; one middleware turns them into OpenAI-style
 ``{"error": {"message", "type", "code"}}`` bodies. Library exceptions are translated once, at the
 boundary where they happen (``raise ... from exc``). Provider adapters classify upstream failures
-into the ``UpstreamError`` branch, so this module is the one vocabulary that ``providers/`` shares
-with ``gateway/``; it imports nothing from either.
+into their own vocabulary (``providers.errors``); ``UpstreamFailure`` carries one to the client
+with the status and type ``UPSTREAM_HTTP`` gives its class.
 
     GatewayError                       500 server_error
     ├── InvalidRequest                 400 invalid_request_error   (bad JSON, schema, parameters)
@@ -20,21 +20,27 @@ with ``gateway/``; it imports nothing from either.
     ├── NoEligibleProvider             503 service_unavailable     (residency left no candidate)
     ├── AllProvidersFailed             503 service_unavailable     (every attempt failed, listed)
     ├── DeadlineExceeded               504 timeout                 (the request's deadline ran out)
-    └── UpstreamError                  502 upstream_error            (a provider failed)
-        ├── UpstreamRateLimited        429  retry_after from the provider
-        ├── UpstreamOverloaded         503  5xx, Anthropic 529, Gemini UNAVAILABLE
-        ├── UpstreamTimeout            504  connect, first byte or deadline
-        ├── UpstreamConnectionError    502  refused, DNS (code ..._reset: dropped before a byte)
-        ├── ContentBlocked             400  moderation / safety block
-        ├── UpstreamInvalidRequest     400  the provider rejected the request: the client's error
-        ├── UpstreamAuthError          502  the provider rejected the gateway's credentials
-        ├── UpstreamModelNotFound      502  the pinned model is gone (404): a misconfiguration
-        └── UpstreamProtocolError      502  non-JSON body, truncated stream, unknown shape
+    └── UpstreamFailure                a provider error as the client sees it (UPSTREAM_HTTP):
+                                       UpstreamRateLimited 429, UpstreamOverloaded 503,
+                                       UpstreamTimeout 504, ContentBlocked,
+                                       UpstreamInvalidRequest and UnsupportedRequest 400,
+                                       any other UpstreamError 502
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from providers.errors import (
+    ContentBlocked,
+    ProviderError,
+    UnsupportedRequest,
+    UpstreamError,
+    UpstreamInvalidRequest,
+    UpstreamOverloaded,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+)
 
 
 class GatewayError(Exception):
@@ -198,96 +204,38 @@ class DeadlineExceeded(_WithAttempts):
     code = "deadline_exceeded"
 
 
-class UpstreamError(GatewayError):
-    """A provider failed. ``provider`` names it; ``retryable`` says whether another try may help."""
-
-    status = 502
-    type = "upstream_error"
-    code = "upstream_error"
-    retryable = True
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        provider: str = "",
-        upstream_status: int | None = None,
-        retry_after: float | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message, code=code)
-        self.provider = provider
-        self.upstream_status = upstream_status
-        self.retry_after = retry_after
-
-    @property
-    def error_class(self) -> str:
-        """A stable short name for metrics and decision records."""
-        return self.code
+# Status and OpenAI ``type`` of a provider error, by class (the nearest listed base wins).
+UPSTREAM_HTTP: dict[type[ProviderError], tuple[int, str]] = {
+    UpstreamRateLimited: (429, "rate_limit_error"),
+    UpstreamOverloaded: (503, "upstream_error"),
+    UpstreamTimeout: (504, "upstream_error"),
+    ContentBlocked: (400, "invalid_request_error"),
+    UpstreamInvalidRequest: (400, "invalid_request_error"),
+    UnsupportedRequest: (400, "invalid_request_error"),
+    UpstreamError: (502, "upstream_error"),
+    ProviderError: (502, "upstream_error"),
+}
 
 
-class UpstreamRateLimited(UpstreamError):
-    """429 from the provider (or Gemini RESOURCE_EXHAUSTED)."""
-
-    status = 429
-    type = "rate_limit_error"
-    code = "upstream_rate_limited"
-
-
-class UpstreamOverloaded(UpstreamError):
-    """5xx, Anthropic's 529 ``overloaded_error``, Gemini ``UNAVAILABLE``."""
-
-    status = 503
-    code = "upstream_overloaded"
+def _http_of(error: ProviderError) -> tuple[int, str]:
+    for cls in type(error).__mro__:
+        if cls in UPSTREAM_HTTP:
+            return UPSTREAM_HTTP[cls]
+    return 502, "upstream_error"  # unreachable: ProviderError is listed
 
 
-class UpstreamTimeout(UpstreamError):
-    """Connect, time-to-first-byte or overall deadline exceeded."""
+class UpstreamFailure(GatewayError):
+    """One provider error, as the client sees it: its message and code, the status and type
+    ``UPSTREAM_HTTP`` gives its class, ``Retry-After`` from the provider and the provider's name."""
 
-    status = 504
-    code = "upstream_timeout"
-
-
-class UpstreamConnectionError(UpstreamError):
-    """Connection refused, reset or unresolvable host."""
-
-    code = "upstream_connection_error"
-
-
-class ContentBlocked(UpstreamError):
-    """The provider's moderation or safety layer refused the prompt or the answer."""
-
-    status = 400
-    type = "invalid_request_error"
-    code = "content_blocked"
-    retryable = False
+    def __init__(self, error: ProviderError) -> None:
+        super().__init__(error.message, code=error.code, param=error.param)
+        self.status, self.type = _http_of(error)
+        self.error = error
+        self.provider = error.provider if isinstance(error, UpstreamError) else ""
+        self.retry_after = error.retry_after if isinstance(error, UpstreamError) else None
 
 
-class UpstreamInvalidRequest(UpstreamError):
-    """The provider rejected the request as invalid: the client's error, returned as is."""
-
-    status = 400
-    type = "invalid_request_error"
-    code = "upstream_invalid_request"
-    retryable = False
-
-
-class UpstreamAuthError(UpstreamError):
-    """The provider rejected the gateway's own credentials: a misconfiguration, not the client's."""
-
-    code = "upstream_auth_error"
-
-
-class UpstreamModelNotFound(UpstreamError):
-    """The provider does not serve the pinned model (404): the operator's error, never the client's.
-
-    Retryable: another candidate may serve the request while someone fixes the pin.
-    """
-
-    code = "upstream_model_not_found"
-
-
-class UpstreamProtocolError(UpstreamError):
-    """The provider answered with something that is not its documented format."""
-
-    code = "bad_upstream_response"
+def client_error(error: GatewayError | ProviderError) -> GatewayError:
+    """What the client is told: a gateway error as it is, a provider error through the table."""
+    return error if isinstance(error, GatewayError) else UpstreamFailure(error)

@@ -37,12 +37,12 @@ import jsonschema
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from gateway.core.errors import GatewayError
 from gateway.core.validation import describe, load_yaml_model
 from gateway.policy.catalog import Candidate, Catalog
 from gateway.policy.model import Policy
 from gateway.telemetry.cost import usage_cost
 from providers.base import Completion
+from providers.errors import ProviderError
 from providers.pool import ProviderPool
 from providers.schema import ChatRequest
 
@@ -332,7 +332,7 @@ async def _run_one(
         try:
             async with asyncio.timeout(plan.timeout_s):
                 completion = await pool.complete(candidate.target, chat)
-        except GatewayError as exc:
+        except ProviderError as exc:
             run.error = exc.code
             run.failures.append(f"error: {exc.code}")
             return run
@@ -375,8 +375,8 @@ async def _judge(
         try:
             async with asyncio.timeout(plan.timeout_s):
                 graded = await grade(pool, judge, check.rubric, question, answer)
-        except (GatewayError, TimeoutError) as exc:
-            code = exc.code if isinstance(exc, GatewayError) else "timeout"
+        except (ProviderError, TimeoutError) as exc:
+            code = exc.code if isinstance(exc, ProviderError) else "timeout"
             return False, f"judge: {alias} failed ({code})"
     run.judge_cost_usd += graded.cost_usd
     if graded.score is None:

@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from gateway.core.background import TaskSet
-from gateway.core.errors import GatewayError
 from gateway.policy.quality_config import JudgeConfig, QualityConfig
 from gateway.telemetry.metrics import Metrics
+from providers.errors import ProviderError
 
 from .grading import grade
 
@@ -99,7 +99,7 @@ class Judge:
             try:
                 async with asyncio.timeout(config.timeout_s):
                     graded = await grade(self._pool(), judge, config.rubric, question, answer)
-            except (GatewayError, TimeoutError) as exc:
+            except (ProviderError, TimeoutError) as exc:
                 self.failed += 1
                 code = getattr(exc, "code", "timeout")
                 log.warning(

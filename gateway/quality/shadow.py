@@ -40,13 +40,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from gateway.core.background import TaskSet
 from gateway.core.context import RequestContext
-from gateway.core.errors import GatewayError
 from gateway.core.percentiles import nearest_rank
 from gateway.policy.catalog import Candidate, Catalog
 from gateway.policy.quality_config import JudgeConfig
 from gateway.policy.shadow_config import ShadowConfig, ShadowMirror
 from gateway.telemetry.cost import usage_cost
 from providers.base import Completion
+from providers.errors import ProviderError
 from providers.pool import ProviderPool
 from providers.schema import ChatRequest
 
@@ -271,8 +271,8 @@ class ShadowTraffic:
         try:
             async with asyncio.timeout(self.config.timeout_s):
                 answer = await calls.pool.complete(candidate.target, chat)
-        except (GatewayError, TimeoutError) as exc:
-            code = exc.code if isinstance(exc, GatewayError) else "timeout"
+        except (ProviderError, TimeoutError) as exc:
+            code = exc.code if isinstance(exc, ProviderError) else "timeout"
             stats.errors[code] += 1
             self._requests.labels(stats.task_type, entry.candidate, "error").inc()
             return
@@ -322,7 +322,7 @@ class ShadowTraffic:
                     graded = await grade(
                         calls.pool, judge, config.rubric, question, _answer(completion)
                     )
-            except (GatewayError, TimeoutError):
+            except (ProviderError, TimeoutError):
                 stats.errors["judge"] += 1
                 return
             if graded.score is not None:

@@ -17,17 +17,12 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from gateway.core.context import RequestContext
-from gateway.core.errors import (
-    AllProvidersFailed,
-    ContentBlocked,
-    DeadlineExceeded,
-    GatewayError,
-    UpstreamError,
-)
+from gateway.core.errors import AllProvidersFailed, DeadlineExceeded, GatewayError, UpstreamFailure
 from gateway.core.runtime import Runtime
 from gateway.policy.catalog import Candidate
 from gateway.policy.model import ErrorAction, ErrorPolicy
 from gateway.telemetry.decisions import Attempt
+from providers.errors import ContentBlocked, UnsupportedRequest, UpstreamError
 
 from .router import Plan, breaker_keys
 
@@ -127,6 +122,8 @@ async def run_attempts(
                 try:
                     outcome = await call(candidate)
                     await _check_version(runtime, ctx, candidate, outcome)
+                except UnsupportedRequest as exc:  # the adapter cannot say it: the client's error
+                    raise UpstreamFailure(exc) from exc
                 except UpstreamError as exc:
                     elapsed = time.perf_counter() - sent
                     ctx.upstream_s += elapsed
@@ -143,7 +140,7 @@ async def run_attempts(
                     action = action_for(config.errors, exc)
                     _account_failure(runtime, candidate, exc, action)
                     if action == "stop":
-                        raise
+                        raise UpstreamFailure(exc) from exc
                     if action == "retry_then_next" and candidate.model.name not in retried:
                         retried.add(candidate.model.name)
                         queue.appendleft(candidate)
@@ -292,8 +289,9 @@ def _exhausted(
     if len(errors) == 1 or (errors and all(isinstance(e, ContentBlocked) for e in errors)):
         # One attempt: its own error says most (a 429 keeps its Retry-After). Every family
         # refusing the prompt: the prompt is the problem.
-        errors[-1].attempts = attempts
-        return errors[-1]
+        failure = UpstreamFailure(errors[-1])
+        failure.attempts = attempts
+        return failure
     dropped = [v for v in plan.verdicts if not v.kept]
     residency = [v for v in dropped if v.reason.startswith("residency")]
     note = ""

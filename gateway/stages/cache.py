@@ -27,7 +27,7 @@ from cache.guard import conflict
 from cache.hits import NEIGHBOURS, Assessment, EntryState, HitPolicy, ScopeState
 from cache.index import ScopedIndexes
 from cache.local_store import LocalStore
-from cache.scope import exact_key, scope_of
+from cache.scope import exact_key
 from cache.store import CacheUnavailable, Entry, RedisStore, Store
 from gateway.core.context import RequestContext
 from gateway.policy.cache_config import CacheConfig, CacheSettings, effective
@@ -42,6 +42,7 @@ from .cache_rules import (
     same_answer,
     semantic_skip_reason,
 )
+from .cache_scope import scope_of
 
 log = logging.getLogger(__name__)
 
