@@ -43,7 +43,8 @@ import numpy.typing as npt
 from retrieval.client_store import ClientStore
 from retrieval.ingest import ingest
 from retrieval.search import Access, access_filter
-from retrieval.store import KnowledgeStore, Point, open_store
+from retrieval.store import KnowledgeStore, Point
+from retrieval.stores import open_store
 
 DIM = 384
 TOP_K = 4

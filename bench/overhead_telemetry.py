@@ -365,10 +365,10 @@ def components(redis_url: str, workdir: Path, count: int = 5000) -> list[str]:
     """CPU per request of each telemetry part, in-process (``time.process_time``: the least
     noisy figure on a shared machine), for a decision like the bench's request makes."""
     from gateway.core.background import tune_gc
+    from gateway.core.decision import Attempt, CandidateVerdict, Decision
     from gateway.policy.model import Policy
     from gateway.policy.settings import Settings
     from gateway.telemetry.decision_store import DecisionSinks
-    from gateway.telemetry.decisions import Attempt, CandidateVerdict, Decision
     from gateway.telemetry.otlp import OTLPHttpExporter
     from gateway.telemetry.tracing import Tracing
     from providers.schema import ChatRequest

@@ -225,7 +225,7 @@ def policy(base_url: str, mode: str, share: float = MAX_FRONTIER_SHARE) -> Polic
 
 async def ingest_kb(path: Path, embedder: Any) -> None:
     from retrieval.ingest import ingest
-    from retrieval.store import open_store
+    from retrieval.stores import open_store
 
     store = open_store(collection="bench-kb", url=None, path=path, engine="edge")
     try:

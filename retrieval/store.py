@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 # Payload fields that filters use: indexed where the engine supports payload indexes.
@@ -117,27 +116,3 @@ class KnowledgeStore(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-def open_store(
-    *,
-    collection: str,
-    url: str | None,
-    api_key: str | None = None,
-    path: Path,
-    engine: str = "edge",
-    timeout_s: float = 5.0,
-) -> KnowledgeStore:
-    """The store the settings name: a server when ``url`` is set, else the embedded ``engine``
-    under ``path``. Nothing is opened yet: the first call does (and may fail then)."""
-    if url:
-        from .client_store import ClientStore
-
-        return ClientStore.server(collection, url, api_key=api_key, timeout_s=timeout_s)
-    if engine == "qdrant-local":
-        from .client_store import ClientStore
-
-        return ClientStore.local(collection, path / "qdrant-local")
-    from .edge_store import EdgeStore
-
-    return EdgeStore(collection, path / "edge")

@@ -14,8 +14,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from cache.guard import conflict
+from gateway.core.decision import Decision
 from gateway.core.runtime import RUNTIME
-from gateway.telemetry.decisions import Decision
 from tests.conftest import Fakes
 from tests.fakes.base import Ok
 from tests.test_cache import PARAPHRASE, QUESTION, ask, cached_policy, settle

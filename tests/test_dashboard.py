@@ -12,8 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.admin.dashboard import COOKIE
+from gateway.core.decision import Attempt, Decision
 from gateway.policy.model import Policy, hash_key
-from gateway.telemetry.decisions import Attempt, Decision
 from gateway.telemetry.timeseries import TrafficSeries
 from tests.conftest import LIMITED_TEAM_KEY, MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes, policy_for
 from tests.fakes.base import Fail, Ok

@@ -13,7 +13,8 @@ from gateway.core.runtime import RUNTIME
 from gateway.policy.model import hash_key
 from gateway.stages.knowledge import KnowledgeStage
 from retrieval.ingest import ingest
-from retrieval.store import KnowledgeStore, open_store
+from retrieval.store import KnowledgeStore
+from retrieval.stores import open_store
 from tests.conftest import TEAM_KEY, Fakes, policy_for
 from tests.test_dashboard import ADMIN, ADMIN_KEY, marks
 

@@ -12,7 +12,7 @@ import pytest
 from gateway.policy.settings import Settings
 from gateway.stages.knowledge import open_knowledge
 from gateway.telemetry.metrics import Metrics
-from retrieval.store import open_store
+from retrieval.stores import open_store
 from tests.test_knowledge_stage import (
     EXAMPLES,
     FAQ_QUESTION,

@@ -27,7 +27,8 @@ from retrieval.documents import (
 )
 from retrieval.ingest import IngestError, IngestResult, ingest
 from retrieval.search import Access, access_filter
-from retrieval.store import KnowledgeStore, Match, open_store
+from retrieval.store import KnowledgeStore, Match
+from retrieval.stores import open_store
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "kb"
 

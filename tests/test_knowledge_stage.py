@@ -20,16 +20,17 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.core.context import RequestContext
+from gateway.core.decision import Decision
 from gateway.core.runtime import RUNTIME
 from gateway.policy.catalog import Catalog
 from gateway.policy.model import KnowledgeConfig, Policy, hash_key
 from gateway.routing.router import allowed_regions
 from gateway.stages.knowledge import KnowledgeStage, context_block
-from gateway.telemetry.decisions import Decision
 from gateway.telemetry.metrics import Metrics
 from providers.schema import ChatRequest
 from retrieval.ingest import ingest
-from retrieval.store import Hit, KnowledgeStore, open_store
+from retrieval.store import Hit, KnowledgeStore
+from retrieval.stores import open_store
 from tests.conftest import TEAM_KEY, Fakes, policy_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "kb"

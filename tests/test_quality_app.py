@@ -12,9 +12,9 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from gateway.core.decision import Decision
 from gateway.core.runtime import RUNTIME, Runtime
 from gateway.policy.model import hash_key
-from gateway.telemetry.decisions import Decision
 from tests.conftest import TEAM_KEY, Fakes, policy_for
 from tests.fakes.base import CutStream, Fail, Ok
 

@@ -11,8 +11,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient
 
-from gateway.api.lifecycle import LIFECYCLE
-from gateway.core.runtime import RUNTIME
+from gateway.core.runtime import LIFECYCLE, RUNTIME
 from gateway.policy.model import Policy, hash_key
 from tests.conftest import TEAM_KEY, Fakes, policy_for
 from tests.fakes.base import Hang, Ok

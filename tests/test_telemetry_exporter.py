@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from gateway.core.runtime import RUNTIME
-from gateway.telemetry.exporter import ExporterLink
+from gateway.telemetry.exporter_link import ExporterLink
 from tests.conftest import Fakes, RedisServer
 from tests.test_telemetry import ask, priced_policy
 

@@ -15,10 +15,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
+from gateway.core.decision import Attempt, Decision
 from gateway.core.runtime import RUNTIME
 from gateway.policy.model import hash_key
 from gateway.telemetry.decision_store import DecisionSinks
-from gateway.telemetry.decisions import Attempt, Decision
 from tests.conftest import PROVIDER_KEYS, TEAM_KEY, Fakes, RedisServer
 from tests.fakes.base import Fail
 from tests.test_telemetry import MESSAGES, OPEN_KEY, PROMPT, ask, priced_policy

@@ -16,9 +16,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from gateway.core.decision import Attempt, Decision
 from gateway.core.runtime import RUNTIME
 from gateway.policy.model import Policy
-from gateway.telemetry.decisions import Attempt, Decision
 from gateway.telemetry.otlp import OTLPHttpExporter, SpanEncoder
 from gateway.telemetry.trace_jobs import jobs_from_wire, models_from_wire
 from gateway.telemetry.tracing import Tracing

@@ -12,8 +12,8 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from gateway.core.decision import Decision
 from gateway.core.runtime import Runtime
-from gateway.telemetry.decisions import Decision
 
 TRAFFIC_BUCKETS = 90  # 15 minutes of 10 s buckets
 QUALITY_BUCKET_S = 60

@@ -10,8 +10,6 @@ import logging
 
 from aiohttp import web
 
-from gateway.api.lifecycle import LIFECYCLE, swap_catalog
-from gateway.api.reload import reload_policy
 from gateway.core.errors import (
     InvalidPolicy,
     InvalidRequest,
@@ -19,10 +17,12 @@ from gateway.core.errors import (
     TeamNotFound,
     TeamsUnavailable,
 )
+from gateway.core.runtime import LIFECYCLE, RUNTIME
 from gateway.policy.model import PolicyError
 from gateway.policy.teams import TeamError, TeamStoreUnavailable, public_view
 
 from .api import _authorise, _json, _json_response
+from .reload import reload_policy
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +97,10 @@ ROUTES = [
     web.post("/admin/teams/{name}/rotate", rotate_key),
     web.post("/admin/reload", post_reload),
 ]
+
+
+def swap_catalog(app: web.Application) -> None:
+    """Rebuild the catalog after this replica changed the overlay (others follow by sync)."""
+    runtime = app[RUNTIME]
+    assert runtime.teams is not None
+    runtime.catalog = runtime.teams.catalog(app[LIFECYCLE].policy)

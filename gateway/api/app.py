@@ -18,10 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cache.embedder import Embedder
 from gateway.admin import api as admin
 from gateway.admin import dashboard
+from gateway.admin import teams as admin_teams
 from gateway.api import lifecycle
 from gateway.core.context import Interceptor
 from gateway.core.errors import GatewayError, InvalidRequest, ModelNotFound, client_error
-from gateway.core.runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
+from gateway.core.runtime import LIFECYCLE, REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
 from gateway.policy.catalog import Catalog
 from gateway.policy.model import Policy
 from gateway.policy.settings import Settings
@@ -36,9 +37,10 @@ from gateway.stages.knowledge import open_knowledge
 from gateway.telemetry.alerts import Alerts
 from gateway.telemetry.decision_store import decision_sinks
 from gateway.telemetry.decisions import DecisionLog
-from gateway.telemetry.exporter import ExporterLink
+from gateway.telemetry.exporter_link import ExporterLink
 from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.observe import running_telemetry
+from gateway.telemetry.timeseries import TrafficSeries
 from gateway.telemetry.tracing import Tracing
 from gateway.tiering.router import TierRouter
 from gateway.tiering.sync import sharing_outcomes
@@ -146,7 +148,7 @@ async def readyz(request: web.Request) -> web.Response:
             for stage in runtime.interceptors
         },
     }
-    if request.app[lifecycle.LIFECYCLE].draining:  # shutting down: send traffic elsewhere
+    if request.app[LIFECYCLE].draining:  # shutting down: send traffic elsewhere
         return web.json_response({"status": "draining", "checks": checks}, status=503, dumps=_dumps)
     # Degraded dependencies fail open, so the gateway stays ready; the body says what is off.
     return web.json_response({"status": "ready", "checks": checks}, dumps=_dumps)
@@ -205,6 +207,7 @@ def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]
         alerts=alerts,
         metrics=metrics_,
         quality=quality,
+        series=TrafficSeries(),
         decisions=DecisionLog(
             settings.decision_ring_size, sinks=decision_sinks(settings, metrics_, exporter)
         ),
@@ -246,6 +249,7 @@ def create_app(
             web.get("/openapi.json", get_openapi),
             web.post("/v1/feedback", post_feedback),
             *admin.ROUTES,
+            *admin_teams.ROUTES,
         ]
     )
     dashboard.setup(app)

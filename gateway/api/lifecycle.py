@@ -1,12 +1,12 @@
 """The process around the application: governance tasks, reload, graceful shutdown.
 
-``install`` wires into an application what every gateway has (team limits, the run-time team
-overlay and their background tasks, the admin endpoints for teams and reload, the draining flag
-``/readyz`` reads). ``serve`` runs it the way ``gateway serve`` does: SIGHUP reloads the policy;
-SIGTERM (or SIGINT) first turns ``/readyz`` not-ready, keeps serving for ``drain_delay_s`` so
-load balancers stop sending, then stops accepting and lets in-flight requests and streams finish
-for up to ``shutdown_timeout_s`` before they are cancelled; only then are the provider pools, the
-stages and Redis closed (the application's cleanup contexts).
+``install`` wires into an application what every gateway has (team limits, the run-time team overlay
+and their background tasks, the draining flag ``/readyz`` reads). ``serve`` runs it the way
+``gateway serve`` does: SIGHUP reloads the policy; SIGTERM (or SIGINT) first turns ``/readyz``
+not-ready, keeps serving for ``drain_delay_s`` so load balancers stop sending, then stops accepting
+and lets in-flight requests and streams finish for up to ``shutdown_timeout_s`` before they are
+cancelled; only then are the provider pools, the stages and Redis closed (the application's cleanup
+contexts).
 """
 
 from __future__ import annotations
@@ -16,60 +16,22 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
 
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
-from gateway.core.runtime import RUNTIME, Runtime
+from gateway.admin.reload import reload_policy
+from gateway.core.runtime import LIFECYCLE, RUNTIME, Lifecycle, Runtime
 from gateway.policy.limits import Limits
-from gateway.policy.model import Policy, PolicyError
+from gateway.policy.model import PolicyError
 from gateway.policy.settings import Settings
 from gateway.policy.teams import SYNC_INTERVAL_S, TeamRegistry
-from providers.pool import ProviderPool
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
-class Lifecycle:
-    """What outlives a request: the file's policy, the reload lock, the draining flag."""
-
-    policy: Policy  # as read from the file, without the run-time team overlay
-    draining: bool = False
-    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _retiring: set[asyncio.Task[None]] = field(default_factory=set)
-    _retired: list[ProviderPool] = field(default_factory=list)
-
-    def retire(self, pool: ProviderPool, after_s: float) -> None:
-        """Close a replaced pool once no request can still be using it."""
-        self._retired.append(pool)
-
-        async def close_later() -> None:
-            await asyncio.sleep(after_s)
-            if pool in self._retired:
-                self._retired.remove(pool)
-                await pool.close()
-
-        task = asyncio.ensure_future(close_later())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
-
-    async def close(self) -> None:
-        for task in list(self._retiring):
-            task.cancel()
-        for pool in self._retired:
-            await pool.close()
-        self._retired.clear()
-
-
-LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
-
-
 def install(app: web.Application, environ: Mapping[str, str]) -> None:
     """Add governance, the team overlay, reload and draining to ``app`` (before it starts)."""
-    from gateway.admin import teams as admin_teams
-
     runtime = app[RUNTIME]
     settings = runtime.settings
     runtime.limits = Limits(
@@ -81,7 +43,6 @@ def install(app: web.Application, environ: Mapping[str, str]) -> None:
     app[LIFECYCLE] = Lifecycle(policy=runtime.catalog.policy)
     app.cleanup_ctx.append(_governance)
     app.on_shutdown.append(_mark_draining)
-    app.add_routes(admin_teams.ROUTES)
 
 
 async def _mark_draining(app: web.Application) -> None:
@@ -120,13 +81,6 @@ async def _sync_teams(runtime: Runtime, lifecycle: Lifecycle) -> None:
             runtime.catalog = runtime.teams.catalog(lifecycle.policy)
 
 
-def swap_catalog(app: web.Application) -> None:
-    """Rebuild the catalog after this replica changed the overlay (others follow by sync)."""
-    runtime = app[RUNTIME]
-    assert runtime.teams is not None
-    runtime.catalog = runtime.teams.catalog(app[LIFECYCLE].policy)
-
-
 def serve(app: web.Application, settings: Settings) -> None:
     """``web.run_app`` with SIGHUP reload and a SIGTERM drain."""
 
@@ -148,8 +102,6 @@ def serve(app: web.Application, settings: Settings) -> None:
 
 
 def _on_sighup(app: web.Application) -> None:
-    from .reload import reload_policy
-
     async def run() -> None:
         try:
             await reload_policy(app)

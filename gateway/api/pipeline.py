@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway.core.context import Interceptor, RequestContext
+from gateway.core.decision import Decision
 from gateway.core.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.core.runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
 from gateway.core.validation import describe
@@ -25,7 +26,6 @@ from gateway.routing.attempts import Outcome, run_attempts
 from gateway.routing.router import allowed_regions
 from gateway.routing.tasks import apply_task_type
 from gateway.telemetry.cost import charge
-from gateway.telemetry.decisions import Decision
 from gateway.telemetry.observe import complete_decision, observe_request
 from gateway.tiering.router import apply_tier, settle_tier
 from providers.base import Completion

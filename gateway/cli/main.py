@@ -169,7 +169,8 @@ async def _invalidate_cached_answers(settings: Settings, chunk_ids: list[str]) -
 
 def _ingest(args: argparse.Namespace) -> int:
     from retrieval.ingest import IngestError, ingest
-    from retrieval.store import StoreUnavailable, open_store
+    from retrieval.store import StoreUnavailable
+    from retrieval.stores import open_store
 
     settings = Settings(**({"config": args.config} if args.config else {}))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")

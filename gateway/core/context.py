@@ -6,12 +6,15 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cache.embedder import Embedder, Vector, fits_window_off_loop
-from gateway.policy.catalog import Route
-from gateway.policy.model import TeamConfig
-from gateway.telemetry.decisions import Decision
+
+from .decision import Decision
+
+if TYPE_CHECKING:  # the policy layer imports this floor; its types are annotations here
+    from gateway.policy.catalog import Route
+    from gateway.policy.model import TeamConfig
 from providers.base import Completion
 from providers.schema import ChatRequest, content_text
 

@@ -31,16 +31,19 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.core.errors import RateLimitExceeded
-from gateway.telemetry.alerts import Alerts
-from gateway.telemetry.metrics import Metrics
 
 from .model import TeamConfig
+
+if TYPE_CHECKING:  # telemetry sits above policy: its objects are handed in
+    from gateway.telemetry.alerts import Alerts
+    from gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from .grading import grade
 
 if TYPE_CHECKING:
     from gateway.core.context import RequestContext
+    from gateway.core.decision import Decision
     from gateway.policy.catalog import Candidate
-    from gateway.telemetry.decisions import Decision
     from providers.base import Usage
     from providers.pool import ProviderPool
 

@@ -22,10 +22,10 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.decision import Decision
 from gateway.policy.quality_config import QualityConfig
 from gateway.policy.settings import Settings
 from gateway.telemetry.alerts import Alerts
-from gateway.telemetry.decisions import Decision
 from gateway.telemetry.metrics import Metrics
 from providers.base import Completion
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from gateway.core.context import RequestContext
+from gateway.core.decision import Attempt
 from gateway.core.errors import AllProvidersFailed, DeadlineExceeded, GatewayError, UpstreamFailure
 from gateway.core.runtime import Runtime
 from gateway.policy.catalog import Candidate
 from gateway.policy.model import ErrorAction, ErrorPolicy
-from gateway.telemetry.decisions import Attempt
 from providers.errors import ContentBlocked, UnsupportedRequest, UpstreamError
 
 from .router import Plan, breaker_keys

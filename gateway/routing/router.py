@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.core.decision import CandidateVerdict
 from gateway.core.errors import NoEligibleProvider
 from gateway.policy.catalog import Candidate, Route
 from gateway.policy.model import RoutingConfig, TeamConfig
-from gateway.telemetry.decisions import CandidateVerdict
 from providers.schema import ChatRequest, content_text
 
 from .breakers import BreakerBoard

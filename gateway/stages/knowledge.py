@@ -37,7 +37,8 @@ from gateway.telemetry.metrics import Metrics
 from providers.base import Completion, Usage, new_completion_id
 from providers.schema import ChatRequest
 from retrieval.search import Access, Retrieved, access_filter, retrieve
-from retrieval.store import Condition, Hit, KnowledgeStore, StoreUnavailable, open_store
+from retrieval.store import Condition, Hit, KnowledgeStore, StoreUnavailable
+from retrieval.stores import open_store
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from gateway.core.decision import Decision
 from gateway.policy.model import ModelConfig
 from providers.base import Usage
-
-from .decisions import Decision
 
 _PER = 1_000_000
 

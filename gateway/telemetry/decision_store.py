@@ -38,10 +38,10 @@ from gateway.core.background import flush_periodically, stop_then_flush
 from gateway.core.errors import InvalidRequest
 
 if TYPE_CHECKING:
+    from gateway.core.decision import Decision
     from gateway.policy.settings import Settings
 
-    from .decisions import Decision
-    from .exporter import ExporterLink
+    from .exporter_link import ExporterLink
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -11,10 +11,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from gateway.core.decision import Attempt, Decision
     from gateway.policy.model import Policy
     from providers.schema import ChatRequest
-
-    from .decisions import Attempt, Decision
 
 OPERATION = "chat"
 

@@ -14,7 +14,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .decisions import Decision
+from gateway.core.decision import Decision
 
 # What the cache and knowledge stages said about a request (their ``x-gateway-cache`` header and
 # ``ctx.notes["knowledge"]``) that counts as a lookup, and which of those as a hit.

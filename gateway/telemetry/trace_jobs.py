@@ -18,10 +18,10 @@ from opentelemetry.trace import SpanContext, TraceFlags
 from .genai_spans import SpanModel
 
 if TYPE_CHECKING:
+    from gateway.core.decision import Decision
     from gateway.policy.model import Policy
 
-    from .decisions import Decision
-    from .exporter import ExporterLink
+    from .exporter_link import ExporterLink
 
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 ID_MASK = (1 << 64) - 1
@@ -102,7 +102,7 @@ def span_wire(
 
 
 def jobs_from_wire(payload: bytes) -> list[TraceJob]:
-    from .decisions import Attempt, Decision
+    from gateway.core.decision import Attempt, Decision
 
     jobs = []
     for high, low, parent, request, cache, knowledge, names, figures, attempts in orjson.loads(

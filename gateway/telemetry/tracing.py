@@ -61,12 +61,12 @@ from .otlp import OTLPHttpExporter, SpanEncoder
 from .trace_jobs import ID_MASK, SAMPLED, TraceJob, models_to_wire, send_spans, span_wire
 
 if TYPE_CHECKING:
+    from gateway.core.decision import Decision
     from gateway.policy.model import Policy
     from gateway.policy.settings import Settings
     from providers.schema import ChatRequest
 
-    from .decisions import Decision
-    from .exporter import ExporterLink
+    from .exporter_link import ExporterLink
 
 log = logging.getLogger(__name__)
 

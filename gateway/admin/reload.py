@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.core.runtime import RUNTIME, Runtime
+from gateway.core.runtime import LIFECYCLE, RUNTIME, Runtime
 from gateway.policy.model import Policy, load_policy
 from gateway.tiering.router import TierRouter
 from providers.pool import ProviderPool
@@ -57,8 +57,6 @@ def retire_after_s(policy: Policy) -> float:
 
 async def reload_policy(app: web.Application) -> dict[str, Any]:
     """Re-read, validate and swap in the policy file; raises ``PolicyError`` if it is bad."""
-    from .lifecycle import LIFECYCLE  # lifecycle installs this module's callers
-
     lifecycle = app[LIFECYCLE]
     runtime = app[RUNTIME]
     path = runtime.settings.config
