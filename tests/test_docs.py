@@ -149,3 +149,20 @@ def test_the_docs_are_linked_from_the_readme() -> None:
 def test_readme_fits_on_a_screen() -> None:
     lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
     assert lines < README_MAX_LINES
+
+
+SOURCE_PATH = re.compile(
+    r"`((?:gateway|providers|cache|retrieval|tests|bench|deploy|examples)/[\w./-]*\w)`"
+)
+
+
+@pytest.mark.parametrize("page", doc_pages(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_source_paths_exist(page: Path) -> None:
+    # A page that names `gateway/x/y.py` sends a reader there: a module that moved must not
+    # leave the docs pointing at nothing.
+    missing = [
+        path
+        for path in SOURCE_PATH.findall(page.read_text())
+        if "*" not in path and not (ROOT / path).exists()
+    ]
+    assert missing == []

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-log = logging.getLogger("gateway.telemetry.alerts")
+log = logging.getLogger("gateway.alerts")  # a stable name ops filter on (docs/routing.md)
 
 
 class Alerts:

@@ -16,7 +16,7 @@ from gateway.core.decision import Decision
 
 from .decision_store import DecisionQuery, DecisionSinks
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gateway.decisions")  # a stable name ops filter on (docs/telemetry.md)
 
 
 class DecisionLog:

@@ -51,7 +51,7 @@ from .otlp import OTLPHttpExporter
 from .trace_jobs import jobs_from_wire, models_from_wire
 from .tracing import Tracing
 
-log = logging.getLogger("gateway.telemetry.exporter")  # also when run as __main__
+log = logging.getLogger("gateway.exporter")  # a stable name ops filter on, also as __main__
 
 
 # -- the child ------------------------------------------------------------------------------
