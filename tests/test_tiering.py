@@ -307,7 +307,7 @@ def test_serve_keeps_numpys_blas_on_one_thread() -> None:
 
     script = (
         "import numpy, threadpoolctl\n"
-        "from gateway.background import single_thread_blas\n"
+        "from gateway.core.background import single_thread_blas\n"
         "single_thread_blas()\n"
         "blas = [i for i in threadpoolctl.threadpool_info() if i['internal_api'] == 'openblas']\n"
         "print(len(blas), sorted({i['num_threads'] for i in blas}))\n"
