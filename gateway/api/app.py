@@ -48,6 +48,7 @@ from providers.errors import ProviderError
 from providers.pool import ProviderPool
 
 from .count_tokens import count_tokens
+from .embeddings import embeddings
 from .feedback import post_feedback
 from .ingress.anthropic_messages import ANTHROPIC_MESSAGES, anthropic_models
 from .openapi import get_openapi
@@ -272,6 +273,7 @@ def create_app(
             web.post("/v1/messages", messages),
             web.post("/v1/messages/count_tokens", count_tokens),
             web.post("/v1/responses", responses),
+            web.post("/v1/embeddings", embeddings),
             web.get("/v1/models", list_models),
             web.get("/v1/models/{model}", retrieve_model),
             web.get("/healthz", healthz),
@@ -297,7 +299,10 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
         stages: list[Interceptor] = []
         caching = policy.cache is not None and policy.cache.enabled
         examples = {name: t.examples for name, t in policy.task_types.items() if t.examples}
-        wants_embedder = caching or policy.knowledge is not None or examples or runtime.tiers
+        builtin = any(p.kind == "builtin" for p in policy.providers)  # serves /v1/embeddings
+        wants_embedder = (
+            caching or policy.knowledge is not None or examples or runtime.tiers or builtin
+        )
         if wants_embedder and runtime.embedder is None:
             runtime.embedder = await asyncio.to_thread(make_embedder, runtime.settings)
             stack.push_async_callback(runtime.embedder.close)
