@@ -17,18 +17,21 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from .base import Target, UpstreamRequest
 from .errors import UpstreamError, UpstreamProtocolError
 
 Vectors = npt.NDArray[np.float32]
 MAX_INPUTS = 2048  # OpenAI's limit per request
-Text = Annotated[str, Field(min_length=1)]  # OpenAI refuses an empty input
+_INPUT_RULE = (
+    f"must be a non-empty string or a list of 1 to {MAX_INPUTS} non-empty strings "
+    "(token-id arrays are not accepted: the gateway routes across tokenizers)"
+)
 
 
 class EmbeddingRequest(BaseModel):
@@ -38,10 +41,23 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = Field(min_length=1)
-    input: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
+    input: str | list[str]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = Field(default=None, ge=1)
     user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _texts(cls, value: Any) -> Any:
+        if isinstance(value, str) and value:
+            return value
+        if (
+            isinstance(value, list)
+            and 0 < len(value) <= MAX_INPUTS
+            and all(isinstance(text, str) and text for text in value)
+        ):
+            return value
+        raise ValueError(_INPUT_RULE)
 
     @property
     def texts(self) -> list[str]:

@@ -1,9 +1,11 @@
-"""Fuzzing the public API: schemathesis from /openapi.json, and hypothesis-built chat bodies.
+"""Fuzzing the public API: schemathesis from /openapi.json, and hypothesis-built chat, Messages,
+Responses and embeddings bodies.
 
 The gateway runs on a real TCP port (aiohttp is not ASGI; schemathesis calls it over HTTP with
 ``requests``) in a thread with its own event loop, over loopback fakes that answer normally. The
-promise under test: no 5xx except the documented upstream 502/503/504, and every error is an
-OpenAI-shaped JSON body.
+promise under test: no 5xx except the documented upstream 502/503/504 (and Anthropic's 529 on
+``/v1/messages``), and every error is a JSON body in the client's shape: OpenAI's, or Anthropic's
+on ``/v1/messages``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from schemathesis.checks import (
 )
 
 from gateway.api.app import create_app
+from gateway.policy.model import Policy
 from gateway.policy.settings import Settings
 from tests.conftest import MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes, policy_for
 from tests.fakes.anthropic import FakeAnthropic
@@ -39,7 +42,21 @@ from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeOpenAI
 
 UPSTREAM_STATUSES = {502, 503, 504}
-_WITH_INPUTS = {"POST /v1/chat/completions", "GET /v1/models/{model}", "POST /v1/feedback"}
+_WITH_INPUTS = {
+    "POST /v1/chat/completions",
+    "POST /v1/messages",
+    "POST /v1/messages/count_tokens",
+    "POST /v1/responses",
+    "POST /v1/embeddings",
+    "GET /v1/models/{model}",
+    "POST /v1/feedback",
+}
+# Embedding aliases on the fakes that have an embeddings API, and a route over them.
+EMBEDDING_MODELS = {
+    "embed-openai": "openai",
+    "embed-gemini": "gemini",
+    "embed-ollama": "ollama",
+}
 EXAMPLES = 60  # per operation and mode; the chat body fuzz runs more
 
 
@@ -104,9 +121,18 @@ async def _gateway_app(server: ThreadedServer, stack: list[Any]) -> web.Applicat
         await fake.start()
         stack.append(fake.stop)
         server.fakes.append(fake)
-    routes = [{"name": "default", "candidates": ["gpt", "claude", "gemini", "ollama"]}]
+    routes = [
+        {"name": "default", "candidates": ["gpt", "claude", "gemini", "ollama"]},
+        {"name": "embeddings", "candidates": list(EMBEDDING_MODELS)},
+    ]
+    policy = policy_for(fakes).model_dump()
+    policy["routes"] = routes
+    policy["models"] += [
+        {"name": name, "provider": provider, "id": f"{name}-v1", "kind": "embedding"}
+        for name, provider in EMBEDDING_MODELS.items()
+    ]
     app = create_app(
-        Settings(max_body_bytes=64 * 1024), policy_for(fakes, routes=routes), PROVIDER_KEYS
+        Settings(max_body_bytes=64 * 1024), Policy.model_validate(policy), PROVIDER_KEYS
     )
     return app
 
@@ -132,9 +158,31 @@ def assert_openai_shaped(status: int, headers: Mapping[str, str], text: str) -> 
         assert headers.get("x-request-id")
 
 
-def check(response: requests.Response) -> None:
+def assert_anthropic_shaped(status: int, headers: Mapping[str, str], text: str) -> None:
+    """No 5xx but the upstream ones and 529; errors are Anthropic's ``{"type": "error", ...}``."""
+    assert status < 500 or status in {*UPSTREAM_STATUSES, 529}, (status, text[:500])
+    if status >= 400:
+        assert headers["content-type"].startswith("application/json"), headers
+        body = orjson.loads(text)
+        assert body["type"] == "error"
+        assert isinstance(body["error"]["type"], str)
+        assert body["error"]["message"]
+        assert "Traceback" not in body["error"]["message"]
+        assert headers.get("x-request-id")
+        assert body["request_id"] == headers["x-request-id"]
+
+
+def assert_client_shaped(path: str, status: int, headers: Mapping[str, str], text: str) -> None:
+    """The error shape of the client that calls ``path``."""
+    if path.startswith("/v1/messages"):
+        assert_anthropic_shaped(status, headers, text)
+    else:
+        assert_openai_shaped(status, headers, text)
+
+
+def check(response: requests.Response, path: str = "/v1/chat/completions") -> None:
     headers = {k.lower(): v for k, v in response.headers.items()}
-    assert_openai_shaped(response.status_code, headers, response.text)
+    assert_client_shaped(path, response.status_code, headers, response.text)
 
 
 def _fuzz_operations(server: ThreadedServer, mode: GenerationMode) -> int:
@@ -167,8 +215,8 @@ def _fuzz_operations(server: ThreadedServer, mode: GenerationMode) -> int:
             headers = auth if keyed else {}
             response = case.call(base_url=server.url, session=session, headers=headers, timeout=30)
             calls += 1
-            seen = {k: v[0] for k, v in response.headers.items()}
-            assert_openai_shaped(response.status_code, seen, response.text)
+            seen = {k.lower(): v[0] for k, v in response.headers.items()}
+            assert_client_shaped(case.operation.path, response.status_code, seen, response.text)
             case.validate_response(response, checks=checks, headers=headers)
 
         run()
@@ -412,12 +460,347 @@ def test_generated_chat_bodies(
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(raw=st.binary(max_size=200) | _json.map(lambda v: repr(v).encode()))
 def test_arbitrary_bytes_are_client_errors(server: ThreadedServer, raw: bytes) -> None:
-    for path in ("/v1/chat/completions", "/v1/feedback"):
+    for path in (
+        "/v1/chat/completions",
+        "/v1/feedback",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/responses",
+        "/v1/embeddings",
+    ):
         response = requests.post(
             f"{server.url}{path}",
             data=raw,
             headers={"Authorization": f"Bearer {TEAM_KEY}", "Content-Type": "application/json"},
             timeout=30,
         )
-        check(response)
+        check(response, path)
         assert 400 <= response.status_code < 500
+
+
+# ------------------------------------------------------ Messages, Responses, embeddings bodies
+
+_any_model = st.sampled_from([*MODELS, "default", "nope", *EMBEDDING_MODELS, "embeddings"]) | _json
+_text_block = st.fixed_dictionaries({"type": st.just("text"), "text": _text})
+_anthropic_block = st.one_of(
+    _text_block,
+    st.fixed_dictionaries(
+        {
+            "type": st.just("image"),
+            "source": st.sampled_from(
+                [
+                    {"type": "base64", "media_type": "image/png", "data": "iVBORw=="},
+                    {"type": "url", "url": "https://x.test/a.png"},
+                    {"type": "base64", "media_type": "image/tiff", "data": "AA=="},
+                ]
+            ),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("tool_use"),
+            "id": _text,
+            "name": _text,
+            "input": st.dictionaries(st.text(max_size=5), _json, max_size=2),
+        }
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("tool_result"), "tool_use_id": _text},
+        optional={"content": _text | st.lists(_text_block, max_size=2), "is_error": st.booleans()},
+    ),
+    st.fixed_dictionaries({"type": st.sampled_from(["thinking", "document", "x"])}),
+    _json,
+)
+_anthropic_message = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant", "system"]),
+        "content": _text | st.lists(_anthropic_block, max_size=3) | _json,
+    }
+)
+_anthropic_tool = st.fixed_dictionaries(
+    {
+        "name": st.from_regex(r"[a-z_]{1,10}", fullmatch=True),
+        "input_schema": st.just({"type": "object"}),
+    },
+    optional={"description": _text, "type": st.sampled_from(["custom", "web_search_20250305"])},
+)
+_messages_body = st.fixed_dictionaries(
+    {
+        "model": _any_model,
+        "max_tokens": st.integers(-1, 5000) | _json,
+        "messages": st.lists(_anthropic_message, max_size=4) | _json,
+    },
+    optional={
+        "system": _text | st.lists(_text_block, max_size=2) | _json,
+        "stream": st.booleans() | _json,
+        "temperature": _number,
+        "top_p": _number,
+        "top_k": _number,
+        "stop_sequences": st.lists(_text, max_size=6) | _json,
+        "tools": st.lists(_anthropic_tool | _json, max_size=2) | _json,
+        "tool_choice": st.sampled_from(
+            [{"type": "auto"}, {"type": "any"}, {"type": "tool", "name": "x"}, {"type": "none"}]
+        )
+        | _json,
+        "metadata": st.fixed_dictionaries({"user_id": _text}) | _json,
+        "thinking": st.sampled_from(
+            [{"type": "disabled"}, {"type": "enabled", "budget_tokens": 9}]
+        ),
+        "output_config": st.sampled_from(
+            [{"effort": "low"}, {"format": {"type": "json_schema", "schema": {"type": "object"}}}]
+        )
+        | _json,
+        "extra": _json,
+    },
+)
+_input_part = st.one_of(
+    st.fixed_dictionaries({"type": st.just("input_text"), "text": _text}),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("input_image"),
+            "image_url": st.sampled_from(["https://x.test/a.png", "data:image/png;base64,AA=="]),
+        }
+    ),
+    st.fixed_dictionaries({"type": st.sampled_from(["output_text", "input_file"]), "text": _text}),
+    _json,
+)
+_response_item = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]),
+            "content": _text | st.lists(_input_part, max_size=3),
+        },
+        optional={"type": st.just("message")},
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("function_call"),
+            "call_id": _text,
+            "name": _text,
+            "arguments": _json.map(json.dumps),
+        }
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("function_call_output"), "call_id": _text, "output": _text | _json}
+    ),
+    st.fixed_dictionaries({"type": st.sampled_from(["reasoning", "item_reference"])}),
+    _json,
+)
+_responses_body = st.fixed_dictionaries(
+    {"model": _any_model, "input": _text | st.lists(_response_item, max_size=4) | _json},
+    optional={
+        "instructions": _text | _json,
+        "stream": st.booleans() | _json,
+        "max_output_tokens": _number,
+        "temperature": _number,
+        "top_p": _number,
+        "tools": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "type": st.sampled_from(["function", "web_search"]),
+                    "name": st.from_regex(r"[a-z_]{1,10}", fullmatch=True),
+                },
+                optional={"parameters": st.just({"type": "object", "properties": {}})},
+            )
+            | _json,
+            max_size=2,
+        ),
+        "tool_choice": st.sampled_from(["none", "auto", "required"])
+        | st.fixed_dictionaries({"type": st.just("function"), "name": _text})
+        | _json,
+        "text": st.sampled_from(
+            [
+                {"format": {"type": "text"}},
+                {"format": {"type": "json_object"}},
+                {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}},
+            ]
+        )
+        | _json,
+        "store": st.booleans(),
+        "previous_response_id": _text,
+        "metadata": st.dictionaries(st.text(max_size=5), _text, max_size=3) | _json,
+        "extra": _json,
+    },
+)
+_embeddings_body = st.fixed_dictionaries(
+    {
+        "model": _any_model,
+        "input": _text | st.lists(_text, max_size=5) | st.lists(st.integers(), max_size=3) | _json,
+    },
+    optional={
+        "encoding_format": st.sampled_from(["float", "base64", "int8"]) | _json,
+        "dimensions": _number,
+        "user": _text | _json,
+    },
+)
+# Valid bodies reach the router, the adapters and the fakes (the edge cases in the values).
+_chat_model = st.sampled_from([*MODELS, "default"])
+_some_text = st.text(min_size=1, max_size=40)
+_valid_anthropic = st.fixed_dictionaries(
+    {
+        "model": _chat_model,
+        "max_tokens": st.integers(1, 4096),
+        "messages": st.lists(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {
+                        "role": st.just("user"),
+                        "content": _text
+                        | st.lists(
+                            _text_block
+                            | st.just(
+                                {
+                                    "type": "image",
+                                    "source": {
+                                        "type": "base64",
+                                        "media_type": "image/png",
+                                        "data": "iVBORw==",
+                                    },
+                                }
+                            ),
+                            min_size=1,
+                            max_size=3,
+                        ),
+                    }
+                ),
+                st.fixed_dictionaries(
+                    {
+                        "role": st.just("assistant"),
+                        "content": _text | st.lists(_text_block, min_size=1, max_size=2),
+                    }
+                ),
+            ),
+            min_size=1,
+            max_size=4,
+        ),
+    },
+    optional={
+        "system": _text | st.lists(_text_block, min_size=1, max_size=2),
+        "stream": st.booleans(),
+        "temperature": st.floats(0, 1),
+        "top_p": st.floats(0, 1),
+        "top_k": st.integers(0, 100),
+        "stop_sequences": st.lists(_some_text, max_size=4),
+        "tools": st.lists(
+            _anthropic_tool.filter(lambda t: "type" not in t), min_size=1, max_size=2
+        ),
+        "tool_choice": st.sampled_from([{"type": "auto"}, {"type": "any"}, {"type": "none"}]),
+        "metadata": st.fixed_dictionaries({"user_id": _text}),
+    },
+)
+_valid_input_part = st.fixed_dictionaries({"type": st.just("input_text"), "text": _text}) | st.just(
+    {"type": "input_image", "image_url": "https://x.test/a.png"}
+)
+_valid_responses = st.fixed_dictionaries(
+    {
+        "model": _chat_model,
+        "input": _text
+        | st.lists(
+            st.fixed_dictionaries(
+                {
+                    "role": st.sampled_from(["user", "system", "developer"]),
+                    "content": _text | st.lists(_valid_input_part, min_size=1, max_size=2),
+                }
+            )
+            | st.fixed_dictionaries({"role": st.just("assistant"), "content": _text}),
+            min_size=1,
+            max_size=4,
+        ),
+    },
+    optional={
+        "instructions": _text,
+        "stream": st.booleans(),
+        "max_output_tokens": st.integers(1, 4096),
+        "temperature": st.floats(0, 2),
+        "top_p": st.floats(0, 1),
+        "tools": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "type": st.just("function"),
+                    "name": st.from_regex(r"[a-z_]{1,10}", fullmatch=True),
+                },
+                optional={"parameters": st.just({"type": "object", "properties": {}})},
+            ),
+            min_size=1,
+            max_size=2,
+        ),
+        "tool_choice": st.sampled_from(["none", "auto", "required"]),
+        "text": st.sampled_from(
+            [{"format": {"type": "text"}}, {"format": {"type": "json_object"}}]
+        ),
+        "metadata": st.dictionaries(st.text(max_size=5), _text, max_size=3),
+        "store": st.just(False),
+    },
+)
+_valid_embeddings = st.fixed_dictionaries(
+    {
+        "model": st.sampled_from([*EMBEDDING_MODELS, "embeddings"]),
+        "input": _some_text | st.lists(_some_text, min_size=1, max_size=5),
+    },
+    optional={
+        "encoding_format": st.sampled_from(["float", "base64"]),
+        "dimensions": st.integers(1, 16),
+        "user": _text,
+    },
+)
+_COUNTED = {"model", "messages", "system", "tools", "tool_choice"}  # count_tokens' fields
+_INGRESS = {
+    "/v1/messages": st.one_of(_valid_anthropic, _valid_anthropic, _messages_body),
+    "/v1/messages/count_tokens": st.one_of(
+        _valid_anthropic.map(lambda body: {k: v for k, v in body.items() if k in _COUNTED}),
+        _messages_body,
+    ),
+    "/v1/responses": st.one_of(_valid_responses, _valid_responses, _responses_body),
+    "/v1/embeddings": st.one_of(_valid_embeddings, _valid_embeddings, _embeddings_body),
+}
+# The last SSE event of a stream that ended properly, or failed after its first content.
+_STREAM_ENDS = {
+    "/v1/messages": {"message_stop", "error"},
+    "/v1/responses": {"response.completed", "response.incomplete", "response.failed"},
+}
+
+
+def _last_event(text: str) -> str:
+    names = [line[len("event: ") :] for line in text.splitlines() if line.startswith("event: ")]
+    return names[-1] if names else ""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("path", list(_INGRESS))
+def test_generated_ingress_bodies(server: ThreadedServer, path: str) -> None:
+    @settings(
+        max_examples=150,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(body=_INGRESS[path], upstream=_upstream, anthropic_key=st.booleans())
+    def run(body: dict[str, Any], upstream: Behaviour, anthropic_key: bool) -> None:
+        for fake in server.fakes:
+            blocked_ollama = isinstance(fake, FakeOllama) and isinstance(upstream, Blocked)
+            fake.default = Ok() if blocked_ollama else upstream
+        key = {"x-api-key": TEAM_KEY} if anthropic_key and "messages" in path else {}
+        response = requests.post(
+            f"{server.url}{path}",
+            json=body,
+            headers=key or {"Authorization": f"Bearer {TEAM_KEY}"},
+            timeout=30,
+        )
+        check(response, path)
+        event(f"{path} status {response.status_code}")
+        if response.status_code != 200:
+            return
+        if body.get("stream") is True and path in _STREAM_ENDS:
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            assert _last_event(response.text) in _STREAM_ENDS[path], response.text[-300:]
+        elif path == "/v1/messages":
+            assert response.json()["type"] == "message"
+        elif path == "/v1/messages/count_tokens":
+            assert response.json()["input_tokens"] >= 1
+        elif path == "/v1/responses":
+            assert response.json()["object"] == "response"
+        else:
+            assert response.json()["object"] == "list"
+
+    run()
