@@ -34,7 +34,7 @@ from .base import (
     new_completion_id,
     parse_retry_after,
 )
-from .embeddings import EmbeddingRequest, Embeddings, as_vectors, estimate_tokens
+from .embeddings import EmbeddingRequest, Embeddings, check_rows, estimate_tokens
 from .errors import (
     ContentBlocked,
     UpstreamAuthError,
@@ -204,7 +204,7 @@ class GeminiAdapter:
             raise UpstreamProtocolError(
                 f"{provider} returned embeddings without embeddings[].values", provider=provider
             ) from exc
-        vectors = as_vectors(rows, len(texts), provider)
+        vectors = check_rows(rows, len(texts), provider)
         return Embeddings(vectors, target.model, estimate_tokens(texts), estimated=True)
 
     def classify_error(

@@ -37,7 +37,7 @@ from .base import (
     new_completion_id,
     parse_retry_after,
 )
-from .embeddings import EmbeddingRequest, Embeddings, as_vectors, estimate_tokens
+from .embeddings import EmbeddingRequest, Embeddings, check_rows, estimate_tokens
 from .errors import (
     UnsupportedRequest,
     UpstreamError,
@@ -409,7 +409,7 @@ class OllamaAdapter:
             raise UpstreamProtocolError(
                 f"{provider} returned an embed answer without embeddings", provider=provider
             )
-        vectors = as_vectors(payload["embeddings"], len(texts), provider)
+        vectors = check_rows(payload["embeddings"], len(texts), provider)
         served = str(payload.get("model") or target.model)
         tokens = payload.get("prompt_eval_count")
         if isinstance(tokens, int):

@@ -26,7 +26,7 @@ from .base import (
     new_completion_id,
     parse_retry_after,
 )
-from .embeddings import MAX_INPUTS, EmbeddingRequest, Embeddings, as_vectors, estimate_tokens
+from .embeddings import MAX_INPUTS, EmbeddingRequest, Embeddings, check_rows, estimate_tokens
 from .errors import ContentBlocked, UpstreamError, UpstreamProtocolError
 from .schema import ChatRequest
 
@@ -179,7 +179,7 @@ class OpenAIAdapter:
             raise UpstreamProtocolError(
                 f"{provider} returned embeddings without data[].embedding", provider=provider
             ) from exc
-        vectors = as_vectors(rows, len(texts), provider)
+        vectors = check_rows(rows, len(texts), provider)
         usage = payload.get("usage")
         tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
         served = str(payload.get("model") or target.model)

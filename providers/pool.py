@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import numpy as np
 
 from .base import Completion, ProviderAdapter, StreamEvent, StreamState, Target
 from .embeddings import EmbeddingRequest, Embeddings
@@ -200,8 +199,11 @@ class ProviderPool:
             parts.append(part)
         if len(parts) == 1:
             return parts[0]
+        rows: list[Any] = []
+        for part in parts:  # one adapter: every batch in the same encoding
+            rows.extend(part.vectors)
         return Embeddings(
-            vectors=np.concatenate([part.vectors for part in parts]),
+            vectors=rows,
             served_model=parts[0].served_model,
             prompt_tokens=sum(part.prompt_tokens for part in parts),
             estimated=any(part.estimated for part in parts),

@@ -17,7 +17,6 @@ the decision record says ``usage_estimated``). Vectors go back as floats or base
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -36,9 +35,16 @@ from gateway.policy.catalog import Candidate
 from gateway.routing.attempts import Outcome, run_attempts
 from gateway.telemetry.cost import charge
 from providers.base import Completion, Usage
-from providers.embeddings import EmbeddingRequest, Embeddings, Vectors, estimate_tokens
+from providers.embeddings import (
+    EmbeddingRequest,
+    Embeddings,
+    Rows,
+    Vectors,
+    estimate_tokens,
+    render_rows,
+)
 from providers.errors import UnsupportedRequest, UpstreamConnectionError, UpstreamError
-from providers.schema import ChatRequest, UserMessage
+from providers.schema import ChatRequest
 
 from .pipeline import failed, new_context, read_json_body, settle
 from .responses import gateway_headers
@@ -101,11 +107,13 @@ def as_chat(embed: EmbeddingRequest) -> ChatRequest:
     The router checks the longest input against each candidate's window (an embedding model's
     window applies to each input, not to their sum) with one output token; ``raw`` holds every
     input as a user message, which is what the record hashes (and keeps, for a team that logs
-    prompts). Built without validation: ``embed`` is validated and nothing here is the client's.
+    prompts). (Validating this small body is cheaper than pydantic's ``model_construct``.)
     """
     texts = embed.texts
-    longest = UserMessage.model_construct(role="user", content=max(texts, key=len))
-    chat = ChatRequest.model_construct(model=embed.model, messages=[longest], max_tokens=1)
+    longest = max(texts, key=len)
+    chat = ChatRequest.from_body(
+        {"model": embed.model, "messages": [{"role": "user", "content": longest}], "max_tokens": 1}
+    )
     chat._raw = {"model": embed.model, "messages": [{"role": "user", "content": t} for t in texts]}
     return chat
 
@@ -168,17 +176,14 @@ def _respond(
     )
 
 
-def render_embeddings(vectors: Vectors, *, model: str, prompt_tokens: int, encoding: str) -> bytes:
+def render_embeddings(
+    vectors: Vectors | Rows, *, model: str, prompt_tokens: int, encoding: str
+) -> bytes:
     """OpenAI's ``list`` of ``embedding`` objects; base64 is little-endian float32, as OpenAI
-    sends it, and floats are written straight from the array (orjson's numpy support)."""
-    little = vectors.astype("<f4", copy=False)
+    sends it. Rows already in the client's encoding pass through as the provider sent them."""
     data = [
-        {
-            "object": "embedding",
-            "index": index,
-            "embedding": base64.b64encode(row.tobytes()).decode() if encoding == "base64" else row,
-        }
-        for index, row in enumerate(little)
+        {"object": "embedding", "index": index, "embedding": row}
+        for index, row in enumerate(render_rows(vectors, encoding))
     ]
     body = {
         "object": "list",
