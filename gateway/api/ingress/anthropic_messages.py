@@ -53,7 +53,7 @@ from .anthropic_schema import (
     ToolChoiceTool,
     ToolResultBlock,
     ToolUseBlock,
-    _Conversation,
+    Conversation,
 )
 from .anthropic_stream import STOP_REASONS, MessagesEncoder, error_type
 from .openai_chat import translated_request
@@ -134,7 +134,7 @@ def _assistant_turn(message: MessageParam, out: list[dict[str, Any]]) -> None:
     out.append(turn)
 
 
-def conversation(request: _Conversation) -> dict[str, Any]:
+def conversation(request: Conversation) -> dict[str, Any]:
     """The internal request's body for what every Messages body shares (no sampling)."""
     if request.thinking is not None and request.thinking.type != "disabled":
         raise InvalidRequest(
@@ -204,7 +204,7 @@ def to_chat(request: MessagesRequest) -> ChatRequest:
     return translated_request(body)
 
 
-def _validated(model: type[_Conversation], body: dict[str, Any]) -> Any:
+def _validated(model: type[Conversation], body: dict[str, Any]) -> Any:
     try:
         return model.model_validate(body)
     except ValidationError as exc:

@@ -132,7 +132,9 @@ class OutputConfig(_Strict):
     format: JSONOutputFormat | None = None
 
 
-class _Conversation(_Strict):
+class Conversation(_Strict):
+    """What a Messages body and a token-count body share: the model, the turns, the tools."""
+
     model: str = Field(min_length=1)
     messages: list[MessageParam] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
@@ -148,7 +150,7 @@ class _Conversation(_Strict):
     workspace_id: str | None = None
 
 
-class MessagesRequest(_Conversation):
+class MessagesRequest(Conversation):
     """A validated ``POST /v1/messages`` body."""
 
     max_tokens: StrictInt = Field(ge=1)
@@ -166,5 +168,5 @@ class MessagesRequest(_Conversation):
     inference_geo: Any = None
 
 
-class CountTokensRequest(_Conversation):
+class CountTokensRequest(Conversation):
     """A validated ``POST /v1/messages/count_tokens`` body."""
