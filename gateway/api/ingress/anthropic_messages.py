@@ -44,6 +44,7 @@ from providers.schema import ChatRequest
 
 from .anthropic_schema import (
     AnyChoice,
+    Conversation,
     CountTokensRequest,
     ImageBlock,
     MessageParam,
@@ -53,7 +54,6 @@ from .anthropic_schema import (
     ToolChoiceTool,
     ToolResultBlock,
     ToolUseBlock,
-    Conversation,
 )
 from .anthropic_stream import STOP_REASONS, MessagesEncoder, error_type
 from .openai_chat import translated_request
