@@ -7,12 +7,16 @@ Compares, in one run and on 127.0.0.1 only:
   (c) ``gateway serve`` on the OpenAI pass-through path in front of it;
   (m) the same gateway's ``/v1/messages`` (an Anthropic client) in front of the same upstream;
   (e) the fake upstream's ``/v1/embeddings``, called directly;
+  (g) the bare forwarder in front of that;
   (f) the gateway's ``/v1/embeddings`` in front of it (bench/overhead_ingress.py).
 
 Each server runs in its own process; the load comes from ``wrk`` (or, when it is missing, a
 Python load generator in its own process). Run from the repository root::
 
-    python -m bench.overhead [--duration 10] [--connections 32] [--only a,b,c,m,e,f]
+    python -m bench.overhead [--duration 10] [--connections 32] [--only a,b,c,m,e,g,f]
+
+``--ingress``: (a), (c), (m), (e), (f) in interleaved c=1 rounds, the new paths' added p50 beside
+the chat path's (bench/overhead_ingress.py).
 
 ``--telemetry``: the gateway with telemetry off and on instead (bench/overhead_telemetry.py).
 """
@@ -101,6 +105,7 @@ LABELS = {
     "c": "(c) gateway pass-through",
     "m": "(m) gateway /v1/messages",
     "e": "(e) upstream embeddings",
+    "g": "(g) bare forwarder, embeddings",
     "f": "(f) gateway /v1/embeddings",
 }
 # Body and headers each target is sent (a, b, c: the chat request).
@@ -108,6 +113,7 @@ REQUESTS: dict[str, tuple[str, dict[str, str]]] = {
     **dict.fromkeys("abc", (REQUEST_BODY, REQUEST_HEADERS)),
     **ingress.requests(ALIAS, TEAM_KEY),
 }
+REQUESTS["g"] = REQUESTS["e"]
 GATEWAY_PATHS = {"c": PATH, "m": ingress.MESSAGES_PATH, "f": ingress.EMBED_PATH}
 
 
@@ -140,8 +146,9 @@ def serve_upstream(port: int) -> None:
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
-def forwarder_app(upstream_url: str) -> web.Application:
-    """(b): read the body, POST it upstream on one shared session, return body and status."""
+def forwarder_app(upstream_base: str) -> web.Application:
+    """(b), (g): read the body, POST it to the same path upstream on one shared session, return
+    body and status."""
 
     async def session_lifetime(app: web.Application) -> AsyncIterator[None]:
         app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
@@ -151,7 +158,7 @@ def forwarder_app(upstream_url: str) -> web.Application:
     async def forward(request: web.Request) -> web.Response:
         body = await request.read()
         async with request.app[SESSION].post(
-            upstream_url, data=body, headers={"Content-Type": "application/json"}
+            upstream_base + request.path, data=body, headers={"Content-Type": "application/json"}
         ) as response:
             payload = await response.read()
             return web.Response(
@@ -161,11 +168,12 @@ def forwarder_app(upstream_url: str) -> web.Application:
     app = web.Application()
     app.cleanup_ctx.append(session_lifetime)
     app.router.add_post(PATH, forward)
+    app.router.add_post(ingress.EMBED_PATH, forward)
     return app
 
 
-def serve_forwarder(port: int, upstream_url: str) -> None:
-    web.run_app(forwarder_app(upstream_url), host=HOST, port=port, access_log=None, print=None)
+def serve_forwarder(port: int, upstream_base: str) -> None:
+    web.run_app(forwarder_app(upstream_base), host=HOST, port=port, access_log=None, print=None)
 
 
 def percentile(sorted_values: Sequence[float], pct: float) -> float:
@@ -337,11 +345,13 @@ def start_servers(procs: Procs, selected: str) -> dict[str, str]:
         "a": f"http://{HOST}:{upstream_port}{PATH}",
         "e": f"http://{HOST}:{upstream_port}{ingress.EMBED_PATH}",
     }
-    if "b" in selected:
+    if "b" in selected or "g" in selected:  # one forwarder serves (b) and (g)
         port = free_port()
-        log = procs.start("forwarder", [*me, "_forwarder", str(port), urls["a"]])
+        upstream_base = f"http://{HOST}:{upstream_port}"
+        log = procs.start("forwarder", [*me, "_forwarder", str(port), upstream_base])
         wait_ready("forwarder", port, procs.procs[-1][1], log)
         urls["b"] = f"http://{HOST}:{port}{PATH}"
+        urls["g"] = f"http://{HOST}:{port}{ingress.EMBED_PATH}"
     if set(selected) & set(GATEWAY_PATHS):  # one gateway serves (c), (m) and (f)
         chat = start_gateway(procs, upstream_port, [sys.executable, "-m", "gateway"])
         base = chat.removesuffix(PATH)
@@ -451,6 +461,11 @@ class LoadGen:
         return parse_wrk(out.stdout)
 
 
+def loadgen_warm(loadgen: LoadGen, url: str, key: str) -> None:
+    """A short warm-up of one target (connections open, caches warm) before it is measured."""
+    loadgen.run(url, 1, 1.0, key)
+
+
 def machine_context(loadgen: LoadGen) -> list[str]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return [
@@ -493,7 +508,14 @@ def report(c1: dict[str, Result], cn: dict[str, Result], connections: int) -> li
         )
 
     lines += ["", f"{'derived (c=1 latency)':<30}{'p50 ms':>9}{'p99 ms':>9}"]
-    pairs = (("c", "a", ""), ("c", "b", "target"), ("b", "a", ""), ("m", "a", ""), ("f", "e", ""))
+    pairs = (
+        ("c", "a", ""),
+        ("c", "b", "target"),
+        ("b", "a", ""),
+        ("m", "b", ""),
+        ("f", "g", ""),
+        ("g", "e", ""),
+    )
     for x, y, target in pairs:
         diff = added(x, y)
         if diff is None:
@@ -506,8 +528,8 @@ def report(c1: dict[str, Result], cn: dict[str, Result], connections: int) -> li
             f"{f'added by ({x}) over ({y})':<30}{_fmt(diff[0], sign=True)}"
             f"{_fmt(diff[1], sign=True)}{note}"
         )
-    chat = added("c", "a")
-    for (x, y), name in ((("m", "a"), "/v1/messages"), (("f", "e"), "/v1/embeddings")):
+    chat = added("c", "b")
+    for (x, y), name in ((("m", "b"), "/v1/messages"), (("f", "g"), "/v1/embeddings")):
         other = added(x, y)
         if chat is None or other is None:
             continue
@@ -583,9 +605,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=32, help="the throughput run's -c")
     parser.add_argument(
-        "--only", default="a,b,c,m,e,f", help="targets to run, e.g. a,c,m (default: all)"
+        "--only", default="a,b,c,m,e,g,f", help="targets to run, e.g. a,c,m (default: all)"
     )
     _telemetry().add_arguments(parser)
+    parser.add_argument(
+        "--ingress",
+        action="store_true",
+        help="(a), (c), (m), (e), (f) in interleaved c=1 rounds (--rounds, --slice): the "
+        "side-by-side comparison of the ingress paths (bench/overhead_ingress.py)",
+    )
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.connections < 1:
         parser.error("--duration must be > 0 and --connections >= 1")
@@ -603,6 +631,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.telemetry:
             _telemetry().check_tools()
             return int(_telemetry().run(args))
+        if args.ingress:
+            return ingress.run_interleaved(args)
         return run(args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
