@@ -4,12 +4,19 @@ Compares, in one run and on 127.0.0.1 only:
 
   (a) a fake OpenAI-compatible upstream, called directly;
   (b) a bare aiohttp forwarder in front of it (the floor any aiohttp proxy pays);
-  (c) ``gateway serve`` on the OpenAI pass-through path in front of it.
+  (c) ``gateway serve`` on the OpenAI pass-through path in front of it;
+  (m) the same gateway's ``/v1/messages`` (an Anthropic client) in front of the same upstream;
+  (e) the fake upstream's ``/v1/embeddings``, called directly;
+  (g) the bare forwarder in front of that;
+  (f) the gateway's ``/v1/embeddings`` in front of it (bench/overhead_ingress.py).
 
 Each server runs in its own process; the load comes from ``wrk`` (or, when it is missing, a
 Python load generator in its own process). Run from the repository root::
 
-    python -m bench.overhead [--duration 10] [--connections 32] [--only a,b,c]
+    python -m bench.overhead [--duration 10] [--connections 32] [--only a,b,c,m,e,g,f]
+
+``--ingress``: (a), (c), (m), (e), (f) in interleaved c=1 rounds, the new paths' added p50 beside
+the chat path's (bench/overhead_ingress.py).
 
 ``--telemetry``: the gateway with telemetry off and on instead (bench/overhead_telemetry.py).
 """
@@ -38,6 +45,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench import overhead_ingress as ingress
 from gateway.policy.model import hash_key
 
 HOST = "127.0.0.1"
@@ -95,7 +103,18 @@ LABELS = {
     "a": "(a) fake upstream, direct",
     "b": "(b) bare aiohttp forwarder",
     "c": "(c) gateway pass-through",
+    "m": "(m) gateway /v1/messages",
+    "e": "(e) upstream embeddings",
+    "g": "(g) bare forwarder, embeddings",
+    "f": "(f) gateway /v1/embeddings",
 }
+# Body and headers each target is sent (a, b, c: the chat request).
+REQUESTS: dict[str, tuple[str, dict[str, str]]] = {
+    **dict.fromkeys("abc", (REQUEST_BODY, REQUEST_HEADERS)),
+    **ingress.requests(ALIAS, TEAM_KEY),
+}
+REQUESTS["g"] = REQUESTS["e"]
+GATEWAY_PATHS = {"c": PATH, "m": ingress.MESSAGES_PATH, "f": ingress.EMBED_PATH}
 
 
 class BenchError(Exception):
@@ -110,18 +129,26 @@ async def _fake_completion(request: web.Request) -> web.Response:
     return web.Response(body=FAKE_BODY, content_type="application/json")
 
 
+async def _fake_embeddings(request: web.Request) -> web.Response:
+    await request.read()
+    return web.Response(body=ingress.FAKE_EMBEDDING_BODY, content_type="application/json")
+
+
 def serve_upstream(port: int) -> None:
-    """(a): answers every chat completion with ``FAKE_BODY``; no sleeps."""
+    """(a), (e): answers every chat completion with ``FAKE_BODY`` and every embeddings request
+    with one fixed vector; no sleeps."""
     app = web.Application()
     app.router.add_post(PATH, _fake_completion)
+    app.router.add_post(ingress.EMBED_PATH, _fake_embeddings)
     web.run_app(app, host=HOST, port=port, access_log=None, print=None)
 
 
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
-def forwarder_app(upstream_url: str) -> web.Application:
-    """(b): read the body, POST it upstream on one shared session, return body and status."""
+def forwarder_app(upstream_base: str) -> web.Application:
+    """(b), (g): read the body, POST it to the same path upstream on one shared session, return
+    body and status."""
 
     async def session_lifetime(app: web.Application) -> AsyncIterator[None]:
         app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
@@ -131,7 +158,7 @@ def forwarder_app(upstream_url: str) -> web.Application:
     async def forward(request: web.Request) -> web.Response:
         body = await request.read()
         async with request.app[SESSION].post(
-            upstream_url, data=body, headers={"Content-Type": "application/json"}
+            upstream_base + request.path, data=body, headers={"Content-Type": "application/json"}
         ) as response:
             payload = await response.read()
             return web.Response(
@@ -141,11 +168,12 @@ def forwarder_app(upstream_url: str) -> web.Application:
     app = web.Application()
     app.cleanup_ctx.append(session_lifetime)
     app.router.add_post(PATH, forward)
+    app.router.add_post(ingress.EMBED_PATH, forward)
     return app
 
 
-def serve_forwarder(port: int, upstream_url: str) -> None:
-    web.run_app(forwarder_app(upstream_url), host=HOST, port=port, access_log=None, print=None)
+def serve_forwarder(port: int, upstream_base: str) -> None:
+    web.run_app(forwarder_app(upstream_base), host=HOST, port=port, access_log=None, print=None)
 
 
 def percentile(sorted_values: Sequence[float], pct: float) -> float:
@@ -157,13 +185,14 @@ def percentile(sorted_values: Sequence[float], pct: float) -> float:
 
 
 async def _python_load(
-    url: str, duration: float, connections: int, max_requests: int
+    url: str, duration: float, connections: int, max_requests: int, key: str = "c"
 ) -> dict[str, Any]:
     latencies: list[float] = []
     failures = 0
     sent = 0
     deadline = time.perf_counter() + duration
-    body = REQUEST_BODY.encode()
+    text, headers = REQUESTS[key]
+    body = text.encode()
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -173,7 +202,7 @@ async def _python_load(
                 sent += 1
                 start = time.perf_counter()
                 try:
-                    async with session.post(url, data=body, headers=REQUEST_HEADERS) as response:
+                    async with session.post(url, data=body, headers=headers) as response:
                         await response.read()
                         ok = response.status == 200
                 except aiohttp.ClientError:
@@ -193,16 +222,18 @@ async def _python_load(
     }
 
 
-def serve_loadgen(url: str, duration: float, connections: int, max_requests: int) -> None:
+def serve_loadgen(
+    url: str, duration: float, connections: int, max_requests: int, key: str = "c"
+) -> None:
     """The fallback load generator: prints one JSON line with its figures."""
-    result = asyncio.run(_python_load(url, duration, connections, max_requests))
+    result = asyncio.run(_python_load(url, duration, connections, max_requests, key))
     print(json.dumps(result), flush=True)
 
 
 ROLES: dict[str, Callable[[list[str]], None]] = {
     "_upstream": lambda a: serve_upstream(int(a[0])),
     "_forwarder": lambda a: serve_forwarder(int(a[0]), a[1]),
-    "_loadgen": lambda a: serve_loadgen(a[0], float(a[1]), int(a[2]), int(a[3])),
+    "_loadgen": lambda a: serve_loadgen(a[0], float(a[1]), int(a[2]), int(a[3]), *a[4:5]),
     "_collector": lambda a: _telemetry().serve_collector(int(a[0])),
 }
 
@@ -297,7 +328,7 @@ models:
   - name: {ALIAS}
     provider: fake
     id: {UPSTREAM_MODEL}
-teams:
+{ingress.policy_models("fake")}teams:
   - name: bench
     key_sha256: {hash_key(TEAM_KEY)}
     routes: ["*"]
@@ -310,14 +341,21 @@ def start_servers(procs: Procs, selected: str) -> dict[str, str]:
     upstream_port = free_port()
     log = procs.start("upstream", [*me, "_upstream", str(upstream_port)])
     wait_ready("fake upstream", upstream_port, procs.procs[-1][1], log)
-    urls = {"a": f"http://{HOST}:{upstream_port}{PATH}"}
-    if "b" in selected:
+    urls = {
+        "a": f"http://{HOST}:{upstream_port}{PATH}",
+        "e": f"http://{HOST}:{upstream_port}{ingress.EMBED_PATH}",
+    }
+    if "b" in selected or "g" in selected:  # one forwarder serves (b) and (g)
         port = free_port()
-        log = procs.start("forwarder", [*me, "_forwarder", str(port), urls["a"]])
+        upstream_base = f"http://{HOST}:{upstream_port}"
+        log = procs.start("forwarder", [*me, "_forwarder", str(port), upstream_base])
         wait_ready("forwarder", port, procs.procs[-1][1], log)
         urls["b"] = f"http://{HOST}:{port}{PATH}"
-    if "c" in selected:
-        urls["c"] = start_gateway(procs, upstream_port, [sys.executable, "-m", "gateway"])
+        urls["g"] = f"http://{HOST}:{port}{ingress.EMBED_PATH}"
+    if set(selected) & set(GATEWAY_PATHS):  # one gateway serves (c), (m) and (f)
+        chat = start_gateway(procs, upstream_port, [sys.executable, "-m", "gateway"])
+        base = chat.removesuffix(PATH)
+        urls.update({key: f"{base}{path}" for key, path in GATEWAY_PATHS.items()})
     return {k: v for k, v in urls.items() if k in selected}
 
 
@@ -336,25 +374,24 @@ def start_gateway(procs: Procs, upstream_port: int, launcher: list[str]) -> str:
 async def _check(urls: dict[str, str]) -> None:
     async with aiohttp.ClientSession() as session:
         for key, url in urls.items():
-            async with session.post(url, data=REQUEST_BODY, headers=REQUEST_HEADERS) as response:
+            body, headers = REQUESTS[key]
+            async with session.post(url, data=body, headers=headers) as response:
                 text = await response.text()
                 status = response.status
-            try:
-                content = json.loads(text)["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                content = None
-            if status != 200 or content != FAKE_CONTENT:
+            if status != 200 or not ingress.answer_ok(key, text, FAKE_CONTENT):
                 raise BenchError(
                     f"correctness check failed for {LABELS[key]} ({url}): HTTP {status}, "
-                    f"expected 200 with content {FAKE_CONTENT!r}; body: {text[:400]}"
+                    f"expected 200 with the fake's content in the client's shape; "
+                    f"body: {text[:400]}"
                 )
 
 
-async def _overhead_samples(url: str, count: int) -> list[float]:
+async def _overhead_samples(url: str, count: int, key: str = "c") -> list[float]:
     values: list[float] = []
+    body, headers = REQUESTS[key]
     async with aiohttp.ClientSession() as session:
         for _ in range(count):
-            async with session.post(url, data=REQUEST_BODY, headers=REQUEST_HEADERS) as response:
+            async with session.post(url, data=body, headers=headers) as response:
                 await response.read()
                 header = response.headers.get("x-gateway-overhead-ms")
             if response.status != 200 or header is None:
@@ -390,11 +427,14 @@ class LoadGen:
 
     def __init__(self, workdir: Path) -> None:
         self.wrk = shutil.which("wrk")
-        self.script = workdir / "post.lua"
-        headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in REQUEST_HEADERS.items())
-        self.script.write_text(
-            f'wrk.method = "POST"\nwrk.body = [==[{REQUEST_BODY}]==]\n{headers}', encoding="utf-8"
-        )
+        self.scripts: dict[str, Path] = {}
+        for key, (body, request_headers) in REQUESTS.items():
+            script = self.scripts[key] = workdir / f"post-{key}.lua"
+            headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in request_headers.items())
+            script.write_text(
+                f'wrk.method = "POST"\nwrk.body = [==[{body}]==]\n{headers}', encoding="utf-8"
+            )
+        self.script = self.scripts["c"]
 
     def describe(self) -> str:
         if self.wrk is None:
@@ -402,10 +442,10 @@ class LoadGen:
         out = subprocess.run([self.wrk, "-v"], capture_output=True, text=True, check=False)
         return (out.stdout or out.stderr).splitlines()[0].strip()
 
-    def run(self, url: str, connections: int, duration: float) -> Result:
+    def run(self, url: str, connections: int, duration: float, key: str = "c") -> Result:
         if self.wrk is None:
             cmd = [sys.executable, "-m", "bench.overhead", "_loadgen", url, str(duration)]
-            cmd += [str(connections), str(max(1000, int(duration * 50_000)))]
+            cmd += [str(connections), str(max(1000, int(duration * 50_000))), key]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
             if out.returncode != 0:
                 raise BenchError(f"the Python load generator failed:\n{out.stderr[-2000:]}")
@@ -414,11 +454,16 @@ class LoadGen:
             return Result(data["rps"], latency, data["requests"], data["errors"])
         seconds = max(1, round(duration))
         cmd = [self.wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
-        cmd += ["-s", str(self.script), url]
+        cmd += ["-s", str(self.scripts[key]), url]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
         if out.returncode != 0:
             raise BenchError(f"wrk failed ({out.returncode}):\n{out.stderr}{out.stdout}")
         return parse_wrk(out.stdout)
+
+
+def loadgen_warm(loadgen: LoadGen, url: str, key: str) -> None:
+    """A short warm-up of one target (connections open, caches warm) before it is measured."""
+    loadgen.run(url, 1, 1.0, key)
 
 
 def machine_context(loadgen: LoadGen) -> list[str]:
@@ -463,7 +508,15 @@ def report(c1: dict[str, Result], cn: dict[str, Result], connections: int) -> li
         )
 
     lines += ["", f"{'derived (c=1 latency)':<30}{'p50 ms':>9}{'p99 ms':>9}"]
-    for x, y, target in (("c", "a", ""), ("c", "b", "target"), ("b", "a", "")):
+    pairs = (
+        ("c", "a", ""),
+        ("c", "b", "target"),
+        ("b", "a", ""),
+        ("m", "b", ""),
+        ("f", "g", ""),
+        ("g", "e", ""),
+    )
+    for x, y, target in pairs:
         diff = added(x, y)
         if diff is None:
             continue
@@ -474,6 +527,17 @@ def report(c1: dict[str, Result], cn: dict[str, Result], connections: int) -> li
         lines.append(
             f"{f'added by ({x}) over ({y})':<30}{_fmt(diff[0], sign=True)}"
             f"{_fmt(diff[1], sign=True)}{note}"
+        )
+    chat = added("c", "b")
+    for (x, y), name in ((("m", "b"), "/v1/messages"), (("f", "g"), "/v1/embeddings")):
+        other = added(x, y)
+        if chat is None or other is None:
+            continue
+        delta = other[0] - chat[0]
+        verdict = "MET" if delta <= ingress.TARGET_ADDED_P50_DELTA_MS else "MISSED"
+        lines.append(
+            f"{f'{name} added - chat added':<30}{_fmt(delta, sign=True)}{'':>9}"
+            f"   target <= +{ingress.TARGET_ADDED_P50_DELTA_MS} ms: {verdict}"
         )
     if "b" in cn and "c" in cn and cn["b"].rps > 0:
         share = cn["c"].rps / cn["b"].rps
@@ -490,9 +554,9 @@ def report(c1: dict[str, Result], cn: dict[str, Result], connections: int) -> li
 
 
 def run(args: argparse.Namespace) -> int:
-    selected = "".join(k for k in "abc" if k in args.only.replace(",", ""))
+    selected = "".join(k for k in LABELS if k in args.only.replace(",", ""))
     if not selected:
-        raise BenchError("--only must name at least one of a, b, c")
+        raise BenchError(f"--only must name at least one of {', '.join(LABELS)}")
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         workdir = Path(tmp)
         procs = Procs(workdir)
@@ -519,14 +583,16 @@ def run(args: argparse.Namespace) -> int:
             for conns, results in ((1, c1), (args.connections, cn)):
                 for key, url in urls.items():
                     print(f"  {LABELS[key]}: c={conns}, {args.duration:g} s ...", flush=True)
-                    loadgen.run(url, conns, WARMUP_S)
-                    results[key] = loadgen.run(url, conns, args.duration)
+                    loadgen.run(url, conns, WARMUP_S, key)
+                    results[key] = loadgen.run(url, conns, args.duration, key)
             print("\n".join(report(c1, cn, args.connections)))
-            if "c" in urls:
-                samples = asyncio.run(_overhead_samples(urls["c"], OVERHEAD_SAMPLES))
+            for key in GATEWAY_PATHS:
+                if key not in urls:
+                    continue
+                samples = asyncio.run(_overhead_samples(urls[key], OVERHEAD_SAMPLES, key))
                 print(
-                    f"gateway self-reported x-gateway-overhead-ms over {len(samples)} sequential "
-                    f"requests: p50 {percentile(samples, 50):.3f} ms, "
+                    f"{LABELS[key]}: self-reported x-gateway-overhead-ms over {len(samples)} "
+                    f"sequential requests: p50 {percentile(samples, 50):.3f} ms, "
                     f"p99 {percentile(samples, 99):.3f} ms"
                 )
         finally:
@@ -538,8 +604,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=32, help="the throughput run's -c")
-    parser.add_argument("--only", default="a,b,c", help="targets to run, e.g. b,c")
+    parser.add_argument(
+        "--only", default="a,b,c,m,e,g,f", help="targets to run, e.g. a,c,m (default: all)"
+    )
     _telemetry().add_arguments(parser)
+    parser.add_argument(
+        "--ingress",
+        action="store_true",
+        help="(a), (c), (m), (e), (f) in interleaved c=1 rounds (--rounds, --slice): the "
+        "side-by-side comparison of the ingress paths (bench/overhead_ingress.py)",
+    )
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.connections < 1:
         parser.error("--duration must be > 0 and --connections >= 1")
@@ -557,6 +631,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.telemetry:
             _telemetry().check_tools()
             return int(_telemetry().run(args))
+        if args.ingress:
+            return ingress.run_interleaved(args)
         return run(args)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -34,6 +34,7 @@ from .base import (
     new_completion_id,
     parse_retry_after,
 )
+from .embeddings import EmbeddingRequest, Embeddings, check_rows, estimate_tokens
 from .errors import (
     ContentBlocked,
     UpstreamAuthError,
@@ -165,6 +166,46 @@ class GeminiAdapter:
                 f"{state.provider} sent an unexpected stream chunk ({exc!r})",
                 provider=state.provider,
             ) from exc
+
+    # -- embeddings (providers.embeddings.EmbeddingAdapter) ----------------------------------
+    max_batch = 100  # batchEmbedContents takes at most 100 requests
+
+    def build_embedding_request(
+        self, texts: Sequence[str], request: EmbeddingRequest, target: Target
+    ) -> UpstreamRequest:
+        """``models/{model}:batchEmbedContents``, one ``EmbedContentRequest`` per text
+        (``dimensions`` is ``outputDimensionality``; ``user`` has no counterpart)."""
+        model = f"models/{target.model.removeprefix('models/')}"
+        requests: list[dict[str, Any]] = []
+        for text in texts:
+            one: dict[str, Any] = {"model": model, "content": {"parts": [{"text": text}]}}
+            if request.dimensions is not None:
+                one["outputDimensionality"] = request.dimensions
+            requests.append(one)
+        version = target.options.get("api_version", "v1beta")
+        headers = {"Content-Type": "application/json", **target.headers}
+        if target.api_key is not None:
+            headers["x-goog-api-key"] = target.api_key
+        return UpstreamRequest(
+            url=f"{target.base_url}/{version}/{model}:batchEmbedContents",
+            headers=headers,
+            body=orjson.dumps({"requests": requests}),
+            stream=False,
+        )
+
+    def parse_embeddings(self, body: bytes, target: Target, texts: Sequence[str]) -> Embeddings:
+        """``{"embeddings": [{"values": [...]}]}``; Gemini reports no token count here, so the
+        usage is the gateway's estimate (``estimated``)."""
+        provider = target.provider
+        payload = load_json(body, provider)
+        try:
+            rows = [item["values"] for item in payload["embeddings"]]
+        except (KeyError, TypeError) as exc:
+            raise UpstreamProtocolError(
+                f"{provider} returned embeddings without embeddings[].values", provider=provider
+            ) from exc
+        vectors = check_rows(rows, len(texts), provider)
+        return Embeddings(vectors, target.model, estimate_tokens(texts), estimated=True)
 
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes, target: Target

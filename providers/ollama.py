@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -37,6 +37,7 @@ from .base import (
     new_completion_id,
     parse_retry_after,
 )
+from .embeddings import EmbeddingRequest, Embeddings, check_rows, estimate_tokens
 from .errors import (
     UnsupportedRequest,
     UpstreamError,
@@ -376,6 +377,44 @@ class OllamaAdapter:
             state.done = True
             chunks.append(state.chunk({}, state.finish_reason))
         return chunks
+
+    # -- embeddings (providers.embeddings.EmbeddingAdapter) ----------------------------------
+    max_batch = 512  # Ollama sets no limit; this keeps one call's work bounded
+
+    def build_embedding_request(
+        self, texts: Sequence[str], request: EmbeddingRequest, target: Target
+    ) -> UpstreamRequest:
+        """``POST {base_url}/api/embed`` (Ollama truncates an input past the model's window, its
+        default; ``user`` has no counterpart and is dropped)."""
+        body: dict[str, Any] = {"model": target.model, "input": list(texts)}
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        if (keep_alive := target.options.get("keep_alive")) is not None:
+            body["keep_alive"] = keep_alive
+        headers = {"Content-Type": "application/json", **target.headers}
+        if target.api_key:
+            headers["Authorization"] = f"Bearer {target.api_key}"
+        return UpstreamRequest(
+            url=f"{target.base_url}/api/embed",
+            headers=headers,
+            body=orjson.dumps(body),
+            stream=False,
+        )
+
+    def parse_embeddings(self, body: bytes, target: Target, texts: Sequence[str]) -> Embeddings:
+        """``{"model", "embeddings": [[...]], "prompt_eval_count"}``."""
+        provider = target.provider
+        payload = load_json(body, provider)
+        if not isinstance(payload, dict) or "embeddings" not in payload:
+            raise UpstreamProtocolError(
+                f"{provider} returned an embed answer without embeddings", provider=provider
+            )
+        vectors = check_rows(payload["embeddings"], len(texts), provider)
+        served = str(payload.get("model") or target.model)
+        tokens = payload.get("prompt_eval_count")
+        if isinstance(tokens, int):
+            return Embeddings(vectors, served, tokens)
+        return Embeddings(vectors, served, estimate_tokens(texts), estimated=True)
 
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes, target: Target

@@ -8,7 +8,7 @@ shape and handed back.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -26,6 +26,7 @@ from .base import (
     new_completion_id,
     parse_retry_after,
 )
+from .embeddings import MAX_INPUTS, EmbeddingRequest, Embeddings, check_rows, estimate_tokens
 from .errors import ContentBlocked, UpstreamError, UpstreamProtocolError
 from .schema import ChatRequest
 
@@ -140,6 +141,52 @@ class OpenAIAdapter:
         payload["object"] = "chat.completion.chunk"
         payload.pop("usage", None)
         return [payload]
+
+    # -- embeddings (providers.embeddings.EmbeddingAdapter) ----------------------------------
+    max_batch = MAX_INPUTS
+
+    def build_embedding_request(
+        self, texts: Sequence[str], request: EmbeddingRequest, target: Target
+    ) -> UpstreamRequest:
+        """``POST {base_url}/embeddings`` in the client's encoding (base64 needs no float parse)."""
+        body: dict[str, Any] = {
+            "model": target.model,
+            "input": list(texts),
+            "encoding_format": request.encoding_format,
+        }
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        if request.user is not None:
+            body["user"] = request.user
+        headers = {"Content-Type": "application/json", **target.headers}
+        if target.api_key:
+            headers["Authorization"] = f"Bearer {target.api_key}"
+        return UpstreamRequest(
+            url=f"{target.base_url}/embeddings",
+            headers=headers,
+            body=orjson.dumps(body),
+            stream=False,
+        )
+
+    def parse_embeddings(self, body: bytes, target: Target, texts: Sequence[str]) -> Embeddings:
+        """An OpenAI ``list`` of ``embedding`` objects (floats or base64), in ``index`` order."""
+        provider = target.provider
+        payload = load_json(body, provider)
+        try:
+            data = sorted(payload["data"], key=lambda item: int(item.get("index", 0)))
+            rows = [item["embedding"] for item in data]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UpstreamProtocolError(
+                f"{provider} returned embeddings without data[].embedding", provider=provider
+            ) from exc
+        vectors = check_rows(rows, len(texts), provider)
+        usage = payload.get("usage")
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        served = str(payload.get("model") or target.model)
+        if isinstance(tokens, int):
+            return Embeddings(vectors, served, tokens)
+        # Some compatible servers leave usage out: the gateway's estimate, said to be one.
+        return Embeddings(vectors, served, estimate_tokens(texts), estimated=True)
 
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes, target: Target

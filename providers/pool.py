@@ -1,4 +1,4 @@
-"""The provider pool: the only place that talks HTTP to providers.
+"""The provider pool: the only place that talks HTTP to providers (chat and embeddings).
 
 One ``aiohttp.ClientSession`` per provider (its own connection limit and timeouts), a concurrency
 cap per provider, SSE/NDJSON framing of streamed bodies, and translation of transport failures
@@ -16,13 +16,15 @@ from typing import Any
 import aiohttp
 
 from .base import Completion, ProviderAdapter, StreamEvent, StreamState, Target
+from .embeddings import EmbeddingRequest, Embeddings
 from .errors import (
+    UnsupportedRequest,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
-from .registry import adapter_for
+from .registry import adapter_for, embedding_adapter_for
 from .schema import ChatRequest
 
 
@@ -162,6 +164,51 @@ class ProviderPool:
             if opened:
                 raise  # raised by the caller's body (e.g. writing to its client), not ours
             raise _redacted(_transport_error(exc, target.provider), target) from exc
+
+    async def embed(self, target: Target, request: EmbeddingRequest) -> Embeddings:
+        """One embedding attempt: the inputs in batches of the adapter's ``max_batch``, sent in
+        order, their vectors joined. Raises an ``UpstreamError`` subclass on any failure."""
+        member = self._member(target.provider)
+        adapter = embedding_adapter_for(member.endpoint.kind)
+        if adapter is None:
+            kind = member.endpoint.kind
+            raise UnsupportedRequest(f"{target.provider} ({kind}) has no embeddings API")
+        session = member.started()
+        texts = request.texts
+        parts: list[Embeddings] = []
+        for start in range(0, len(texts), adapter.max_batch):
+            batch = texts[start : start + adapter.max_batch]
+            upstream = adapter.build_embedding_request(batch, request, target)
+            sent = time.perf_counter()
+            try:
+                async with session.request(
+                    upstream.method, upstream.url, data=upstream.body, headers=upstream.headers
+                ) as response:
+                    body = await response.read()
+                    status, headers = response.status, response.headers
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise _redacted(_transport_error(exc, target.provider), target) from exc
+            wire_s = time.perf_counter() - sent
+            if status >= 400:
+                raise _redacted(adapter.classify_error(status, headers, body, target), target)
+            try:
+                part = adapter.parse_embeddings(body, target, batch)
+            except UpstreamError as exc:
+                raise _redacted(exc, target) from exc.__cause__
+            part.wire_s = wire_s
+            parts.append(part)
+        if len(parts) == 1:
+            return parts[0]
+        rows: list[Any] = []
+        for part in parts:  # one adapter: every batch in the same encoding
+            rows.extend(part.vectors)
+        return Embeddings(
+            vectors=rows,
+            served_model=parts[0].served_model,
+            prompt_tokens=sum(part.prompt_tokens for part in parts),
+            estimated=any(part.estimated for part in parts),
+            wire_s=sum(part.wire_s for part in parts),
+        )
 
 
 class UpstreamStream:

@@ -1,9 +1,11 @@
-"""Fuzzing the public API: schemathesis from /openapi.json, and hypothesis-built chat bodies.
+"""Fuzzing the public API: schemathesis from /openapi.json, and hypothesis-built chat, Messages,
+Responses and embeddings bodies.
 
 The gateway runs on a real TCP port (aiohttp is not ASGI; schemathesis calls it over HTTP with
 ``requests``) in a thread with its own event loop, over loopback fakes that answer normally. The
-promise under test: no 5xx except the documented upstream 502/503/504, and every error is an
-OpenAI-shaped JSON body.
+promise under test: no 5xx except the documented upstream 502/503/504 (and Anthropic's 529 on
+``/v1/messages``), and every error is a JSON body in the client's shape: OpenAI's, or Anthropic's
+on ``/v1/messages``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from schemathesis.checks import (
 )
 
 from gateway.api.app import create_app
+from gateway.policy.model import Policy
 from gateway.policy.settings import Settings
 from tests.conftest import MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes, policy_for
 from tests.fakes.anthropic import FakeAnthropic
@@ -39,7 +42,21 @@ from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeOpenAI
 
 UPSTREAM_STATUSES = {502, 503, 504}
-_WITH_INPUTS = {"POST /v1/chat/completions", "GET /v1/models/{model}", "POST /v1/feedback"}
+_WITH_INPUTS = {
+    "POST /v1/chat/completions",
+    "POST /v1/messages",
+    "POST /v1/messages/count_tokens",
+    "POST /v1/responses",
+    "POST /v1/embeddings",
+    "GET /v1/models/{model}",
+    "POST /v1/feedback",
+}
+# Embedding aliases on the fakes that have an embeddings API, and a route over them.
+EMBEDDING_MODELS = {
+    "embed-openai": "openai",
+    "embed-gemini": "gemini",
+    "embed-ollama": "ollama",
+}
 EXAMPLES = 60  # per operation and mode; the chat body fuzz runs more
 
 
@@ -104,9 +121,18 @@ async def _gateway_app(server: ThreadedServer, stack: list[Any]) -> web.Applicat
         await fake.start()
         stack.append(fake.stop)
         server.fakes.append(fake)
-    routes = [{"name": "default", "candidates": ["gpt", "claude", "gemini", "ollama"]}]
+    routes = [
+        {"name": "default", "candidates": ["gpt", "claude", "gemini", "ollama"]},
+        {"name": "embeddings", "candidates": list(EMBEDDING_MODELS)},
+    ]
+    policy = policy_for(fakes).model_dump()
+    policy["routes"] = routes
+    policy["models"] += [
+        {"name": name, "provider": provider, "id": f"{name}-v1", "kind": "embedding"}
+        for name, provider in EMBEDDING_MODELS.items()
+    ]
     app = create_app(
-        Settings(max_body_bytes=64 * 1024), policy_for(fakes, routes=routes), PROVIDER_KEYS
+        Settings(max_body_bytes=64 * 1024), Policy.model_validate(policy), PROVIDER_KEYS
     )
     return app
 
@@ -132,9 +158,31 @@ def assert_openai_shaped(status: int, headers: Mapping[str, str], text: str) -> 
         assert headers.get("x-request-id")
 
 
-def check(response: requests.Response) -> None:
+def assert_anthropic_shaped(status: int, headers: Mapping[str, str], text: str) -> None:
+    """No 5xx but the upstream ones and 529; errors are Anthropic's ``{"type": "error", ...}``."""
+    assert status < 500 or status in {*UPSTREAM_STATUSES, 529}, (status, text[:500])
+    if status >= 400:
+        assert headers["content-type"].startswith("application/json"), headers
+        body = orjson.loads(text)
+        assert body["type"] == "error"
+        assert isinstance(body["error"]["type"], str)
+        assert body["error"]["message"]
+        assert "Traceback" not in body["error"]["message"]
+        assert headers.get("x-request-id")
+        assert body["request_id"] == headers["x-request-id"]
+
+
+def assert_client_shaped(path: str, status: int, headers: Mapping[str, str], text: str) -> None:
+    """The error shape of the client that calls ``path``."""
+    if path.startswith("/v1/messages"):
+        assert_anthropic_shaped(status, headers, text)
+    else:
+        assert_openai_shaped(status, headers, text)
+
+
+def check(response: requests.Response, path: str = "/v1/chat/completions") -> None:
     headers = {k.lower(): v for k, v in response.headers.items()}
-    assert_openai_shaped(response.status_code, headers, response.text)
+    assert_client_shaped(path, response.status_code, headers, response.text)
 
 
 def _fuzz_operations(server: ThreadedServer, mode: GenerationMode) -> int:
@@ -167,8 +215,8 @@ def _fuzz_operations(server: ThreadedServer, mode: GenerationMode) -> int:
             headers = auth if keyed else {}
             response = case.call(base_url=server.url, session=session, headers=headers, timeout=30)
             calls += 1
-            seen = {k: v[0] for k, v in response.headers.items()}
-            assert_openai_shaped(response.status_code, seen, response.text)
+            seen = {k.lower(): v[0] for k, v in response.headers.items()}
+            assert_client_shaped(case.operation.path, response.status_code, seen, response.text)
             case.validate_response(response, checks=checks, headers=headers)
 
         run()
@@ -412,12 +460,19 @@ def test_generated_chat_bodies(
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(raw=st.binary(max_size=200) | _json.map(lambda v: repr(v).encode()))
 def test_arbitrary_bytes_are_client_errors(server: ThreadedServer, raw: bytes) -> None:
-    for path in ("/v1/chat/completions", "/v1/feedback"):
+    for path in (
+        "/v1/chat/completions",
+        "/v1/feedback",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/responses",
+        "/v1/embeddings",
+    ):
         response = requests.post(
             f"{server.url}{path}",
             data=raw,
             headers={"Authorization": f"Bearer {TEAM_KEY}", "Content-Type": "application/json"},
             timeout=30,
         )
-        check(response)
+        check(response, path)
         assert 400 <= response.status_code < 500

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import numpy as np
 import pytest
 
 from gateway.api.app import create_app
@@ -29,8 +31,11 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMode
 def embedded_policy_on(server: LocalModelServer) -> Policy:
     """The shipped local.yaml, pointed at the test's port."""
     policy = load_policy(EMBEDDED_CONFIG)
-    provider = policy.providers[0].model_copy(update={"base_url": server.base_url})
-    return policy.model_copy(update={"providers": [provider]})
+    providers = [
+        p if p.kind == "builtin" else p.model_copy(update={"base_url": server.base_url})
+        for p in policy.providers
+    ]
+    return policy.model_copy(update={"providers": providers})
 
 
 async def test_local_model_answers_through_gateway(
@@ -70,3 +75,54 @@ async def test_local_model_answers_through_gateway(
             finish = chunk.choices[0].finish_reason or finish
     assert text.strip()
     assert finish in {"stop", "length"}
+
+
+async def test_local_model_speaks_messages_responses_and_embeddings(
+    local_server: LocalModelServer, aiohttp_client: Any, sdk_for: SdkFactory, embedder: Any
+) -> None:
+    """The embedded setup for an Anthropic client, a Responses client and embeddings (served
+    by the gateway's own model: no provider)."""
+    app = create_app(Settings(), embedded_policy_on(local_server), environ={}, embedder=embedder)
+    gateway = await aiohttp_client(app)
+    deadline = {"x-gateway-deadline-ms": "120000"}
+    claude = anthropic.AsyncAnthropic(
+        base_url=str(gateway.make_url("")), api_key="dev-key", max_retries=0
+    )
+    try:
+        message = await claude.messages.create(
+            model="default",
+            max_tokens=16,
+            messages=[{"role": "user", "content": "Name one colour."}],
+            extra_headers=deadline,
+        )
+        async with claude.messages.stream(
+            model="default",
+            max_tokens=16,
+            messages=[{"role": "user", "content": "Name one fruit."}],
+            extra_headers=deadline,
+        ) as stream:
+            streamed = "".join([text async for text in stream.text_stream])
+            final = await stream.get_final_message()
+    finally:
+        await claude.close()
+    assert message.content[0].text.strip()  # type: ignore[union-attr]
+    assert message.model == MODEL_ALIAS
+    assert message.stop_reason in {"end_turn", "max_tokens"}
+    assert message.usage.output_tokens > 0
+    assert streamed.strip()
+    assert final.stop_reason in {"end_turn", "max_tokens"}
+    # llama-cpp-python's server sends no usage in a stream (it ignores stream_options), so a
+    # streamed answer's counts from it are 0 whatever the client's format.
+
+    sdk = sdk_for(gateway, key="dev-key")
+    response = await sdk.responses.create(
+        model="default", input="Name one animal.", max_output_tokens=16, extra_headers=deadline
+    )
+    assert response.output_text.strip()
+    assert response.status in {"completed", "incomplete"}
+
+    vectors = await sdk.embeddings.create(model="embeddings", input=["a cat", "a kitten", "tax"])
+    rows = np.asarray([item.embedding for item in vectors.data])
+    assert rows.shape == (3, 384)
+    # Real semantics: the two cats are nearer each other than either is to taxes.
+    assert rows[0] @ rows[1] > rows[0] @ rows[2]

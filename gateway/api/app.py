@@ -47,9 +47,12 @@ from gateway.tiering.sync import sharing_outcomes
 from providers.errors import ProviderError
 from providers.pool import ProviderPool
 
+from .count_tokens import count_tokens
+from .embeddings import embeddings
 from .feedback import post_feedback
+from .ingress.anthropic_messages import ANTHROPIC_MESSAGES, anthropic_models
 from .openapi import get_openapi
-from .pipeline import chat_completions
+from .pipeline import chat_completions, messages, responses
 from .responses import error_response
 
 log = logging.getLogger(__name__)
@@ -73,27 +76,46 @@ async def error_middleware(
     try:
         return await handler(request)
     except GatewayError as exc:
-        return error_response(exc, request_id)
+        return _error(request, exc, request_id)
     except ProviderError as exc:  # a provider error no stage translated: the one mapping
-        return error_response(client_error(exc), request_id)
+        return _error(request, client_error(exc), request_id)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         kind, code = _HTTP_ERRORS.get(exc.status, ("invalid_request_error", "http_error"))
         http_error = InvalidRequest(f"{exc.reason}: {request.method} {request.path}", code=code)
         http_error.status, http_error.type = exc.status, kind
-        return error_response(http_error, request_id)
+        return _error(request, http_error, request_id)
     except Exception:
         log.exception("unhandled error in request %s", request_id)
         failure = GatewayError(f"The gateway failed to handle the request (id {request_id}).")
-        return error_response(failure, request_id)
+        return _error(request, failure, request_id)
+
+
+def _error(request: web.Request, error: GatewayError, request_id: str) -> web.Response:
+    """The error in the shape the client's SDK reads: Anthropic's on the Messages API (and on
+    ``/v1/models`` asked by an Anthropic client), OpenAI's everywhere else."""
+    if _anthropic_client(request):
+        return ANTHROPIC_MESSAGES.error_response(error, request_id)
+    return error_response(error, request_id)
+
+
+def _anthropic_client(request: web.Request) -> bool:
+    path = request.path
+    if path.startswith("/v1/messages"):
+        return True
+    return path.startswith("/v1/models") and "anthropic-version" in request.headers
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """``GET /v1/models``: the routes and aliases the caller's team may use."""
+    """``GET /v1/models``: the routes and aliases the caller's team may use (in Anthropic's
+    list shape when an Anthropic client asks: it sends ``anthropic-version``)."""
     catalog = request.app[RUNTIME].catalog
-    team = catalog.authenticate(request.headers.get("Authorization"))
     created = request.app[STARTED]
+    if "anthropic-version" in request.headers:
+        team = ANTHROPIC_MESSAGES.authenticate(catalog, request.headers)
+        return web.json_response(anthropic_models(catalog.names_for(team), created), dumps=_dumps)
+    team = catalog.authenticate(request.headers.get("Authorization"))
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "knowledge-gateway"}
         for name in catalog.names_for(team)
@@ -104,10 +126,17 @@ async def list_models(request: web.Request) -> web.Response:
 async def retrieve_model(request: web.Request) -> web.Response:
     """``GET /v1/models/{model}``."""
     catalog = request.app[RUNTIME].catalog
-    team = catalog.authenticate(request.headers.get("Authorization"))
+    anthropic = "anthropic-version" in request.headers
+    if anthropic:
+        team = ANTHROPIC_MESSAGES.authenticate(catalog, request.headers)
+    else:
+        team = catalog.authenticate(request.headers.get("Authorization"))
     name = request.match_info["model"]
     if name not in catalog.names_for(team):
         raise ModelNotFound(f"The model {name!r} does not exist or is not available to you.")
+    if anthropic:
+        info = anthropic_models([name], request.app[STARTED])["data"][0]
+        return web.json_response(info, dumps=_dumps)
     return web.json_response(
         {
             "id": name,
@@ -241,6 +270,10 @@ def create_app(
     app.add_routes(
         [
             web.post("/v1/chat/completions", chat_completions),
+            web.post("/v1/messages", messages),
+            web.post("/v1/messages/count_tokens", count_tokens),
+            web.post("/v1/responses", responses),
+            web.post("/v1/embeddings", embeddings),
             web.get("/v1/models", list_models),
             web.get("/v1/models/{model}", retrieve_model),
             web.get("/healthz", healthz),
@@ -266,7 +299,10 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
         stages: list[Interceptor] = []
         caching = policy.cache is not None and policy.cache.enabled
         examples = {name: t.examples for name, t in policy.task_types.items() if t.examples}
-        wants_embedder = caching or policy.knowledge is not None or examples or runtime.tiers
+        builtin = any(p.kind == "builtin" for p in policy.providers)  # serves /v1/embeddings
+        wants_embedder = (
+            caching or policy.knowledge is not None or examples or runtime.tiers or builtin
+        )
         if wants_embedder and runtime.embedder is None:
             runtime.embedder = await asyncio.to_thread(make_embedder, runtime.settings)
             stack.push_async_callback(runtime.embedder.close)

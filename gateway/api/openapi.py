@@ -2,9 +2,10 @@
 
 The chat request's schema is generated from the model that validates it
 (``providers.schema.ChatRequest``), so the document cannot drift from what the gateway accepts;
-the rest is written here and kept true by ``tests/test_openapi.py`` (every documented path is a
-route, every public route is documented) and by the schemathesis run in ``tests/test_fuzz.py``.
-The admin API (``/admin/...``) is operator-only and left out.
+so are the other ingress formats' (``openapi_ingress``: Anthropic Messages, Responses,
+embeddings). The rest is written here and kept true by ``tests/test_openapi.py`` (every documented
+path is a route, every public route is documented) and by the schemathesis run in
+``tests/test_fuzz.py``. The admin API (``/admin/...``) is operator-only and left out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from aiohttp import web
 
 from gateway import __version__
 from providers.schema import ChatRequest
+
+from .openapi_ingress import ingress_paths, ingress_schemas
 
 # Every status the error middleware can produce for each operation, with when.
 _CHAT_ERRORS = {
@@ -177,10 +180,12 @@ def openapi_document() -> dict[str, Any]:
                 },
             }
         },
+        **ingress_paths(),
         "/v1/models": {
             "get": {
                 "operationId": "listModels",
-                "summary": "The routes and aliases the caller's team may use",
+                "summary": "The routes and aliases (chat and embedding) the caller's team may use; "
+                "an Anthropic client (it sends `anthropic-version`) gets Anthropic's list shape",
                 "responses": {
                     "200": _ok("ModelList", "The team's models"),
                     **_error_responses(_AUTH_ERRORS),
@@ -269,14 +274,22 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "knowledge-gateway",
             "version": __version__,
-            "description": "OpenAI-compatible LLM gateway. Every error is "
-            '`{"error": {"message", "type", "param", "code"}}`.',
+            "description": "LLM gateway speaking OpenAI chat completions, OpenAI Responses, "
+            "embeddings and Anthropic Messages. Errors are "
+            '`{"error": {"message", "type", "param", "code"}}`, on `/v1/messages` Anthropic\'s '
+            '`{"type": "error", "error": {"type", "message"}}`.',
         },
         "security": [{"bearerAuth": []}],
         "paths": paths,
         "components": {
             "securitySchemes": {
-                "bearerAuth": {"type": "http", "scheme": "bearer", "description": "A team key"}
+                "bearerAuth": {"type": "http", "scheme": "bearer", "description": "A team key"},
+                "apiKeyAuth": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "x-api-key",
+                    "description": "A team key, as Anthropic clients send it (/v1/messages)",
+                },
             },
             "headers": {
                 "RequestId": {
@@ -304,7 +317,7 @@ def openapi_document() -> dict[str, Any]:
                     "schema": {"type": "string"},
                 },
             },
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **ingress_schemas()},
         },
     }
 

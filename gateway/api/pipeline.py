@@ -2,6 +2,10 @@
 
 auth -> validate -> resolve route -> interceptors (cache, knowledge) -> plan candidates ->
 attempts with fallback -> respond -> interceptors see the answer -> decision record.
+
+The client's wire format is a parameter (``gateway.api.ingress``): OpenAI chat completions,
+Anthropic Messages and OpenAI Responses all become the internal request at the top and their
+answer is rendered at the bottom; everything in between is the same path.
 """
 
 from __future__ import annotations
@@ -12,15 +16,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import ValidationError
 
 from gateway.core.context import Interceptor, RequestContext
 from gateway.core.decision import Decision
 from gateway.core.errors import GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.core.runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
-from gateway.core.validation import describe
-from gateway.policy.catalog import Candidate
-from gateway.policy.model import RoutingConfig
+from gateway.policy.catalog import Candidate, Route
+from gateway.policy.model import RoutingConfig, TeamConfig
 from gateway.quality.shadow import mirror_answer
 from gateway.routing.attempts import Outcome, run_attempts
 from gateway.routing.router import allowed_regions
@@ -31,6 +33,10 @@ from gateway.tiering.router import apply_tier, settle_tier
 from providers.base import Completion
 from providers.schema import ChatRequest
 
+from .ingress.anthropic_messages import ANTHROPIC_MESSAGES
+from .ingress.base import Exchange, IngressFormat
+from .ingress.openai_chat import OPENAI_CHAT
+from .ingress.openai_responses import OPENAI_RESPONSES
 from .responses import completion_response
 from .streaming import replay_stream, stream_answer
 
@@ -41,14 +47,55 @@ log = logging.getLogger(__name__)
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     """``POST /v1/chat/completions``."""
+    return await handle(request, OPENAI_CHAT)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/messages`` (Anthropic Messages)."""
+    return await handle(request, ANTHROPIC_MESSAGES)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/responses`` (OpenAI Responses, stateless)."""
+    return await handle(request, OPENAI_RESPONSES)
+
+
+async def handle(request: web.Request, ingress: IngressFormat) -> web.StreamResponse:
+    """One chat request in the client's format ``ingress``, through the whole pipeline."""
     runtime = request.app[RUNTIME].snapshot()  # a reload mid-request does not change it
     catalog = runtime.catalog
-    routing = catalog.policy.routing
-    team = catalog.authenticate(request.headers.get("Authorization"))
-    chat = parse_chat_request(await read_json_body(request, runtime.settings.max_body_bytes))
+    team = ingress.authenticate(catalog, request.headers)
+    body = await read_json_body(request, runtime.settings.max_body_bytes)
+    exchange = ingress.parse(body, request[REQUEST_ID])
+    chat = exchange.chat
     route = catalog.resolve_route(team, chat.model)
+    ctx = new_context(request, runtime, team, route, chat, ingress.api)
+    try:
+        # The team's limits (429 when over); a well-formed, allowed request is what counts.
+        if runtime.limits is not None:
+            ctx.headers.update(await runtime.limits.admit(team))
+        explicit = "x-gateway-task" in request.headers
+        await apply_task_type(ctx, runtime.tasks, catalog, explicit=explicit)
+        response = await _answer(request, runtime, ctx, exchange)
+    except GatewayError as exc:
+        failed(ctx, exc)
+        raise
+    finally:
+        settle(runtime, ctx, chat)
+    return response
+
+
+def new_context(
+    request: web.Request,
+    runtime: Runtime,
+    team: TeamConfig,
+    route: Route,
+    chat: ChatRequest,
+    api: str,
+) -> RequestContext:
+    """The request's context: task type, deadline, allowed regions, a fresh decision record."""
     task_type = _task_type(request, route.task_type)
-    deadline_s = _deadline_s(request, routing)
+    deadline_s = _deadline_s(request, runtime.catalog.policy.routing)
     requested = _requested_regions(request)
     ctx = RequestContext(
         request_id=request[REQUEST_ID],
@@ -66,42 +113,42 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             task_type=task_type,
             strategy=route.strategy,
             stream=chat.stream,
+            api=api,
         ),
         request_headers=request.headers,
         allowed_regions=allowed_regions(team.regions, requested),
         embedder=runtime.embedder,
     )
     ctx.notes["requested_regions"] = requested
-    try:
-        # The team's limits (429 when over); a well-formed, allowed request is what counts.
-        if runtime.limits is not None:
-            ctx.headers.update(await runtime.limits.admit(team))
-        explicit = "x-gateway-task" in request.headers
-        await apply_task_type(ctx, runtime.tasks, catalog, explicit=explicit)
-        response = await _answer(request, runtime, ctx)
-    except GatewayError as exc:
-        ctx.decision.status, ctx.decision.error = exc.status, exc.code
-        if regions := ctx.decision.regions_sent:
-            exc.extra_headers["x-gateway-regions"] = ",".join(regions)
-        raise
-    finally:
-        _record(runtime, ctx, chat)
-        if runtime.limits is not None:
-            used = ctx.decision
-            runtime.limits.charge(team, used.prompt_tokens + used.completion_tokens, used.cost_usd)
-    return response
+    return ctx
+
+
+def failed(ctx: RequestContext, exc: GatewayError) -> None:
+    """Note a failed request in its record; the regions the prompt reached go on the error."""
+    ctx.decision.status, ctx.decision.error = exc.status, exc.code
+    if regions := ctx.decision.regions_sent:
+        exc.extra_headers["x-gateway-regions"] = ",".join(regions)
+
+
+def settle(runtime: Runtime, ctx: RequestContext, chat: ChatRequest) -> None:
+    """The end of every request, answered or not: its record, and its tokens and cost charged
+    to the team."""
+    _record(runtime, ctx, chat)
+    if runtime.limits is not None:
+        used = ctx.decision
+        runtime.limits.charge(ctx.team, used.prompt_tokens + used.completion_tokens, used.cost_usd)
 
 
 async def _answer(
-    request: web.Request, runtime: Runtime, ctx: RequestContext
+    request: web.Request, runtime: Runtime, ctx: RequestContext, exchange: Exchange
 ) -> web.StreamResponse:
     for interceptor in runtime.interceptors:
         if (answer := await _before(runtime, interceptor, ctx)) is not None:
             ctx.decision.served_model = answer.served_model
             ctx.decision.source = ctx.headers.get("x-gateway-source", "cache")
             if ctx.chat.stream:
-                return await replay_stream(request, ctx, answer)
-            return completion_response(ctx, answer, None)
+                return await replay_stream(request, ctx, answer, exchange)
+            return completion_response(ctx, answer, None, exchange)
     plan = runtime.router.plan(
         ctx.route,
         ctx.team,
@@ -113,7 +160,7 @@ async def _answer(
     ctx.decision.candidates = plan.verdicts
     plan = await apply_tier(runtime.tiers, ctx, plan, runtime.metrics)
     if ctx.chat.stream:
-        return await stream_answer(request, runtime, ctx, plan)
+        return await stream_answer(request, runtime, ctx, plan, exchange)
 
     async def complete(candidate: Candidate) -> Outcome[Completion]:
         completion = await runtime.pool.complete(candidate.target, ctx.chat)
@@ -125,7 +172,7 @@ async def _answer(
     for interceptor in runtime.interceptors:
         await interceptor.after(ctx, completion)
     mirror_answer(request, runtime, ctx, completion, candidate)  # background; never awaited
-    return completion_response(ctx, completion, candidate)
+    return completion_response(ctx, completion, candidate, exchange)
 
 
 async def _before(
@@ -225,12 +272,3 @@ async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     return body
-
-
-def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
-    try:
-        return ChatRequest.from_body(body)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]["loc"]
-        param = ".".join(str(p) for p in first) if first else None
-        raise InvalidRequest(describe(exc), param=param) from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import orjson
 from aiohttp import web
 
@@ -9,6 +11,9 @@ from gateway.core.context import RequestContext
 from gateway.core.errors import GatewayError, UpstreamFailure
 from gateway.policy.catalog import Candidate
 from providers.base import Completion
+
+if TYPE_CHECKING:
+    from .ingress.base import Exchange
 
 
 def gateway_headers(
@@ -33,12 +38,14 @@ def gateway_headers(
 
 
 def completion_response(
-    ctx: RequestContext, completion: Completion, candidate: Candidate | None
+    ctx: RequestContext, completion: Completion, candidate: Candidate | None, exchange: Exchange
 ) -> web.Response:
+    """A complete answer, rendered in the client's format."""
+    headers = gateway_headers(ctx, completion, candidate)
+    if exchange.headers:
+        headers.update(exchange.headers)
     return web.Response(
-        body=orjson.dumps(completion.body),
-        content_type="application/json",
-        headers=gateway_headers(ctx, completion, candidate),
+        body=exchange.render(completion), content_type="application/json", headers=headers
     )
 
 

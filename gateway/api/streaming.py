@@ -1,9 +1,12 @@
-"""Streaming to the client: always OpenAI SSE chunks, whatever the provider spoke.
+"""Streaming to the client, in the client's format, whatever the provider spoke.
 
-Chunks are held back until the first one that carries content (text, a tool call or a finish
-reason): until then nothing has reached the client, the response status is still open and an
-error becomes an ordinary error response (the seam for fallback). After it, an upstream failure
-ends the stream with an OpenAI-style error event; two models' output is never spliced.
+Adapters turn every provider's stream into OpenAI ``chat.completion.chunk`` dicts; the request's
+ingress format (``gateway.api.ingress``) encodes them for the client: OpenAI SSE chunks, Anthropic
+Messages events or Responses events. Chunks are held back until the first one that carries
+content (text, a tool call or a finish reason): until then nothing has reached the client, the
+response status is still open and an error becomes an ordinary error response (the seam for
+fallback). After it, an upstream failure ends the stream with the format's error event; two
+models' output is never spliced.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from gateway.core.context import RequestContext
@@ -26,20 +28,16 @@ from gateway.quality.shadow import mirror_answer
 from gateway.routing.attempts import Outcome, run_attempts
 from gateway.routing.router import Plan
 from gateway.telemetry.cost import charge
-from providers.base import Completion
+from providers.base import Completion, StreamState
 from providers.errors import UpstreamError
 from providers.pool import UpstreamStream
 
+from .ingress.base import Exchange, StreamEncoder
 from .responses import gateway_headers
 
 log = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-DONE = b"data: [DONE]\n\n"
-
-
-def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def _has_content(chunk: dict[str, Any]) -> bool:
@@ -86,7 +84,7 @@ async def _open(runtime: Runtime, ctx: RequestContext, candidate: Candidate) -> 
 
 
 async def stream_answer(
-    request: web.Request, runtime: Runtime, ctx: RequestContext, plan: Plan
+    request: web.Request, runtime: Runtime, ctx: RequestContext, plan: Plan, exchange: Exchange
 ) -> web.StreamResponse:
     """Stream the first candidate that produces content; fail over invisibly before that."""
     opened, candidate = await run_attempts(
@@ -101,20 +99,19 @@ async def stream_answer(
             finish_reason=None,
         )
         response = web.StreamResponse(
-            headers={**SSE_HEADERS, **gateway_headers(ctx, served, candidate)}
+            headers={**SSE_HEADERS, **gateway_headers(ctx, served, candidate), **exchange.headers}
         )
         await response.prepare(request)
         transcript = _Transcript()
+        encoder = exchange.encoder()
         disconnected = False
         try:
             for chunk in opened.held:
                 transcript.add(chunk)
-                await response.write(sse(chunk))
+                await response.write(encoder.chunk(chunk))
             ctx.decision.ttft_ms = (time.perf_counter() - ctx.started) * 1000
-            completed = await _relay(response, opened.chunks, upstream, ctx, transcript)
-            if completed and ctx.chat.wants_stream_usage:
-                await response.write(sse(upstream.state.usage_chunk()))
-            await response.write(DONE)
+            completed = await _relay(response, opened.chunks, upstream, ctx, transcript, encoder)
+            await response.write(encoder.end(upstream.state, completed))
         except ConnectionResetError:
             log.info("client %s went away mid-stream", ctx.request_id)
             ctx.decision.events.append({"type": "client_disconnected"})
@@ -176,11 +173,13 @@ class _Transcript:
 
 
 async def replay_stream(
-    request: web.Request, ctx: RequestContext, answer: Completion
+    request: web.Request, ctx: RequestContext, answer: Completion, exchange: Exchange
 ) -> web.StreamResponse:
-    """A complete answer (from the cache or the knowledge base) sent as OpenAI SSE chunks."""
-    response = web.StreamResponse(headers={**SSE_HEADERS, **gateway_headers(ctx, answer, None)})
+    """A complete answer (from the cache or the knowledge base) streamed in pieces."""
+    headers = {**SSE_HEADERS, **gateway_headers(ctx, answer, None), **exchange.headers}
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
+    encoder = exchange.encoder()
     body = answer.body
     base = {
         "id": body.get("id"),
@@ -191,18 +190,25 @@ async def replay_stream(
     message = body["choices"][0]["message"]
     text = message.get("content") or ""
     pieces = [text[i : i + 64] for i in range(0, len(text), 64)] or [""]
+    # What the encoder's closing events read: the answer's ids, usage and finish reason.
+    state = StreamState(
+        id=body.get("id"),  # type: ignore[arg-type]  # None stays null, as it was stored
+        model=answer.served_model,
+        created=body.get("created"),  # type: ignore[arg-type]
+        served_model=answer.served_model,
+        usage=answer.usage,
+        finish_reason=answer.finish_reason,
+    )
     try:
         for i, piece in enumerate(pieces):
             delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
-            await response.write(sse({**base, "choices": [choice]}))
+            await response.write(encoder.chunk({**base, "choices": [choice]}))
             if i == 0:
                 ctx.decision.ttft_ms = (time.perf_counter() - ctx.started) * 1000
         finish = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": answer.finish_reason}
-        await response.write(sse({**base, "choices": [finish]}))
-        if ctx.chat.wants_stream_usage:
-            await response.write(sse({**base, "choices": [], "usage": answer.usage.to_openai()}))
-        await response.write(DONE)
+        await response.write(encoder.chunk({**base, "choices": [finish]}))
+        await response.write(encoder.end(state, True))
     except ConnectionResetError:
         log.info("client %s went away mid-stream", ctx.request_id)
     return response
@@ -214,6 +220,7 @@ async def _relay(
     upstream: UpstreamStream,
     ctx: RequestContext,
     transcript: _Transcript,
+    encoder: StreamEncoder,
 ) -> bool:
     """Copy the rest of the stream; an upstream failure becomes an error event, not a splice.
 
@@ -222,12 +229,12 @@ async def _relay(
     try:
         async for chunk in chunks:
             transcript.add(chunk)
-            await response.write(sse(chunk))
+            await response.write(encoder.chunk(chunk))
     except UpstreamError as exc:
         log.warning(
             "stream from %s failed after content was sent: %s", upstream.target.provider, exc.code
         )
         ctx.decision.events.append({"type": "stream_failed_after_content", "error": exc.code})
-        await response.write(sse(UpstreamFailure(exc).to_body()))
+        await response.write(encoder.failed(UpstreamFailure(exc)))
         return False
     return True

@@ -62,6 +62,9 @@ class Decision:
     task_type: str
     strategy: str = "priority"
     stream: bool = False
+    # The client's wire format: openai.chat, anthropic.messages, openai.responses or
+    # openai.embeddings.
+    api: str = "openai.chat"
     started_at: float = field(default_factory=time.time)
     candidates: list[CandidateVerdict] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)

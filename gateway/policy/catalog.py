@@ -11,7 +11,12 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from gateway.core.errors import AuthenticationFailed, ModelNotAllowed, ModelNotFound
+from gateway.core.errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    ModelNotAllowed,
+    ModelNotFound,
+)
 from providers.base import Target
 from providers.pool import Endpoint
 
@@ -39,6 +44,11 @@ class Route:
     strategy: str = "priority"
     weights: CompositeWeights = field(default_factory=CompositeWeights)
 
+    @property
+    def kind(self) -> str:
+        """``chat`` or ``embedding``: what its candidates serve (a route holds one kind)."""
+        return self.candidates[0].model.kind
+
 
 class Catalog:
     """Lookups the pipeline makes on every request."""
@@ -63,8 +73,10 @@ class Catalog:
                 options=provider.adapter_options(),
             )
             candidates[model.name] = Candidate(model=model, provider=provider, target=target)
-        # Alias -> candidate, for calls outside any route (gateway eval, shadow traffic).
-        self.by_alias: Mapping[str, Candidate] = candidates
+        # Alias -> chat candidate, for calls outside any route (gateway eval, shadow traffic).
+        self.by_alias: Mapping[str, Candidate] = {
+            name: c for name, c in candidates.items() if c.model.kind == "chat"
+        }
         self._routes: dict[str, Route] = {
             name: Route(name=name, task_type="general", candidates=(candidate,))
             for name, candidate in candidates.items()
@@ -91,6 +103,7 @@ class Catalog:
                 max_connections=p.max_connections,
             )
             for p in policy.providers
+            if p.kind != "builtin"  # served in the gateway's process, not through the pool
         )
 
     def authenticate(self, authorization: str | None) -> TeamConfig:
@@ -112,8 +125,9 @@ class Catalog:
             raise AuthenticationFailed("Incorrect API key provided.")
         return team
 
-    def resolve_route(self, team: TeamConfig, name: str) -> Route:
-        """The route (or single-alias route) a client's ``model`` names, if the team may use it."""
+    def resolve_route(self, team: TeamConfig, name: str, kind: str = "chat") -> Route:
+        """The route (or single-alias route) a client's ``model`` names, if the team may use it
+        and it serves ``kind`` (``chat``, or ``embedding`` for ``/v1/embeddings``)."""
         route = self._routes.get(name)
         if route is None:
             raise ModelNotFound(
@@ -123,6 +137,13 @@ class Catalog:
         if not team.may_use(name):
             raise ModelNotAllowed(
                 f"Team {team.name!r} may not use the model {name!r}.", param="model"
+            )
+        if route.kind != kind:
+            where = "POST /v1/embeddings" if route.kind == "embedding" else "a chat endpoint"
+            raise InvalidRequest(
+                f"The model {name!r} is a {route.kind} model: call {where} with it.",
+                param="model",
+                code="wrong_model_kind",
             )
         return route
 

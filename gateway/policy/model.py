@@ -114,10 +114,27 @@ class OllamaProvider(_ProviderBase):
         return {"keep_alive": self.keep_alive} if self.keep_alive else {}
 
 
+class BuiltinProvider(_ProviderBase):
+    """The gateway's own embedding model (``settings.embedder``: all-MiniLM-L6-v2), served in
+    its process: no URL, no key. It serves embedding models only; ``region`` is where the gateway
+    runs, for residency."""
+
+    kind: Literal["builtin"]
+    base_url: Literal[""] = ""  # nothing to call: the model runs in the gateway's process
+    region: str = "onprem"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:  # replaces the base's check: there is no URL
+        return value
+
+
 ProviderConfig = Annotated[
-    OpenAIProvider | AnthropicProvider | GeminiProvider | OllamaProvider,
+    OpenAIProvider | AnthropicProvider | GeminiProvider | OllamaProvider | BuiltinProvider,
     Field(discriminator="kind"),
 ]
+# The kinds that serve ``kind: embedding`` models (Anthropic has no embeddings API).
+EMBEDDING_KINDS = frozenset({"openai", "gemini", "ollama", "builtin"})
 
 
 class Price(_Model):
@@ -128,11 +145,15 @@ class Price(_Model):
 
 
 class ModelConfig(_Model):
-    """An alias pinned to one exact upstream version at one provider."""
+    """An alias pinned to one exact upstream version at one provider.
+
+    ``kind``: ``chat`` models answer chat requests (``/v1/chat/completions``, ``/v1/messages``,
+    ``/v1/responses``), ``embedding`` models ``/v1/embeddings``; a route holds one kind."""
 
     name: Name
     provider: Name
     id: str = Field(min_length=1)
+    kind: Literal["chat", "embedding"] = "chat"
     price: Price = Field(default_factory=lambda: Price(input=0, output=0))
     tier: Literal["cheap", "standard", "frontier"] = "standard"
     context_window: int = Field(default=128_000, ge=1)
@@ -362,21 +383,34 @@ class Policy(_Model):
         _unique("models", [m.name for m in self.models])
         _unique("routes", [r.name for r in self.routes])
         _unique("teams", [t.name for t in self.teams])
-        providers = {p.name for p in self.providers}
+        providers = {p.name: p for p in self.providers}
         models = {m.name for m in self.models}
+        kinds = {m.name: m.kind for m in self.models}
         for i, model in enumerate(self.models):
-            if model.provider not in providers:
+            provider = providers.get(model.provider)
+            if provider is None:
                 raise ValueError(f"models[{i}].provider: unknown provider {model.provider!r}")
+            _check_kind(i, model, provider.kind)
         for i, route in enumerate(self.routes):
             if route.name in models:
                 raise ValueError(f"routes[{i}].name: {route.name!r} is also a model alias")
             for candidate in route.candidates:
                 if candidate not in models:
                     raise ValueError(f"routes[{i}].candidates: unknown model {candidate!r}")
+            route_kinds = {kinds[c] for c in route.candidates}
+            if len(route_kinds) > 1:
+                raise ValueError(f"routes[{i}].candidates: mixes chat and embedding models")
+            if route.tiering is not None and route_kinds == {"embedding"}:
+                raise ValueError(f"routes[{i}].tiering: an embedding route has no tiers")
+            kinds[route.name] = kinds[route.candidates[0]]
         callable_names = models | {r.name for r in self.routes}
+        # Task types, knowledge and quality settings concern chat answers only.
+        chat_names = {name for name, kind in kinds.items() if kind == "chat"}
         for name, task in self.task_types.items():
             if task.route is not None and task.route not in callable_names:
                 raise ValueError(f"task_types.{name}.route: unknown route {task.route!r}")
+            if task.route is not None and task.route not in chat_names:
+                raise ValueError(f"task_types.{name}.route: {task.route!r} is an embedding route")
         seen_keys: set[str] = set()
         for i, team in enumerate(self.teams):
             for name in team.routes:
@@ -392,12 +426,27 @@ class Policy(_Model):
                 if name not in teams:
                     raise ValueError(f"knowledge.teams: unknown team {name!r}")
             for name in self.knowledge.routes:
-                if name not in callable_names:
+                if name not in chat_names:
                     raise ValueError(f"knowledge.routes: unknown route or model {name!r}")
-        self.quality.check_references(models, callable_names)
+        chat_models = {m.name for m in self.models if m.kind == "chat"}
+        self.quality.check_references(chat_models, chat_names)
         if self.shadow is not None:
-            self.shadow.check_references(models)
+            self.shadow.check_references(chat_models)
         return self
+
+
+def _check_kind(index: int, model: ModelConfig, provider_kind: str) -> None:
+    """A model's kind must be one its provider's wire protocol serves."""
+    if model.kind == "embedding" and provider_kind not in EMBEDDING_KINDS:
+        raise ValueError(
+            f"models[{index}].kind: provider {model.provider!r} ({provider_kind}) has no "
+            "embeddings API"
+        )
+    if model.kind == "chat" and provider_kind == "builtin":
+        raise ValueError(
+            f"models[{index}].kind: the builtin provider serves embedding models only "
+            "(set kind: embedding)"
+        )
 
 
 def _unique(field: str, names: list[str]) -> None:

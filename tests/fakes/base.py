@@ -9,6 +9,8 @@ conformance suite can drive every provider the same way.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -200,3 +202,19 @@ def words(text: str) -> list[str]:
     """Split text into stream deltas that concatenate back to ``text``."""
     parts = text.split(" ")
     return [p if i == len(parts) - 1 else p + " " for i, p in enumerate(parts)]
+
+
+FAKE_EMBEDDING_DIM = 8
+
+
+def fake_vector(text: str, dim: int = FAKE_EMBEDDING_DIM) -> list[float]:
+    """A deterministic unit vector for ``text``: the same text always embeds the same."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [digest[i % len(digest)] / 255 - 0.5 for i in range(dim)]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [v / norm for v in raw]
+
+
+def fake_token_count(text: str) -> int:
+    """The fakes' token count for an embedding input: its words (a provider-like number)."""
+    return max(1, len(text.split()))

@@ -6,6 +6,8 @@ Formats follow https://ai.google.dev/api/generate-content: a ``GenerateContentRe
 event and no ``[DONE]`` (without ``alt=sse`` the stream is one JSON array). Errors are Google's
 ``{"error": {"code", "message", "status", "details"}}``; a 429 carries ``google.rpc.RetryInfo``.
 A blocked prompt is HTTP 200 with ``promptFeedback.blockReason`` and no candidates.
+``:batchEmbedContents`` (https://ai.google.dev/api/embeddings) answers
+``{"embeddings": [{"values": [...]}]}``, one per request, honouring ``outputDimensionality``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .base import (
     Malformed,
     Ok,
     cut_connection,
+    fake_vector,
     json_response,
     malformed_response,
     start_stream,
@@ -46,7 +49,7 @@ _GRPC_STATUS = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
-_ACTIONS = frozenset({"generateContent", "streamGenerateContent"})
+_ACTIONS = frozenset({"generateContent", "streamGenerateContent", "batchEmbedContents"})
 
 
 def gemini_error(status: int, message: str, retry_after: float | None = None) -> dict[str, Any]:
@@ -134,6 +137,8 @@ class FakeGemini(FakeProvider):
             return json_response(gemini_error(404, f"Method {action!r} not found."), 404)
         if not isinstance(body, dict):
             return json_response(gemini_error(400, "Invalid JSON payload received."), 400)
+        if action == "batchEmbedContents":
+            return self.embed(body, behaviour)
         stream = action == "streamGenerateContent"
         return await self.render(request, body, model, stream, behaviour)
 
@@ -170,6 +175,24 @@ class FakeGemini(FakeProvider):
             await response.write(_sse(chunk))
         await response.write_eof()
         return response
+
+    def embed(self, body: dict[str, Any], behaviour: Behaviour) -> web.Response:
+        """``batchEmbedContents``: one ``ContentEmbedding`` per ``EmbedContentRequest``."""
+        if isinstance(behaviour, Fail):
+            error = gemini_error(behaviour.status, behaviour.message, behaviour.retry_after)
+            return json_response(error, behaviour.status)
+        if not isinstance(behaviour, Ok):
+            return malformed_response()
+        requests = body.get("requests")
+        if not isinstance(requests, list) or not requests:
+            return json_response(gemini_error(400, "* requests: must not be empty"), 400)
+        embeddings = []
+        for request in requests:
+            parts = (request.get("content") or {}).get("parts") or []
+            text = "".join(str(part.get("text", "")) for part in parts)
+            dim = request.get("outputDimensionality")
+            embeddings.append({"values": fake_vector(text, dim if isinstance(dim, int) else 8)})
+        return json_response({"embeddings": embeddings})
 
     # -- bodies ----------------------------------------------------------------------------
     def _function_call(self, body: dict[str, Any], ok: Ok) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
-"""A loopback fake of Ollama's native API: ``POST /api/chat`` plus the probes clients send.
+"""A loopback fake of Ollama's native API: ``POST /api/chat``, ``POST /api/embed`` and the probes
+clients send.
 
 Formats follow Ollama's API docs (docs/api.md, docs/api/streaming.mdx, docs/api/errors.mdx):
 a non-streamed answer is one JSON object with ``message``, ``done: true``, ``done_reason``, the
@@ -7,6 +8,8 @@ is ``application/x-ndjson``, one object per line, the last with ``done: true`` a
 ``stream`` defaults to true when the request leaves it out. Tool calls carry their arguments as a
 JSON object and arrive whole in one line. Errors are ``{"error": "message"}``, before the answer
 with the HTTP status, after it as one more NDJSON line under the 200 already sent.
+``/api/embed`` takes ``input`` (a string or a list) and answers ``{"model", "embeddings",
+"total_duration", "load_duration", "prompt_eval_count"}``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from .base import (
     Malformed,
     Ok,
     cut_connection,
+    fake_token_count,
+    fake_vector,
     json_response,
     malformed_response,
     start_stream,
@@ -71,11 +76,13 @@ def _check_not_blocked(behaviour: Behaviour) -> None:
 
 
 class FakeOllama(FakeProvider):
-    """Serves ``POST /api/chat``, ``GET /api/tags``, ``GET /api/version`` and ``GET /``."""
+    """Serves ``POST /api/chat``, ``POST /api/embed``, ``GET /api/tags``, ``GET /api/version``
+    and ``GET /``."""
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/api/chat", self.chat),
+            web.post("/api/embed", self.embed),
             web.get("/api/tags", self.tags),
             web.get("/api/version", self.version),
             web.get("/", self.root),
@@ -121,6 +128,36 @@ class FakeOllama(FakeProvider):
             for name in names
         ]
         return json_response({"models": models})
+
+    # -- embed -----------------------------------------------------------------------------
+    async def embed(self, request: web.Request) -> web.Response:
+        body, behaviour = await self.record(request)
+        if not isinstance(body, dict):
+            return json_response({"error": "invalid character in request body"}, 400)
+        if not body.get("model"):
+            return json_response({"error": "model is required"}, 400)
+        if isinstance(behaviour, Fail):
+            headers = {}
+            if behaviour.retry_after is not None:
+                headers["Retry-After"] = str(behaviour.retry_after)
+            return json_response({"error": behaviour.message}, behaviour.status, headers)
+        if not isinstance(behaviour, Ok):
+            return malformed_response()
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return json_response({"error": "invalid input type"}, 400)
+        dimensions = body.get("dimensions")
+        dim = dimensions if isinstance(dimensions, int) and dimensions > 0 else 8
+        return json_response(
+            {
+                "model": self._model(body, behaviour),
+                "embeddings": [fake_vector(t, dim) for t in texts],
+                "total_duration": 14_143_917,
+                "load_duration": 1_019_500,
+                "prompt_eval_count": sum(fake_token_count(t) for t in texts),
+            }
+        )
 
     # -- chat ------------------------------------------------------------------------------
     async def chat(self, request: web.Request) -> web.StreamResponse:

@@ -1,12 +1,18 @@
-"""A loopback fake of OpenAI's chat completions API (and so of vLLM, xAI, Moonshot, llama.cpp).
+"""A loopback fake of OpenAI's chat completions and embeddings APIs (and so of vLLM, xAI,
+Moonshot, llama.cpp).
 
 Formats follow OpenAI's API reference: ``chat.completion`` objects, ``chat.completion.chunk`` SSE
 events ending in ``data: [DONE]``, the usage-only chunk for ``stream_options.include_usage``,
-``{"error": {"message", "type", "param", "code"}}`` bodies and ``retry-after`` on 429.
+``{"error": {"message", "type", "param", "code"}}`` bodies and ``retry-after`` on 429; for
+``POST /v1/embeddings`` a ``list`` of ``embedding`` objects (floats, or little-endian float32
+base64 when ``encoding_format`` says so, as the official SDK asks by default) with
+``usage.prompt_tokens``.
 """
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
 import uuid
 from typing import Any
@@ -23,6 +29,8 @@ from .base import (
     Malformed,
     Ok,
     cut_connection,
+    fake_token_count,
+    fake_vector,
     json_response,
     malformed_response,
     start_stream,
@@ -46,13 +54,52 @@ def openai_error(status: int, message: str) -> dict[str, Any]:
 
 
 class FakeOpenAI(FakeProvider):
-    """Serves ``POST /v1/chat/completions`` and ``GET /v1/models``."""
+    """Serves ``POST /v1/chat/completions``, ``POST /v1/embeddings`` and ``GET /v1/models``."""
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/v1/chat/completions", self.chat),
+            web.post("/v1/embeddings", self.embeddings),
             web.get("/v1/models", self.models),
         ]
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body, behaviour = await self.record(request)
+        if not isinstance(body, dict):
+            return json_response(openai_error(400, "We could not parse the JSON body."), 400)
+        if isinstance(behaviour, Fail):
+            headers = {}
+            if behaviour.retry_after is not None:
+                headers["retry-after"] = str(behaviour.retry_after)
+            return json_response(
+                openai_error(behaviour.status, behaviour.message), behaviour.status, headers
+            )
+        if isinstance(behaviour, Malformed | CutStream | Blocked):
+            return malformed_response()
+        assert isinstance(behaviour, Ok)
+        texts = body.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            message = "'$.input' is invalid. Please check the API reference."
+            return json_response(openai_error(400, message), 400)
+        dimensions = body.get("dimensions")
+        dim = dimensions if isinstance(dimensions, int) and dimensions > 0 else 8
+        data = []
+        for index, text in enumerate(texts):
+            vector = fake_vector(text, dim)
+            embedding: Any = vector
+            if body.get("encoding_format") == "base64":
+                embedding = base64.b64encode(struct.pack(f"<{dim}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": embedding})
+        tokens = sum(fake_token_count(t) for t in texts)
+        return json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": behaviour.served_model or body.get("model", ""),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     @property
     def api_base(self) -> str:
