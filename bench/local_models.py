@@ -8,7 +8,9 @@ system message or in the user turn, as the knowledge base attaches it) at temper
 strings (case-insensitive). Per model: right answers, start-up time (process start to the first
 generated token), latency per answer and completion tokens per second (over the whole request,
 prompt processing included); ``--rounds`` rounds, models interleaved within each round, so a
-slow moment of a shared machine does not land on one model only. Run from the repository root::
+slow moment of a shared machine does not land on one model only. Speed figures are per round
+(the median over the questions) and the best round's is printed first, as other processes on a
+shared machine only ever slow a round down. Run from the repository root::
 
     python -m bench.local_models [--rounds 3] [--model NAME=PATH[@CHAT_FORMAT] ...] [--out F]
 
@@ -108,17 +110,28 @@ def run_round(run: ModelRun, questions: list[dict[str, Any]], data_dir: Path) ->
             run.prompt_tokens.setdefault(question["id"], usage["prompt_tokens"])
 
 
-def _spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+def _per_round(values: list[float], rounds: int) -> list[float]:
+    size = len(values) // rounds
+    return [statistics.median(values[i * size : (i + 1) * size]) for i in range(rounds)]
+
+
+def _rounds(values: list[float], best: str) -> str:
+    chosen = min(values) if best == "min" else max(values)
+    return f"{chosen:.2f} ({', '.join(f'{v:.2f}' for v in values)})"
 
 
 def report(runs: list[ModelRun], questions: list[dict[str, Any]]) -> dict[str, Any]:
-    print(f"\n{'model':<24} {'right':>7} {'start s':>20} {'answer s':>20} {'tokens/s':>22}")
+    print(
+        f"\n{'model':<28} {'right':>6}  start s, best (each round)   "
+        "answer s, median: best (each)   tokens/s, median: best (each)"
+    )
     for run in runs:
+        rounds = len(run.starts)
         right = sum(all(v) for v in run.right.values())
         print(
-            f"{run.name:<24} {right:>3}/{len(questions):<3} {_spread(run.starts):>20} "
-            f"{_spread(run.latencies):>20} {_spread(run.rates):>22}"
+            f"{run.name:<28} {right:>2}/{len(questions):<3}  {_rounds(run.starts, 'min'):<28} "
+            f"{_rounds(_per_round(run.latencies, rounds), 'min'):<32} "
+            f"{_rounds(_per_round(run.rates, rounds), 'max')}"
         )
     for question in questions:
         print(f"\n{question['id']}: {question['messages'][-1]['content']!r}")

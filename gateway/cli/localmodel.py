@@ -119,7 +119,11 @@ class LocalModelServer:
         self.host = host
         self.port = port
         self.n_ctx = n_ctx
-        self.threads = threads or max(1, (os.cpu_count() or 2))
+        # Half the cores by default: llama.cpp's threads wait for each other at every step by
+        # spinning, so on a busy machine one descheduled thread stalls them all. Measured on
+        # the shared 2-core machine: 64 tokens in 3.4-3.8 s on one thread, 23-60 s on two
+        # (bench/README.md, "Local models").
+        self.threads = threads or max(1, (os.cpu_count() or 2) // 2)
         self.log_path = log_path or data_dir / "llama-server.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -145,6 +149,8 @@ class LocalModelServer:
             "--n_ctx",
             str(self.n_ctx),
             "--n_threads",
+            str(self.threads),
+            "--n_threads_batch",  # prompt processing: its default is every core
             str(self.threads),
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
