@@ -166,6 +166,7 @@ async def ingest_files(
     teams: Sequence[str],
     residency: Sequence[str] = (),
     prune: Sequence[str] | None = None,
+    keep: Sequence[str] = (),
     progress: bool = False,
     on_progress: Progress | None = None,
     max_chars: int = MAX_CHARS,
@@ -173,7 +174,8 @@ async def ingest_files(
 ) -> IngestResult:
     """Ingest ``files``, each a (file to read, source name) pair: ``ingest`` once the paths are
     collected, and the gateway's admin API with the files a client uploaded. ``prune`` lists
-    source prefixes (``prune_prefixes``) whose vanished sources are removed."""
+    source prefixes (``prune_prefixes``) whose vanished sources are removed; ``keep`` names
+    sources that exist but could not be read where they are (their chunks stay)."""
     started = time.perf_counter()
     check_names(kb, teams, residency)
     result = IngestResult(kb=kb, collection=store.collection)
@@ -189,7 +191,7 @@ async def ingest_files(
             hit.payload.get("version")
         )
     pending: list[_Pending] = []
-    seen: set[str] = set()
+    seen: set[str] = set(keep)
     for file, source in files:
         if source in seen:  # named twice (a directory and a file in it)
             continue

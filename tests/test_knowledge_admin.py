@@ -235,3 +235,38 @@ async def test_gateway_ingest_while_gateway_serve_runs(fakes: Fakes, tmp_path: P
         assert PARKING in sent_reference(fakes).lower()
     finally:
         server.stop()
+
+
+async def test_prune_through_the_gateway_keeps_a_file_the_client_could_not_read(
+    make_gateway: Any, fakes: Fakes, embedder: Any, tmp_path: Path
+) -> None:
+    policy = policy_for(fakes, knowledge={"kbs": ["company"]})
+    client = await make_gateway(
+        policy,
+        embedder=embedder,
+        knowledge_path=tmp_path / "kb",
+        admin_key_sha256=hash_key(ADMIN_KEY),
+    )
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("# A\n\nAlpha text about parking.\n")
+    (docs / "b.md").write_text("# B\n\nBeta text about trains.\n")
+    meta = {"kb": "company", "teams": ["*"], "residency": [], "prune": ["docs/"]}
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    async def upload(files: list[tuple[Path, str]]) -> tuple[dict[str, Any], list[str]]:
+        form, failed = ingest_cli.upload_form(files, meta)
+        response = await client.post("/admin/knowledge/ingest", data=form, headers=admin)
+        assert response.status == 200
+        return orjson.loads((await response.text()).splitlines()[-1]), failed
+
+    both = [(docs / "a.md", "docs/a.md"), (docs / "b.md", "docs/b.md")]
+    result, _ = await upload(both)
+    assert (result["documents"], result["added"]) == (2, 2)
+    # b.md exists but cannot be read here: reported, and its chunks stay (as a direct run).
+    result, failed = await upload([both[0], (tmp_path / "gone" / "b.md", "docs/b.md")])
+    assert failed == ["docs/b.md: cannot read: No such file or directory"]
+    assert (result["removed"], result["unchanged"]) == (0, 1)
+    # b.md is gone from the folder: pruned.
+    result, _ = await upload([both[0]])
+    assert result["removed"] == 1

@@ -5,7 +5,8 @@ gateway holds it while it runs; ``gateway ingest`` then uploads the files here i
 gateway ingests them into the store it already has open, so they are searchable by the next
 request. The body is ``multipart/form-data``: a ``meta`` JSON part (``kb``, ``teams``,
 ``residency``, ``sources`` in the order of the file parts, ``prune``: source prefixes whose
-vanished files are removed, optionally ``collection``), then one ``file`` part per document.
+vanished files are removed, ``unreadable``: sources the client could not read, which keep their
+chunks, optionally ``collection``), then one ``file`` part per document.
 The answer streams NDJSON: ``{"event": "progress", "done", "total"}`` lines while chunks are
 embedded and written, then one ``{"event": "result", ...}`` (or ``{"event": "error"}``). One
 ingestion at a time: a second waits for the first. Admin key required.
@@ -58,7 +59,7 @@ def _meta(raw: bytes, stage: KnowledgeStage) -> dict[str, Any]:
         raise InvalidRequest(f"The meta part is not valid JSON: {exc}", param="meta") from exc
     if not isinstance(meta, dict) or not isinstance(meta.get("kb"), str):
         raise InvalidRequest("The meta part must be an object with a kb.", param="meta")
-    for name in ("teams", "residency", "sources", "prune"):
+    for name in ("teams", "residency", "sources", "prune", "unreadable"):
         meta[name] = _strings(meta, name)
     collection = meta.get("collection")
     if collection is not None and collection != stage.store.collection:
@@ -170,6 +171,7 @@ async def ingest_documents(request: web.Request) -> web.StreamResponse:
                     teams=meta["teams"],
                     residency=meta["residency"],
                     prune=meta["prune"],
+                    keep=meta["unreadable"],
                     on_progress=progress,
                 )
             except (IngestError, StoreUnavailable) as exc:

@@ -169,6 +169,7 @@ def upload_form(
     be read here (reported as failed, as a direct ingestion would)."""
     form = aiohttp.MultipartWriter("form-data")
     failed: list[str] = []
+    unreadable: list[str] = []  # kept, not pruned: a direct ingestion does the same
     sources: list[str] = []
     contents: list[tuple[bytes, str]] = []
     for path, source in files:
@@ -176,9 +177,10 @@ def upload_form(
             contents.append((path.read_bytes(), source))
         except OSError as exc:
             failed.append(f"{source}: cannot read: {exc.strerror}")
+            unreadable.append(source)
             continue
         sources.append(source)
-    body = orjson.dumps({**meta, "sources": sources})
+    body = orjson.dumps({**meta, "sources": sources, "unreadable": unreadable})
     part = form.append(body, {"Content-Type": "application/json"})
     part.set_content_disposition("form-data", name="meta")
     for data, source in contents:
