@@ -96,7 +96,11 @@ def free_port() -> int:
 
 
 class LocalModelServer:
-    """``llama_cpp.server`` as a child process; a context manager that waits until it serves."""
+    """``llama_cpp.server`` as a child process; a context manager that waits until it serves.
+
+    ``model`` defaults to SmolLM2 (``model_path``), ``chat_format`` to the GGUF's own chat
+    template; ``data_dir`` holds the server's log.
+    """
 
     def __init__(
         self,
@@ -122,7 +126,7 @@ class LocalModelServer:
         # Half the cores by default: llama.cpp's threads wait for each other at every step by
         # spinning, so on a busy machine one descheduled thread stalls them all. Measured on
         # the shared 2-core machine: 64 tokens in 3.4-3.8 s on one thread, 23-60 s on two
-        # (bench/README.md, "Local models").
+        # (bench/README.md, python -m bench.local_models).
         self.threads = threads or max(1, (os.cpu_count() or 2) // 2)
         self.log_path = log_path or data_dir / "llama-server.log"
         self._process: subprocess.Popen[bytes] | None = None
