@@ -51,6 +51,7 @@ from .gemini_request import (
 from .schema import (
     ChatRequest,
 )
+from .shaping import output_limit
 
 # Gemini ``Candidate.finishReason`` -> OpenAI ``finish_reason``. Reasons not listed (OTHER,
 # LANGUAGE, MALFORMED_FUNCTION_CALL, ...) end the answer without a better OpenAI word: "stop".
@@ -84,7 +85,7 @@ class GeminiAdapter:
         body: dict[str, Any] = {"contents": contents}
         if system:
             body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
-        config = generation_config(request)
+        config = generation_config(request, output_limit(request, target.options))
         if config:
             body["generationConfig"] = config
         if request.tools:

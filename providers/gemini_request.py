@@ -138,11 +138,12 @@ def _tool_response(text: str) -> dict[str, Any]:
     return value if value is not None else {"result": text}
 
 
-def generation_config(request: ChatRequest) -> dict[str, Any]:
+def generation_config(request: ChatRequest, limit: int | None) -> dict[str, Any]:
+    """``generationConfig``; ``limit`` is the output limit (the client's or the model's)."""
     fields = {
         "temperature": request.temperature,
         "topP": request.top_p,
-        "maxOutputTokens": request.output_limit,
+        "maxOutputTokens": limit,
         "stopSequences": request.stop_list or None,
         "seed": request.seed,
         # Some Gemini models reject penalties outright, so a client's explicit 0 is not sent.

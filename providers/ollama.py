@@ -53,6 +53,7 @@ from .schema import (
     TextPart,
     ToolMessage,
 )
+from .shaping import folds_system, output_limit, without_system_role
 
 # Ollama's done_reason -> OpenAI finish_reason. "load"/"unload" only answer empty warm-up calls;
 # anything unknown is treated as a normal stop. Tool calls override this (see _finish_reason).
@@ -169,14 +170,14 @@ def _messages(request: ChatRequest) -> list[dict[str, Any]]:
     return out
 
 
-def _options(request: ChatRequest) -> dict[str, Any]:
+def _options(request: ChatRequest, limit: int | None) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if request.temperature is not None:
         options["temperature"] = request.temperature
     if request.top_p is not None:
         options["top_p"] = request.top_p
-    if request.output_limit is not None:
-        options["num_predict"] = request.output_limit
+    if limit is not None:
+        options["num_predict"] = limit
     if stops := request.stop_list:
         options["stop"] = stops
     if request.seed is not None:
@@ -270,6 +271,8 @@ class OllamaAdapter:
         ``user`` has no Ollama counterpart and is dropped; ``target.options["keep_alive"]``
         (e.g. ``"10m"``, or ``-1`` to keep the model loaded) is passed through.
         """
+        if folds_system(target.options):
+            request = without_system_role(request)
         body: dict[str, Any] = {
             "model": target.model,
             "messages": _messages(request),
@@ -279,7 +282,7 @@ class OllamaAdapter:
             body["tools"] = tools
         if (fmt := _format(request)) is not None:
             body["format"] = fmt
-        if options := _options(request):
+        if options := _options(request, output_limit(request, target.options)):
             body["options"] = options
         if (keep_alive := target.options.get("keep_alive")) is not None:
             body["keep_alive"] = keep_alive

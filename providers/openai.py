@@ -2,8 +2,9 @@
 
 OpenAI, xAI Grok, Moonshot Kimi, OpenRouter, vLLM and llama.cpp's server are configuration of this
 one adapter (base URL, key, extra headers), not copies. The client already speaks this format, so
-the request is the client's own body with the pinned model id put in; the answer is checked for
-shape and handed back.
+the request is the client's own body with the pinned model id put in (and, by the model's
+policy, a default ``max_tokens`` and system turns folded into user turns: providers/shaping.py);
+the answer is checked for shape and handed back.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .base import (
 from .embeddings import MAX_INPUTS, EmbeddingRequest, Embeddings, check_rows, estimate_tokens
 from .errors import ContentBlocked, UpstreamError, UpstreamProtocolError
 from .schema import ChatRequest
+from .shaping import fold_system_messages, folds_system
 
 # Error codes OpenAI (and Azure OpenAI) use for a moderation refusal.
 _BLOCK_CODES = frozenset({"content_policy_violation", "content_filter"})
@@ -64,6 +66,12 @@ class OpenAIAdapter:
     def build_request(self, request: ChatRequest, target: Target) -> UpstreamRequest:
         body = dict(request.raw)
         body["model"] = target.model
+        options = target.options
+        if request.output_limit is None and (limit := options.get("default_max_tokens")):
+            # max_tokens, not max_completion_tokens: what every compatible server reads.
+            body["max_tokens"] = limit
+        if folds_system(options):
+            body["messages"] = fold_system_messages(body["messages"])
         if request.stream and target.options.get("stream_usage", True):
             # Always ask for usage: cost accounting needs it whether or not the client does.
             options = dict(body.get("stream_options") or {})

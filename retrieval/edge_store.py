@@ -23,7 +23,17 @@ from typing import Any, TypeVar
 
 import qdrant_edge as qe
 
-from .store import INDEXED_FIELDS, All, Condition, Empty, Hit, Match, Point, StoreUnavailable
+from .store import (
+    INDEXED_FIELDS,
+    All,
+    Condition,
+    Empty,
+    Hit,
+    Match,
+    Point,
+    StoreLocked,
+    StoreUnavailable,
+)
 
 T = TypeVar("T")
 
@@ -78,9 +88,10 @@ class EdgeStore:
                     self._shard = qe.EdgeShard.load(str(self.path))
                 except Exception as exc:
                     if "WouldBlock" in str(exc):
-                        raise StoreUnavailable(
+                        raise StoreLocked(
                             f"{self.description} is open in another process (a running "
-                            "gateway?): stop it first, or use a Qdrant server"
+                            "gateway?): ingest through its admin API (gateway ingest "
+                            "--gateway URL), or use a Qdrant server"
                         ) from exc
                     raise
             elif create_dim is not None:

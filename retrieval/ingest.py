@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,9 @@ from .store import KnowledgeStore, Match, Point
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _KB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 EMBED_BATCH = 64
+
+# Told (chunks written, chunks to write) before the first batch and after each one.
+Progress = Callable[[int, int], Awaitable[None]]
 
 
 class IngestError(Exception):
@@ -104,7 +107,13 @@ def collect(paths: Sequence[Path], root: Path) -> Iterator[tuple[Path, str]]:
             raise IngestError(f"{path}: no such file or directory")
 
 
-def _check_names(kb: str, teams: Sequence[str], residency: Sequence[str]) -> None:
+def prune_prefixes(paths: Sequence[Path], root: Path) -> list[str]:
+    """The source prefixes ``prune`` looks under: one per directory given."""
+    return [source_name(p, root).rstrip("/") + "/" for p in paths if p.is_dir()]
+
+
+def check_names(kb: str, teams: Sequence[str], residency: Sequence[str]) -> None:
+    """Raise ``IngestError`` for a kb, team or region name the knowledge base cannot hold."""
     if not _KB.match(kb):
         raise IngestError(f"--kb {kb!r}: letters, digits, '.', '_' and '-' only")
     if not teams:
@@ -132,10 +141,43 @@ async def ingest(
 ) -> IngestResult:
     """Ingest ``paths`` into ``kb``, visible to ``teams`` (``"*"``: every team) and tagged with
     ``residency`` regions (see retrieval/search.py for what the tags mean)."""
-    started = time.perf_counter()
-    _check_names(kb, teams, residency)
+    check_names(kb, teams, residency)
     root = root or Path.cwd()
-    files = list(collect(paths, root))
+    return await ingest_files(
+        list(collect(paths, root)),
+        store=store,
+        embedder=embedder,
+        kb=kb,
+        teams=teams,
+        residency=residency,
+        prune=prune_prefixes(paths, root) if prune else None,
+        progress=progress,
+        max_chars=max_chars,
+        overlap_chars=overlap_chars,
+    )
+
+
+async def ingest_files(
+    files: Sequence[tuple[Path, str]],
+    *,
+    store: KnowledgeStore,
+    embedder: Embedder,
+    kb: str,
+    teams: Sequence[str],
+    residency: Sequence[str] = (),
+    prune: Sequence[str] | None = None,
+    keep: Sequence[str] = (),
+    progress: bool = False,
+    on_progress: Progress | None = None,
+    max_chars: int = MAX_CHARS,
+    overlap_chars: int = OVERLAP_CHARS,
+) -> IngestResult:
+    """Ingest ``files``, each a (file to read, source name) pair: ``ingest`` once the paths are
+    collected, and the gateway's admin API with the files a client uploaded. ``prune`` lists
+    source prefixes (``prune_prefixes``) whose vanished sources are removed; ``keep`` names
+    sources that exist but could not be read where they are (their chunks stay)."""
+    started = time.perf_counter()
+    check_names(kb, teams, residency)
     result = IngestResult(kb=kb, collection=store.collection)
     await store.create(embedder.dim)
     if (dim := await store.dim()) != embedder.dim:
@@ -149,7 +191,7 @@ async def ingest(
             hit.payload.get("version")
         )
     pending: list[_Pending] = []
-    seen: set[str] = set()
+    seen: set[str] = set(keep)
     for file, source in files:
         if source in seen:  # named twice (a directory and a file in it)
             continue
@@ -179,11 +221,10 @@ async def ingest(
             pending.append(_Pending(cid, chunk, version))
         result.removed.extend(i for i in before if i not in fresh)
     if prune:
-        prefixes = [source_name(p, root).rstrip("/") + "/" for p in paths if p.is_dir()]
         for source, ids in stored.items():
-            if source not in seen and any(source.startswith(p) for p in prefixes):
+            if source not in seen and any(source.startswith(p) for p in prune):
                 result.removed.extend(ids)
-    await _write(store, embedder, pending, kb, teams, residency, progress)
+    await _write(store, embedder, pending, kb, teams, residency, progress, on_progress)
     if result.removed:
         await store.delete(result.removed)
     await store.finish()
@@ -199,9 +240,12 @@ async def _write(
     teams: Sequence[str],
     residency: Sequence[str],
     progress: bool,
+    on_progress: Progress | None,
 ) -> None:
     """Embed and upsert ``pending`` in batches, with a progress bar on stderr."""
     updated_at = datetime.now(UTC).isoformat(timespec="seconds")
+    if on_progress is not None:
+        await on_progress(0, len(pending))
     with tqdm(total=len(pending), unit="chunk", desc=f"ingest {kb}", disable=not progress) as bar:
         for start in range(0, len(pending), EMBED_BATCH):
             batch = pending[start : start + EMBED_BATCH]
@@ -224,3 +268,5 @@ async def _write(
             ]
             await store.upsert(points)
             bar.update(len(batch))
+            if on_progress is not None:
+                await on_progress(start + len(batch), len(pending))

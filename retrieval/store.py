@@ -28,6 +28,10 @@ class StoreUnavailable(Exception):
     """The knowledge store cannot be reached or failed; callers go on without it."""
 
 
+class StoreLocked(StoreUnavailable):
+    """The embedded store is open in another process (a running gateway): ingest through it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Match:
     """The payload field (a keyword or a list of them) holds any of ``values``."""

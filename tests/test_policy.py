@@ -99,6 +99,18 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "models[0].provider" in capsys.readouterr().err
 
 
+def test_check_config_without_a_file_checks_what_serve_would_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    assert main(["check-config"]) == 0
+    assert f"{EMBEDDED_CONFIG}: ok (2 providers, 2 models" in capsys.readouterr().out
+    bad = write(tmp_path, _broken(lambda d: d["models"][0].update(provider="nope")))
+    monkeypatch.setenv("GATEWAY_CONFIG", str(bad))
+    assert main(["check-config"]) == 1
+    assert "models[0].provider" in capsys.readouterr().err
+
+
 def test_hash_key_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["hash-key", "dev-key"]) == 0
     assert capsys.readouterr().out.strip() == hash_key("dev-key")
@@ -117,3 +129,19 @@ def test_serve_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:
     assert "providers[0]" in result.stderr
     assert "region" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_logs_the_gateways_info_and_only_third_party_warnings() -> None:
+    """onnxruntime's quantizer logs each tensor at INFO on the root logger on a first start."""
+    code = (
+        "import logging; from gateway.cli.main import configure_logging; "
+        "configure_logging('INFO'); logging.info('Quantization parameters for tensor'); "
+        "logging.getLogger('onnxruntime').warning('a third-party warning'); "
+        "logging.getLogger('gateway.api.app').info('the gateway speaks')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "the gateway speaks" in result.stderr
+    assert "a third-party warning" in result.stderr
+    assert "Quantization parameters" not in result.stderr

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cache.embedder import Embedder
 from gateway.admin import api as admin
 from gateway.admin import dashboard
+from gateway.admin import knowledge as admin_knowledge
 from gateway.admin import teams as admin_teams
 from gateway.api import lifecycle
 from gateway.core.context import Interceptor
@@ -283,6 +284,7 @@ def create_app(
             web.post("/v1/feedback", post_feedback),
             *admin.ROUTES,
             *admin_teams.ROUTES,
+            *admin_knowledge.ROUTES,
         ]
     )
     dashboard.setup(app)

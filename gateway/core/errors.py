@@ -16,6 +16,7 @@ with the status and type ``UPSTREAM_HTTP`` gives its class.
     ├── RateLimitExceeded              429 requests|tokens|budget  (a team over its limits)
     ├── TeamExists / TeamNotFound      409 / 404                   (admin: team registry)
     ├── CacheNotConfigured             409                         (admin: no cache section)
+    ├── KnowledgeNotConfigured         409                         (admin: no knowledge section)
     ├── TeamsUnavailable               503 service_unavailable     (admin: Redis down)
     ├── NoEligibleProvider             503 service_unavailable     (residency left no candidate)
     ├── AllProvidersFailed             503 service_unavailable     (every attempt failed, listed)
@@ -157,6 +158,12 @@ class CacheNotConfigured(GatewayError):
     status = 409
     type = "invalid_request_error"
     code = "cache_not_configured"
+
+
+class KnowledgeNotConfigured(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "knowledge_not_configured"
 
 
 class TeamsUnavailable(GatewayError):

@@ -70,7 +70,7 @@ class Catalog:
                 model=model.id,
                 api_key=provider.api_key(environ),
                 headers=dict(provider.headers),
-                options=provider.adapter_options(),
+                options={**provider.adapter_options(), **model.adapter_options()},
             )
             candidates[model.name] = Candidate(model=model, provider=provider, target=target)
         # Alias -> chat candidate, for calls outside any route (gateway eval, shadow traffic).

@@ -164,6 +164,22 @@ class ModelConfig(_Model):
     # What to do when the provider serves another version than ``id``: alert (and answer), or
     # treat the answer as a failure and fall back.
     on_drift: Literal["alert", "fail_over"] = "alert"
+    # The output limit of a request that sets none (max_tokens, max_completion_tokens): a small
+    # CPU model left unbounded generates until its context is full, minutes on a few cores.
+    # None: the provider's own default (Anthropic's provider-level one, else unbounded).
+    default_max_tokens: int | None = Field(default=None, ge=1)
+    # False: the model's chat template has no system role (it would drop system messages, and
+    # with them the knowledge passages): the adapter folds them into the next user turn.
+    system_role: bool = True
+
+    def adapter_options(self) -> dict[str, Any]:
+        """What this model adds to its provider's adapter options (``Target.options``)."""
+        options: dict[str, Any] = {}
+        if self.default_max_tokens is not None:
+            options["default_max_tokens"] = self.default_max_tokens
+        if not self.system_role:
+            options["system_role"] = False
+        return options
 
     @model_validator(mode="after")
     def _pinned(self) -> ModelConfig:

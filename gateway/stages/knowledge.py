@@ -76,6 +76,12 @@ class KnowledgeStage:
         self._settings: dict[tuple[str, str], KnowledgeSettings] = {}
         self._filters: dict[Access, Condition] = {}
         self._skip_until = 0.0  # after a failure, or while the collection is absent
+        self.writing = asyncio.Lock()  # one ingestion at a time (gateway/admin/knowledge.py)
+
+    def refresh(self) -> None:
+        """Look the store up again from the next request on (after this process wrote to it:
+        a collection absent until now exists)."""
+        self._skip_until = 0.0
 
     def settings_for(self, team: str, route: str) -> KnowledgeSettings:
         """The section's settings with the route's then the team's overrides (memoised: the
