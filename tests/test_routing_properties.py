@@ -21,6 +21,7 @@ from tests.worlds import EU_KEY, HELLO, KEY, Region, policy
 
 MAX_ATTEMPTS = 3
 DEADLINE_MS = 800
+SLACK_S = 0.8
 # Statuses a client may see: success and the documented client/upstream errors.
 DOCUMENTED = {200, 400, 429, 502, 503, 504}
 
@@ -88,9 +89,11 @@ async def test_routing_promises_hold_under_any_fault_schedule(
         if team_key == EU_KEY:
             assert not world.gpt_us.requests
             assert not world.claude_us.requests
-        # Attempts bounded, deadline kept (a little slack for the event loop and the fakes).
+        # Attempts bounded, deadline kept. The slack covers the event loop and the fakes on a loaded
+        # 2-core CI host (0.4 s once fell short there: 1.41 s, passing on hypothesis' rerun); it stays
+        # well under the 2 s hang, so a deadline that is not enforced still fails here.
         assert sum(len(f.requests) for f in fakes) <= MAX_ATTEMPTS
-        assert elapsed < DEADLINE_MS / 1000 + 0.4
+        assert elapsed < DEADLINE_MS / 1000 + SLACK_S
         decision = client.app[RUNTIME].decisions.recent(1)[0]
         assert len(decision.attempts) <= MAX_ATTEMPTS
     await client.close()
