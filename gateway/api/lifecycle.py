@@ -26,6 +26,7 @@ from gateway.policy.limits import Limits
 from gateway.policy.model import PolicyError
 from gateway.policy.settings import Settings
 from gateway.policy.teams import SYNC_INTERVAL_S, TeamRegistry
+from gateway.routing.fairness import TeamConcurrency
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def install(app: web.Application, environ: Mapping[str, str]) -> None:
     runtime.teams = TeamRegistry(
         environ, redis_url=settings.redis_url, prefix=settings.redis_prefix
     )
+    runtime.concurrency = TeamConcurrency()
     app[LIFECYCLE] = Lifecycle(policy=runtime.catalog.policy)
     app.cleanup_ctx.append(_governance)
     app.on_shutdown.append(_mark_draining)
