@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextvars import ContextVar
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 
 from .errors import PoolSaturated
@@ -43,6 +43,15 @@ _SHARE: ContextVar[Share] = ContextVar("provider_share", default=_NOBODY)
 
 def current_share() -> Share:
     return _SHARE.get()
+
+
+def enter_share(share: Share) -> Token[Share]:
+    """From now on in this context, wait in ``share``'s queue; ``leave_share`` undoes it."""
+    return _SHARE.set(share)
+
+
+def leave_share(token: Token[Share]) -> None:
+    _SHARE.reset(token)
 
 
 @contextlib.contextmanager
@@ -89,15 +98,10 @@ class FairSlots:
     def held_by(self, share: str) -> int:
         return self._held.get(share, 0)
 
-    @contextlib.asynccontextmanager
-    async def slot(self, provider: str, wait_s: float) -> AsyncIterator[None]:
-        """Hold one slot for the body; ``PoolSaturated`` after ``wait_s`` without one."""
-        share = current_share()
-        await self._acquire(provider, share.name, share.caps.get(provider), wait_s)
-        try:
-            yield
-        finally:
-            self._release(share.name)
+    def slot(self, provider: str, wait_s: float) -> _Slot:
+        """``async with``: hold one slot for the body; ``PoolSaturated`` after ``wait_s``
+        without one."""
+        return _Slot(self, provider, wait_s)
 
     async def _acquire(self, provider: str, share: str, cap: int | None, wait_s: float) -> None:
         if self._in_use < self.capacity and share not in self._queues and _room(self, share, cap):
@@ -138,7 +142,8 @@ class FairSlots:
             self._held[share] = left
         else:
             self._held.pop(share, None)
-        self._dispatch()
+        if self._queues:
+            self._dispatch()
 
     def _forget(self, share: str, waiter: _Waiter) -> None:
         queue = self._queues.get(share)
@@ -168,6 +173,35 @@ class FairSlots:
                 del self._queues[share]
             self._take(share)
             waiter.future.set_result(None)
+
+
+class _Slot:
+    """One use of a slot (a class, not a generator: it is on every request's path)."""
+
+    __slots__ = ("provider", "share", "slots", "wait_s")
+
+    def __init__(self, slots: FairSlots, provider: str, wait_s: float) -> None:
+        self.slots = slots
+        self.provider = provider
+        self.wait_s = wait_s
+        self.share = ""
+
+    async def __aenter__(self) -> None:
+        share = _SHARE.get()
+        name = self.share = share.name
+        cap = share.caps.get(self.provider) if share.caps else None
+        slots = self.slots
+        if (
+            slots._in_use < slots.capacity
+            and not slots._queues
+            and (cap is None or slots._held.get(name, 0) < cap)
+        ):
+            slots._take(name)  # the common case, without a coroutine more
+            return
+        await slots._acquire(self.provider, name, cap, self.wait_s)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.slots._release(self.share)
 
 
 def _room(slots: FairSlots, share: str, cap: int | None) -> bool:

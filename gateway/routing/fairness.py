@@ -10,12 +10,12 @@ one team's backlog does not hold up another's first request).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from contextvars import Token
 
 from gateway.core.errors import RateLimitExceeded
 from gateway.policy.model import TeamConfig
-from providers.slots import Share, use_share
+from providers.slots import Share, enter_share, leave_share
 
 
 def admitted(concurrency: TeamConcurrency | None, team: TeamConfig) -> AbstractContextManager[None]:
@@ -28,13 +28,14 @@ class TeamConcurrency:
 
     def __init__(self) -> None:
         self._in_flight: dict[str, int] = {}
+        self._shares: dict[str, Share] = {}  # per team, rebuilt when its limit changes
 
     def in_flight(self, team: str) -> int:
         return self._in_flight.get(team, 0)
 
-    @contextlib.contextmanager
-    def admit(self, team: TeamConfig) -> Iterator[None]:
-        """Hold one of ``team``'s in-flight places for the body; 429 when none is free."""
+    def admit(self, team: TeamConfig) -> _Admitted:
+        """``with``: hold one of ``team``'s in-flight places for the body; 429 when none is
+        free. Inside, provider slots are waited for in the team's queue."""
         limit = team.max_in_flight
         name = team.name
         count = self._in_flight.get(name, 0)
@@ -47,13 +48,33 @@ class TeamConcurrency:
             )
             error.code = "concurrency_limit_exceeded"
             raise error
-        self._in_flight[name] = count + 1
-        try:
-            with use_share(Share(name, limit.per_provider if limit is not None else {})):
-                yield
-        finally:
-            left = self._in_flight[name] - 1
-            if left:
-                self._in_flight[name] = left
-            else:
-                del self._in_flight[name]
+        caps = limit.per_provider if limit is not None else {}
+        share = self._shares.get(name)
+        if share is None or share.caps != caps:  # a reload may change the team's caps
+            share = self._shares[name] = Share(name, caps)
+        return _Admitted(self._in_flight, name, share)
+
+
+class _Admitted:
+    """One admitted request (a class, not a generator: it is on every request's path)."""
+
+    __slots__ = ("counts", "name", "share", "token")
+
+    def __init__(self, counts: dict[str, int], name: str, share: Share) -> None:
+        self.counts = counts
+        self.name = name
+        self.share = share
+        self.token: Token[Share] | None = None
+
+    def __enter__(self) -> None:
+        self.counts[self.name] = self.counts.get(self.name, 0) + 1
+        self.token = enter_share(self.share)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            leave_share(self.token)
+        left = self.counts[self.name] - 1
+        if left:
+            self.counts[self.name] = left
+        else:
+            del self.counts[self.name]
