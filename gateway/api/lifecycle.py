@@ -93,7 +93,7 @@ def serve(
     ``children``: pids of child processes the watchdog kills besides the telemetry exporter
     (the local model server)."""
 
-    async def signals(app: web.Application) -> None:
+    async def stop_signals(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
         runtime = app[RUNTIME]
 
@@ -103,19 +103,29 @@ def serve(
 
         budget_s = settings.drain_delay_s + settings.shutdown_timeout_s + MARGIN_S
         watchdog = ShutdownWatchdog(loop, budget_s, child_pids)
-        loop.add_signal_handler(signal.SIGHUP, _on_sighup, app)
         for sig in (signal.SIGTERM, signal.SIGINT):
             # Replaces aiohttp's handler, which would stop accepting at once.
             loop.add_signal_handler(sig, _on_stop, app, settings.drain_delay_s, watchdog)
 
-    app.on_startup.append(signals)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_timeout_s,
-    )
+    async def reload_signal(app: web.Application) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _on_sighup, app)
+
+    # The stop's handler first of the start-up hooks, so that a stop while the stages load is
+    # watched too; a reload only once everything has started.
+    app.on_startup.insert(0, stop_signals)
+    app.on_startup.append(reload_signal)
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            access_log=None,
+            shutdown_timeout=settings.shutdown_timeout_s,
+        )
+    finally:
+        # The loop is closed; the interpreter's exit still joins threads (the default
+        # executor's), which a stuck blocking call would hold for ever.
+        ShutdownWatchdog(None, MARGIN_S, children).arm()
 
 
 def _on_sighup(app: web.Application) -> None:

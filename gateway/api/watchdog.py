@@ -37,7 +37,7 @@ class ShutdownWatchdog:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | None,
         budget_s: float,
         children: Callable[[], Iterable[int | None]] = tuple,
         *,
@@ -93,7 +93,7 @@ class ShutdownWatchdog:
 
     def report(self) -> str:
         lines: list[str] = []
-        for task in _tasks(self.loop):
+        for task in _tasks(self.loop) if self.loop is not None else []:
             lines.append(f"  task {task.get_name()}: {_awaiting(task.get_coro())}")
         names = {t.ident: t.name for t in threading.enumerate()}
         for ident, frame in sys._current_frames().items():
