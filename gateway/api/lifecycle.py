@@ -30,7 +30,7 @@ from gateway.policy.settings import Settings
 from gateway.policy.teams import SYNC_INTERVAL_S, TeamRegistry
 from gateway.routing.fairness import TeamConcurrency
 
-from .watchdog import MARGIN_S, ShutdownWatchdog
+from .watchdog import EXIT_WATCH_S, MARGIN_S, ShutdownWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,9 @@ def serve(
         )
     finally:
         # The loop is closed; the interpreter's exit still joins threads (the default
-        # executor's), which a stuck blocking call would hold for ever.
-        ShutdownWatchdog(None, MARGIN_S, children).arm()
+        # executor's), which a stuck blocking call would hold for ever. (After a SIGTERM the
+        # first watchdog's bound holds anyway; this one is for exits that did not start there.)
+        ShutdownWatchdog(None, EXIT_WATCH_S, children).arm()
 
 
 def _on_sighup(app: web.Application) -> None:

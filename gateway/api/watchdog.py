@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OVERRUN = 70  # EX_SOFTWARE: the stop did not finish in time
 MARGIN_S = 5.0  # over drain delay + shutdown timeout: the cleanup after the last request
+EXIT_WATCH_S = 15.0  # from the loop's end to the process's (the local model stops in <= 10 s)
 
 
 class ShutdownWatchdog:
