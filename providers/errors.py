@@ -9,6 +9,7 @@ or routes. ``gateway.core.errors`` maps each class to the client's HTTP status i
     └── UpstreamError              a provider failed; ``retryable``: may another try help
         ├── UpstreamRateLimited        429, Gemini RESOURCE_EXHAUSTED; the provider's retry_after
         ├── UpstreamOverloaded         5xx, Anthropic 529, Gemini UNAVAILABLE
+        │   └── PoolSaturated          no free connection slot here in time (local, not upstream)
         ├── UpstreamTimeout            connect, first byte or deadline
         ├── UpstreamConnectionError    refused, DNS (code ..._reset: dropped before a byte)
         ├── ContentBlocked             moderation / safety block (not retryable)
@@ -77,6 +78,14 @@ class UpstreamOverloaded(UpstreamError):
     """5xx, Anthropic's 529 ``overloaded_error``, Gemini ``UNAVAILABLE``."""
 
     code = "upstream_overloaded"
+
+
+class PoolSaturated(UpstreamOverloaded):
+    """Every connection slot of the provider on this replica stayed taken (or the caller's share
+    of them) for the whole slot wait: the gateway's own saturation, not the provider's fault, so
+    it counts toward no breaker; the next candidate is tried."""
+
+    code = "pool_saturated"
 
 
 class UpstreamTimeout(UpstreamError):

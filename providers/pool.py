@@ -1,8 +1,9 @@
 """The provider pool: the only place that talks HTTP to providers (chat and embeddings).
 
 One ``aiohttp.ClientSession`` per provider (its own connection limit and timeouts), a concurrency
-cap per provider, SSE/NDJSON framing of streamed bodies, and translation of transport failures
-into the gateway's error tree. Adapters stay pure; this module does their I/O.
+cap per provider whose waiting requests are served fairly (``providers.slots``: per-share queues,
+round-robin, a bounded wait), SSE/NDJSON framing of streamed bodies, and translation of transport
+failures into the gateway's error tree. Adapters stay pure; this module does their I/O.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .errors import (
 )
 from .registry import adapter_for, embedding_adapter_for
 from .schema import ChatRequest
+from .slots import FairSlots
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +40,19 @@ class Endpoint:
     first_byte_timeout: float = 60.0
     total_timeout: float = 300.0
     max_connections: int = 100
+    slot_wait_timeout: float = 5.0  # for a free slot when all max_connections are in use
 
 
 class _Member:
-    __slots__ = ("adapter", "endpoint", "session", "stream_timeout")
+    __slots__ = ("adapter", "endpoint", "session", "slots", "stream_timeout")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self.adapter: ProviderAdapter = adapter_for(endpoint.kind)
         self.session: aiohttp.ClientSession | None = None
+        # The concurrency cap, waited for fairly and within slot_wait_timeout; the connector's
+        # limit below is the same number, so the connector itself never queues a request.
+        self.slots = FairSlots(endpoint.max_connections)
         # A stream may run as long as it keeps sending: no total, an idle (sock_read) limit.
         self.stream_timeout = aiohttp.ClientTimeout(
             total=None,
@@ -57,8 +63,7 @@ class _Member:
 
     def open(self) -> None:
         ep = self.endpoint
-        # The connector's limit is the provider's concurrency cap: requests beyond it queue
-        # (within their deadline) instead of opening more connections.
+        # The connector's limit is the provider's concurrency cap (``slots`` admits no more).
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=ep.max_connections, limit_per_host=ep.max_connections, ttl_dns_cache=300
@@ -100,6 +105,10 @@ class ProviderPool:
     def adapter(self, provider: str) -> ProviderAdapter:
         return self._member(provider).adapter
 
+    def slots(self, provider: str) -> FairSlots:
+        """The provider's connection slots (their use and queue, for tests and metrics)."""
+        return self._member(provider).slots
+
     def _member(self, provider: str) -> _Member:
         try:
             return self._members[provider]
@@ -113,17 +122,18 @@ class ProviderPool:
         member = self._member(target.provider)
         session = member.started()
         upstream = member.adapter.build_request(request, target)
-        sent = time.perf_counter()
-        try:
-            async with session.request(
-                upstream.method, upstream.url, data=upstream.body, headers=upstream.headers
-            ) as response:
-                body = await response.read()
-                status = response.status
-                headers = response.headers
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise _redacted(_transport_error(exc, target.provider), target) from exc
-        wire_s = time.perf_counter() - sent
+        async with member.slots.slot(target.provider, member.endpoint.slot_wait_timeout):
+            sent = time.perf_counter()
+            try:
+                async with session.request(
+                    upstream.method, upstream.url, data=upstream.body, headers=upstream.headers
+                ) as response:
+                    body = await response.read()
+                    status = response.status
+                    headers = response.headers
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise _redacted(_transport_error(exc, target.provider), target) from exc
+            wire_s = time.perf_counter() - sent
         if status >= 400:
             raise _redacted(member.adapter.classify_error(status, headers, body, target), target)
         try:
@@ -143,27 +153,28 @@ class ProviderPool:
         session = member.started()
         upstream = member.adapter.build_request(request, target)
         opened = False
-        try:
-            async with session.request(
-                upstream.method,
-                upstream.url,
-                data=upstream.body,
-                headers=upstream.headers,
-                timeout=member.stream_timeout,
-            ) as response:
-                if response.status >= 400:
-                    body = await response.read()
-                    raise member.adapter.classify_error(
-                        response.status, response.headers, body, target
-                    )
-                opened = True
-                yield UpstreamStream(member.adapter, target, response)
-        except UpstreamError as exc:
-            raise _redacted(exc, target) from exc.__cause__
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            if opened:
-                raise  # raised by the caller's body (e.g. writing to its client), not ours
-            raise _redacted(_transport_error(exc, target.provider), target) from exc
+        async with member.slots.slot(target.provider, member.endpoint.slot_wait_timeout):
+            try:
+                async with session.request(
+                    upstream.method,
+                    upstream.url,
+                    data=upstream.body,
+                    headers=upstream.headers,
+                    timeout=member.stream_timeout,
+                ) as response:
+                    if response.status >= 400:
+                        body = await response.read()
+                        raise member.adapter.classify_error(
+                            response.status, response.headers, body, target
+                        )
+                    opened = True
+                    yield UpstreamStream(member.adapter, target, response)
+            except UpstreamError as exc:
+                raise _redacted(exc, target) from exc.__cause__
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                if opened:
+                    raise  # raised by the caller's body (e.g. writing to its client), not ours
+                raise _redacted(_transport_error(exc, target.provider), target) from exc
 
     async def embed(self, target: Target, request: EmbeddingRequest) -> Embeddings:
         """One embedding attempt: the inputs in batches of the adapter's ``max_batch``, sent in
@@ -176,27 +187,28 @@ class ProviderPool:
         session = member.started()
         texts = request.texts
         parts: list[Embeddings] = []
-        for start in range(0, len(texts), adapter.max_batch):
-            batch = texts[start : start + adapter.max_batch]
-            upstream = adapter.build_embedding_request(batch, request, target)
-            sent = time.perf_counter()
-            try:
-                async with session.request(
-                    upstream.method, upstream.url, data=upstream.body, headers=upstream.headers
-                ) as response:
-                    body = await response.read()
-                    status, headers = response.status, response.headers
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise _redacted(_transport_error(exc, target.provider), target) from exc
-            wire_s = time.perf_counter() - sent
-            if status >= 400:
-                raise _redacted(adapter.classify_error(status, headers, body, target), target)
-            try:
-                part = adapter.parse_embeddings(body, target, batch)
-            except UpstreamError as exc:
-                raise _redacted(exc, target) from exc.__cause__
-            part.wire_s = wire_s
-            parts.append(part)
+        async with member.slots.slot(target.provider, member.endpoint.slot_wait_timeout):
+            for start in range(0, len(texts), adapter.max_batch):
+                batch = texts[start : start + adapter.max_batch]
+                upstream = adapter.build_embedding_request(batch, request, target)
+                sent = time.perf_counter()
+                try:
+                    async with session.request(
+                        upstream.method, upstream.url, data=upstream.body, headers=upstream.headers
+                    ) as response:
+                        body = await response.read()
+                        status, headers = response.status, response.headers
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    raise _redacted(_transport_error(exc, target.provider), target) from exc
+                wire_s = time.perf_counter() - sent
+                if status >= 400:
+                    raise _redacted(adapter.classify_error(status, headers, body, target), target)
+                try:
+                    part = adapter.parse_embeddings(body, target, batch)
+                except UpstreamError as exc:
+                    raise _redacted(exc, target) from exc.__cause__
+                part.wire_s = wire_s
+                parts.append(part)
         if len(parts) == 1:
             return parts[0]
         rows: list[Any] = []

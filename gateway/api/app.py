@@ -21,6 +21,7 @@ from gateway.admin import dashboard
 from gateway.admin import knowledge as admin_knowledge
 from gateway.admin import teams as admin_teams
 from gateway.api import lifecycle
+from gateway.core.background import stop_tasks
 from gateway.core.context import Interceptor
 from gateway.core.errors import GatewayError, InvalidRequest, ModelNotFound, client_error
 from gateway.core.runtime import LIFECYCLE, REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
@@ -349,9 +350,7 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
         )
         sync = asyncio.create_task(_sync_shared_state(runtime), name="shared-state-sync")
         yield
-        sync.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sync
+        await stop_tasks([sync])
     await runtime.board.drain()
     await runtime.pool.close()
     await runtime.alerts.close()

@@ -33,6 +33,7 @@ from gateway.core.runtime import RUNTIME
 from gateway.core.validation import describe
 from gateway.policy.catalog import Candidate
 from gateway.routing.attempts import Outcome, run_attempts
+from gateway.routing.fairness import admitted
 from gateway.telemetry.cost import charge
 from providers.base import Completion, Usage
 from providers.embeddings import (
@@ -81,7 +82,8 @@ async def embeddings(request: web.Request) -> web.Response:
                 result = await runtime.pool.embed(candidate.target, embed)
             return Outcome(result, result.served_model, wire_s=result.wire_s)
 
-        result, candidate = await run_attempts(runtime, ctx, plan, attempt)
+        with admitted(runtime.concurrency, team):  # max_in_flight, the team's slot queue
+            result, candidate = await run_attempts(runtime, ctx, plan, attempt)
         response = _respond(ctx, embed, result, candidate)
     except GatewayError as exc:
         failed(ctx, exc)

@@ -6,26 +6,31 @@ and their background tasks, the draining flag ``/readyz`` reads). ``serve`` runs
 not-ready, keeps serving for ``drain_delay_s`` so load balancers stop sending, then stops accepting
 and lets in-flight requests and streams finish for up to ``shutdown_timeout_s`` before they are
 cancelled; only then are the provider pools, the stages and Redis closed (the application's cleanup
-contexts).
+contexts). Whatever hangs, the process ends: the stop arms a watchdog (``gateway.api.watchdog``)
+that exits non-zero ``drain_delay_s + shutdown_timeout_s + MARGIN_S`` after the signal, saying
+what was still running and killing the telemetry exporter child.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
 from gateway.admin.reload import reload_policy
+from gateway.core.background import stop_tasks
 from gateway.core.runtime import LIFECYCLE, RUNTIME, Lifecycle, Runtime
 from gateway.policy.limits import Limits
 from gateway.policy.model import PolicyError
 from gateway.policy.settings import Settings
 from gateway.policy.teams import SYNC_INTERVAL_S, TeamRegistry
+from gateway.routing.fairness import TeamConcurrency
+
+from .watchdog import EXIT_WATCH_S, MARGIN_S, ShutdownWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +45,7 @@ def install(app: web.Application, environ: Mapping[str, str]) -> None:
     runtime.teams = TeamRegistry(
         environ, redis_url=settings.redis_url, prefix=settings.redis_prefix
     )
+    runtime.concurrency = TeamConcurrency()
     app[LIFECYCLE] = Lifecycle(policy=runtime.catalog.policy)
     app.cleanup_ctx.append(_governance)
     app.on_shutdown.append(_mark_draining)
@@ -62,11 +68,7 @@ async def _governance(app: web.Application) -> AsyncIterator[None]:
     ]
     yield
     lifecycle.draining = True
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await stop_tasks(tasks)
     await runtime.limits.close()
     await runtime.teams.close()
     await lifecycle.close()
@@ -81,24 +83,50 @@ async def _sync_teams(runtime: Runtime, lifecycle: Lifecycle) -> None:
             runtime.catalog = runtime.teams.catalog(lifecycle.policy)
 
 
-def serve(app: web.Application, settings: Settings) -> None:
-    """``web.run_app`` with SIGHUP reload and a SIGTERM drain."""
+def serve(
+    app: web.Application,
+    settings: Settings,
+    children: Callable[[], Iterable[int | None]] = tuple,
+) -> None:
+    """``web.run_app`` with SIGHUP reload, a SIGTERM drain and a watchdog on the stop.
 
-    async def signals(app: web.Application) -> None:
+    ``children``: pids of child processes the watchdog kills besides the telemetry exporter
+    (the local model server)."""
+
+    async def stop_signals(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, _on_sighup, app)
+        runtime = app[RUNTIME]
+
+        def child_pids() -> list[int | None]:
+            exporter = runtime.exporter
+            return [exporter.pid if exporter is not None else None, *children()]
+
+        budget_s = settings.drain_delay_s + settings.shutdown_timeout_s + MARGIN_S
+        watchdog = ShutdownWatchdog(loop, budget_s, child_pids)
         for sig in (signal.SIGTERM, signal.SIGINT):
             # Replaces aiohttp's handler, which would stop accepting at once.
-            loop.add_signal_handler(sig, _on_stop, app, settings.drain_delay_s)
+            loop.add_signal_handler(sig, _on_stop, app, settings.drain_delay_s, watchdog)
 
-    app.on_startup.append(signals)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_timeout_s,
-    )
+    async def reload_signal(app: web.Application) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _on_sighup, app)
+
+    # The stop's handler first of the start-up hooks, so that a stop while the stages load is
+    # watched too; a reload only once everything has started.
+    app.on_startup.insert(0, stop_signals)
+    app.on_startup.append(reload_signal)
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            access_log=None,
+            shutdown_timeout=settings.shutdown_timeout_s,
+        )
+    finally:
+        # The loop is closed; the interpreter's exit still joins threads (the default
+        # executor's), which a stuck blocking call would hold for ever. (After a SIGTERM the
+        # first watchdog's bound holds anyway; this one is for exits that did not start there.)
+        ShutdownWatchdog(None, EXIT_WATCH_S, children).arm()
 
 
 def _on_sighup(app: web.Application) -> None:
@@ -117,7 +145,8 @@ def _raise_graceful_exit() -> None:
     raise GracefulExit()
 
 
-def _on_stop(app: web.Application, delay_s: float) -> None:
+def _on_stop(app: web.Application, delay_s: float, watchdog: ShutdownWatchdog) -> None:
+    watchdog.arm()  # first, whatever state the rest is in
     lifecycle = app[LIFECYCLE]
     if lifecycle.draining:  # already on its way out
         return

@@ -25,6 +25,7 @@ from gateway.policy.catalog import Candidate, Route
 from gateway.policy.model import RoutingConfig, TeamConfig
 from gateway.quality.shadow import mirror_answer
 from gateway.routing.attempts import Outcome, run_attempts
+from gateway.routing.fairness import admitted
 from gateway.routing.router import allowed_regions
 from gateway.routing.tasks import apply_task_type
 from gateway.telemetry.cost import charge
@@ -74,9 +75,12 @@ async def handle(request: web.Request, ingress: IngressFormat) -> web.StreamResp
         # The team's limits (429 when over); a well-formed, allowed request is what counts.
         if runtime.limits is not None:
             ctx.headers.update(await runtime.limits.admit(team))
-        explicit = "x-gateway-task" in request.headers
-        await apply_task_type(ctx, runtime.tasks, catalog, explicit=explicit)
-        response = await _answer(request, runtime, ctx, exchange)
+        # Its place among the team's requests in flight (429 when at max_in_flight) and its
+        # team's queue for provider slots.
+        with admitted(runtime.concurrency, team):
+            explicit = "x-gateway-task" in request.headers
+            await apply_task_type(ctx, runtime.tasks, catalog, explicit=explicit)
+            response = await _answer(request, runtime, ctx, exchange)
     except GatewayError as exc:
         failed(ctx, exc)
         raise

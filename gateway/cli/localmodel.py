@@ -135,6 +135,11 @@ class LocalModelServer:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id while it runs (the shutdown watchdog kills it)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self, timeout: float = 120.0) -> None:
         path = self.model or model_path()
         command = [

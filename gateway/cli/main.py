@@ -130,7 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         with LocalModelServer(args.data_dir) as local:
             print(f"local model serving at {local.base_url}", file=sys.stderr)
-            serve(app, settings)
+            serve(app, settings, children=lambda: [local.pid])
     except LocalModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gateway.policy.teams import TeamRegistry
     from gateway.quality.monitor import QualityMonitor
     from gateway.routing.breakers import BreakerBoard
+    from gateway.routing.fairness import TeamConcurrency
     from gateway.routing.router import Router
     from gateway.routing.shared import SharedState
     from gateway.routing.tasks import TaskClassifier
@@ -61,6 +62,7 @@ class Runtime:
     exporter: ExporterLink | None = None  # the telemetry exporter process (its link)
     limits: Limits | None = None  # team limits and budgets (gateway.api.lifecycle installs them)
     teams: TeamRegistry | None = None  # the run-time team overlay
+    concurrency: TeamConcurrency | None = None  # teams' requests in flight (max_in_flight)
 
     def snapshot(self) -> Runtime:
         """A shallow copy: a request keeps the catalog and pool it started with across a reload."""

@@ -101,6 +101,7 @@ class Catalog:
                 first_byte_timeout=p.timeouts.first_byte,
                 total_timeout=p.timeouts.total,
                 max_connections=p.max_connections,
+                slot_wait_timeout=p.timeouts.slot_wait,
             )
             for p in policy.providers
             if p.kind != "builtin"  # served in the gateway's process, not through the pool

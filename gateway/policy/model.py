@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from gateway.core.validation import load_yaml_model
 
 from .cache_config import CacheConfig
+from .fairness_config import InFlightLimit
 from .quality_config import QualityConfig
 from .shadow_config import ShadowConfig
 
@@ -32,11 +33,14 @@ class _Model(BaseModel):
 
 
 class Timeouts(_Model):
-    """Seconds. ``first_byte`` bounds the wait for response headers and between stream reads."""
+    """Seconds. ``first_byte`` bounds the wait for response headers and between stream reads;
+    ``slot_wait`` the wait for a free connection slot (all ``max_connections`` in use) before
+    the request goes on to its next candidate."""
 
     connect: float = Field(default=5.0, gt=0)
     first_byte: float = Field(default=60.0, gt=0)
     total: float = Field(default=300.0, gt=0)
+    slot_wait: float = Field(default=5.0, gt=0)
 
 
 class _ProviderBase(_Model):
@@ -303,6 +307,7 @@ class TeamConfig(_Model):
     tokens_per_minute: int | None = Field(default=None, ge=1)
     daily_budget_usd: float | None = Field(default=None, gt=0)  # per UTC day
     budget_alert_at: float = Field(default=0.8, gt=0, le=1)  # share of the budget: one alert/day
+    max_in_flight: InFlightLimit | None = None  # concurrency, per replica (fairness_config.py)
     # Decision records carry the prompt's hash only; true: the prompt text as well (opt-in).
     log_prompts: bool = False
 
@@ -432,6 +437,8 @@ class Policy(_Model):
             for name in team.routes:
                 if name != "*" and name not in callable_names:
                     raise ValueError(f"teams[{i}].routes: unknown route or model {name!r}")
+            if team.max_in_flight is not None:
+                team.max_in_flight.check_references(set(providers), f"teams[{i}].max_in_flight")
             for digest in team.key_sha256:
                 if digest in seen_keys:
                     raise ValueError(f"teams[{i}].key_sha256: a key is shared with another team")

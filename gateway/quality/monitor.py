@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from gateway.core.background import stop_tasks
 from gateway.core.decision import Decision
 from gateway.policy.quality_config import QualityConfig
 from gateway.policy.settings import Settings
@@ -410,9 +411,7 @@ class QualityMonitor:
         try:
             yield self
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_tasks([task])
             if self.judge is not None:
                 await self.judge.close()
                 self.judge = None

@@ -67,6 +67,8 @@ class VersionDrift(UpstreamError):
 
 
 def action_for(errors: ErrorPolicy, exc: UpstreamError) -> ErrorAction:
+    if exc.code == "pool_saturated":  # this replica's slots are full: no retry, no breaker
+        return "next"
     if exc.code == "upstream_connection_reset":
         return errors.connection
     field = _ERROR_CLASS.get(exc.code, "overloaded")

@@ -29,6 +29,7 @@ from cache.index import ScopedIndexes
 from cache.local_store import LocalStore
 from cache.scope import exact_key
 from cache.store import CacheUnavailable, Entry, RedisStore, Store
+from gateway.core.background import finish_tasks
 from gateway.core.context import RequestContext
 from gateway.policy.cache_config import CacheConfig, CacheSettings, effective
 from gateway.policy.settings import Settings
@@ -479,6 +480,6 @@ async def running_cache(
         yield stage
     finally:
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await finish_tasks(tasks, grace_s=2.0)  # a blocked read of the stream ends in 1 s
         await stage.drain()
         await store.close()

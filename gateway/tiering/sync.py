@@ -37,6 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.core.background import finish_tasks
 from gateway.telemetry.metrics import Metrics
 
 from .router import Outcome, TierRouter
@@ -358,5 +359,5 @@ async def sharing_outcomes(
         yield sync
     finally:
         stop.set()
-        await asyncio.gather(task, return_exceptions=True)
+        await finish_tasks([task], grace_s=2.0)
         await sync.close()
