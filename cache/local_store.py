@@ -19,6 +19,7 @@ class LocalStore:
         self._exact: dict[str, tuple[int, float]] = {}
         self._scopes: dict[str, OrderedDict[int, None]] = {}
         self._config: dict[str, dict[str, Any]] = {}
+        self.generation = 0  # moves on every removal or invalidation (see Store)
 
     def _live(self, entry_id: int) -> Entry | None:
         found = self._entries.get(entry_id)
@@ -90,6 +91,7 @@ class LocalStore:
                 entry.state = state
 
     async def remove(self, entry_id: int, scope: str) -> bool:
+        self.generation += 1
         entry = self._live(entry_id)
         if entry is None or entry.scope != scope:
             return False
@@ -103,6 +105,7 @@ class LocalStore:
         route: str | None = None,
         chunks: Iterable[str] | None = None,
     ) -> int:
+        self.generation += 1
         wanted = set(chunks) if chunks is not None else None
         doomed = [
             entry

@@ -70,6 +70,10 @@ class Put:
 
 
 class Store(Protocol):
+    # Moves on every removal or invalidation through this object: copies of entries kept in
+    # process (cache.hot) are dropped when it does.
+    generation: int
+
     async def exact(self, key: str) -> Entry | None: ...
     async def get(self, entry_id: int) -> Entry | None: ...
     async def get_many(self, entry_ids: list[int]) -> list[Entry | None]: ...
@@ -202,6 +206,7 @@ class RedisStore:
         self._exact = self._redis.register_script(_EXACT)
         self._save_states = self._redis.register_script(_SAVE_STATES)
         self.p = f"{prefix}:c"
+        self.generation = 0
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -316,6 +321,7 @@ class RedisStore:
     async def remove(self, entry_id: int, scope: str) -> bool:
         """Delete one entry of ``scope`` (every replica drops it from its index); ``False``
         when it is gone already or belongs to another scope."""
+        self.generation += 1
         entry = await self.get(entry_id)
         if entry is None or entry.scope != scope:
             return False
@@ -330,6 +336,7 @@ class RedisStore:
         chunks: Iterable[str] | None = None,
     ) -> int:
         p, removed = self.p, 0
+        self.generation += 1
         if chunks is not None:
             for chunk in chunks:
                 ids = await self._call(self._redis.smembers(f"{p}:chunk:{chunk}"))

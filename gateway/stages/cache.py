@@ -25,6 +25,7 @@ import numpy as np
 from cache.embedder import Embedder, Vector
 from cache.guard import conflict
 from cache.hits import NEIGHBOURS, Assessment, EntryState, HitPolicy, ScopeState
+from cache.hot import HotEntries
 from cache.index import ScopedIndexes
 from cache.local_store import LocalStore
 from cache.scope import exact_key
@@ -64,6 +65,7 @@ class _Comparison:
 # in one Redis transaction; past WRITE_QUEUE waiting, an answer is not stored (counted).
 WRITE_QUEUE = 4096
 WRITE_BATCH = 64
+OWN_MAX = 100_000
 # Hits are counted in memory and sent (LRU order, hit counts) in one pipeline this often.
 HIT_FLUSH_S = 0.05
 
@@ -114,6 +116,10 @@ class CacheStage:
         self._writes: asyncio.Queue[_Write] = asyncio.Queue(maxsize=WRITE_QUEUE)
         self._writer: asyncio.Task[None] | None = None
         self._hits: dict[tuple[int, str], int] = {}
+        # Recent exact hits in process (cache/hot.py), and the ids this replica stored whose
+        # ``add`` events need no read-back (the entry is indexed already).
+        self.hot = HotEntries()
+        self._own: set[int] = set()
         self._hit_flush: asyncio.Task[None] | None = None
 
     # -- the request path -----------------------------------------------------------------
@@ -168,7 +174,16 @@ class CacheStage:
         self, ctx: RequestContext, scope: str, settings: CacheSettings
     ) -> Completion | None:
         query = ctx.query_text
-        entry = await self.store.exact(exact_key(scope, query))
+        key = exact_key(scope, query)
+        generation, now = self.store.generation, time.monotonic()
+        if self.hot.generation != generation:  # an entry was removed here: start afresh
+            self.hot.clear()
+            self.hot.generation = generation
+        entry = self.hot.get(key, now)
+        if entry is None:
+            entry = await self.store.exact(key)
+            if entry is not None and entry.scope == scope and self.store.generation == generation:
+                self.hot.put(key, entry, now, entry.created + settings.ttl_s - time.time())
         if entry is not None and entry.scope == scope:
             return self._serve(ctx, entry, 1.0, "exact")
         if skipped := await semantic_skip_reason(ctx):
@@ -348,12 +363,17 @@ class CacheStage:
             key = exact_key(write.scope, new.query)
             puts.append(Put(new, key, write.settings.ttl_s, write.settings.max_entries_per_scope))
         await self.store.save_states(states)
+        if len(self._own) > OWN_MAX:  # events were missed (an outage): forget the oldest
+            self._own.clear()
+        self._own.update(put.entry.id for put in puts)
         evicted = await self.store.put_many(puts)
         for put in puts:
+            self.hot.drop_key(put.exact_key)  # a newer answer to the same question
             if put.entry.vector is not None:
                 self.indexes.add(put.entry.scope, put.entry.id, put.entry.vector)
         for old in evicted:
             self.indexes.remove(old)
+            self.hot.drop_id(old)
 
     def _learn(
         self,
@@ -414,6 +434,7 @@ class CacheStage:
             return False
         if removed:
             self.indexes.remove(entry_id)
+            self.hot.drop_id(entry_id)
         return removed
 
     # -- background work ------------------------------------------------------------------
@@ -466,18 +487,27 @@ class CacheStage:
             except CacheUnavailable as exc:
                 self._unavailable("sync", exc)
                 last = "$"  # reload once Redis is back: we may have missed events
+                self.hot.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
 
     async def _apply(self, op: str, entry_id: int, scope: str) -> None:
         if op == "add":
+            if entry_id in self._own:  # written (and indexed) by this replica
+                self._own.discard(entry_id)
+                return
             entry = await self.store.get(entry_id)
-            if entry is not None and entry.vector is not None and self._comparable(entry):
+            if entry is None:
+                return
+            self.hot.drop_key(exact_key(entry.scope, entry.query))  # a newer answer
+            if entry.vector is not None and self._comparable(entry):
                 self.indexes.add(entry.scope, entry.id, entry.vector)
         elif op == "del":
             self.indexes.remove(entry_id)
+            self.hot.drop_id(entry_id)
         elif op == "scope":
             self.indexes.drop_scope(scope)
+            self.hot.drop_scope(scope)
 
     async def refresh_config(self, stop: asyncio.Event, every_s: float = 2.0) -> None:
         """Pick up run-time overrides set by ops on any replica."""
