@@ -180,7 +180,8 @@ class RedisStore:
     One bounded pool of ``max_connections``: a request holds one connection per round trip (its
     lookups are pipelined, its writes batched with others'), so the pool is sized for the
     process's concurrency and a burst beyond it waits up to ``pool_wait_s`` (default: the
-    socket timeout) for a connection, reported to ``on_pool_event``, rather than failing.
+    cache stage's default time budget) for a connection, reported to ``on_pool_event``, rather
+    than failing.
     Redis serves one command at a time: more connections add no throughput."""
 
     def __init__(
@@ -189,14 +190,14 @@ class RedisStore:
         *,
         prefix: str = "gw",
         timeout_s: float = 0.25,
-        max_connections: int = 64,
-        pool_wait_s: float | None = None,
+        max_connections: int = 128,
+        pool_wait_s: float = 1.0,
         on_pool_event: Callable[[str], None] | None = None,
     ) -> None:
         self._pool = CountingPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=timeout_s if pool_wait_s is None else pool_wait_s,
+            timeout=pool_wait_s,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
         )
