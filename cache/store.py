@@ -190,7 +190,7 @@ class RedisStore:
         *,
         prefix: str = "gw",
         timeout_s: float = 0.25,
-        max_connections: int = 128,
+        max_connections: int = 512,
         pool_wait_s: float = 1.0,
         on_pool_event: Callable[[str], None] | None = None,
     ) -> None:
