@@ -119,6 +119,7 @@ class CacheStage:
         # Recent exact hits in process (cache/hot.py), and the ids this replica stored whose
         # ``add`` events need no read-back (the entry is indexed already).
         self.hot = HotEntries()
+        self._reading: dict[str, asyncio.Future[Entry | None]] = {}
         self._own: set[int] = set()
         self._hit_flush: asyncio.Task[None] | None = None
 
@@ -181,7 +182,7 @@ class CacheStage:
             self.hot.generation = generation
         entry = self.hot.get(key, now)
         if entry is None:
-            entry = await self.store.exact(key)
+            entry = await self._read_exact(key)
             if entry is not None and entry.scope == scope and self.store.generation == generation:
                 self.hot.put(key, entry, now, entry.created + settings.ttl_s - time.time())
         if entry is not None and entry.scope == scope:
@@ -230,6 +231,21 @@ class CacheStage:
             if verdict == "verify":
                 self._count("verify")
         return None
+
+    async def _read_exact(self, key: str) -> Entry | None:
+        """The exact key's entry from the store, one read per key at a time: when a popular
+        question's copy in memory lapses, its concurrent repeats share one round trip instead of
+        each taking a connection. Shielded: a caller cut off by its budget leaves it running."""
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = asyncio.ensure_future(self.store.exact(key))
+            reading.add_done_callback(lambda done: self._read_done(key, done))
+        return await asyncio.shield(reading)
+
+    def _read_done(self, key: str, done: asyncio.Future[Entry | None]) -> None:
+        self._reading.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here too: every waiter may have given up
 
     async def _neighbours(self, scope: str, vector: Vector) -> list[tuple[Entry, float]]:
         """The nearest entry and its runners-up, all of this scope, best first.
