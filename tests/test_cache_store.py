@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -12,8 +13,12 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from cache.hot import HotEntries
+from cache.local_store import LocalStore
 from cache.store import Entry, Put, RedisStore
 from gateway.core.runtime import RUNTIME
+from gateway.policy.cache_config import CacheConfig
+from gateway.stages.cache import CacheStage
+from gateway.telemetry.metrics import Metrics
 from tests.conftest import TEAM_KEY, Fakes, policy_for
 from tests.fakes.base import Ok
 
@@ -139,3 +144,33 @@ async def test_a_repeat_served_from_memory_follows_a_refreshed_answer(
     await settle(client)
     assert await ask(client, "Where is the office?") == ("hit", "Second answer.")
     assert len(fakes.openai.requests) == 2
+
+
+class CountingStore(LocalStore):
+    """The in-process store, counting exact reads and answering them after a pause."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exact_reads = 0
+
+    async def exact(self, key: str) -> Entry | None:
+        self.exact_reads += 1
+        await asyncio.sleep(0.01)
+        return await super().exact(key)
+
+
+async def test_concurrent_repeats_share_one_exact_read() -> None:
+    """When a popular question's copy in memory lapses, its concurrent repeats share one read;
+    a repeat cut off meanwhile leaves the read running for the others."""
+    store = CountingStore()
+    await store.put(entry(1), "x1", ttl_s=60, cap=10)
+    embedder = SimpleNamespace(name="e", dim=4)
+    stage = CacheStage(CacheConfig(), store, embedder, Metrics())  # type: ignore[arg-type]
+    impatient = asyncio.ensure_future(stage._read_exact("x1"))
+    await asyncio.sleep(0)
+    impatient.cancel()
+    found = await asyncio.gather(*(stage._read_exact("x1") for _ in range(50)))
+    assert {e.id if e else None for e in found} == {1}
+    assert store.exact_reads == 1
+    assert await stage._read_exact("x1") is not None
+    assert store.exact_reads == 2  # a read is shared while it runs, not remembered
