@@ -45,6 +45,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from bench import overhead_cache as cached
 from bench import overhead_ingress as ingress
 from gateway.policy.model import hash_key
 
@@ -103,6 +104,7 @@ LABELS = {
     "a": "(a) fake upstream, direct",
     "b": "(b) bare aiohttp forwarder",
     "c": "(c) gateway pass-through",
+    **cached.LABELS,
     "m": "(m) gateway /v1/messages",
     "e": "(e) upstream embeddings",
     "g": "(g) bare forwarder, embeddings",
@@ -110,11 +112,12 @@ LABELS = {
 }
 # Body and headers each target is sent (a, b, c: the chat request).
 REQUESTS: dict[str, tuple[str, dict[str, str]]] = {
-    **dict.fromkeys("abc", (REQUEST_BODY, REQUEST_HEADERS)),
+    **dict.fromkeys("abchu", (REQUEST_BODY, REQUEST_HEADERS)),
     **ingress.requests(ALIAS, TEAM_KEY),
 }
 REQUESTS["g"] = REQUESTS["e"]
 GATEWAY_PATHS = {"c": PATH, "m": ingress.MESSAGES_PATH, "f": ingress.EMBED_PATH}
+CACHE_TARGETS = "hu"  # served by a second gateway, with the cache on and Redis
 
 
 class BenchError(Exception):
@@ -125,7 +128,10 @@ class BenchError(Exception):
 
 
 async def _fake_completion(request: web.Request) -> web.Response:
-    await request.read()
+    body = await request.read()
+    if (answer := cached.unique_answer(body)) is not None:  # (u): each question its answer
+        unique = FAKE_BODY.replace(FAKE_CONTENT.encode(), answer.encode())
+        return web.Response(body=unique, content_type="application/json")
     return web.Response(body=FAKE_BODY, content_type="application/json")
 
 
@@ -193,6 +199,7 @@ async def _python_load(
     deadline = time.perf_counter() + duration
     text, headers = REQUESTS[key]
     body = text.encode()
+    nonce, template = int(time.time() * 1000) % 10**9, json.loads(text)
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -200,9 +207,10 @@ async def _python_load(
             nonlocal failures, sent
             while sent < max_requests and time.perf_counter() < deadline:
                 sent += 1
+                data = cached.unique_body(template, nonce, sent).encode() if key == "u" else body
                 start = time.perf_counter()
                 try:
-                    async with session.post(url, data=body, headers=headers) as response:
+                    async with session.post(url, data=data, headers=headers) as response:
                         await response.read()
                         ok = response.status == 200
                 except aiohttp.ClientError:
@@ -306,18 +314,30 @@ def free_port() -> int:
         return port
 
 
-def wait_ready(name: str, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    for _ in range(300):  # 15 s at most
+def wait_ready(
+    name: str, port: int, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 15.0
+) -> None:
+    for _ in range(int(timeout_s / 0.05)):
         if proc.poll() is not None:
             tail = log.read_text(errors="replace")[-2000:]
             raise BenchError(f"{name} exited with code {proc.returncode} at start:\n{tail}")
         with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.2):
             return
         time.sleep(0.05)
-    raise BenchError(f"{name} did not listen on {HOST}:{port} within 15 s (log: {log})")
+    raise BenchError(f"{name} did not listen on {HOST}:{port} within {timeout_s:g} s (log: {log})")
 
 
-def policy_yaml(upstream_port: int) -> str:
+SERVER_OF = {"a": "upstream", "e": "upstream", "b": "forwarder", "g": "forwarder"}
+SERVER_OF |= dict.fromkeys(GATEWAY_PATHS, "gateway") | dict.fromkeys(CACHE_TARGETS, "gateway-cache")
+
+
+def server_pids(procs: Procs) -> dict[str, int]:
+    """The process id of the server behind each target."""
+    by_name = {name: proc.pid for name, proc in procs.procs}
+    return {key: by_name[name] for key, name in SERVER_OF.items() if name in by_name}
+
+
+def policy_yaml(upstream_port: int, extra: str = "") -> str:
     return f"""\
 providers:
   - name: fake
@@ -332,7 +352,7 @@ models:
   - name: bench
     key_sha256: {hash_key(TEAM_KEY)}
     routes: ["*"]
-"""
+{extra}"""
 
 
 def start_servers(procs: Procs, selected: str) -> dict[str, str]:
@@ -356,18 +376,39 @@ def start_servers(procs: Procs, selected: str) -> dict[str, str]:
         chat = start_gateway(procs, upstream_port, [sys.executable, "-m", "gateway"])
         base = chat.removesuffix(PATH)
         urls.update({key: f"{base}{path}" for key, path in GATEWAY_PATHS.items()})
+    if set(selected) & set(CACHE_TARGETS):  # one gateway with the cache and Redis: (h), (u)
+        redis_url = _telemetry().start_redis(procs)
+        chat = start_gateway(
+            procs,
+            upstream_port,
+            [sys.executable, "-m", "gateway"],
+            name="gateway-cache",
+            extra_policy=cached.policy_cache_section(),
+            extra_env=cached.gateway_env(redis_url),
+        )
+        urls.update(dict.fromkeys(CACHE_TARGETS, chat))
     return {k: v for k, v in urls.items() if k in selected}
 
 
-def start_gateway(procs: Procs, upstream_port: int, launcher: list[str]) -> str:
-    config = procs.workdir / "policy.yaml"
-    config.write_text(policy_yaml(upstream_port), encoding="utf-8")
+def start_gateway(
+    procs: Procs,
+    upstream_port: int,
+    launcher: list[str],
+    *,
+    name: str = "gateway",
+    extra_policy: str = "",
+    extra_env: dict[str, str] | None = None,
+) -> str:
+    config = procs.workdir / f"{name}.yaml"
+    config.write_text(policy_yaml(upstream_port, extra_policy), encoding="utf-8")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env["GATEWAY_LOG_LEVEL"] = "WARNING"
+    env.update(extra_env or {})
     cmd = [*launcher, "serve", "--config", str(config), "--host", HOST, "--port", str(port)]
-    log = procs.start("gateway", cmd, env)
-    wait_ready("gateway", port, procs.procs[-1][1], log)
+    log = procs.start(name, cmd, env)
+    # The cache's gateway loads the embedder before it listens.
+    wait_ready(name, port, procs.procs[-1][1], log, 120.0 if extra_env else 15.0)
     return f"http://{HOST}:{port}{PATH}"
 
 
@@ -375,10 +416,16 @@ async def _check(urls: dict[str, str]) -> None:
     async with aiohttp.ClientSession() as session:
         for key, url in urls.items():
             body, headers = REQUESTS[key]
+            if key == "h" and (verdict := await cached.check_hit(url, body, headers)) != "hit":
+                raise BenchError(f"(h) is not answered from the cache: x-gateway-cache {verdict}")
+            expected = FAKE_CONTENT
+            if key == "u":
+                body = cached.unique_body(json.loads(body), os.getpid(), 0)
+                expected = cached.unique_answer(body.encode()) or ""
             async with session.post(url, data=body, headers=headers) as response:
                 text = await response.text()
                 status = response.status
-            if status != 200 or not ingress.answer_ok(key, text, FAKE_CONTENT):
+            if status != 200 or not ingress.answer_ok(key, text, expected):
                 raise BenchError(
                     f"correctness check failed for {LABELS[key]} ({url}): HTTP {status}, "
                     f"expected 200 with the fake's content in the client's shape; "
@@ -435,6 +482,7 @@ class LoadGen:
                 f'wrk.method = "POST"\nwrk.body = [==[{body}]==]\n{headers}', encoding="utf-8"
             )
         self.script = self.scripts["c"]
+        self.workdir = workdir
 
     def describe(self) -> str:
         if self.wrk is None:
@@ -452,6 +500,10 @@ class LoadGen:
             data = json.loads(out.stdout.strip().splitlines()[-1])
             latency = {int(k): v for k, v in data["latency_ms"].items()}
             return Result(data["rps"], latency, data["requests"], data["errors"])
+        if key == "u":  # a new nonce: the questions of one run are never asked again
+            body, request_headers = REQUESTS[key]
+            text = cached.unique_script(body, request_headers)
+            self.scripts[key].write_text(text, encoding="utf-8")
         seconds = max(1, round(duration))
         cmd = [self.wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
         cmd += ["-s", str(self.scripts[key]), url]
@@ -580,12 +632,45 @@ def run(args: argparse.Namespace) -> int:
             print("correctness: every selected target answers 200 with the fake's content")
             c1: dict[str, Result] = {}
             cn: dict[str, Result] = {}
-            for conns, results in ((1, c1), (args.connections, cn)):
+            high: dict[str, Result] = {}
+            cpu: dict[str, float] = {}
+            pids = server_pids(procs)
+            counted: dict[str, dict[str, int]] = {}
+            passes = [(1, c1), (args.connections, cn)]
+            if args.cache_connections and set(urls) & set(CACHE_TARGETS):
+                passes.append((args.cache_connections, high))
+            for conns, results in passes:
                 for key, url in urls.items():
+                    if results is high and key not in CACHE_TARGETS:
+                        continue
                     print(f"  {LABELS[key]}: c={conns}, {args.duration:g} s ...", flush=True)
                     loadgen.run(url, conns, WARMUP_S, key)
+                    began = _telemetry().cpu_seconds(pids[key])
+                    metrics_url = url.removesuffix(PATH) + "/metrics"
+                    if key in CACHE_TARGETS:
+                        before = asyncio.run(cached.counters(metrics_url))
                     results[key] = loadgen.run(url, conns, args.duration, key)
+                    if conns == args.connections:  # the server's CPU time per request
+                        spent = _telemetry().cpu_seconds(pids[key]) - began
+                        cpu[key] = spent / max(1, results[key].requests)
+                    if key in CACHE_TARGETS:
+                        after = asyncio.run(cached.counters(metrics_url))
+                        counted[f"{key} c={conns}"] = cached.delta(before, after)
             print("\n".join(report(c1, cn, args.connections)))
+            print("\n".join(cached.report(c1, cn, args.connections, counted, _fmt)))
+            print(
+                f"server CPU per request at c={args.connections} (user+system, background work "
+                "included; less moved by the host's load than req/s): "
+                + ", ".join(f"({k}) {v * 1e6:.0f} us" for k, v in cpu.items())
+            )
+            for key, found in high.items():
+                print(
+                    f"{LABELS[key]} at c={args.cache_connections}: {found.rps:.0f} req/s, "
+                    f"p50 {found.latency_ms.get(50, math.nan):.3f} ms, {found.errors} errors"
+                )
+            if set(urls) & set(CACHE_TARGETS):
+                lines = cached.too_many_connections(workdir / "gateway-cache.log")
+                print(f"gateway-cache log: {lines} 'Too many connections' line(s)")
             for key in GATEWAY_PATHS:
                 if key not in urls:
                     continue
@@ -605,7 +690,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=32, help="the throughput run's -c")
     parser.add_argument(
-        "--only", default="a,b,c,m,e,g,f", help="targets to run, e.g. a,c,m (default: all)"
+        "--only", default="a,b,c,h,u,m,e,g,f", help="targets to run, e.g. a,c,m (default: all)"
+    )
+    parser.add_argument(
+        "--cache-connections",
+        type=int,
+        default=256,
+        help="one more run of (h) and (u) at this many connections (0: none)",
     )
     _telemetry().add_arguments(parser)
     parser.add_argument(

@@ -1,10 +1,14 @@
-"""Profile the gateway's pass-through path with cProfile under c=1 wrk load.
+"""Profile the gateway with cProfile under wrk load: the pass-through path, or the cache's.
 
 Starts the fake upstream and ``python -m cProfile -o OUT -m gateway serve ...``, drives it with
 ``wrk -t1 -c1`` for ``--seconds``, stops the gateway with SIGINT (cProfile writes OUT on exit) and
-prints the top cumulative entries under gateway/ and providers/, then aiohttp's::
+prints the top cumulative entries under gateway/, providers/ and cache/, then aiohttp's::
 
     python -m bench.profile_gateway [--seconds 5] [--out /tmp/gw.prof] [--top 25]
+        [--target c|h|u] [--connections 1]
+
+``--target h`` profiles exact cache hits, ``u`` unique-question misses (bench/overhead_cache.py:
+the cache on, a throwaway ``redis-server``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench import overhead_cache as cached
 from bench.overhead import (
+    CACHE_TARGETS,
     BenchError,
     LoadGen,
     Procs,
@@ -28,9 +34,10 @@ from bench.overhead import (
     start_gateway,
     wait_ready,
 )
+from bench.overhead_telemetry import start_redis
 
 
-def profile(seconds: float, out: Path, top: int, connections: int = 1) -> None:
+def profile(seconds: float, out: Path, top: int, connections: int = 1, target: str = "c") -> None:
     with tempfile.TemporaryDirectory(prefix="gw-prof-") as tmp:
         procs = Procs(Path(tmp))
         loadgen = LoadGen(Path(tmp))
@@ -43,9 +50,21 @@ def profile(seconds: float, out: Path, top: int, connections: int = 1) -> None:
             )
             wait_ready("fake upstream", port, procs.procs[-1][1], log)
             launcher = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "gateway"]
-            url = start_gateway(procs, port, launcher)
-            asyncio.run(_check({"c": url}))
-            result = loadgen.run(url, connections, seconds)
+            if target in CACHE_TARGETS:
+                redis_url = start_redis(procs)
+                url = start_gateway(
+                    procs,
+                    port,
+                    launcher,
+                    name="gateway-cache",
+                    extra_policy=cached.policy_cache_section(),
+                    extra_env=cached.gateway_env(redis_url),
+                )
+            else:
+                url = start_gateway(procs, port, launcher)
+            asyncio.run(_check({target: url}))
+            loadgen.run(url, connections, 1.0, target)  # warm: the model's first passes
+            result = loadgen.run(url, connections, seconds, target)
             print(
                 f"profiled load: {result.requests} requests, {result.rps:.0f} req/s "
                 f"(c={connections})"
@@ -59,7 +78,7 @@ def profile(seconds: float, out: Path, top: int, connections: int = 1) -> None:
         finally:
             procs.close()
     stats = pstats.Stats(str(out))
-    stats.sort_stats("cumulative").print_stats(r"/(gateway|providers)/", top)
+    stats.sort_stats("cumulative").print_stats(r"/(gateway|providers|cache)/", top)
     stats.sort_stats("cumulative").print_stats(r"/aiohttp/", top)
     stats.sort_stats("tottime").print_stats(top)
 
@@ -70,9 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/gw.prof"))
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--target", choices=["c", *CACHE_TARGETS], default="c")
     args = parser.parse_args(argv)
     try:
-        profile(args.seconds, args.out, args.top, args.connections)
+        profile(args.seconds, args.out, args.top, args.connections, args.target)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -235,6 +235,7 @@ class BatchingEmbedder(ABC):
         self._closed = False
         self.batches = 0  # forward passes run, for tests and benchmarks
         self.texts = 0
+        self.skipped = 0  # texts whose callers had given up before their turn
         self._thread = threading.Thread(
             target=self._work, name=f"embedder-{self.name}", daemon=True
         )
@@ -270,6 +271,15 @@ class BatchingEmbedder(ABC):
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
+            # A caller that gave up (its lookup ran out of time budget) gets no vector: skip its
+            # text, or a backlog keeps the worker on answers nobody reads while live callers wait.
+            # (Reading the flag from this thread is a benign race: at worst one text is encoded
+            # in vain.)
+            live = [pending for pending in batch if not pending.future.cancelled()]
+            self.skipped += len(batch) - len(live)
+            if not live:
+                continue
+            batch = live
             try:
                 vectors = self.encode([p.text for p in batch])
             except Exception as exc:  # handed to every waiter, not swallowed

@@ -8,7 +8,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
-from .store import Entry, Event
+from .store import Entry, Event, Put
 
 
 class LocalStore:
@@ -19,6 +19,7 @@ class LocalStore:
         self._exact: dict[str, tuple[int, float]] = {}
         self._scopes: dict[str, OrderedDict[int, None]] = {}
         self._config: dict[str, dict[str, Any]] = {}
+        self.generation = 0  # moves on every removal or invalidation (see Store)
 
     def _live(self, entry_id: int) -> Entry | None:
         found = self._entries.get(entry_id)
@@ -59,18 +60,38 @@ class LocalStore:
             evicted.append(old)
         return evicted
 
+    async def get_many(self, entry_ids: list[int]) -> list[Entry | None]:
+        return [self._live(entry_id) for entry_id in entry_ids]
+
+    async def put_many(self, puts: list[Put]) -> list[int]:
+        evicted: list[int] = []
+        for put in puts:
+            evicted += await self.put(put.entry, put.exact_key, put.ttl_s, put.cap)
+        return evicted
+
     async def touch(self, entry: Entry) -> None:
-        entry.hits += 1
-        scope = self._scopes.get(entry.scope)
-        if scope is not None and entry.id in scope:
-            scope.move_to_end(entry.id)
+        await self.touch_many({(entry.id, entry.scope): 1})
+
+    async def touch_many(self, hits: dict[tuple[int, str], int]) -> None:
+        for (entry_id, scope_name), count in hits.items():
+            found = self._entries.get(entry_id)
+            if found is not None:
+                found[0].hits += count
+            scope = self._scopes.get(scope_name)
+            if scope is not None and entry_id in scope:
+                scope.move_to_end(entry_id)
 
     async def save_state(self, entry_id: int, state: bytes) -> None:
-        entry = self._live(entry_id)
-        if entry is not None:
-            entry.state = state
+        await self.save_states({entry_id: state})
+
+    async def save_states(self, states: dict[int, bytes]) -> None:
+        for entry_id, state in states.items():
+            entry = self._live(entry_id)
+            if entry is not None:
+                entry.state = state
 
     async def remove(self, entry_id: int, scope: str) -> bool:
+        self.generation += 1
         entry = self._live(entry_id)
         if entry is None or entry.scope != scope:
             return False
@@ -84,6 +105,7 @@ class LocalStore:
         route: str | None = None,
         chunks: Iterable[str] | None = None,
     ) -> int:
+        self.generation += 1
         wanted = set(chunks) if chunks is not None else None
         doomed = [
             entry

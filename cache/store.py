@@ -18,7 +18,7 @@ Every call may raise ``CacheUnavailable``; the cache stage treats that as a miss
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,12 +59,30 @@ class Event:
     scope: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Put:
+    """One entry to store: its exact key, TTL and its scope's cap (``Store.put_many``)."""
+
+    entry: Entry
+    exact_key: str
+    ttl_s: float
+    cap: int
+
+
 class Store(Protocol):
+    # Moves on every removal or invalidation through this object: copies of entries kept in
+    # process (cache.hot) are dropped when it does.
+    generation: int
+
     async def exact(self, key: str) -> Entry | None: ...
     async def get(self, entry_id: int) -> Entry | None: ...
+    async def get_many(self, entry_ids: list[int]) -> list[Entry | None]: ...
     async def put(self, entry: Entry, exact_key: str, ttl_s: float, cap: int) -> list[int]: ...
+    async def put_many(self, puts: list[Put]) -> list[int]: ...
     async def touch(self, entry: Entry) -> None: ...
+    async def touch_many(self, hits: dict[tuple[int, str], int]) -> None: ...
     async def save_state(self, entry_id: int, state: bytes) -> None: ...
+    async def save_states(self, states: dict[int, bytes]) -> None: ...
     async def remove(self, entry_id: int, scope: str) -> bool: ...
     async def invalidate(
         self, *, team: str | None, route: str | None, chunks: Iterable[str] | None
@@ -114,15 +132,82 @@ def _decode(entry_id: int, raw: dict[bytes, bytes]) -> Entry | None:
         return None  # a half-written or foreign key: treat as absent
 
 
-class RedisStore:
-    """The shared store. Writes that follow a response run in the background of the request."""
+# The exact fast path in one round trip: the entry id under x:<key>, then that entry's hash.
+# (The entry's key is built in the script, so this needs one Redis, not a cluster.)
+_EXACT = """
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+local raw = redis.call('HGETALL', ARGV[1] .. id)
+if #raw == 0 then return false end
+table.insert(raw, 1, id)
+return raw
+"""
+# Several entries' hit-policy states in one round trip, each only if its entry still exists
+# (never resurrect an evicted entry as a stub).
+_SAVE_STATES = """
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then redis.call('HSET', key, 'state', ARGV[i]) end
+end
+return #KEYS
+"""
 
-    def __init__(self, url: str, *, prefix: str = "gw", timeout_s: float = 0.25) -> None:
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+
+class CountingPool(aioredis.BlockingConnectionPool):
+    """A bounded pool that makes a caller wait (up to ``timeout``) for a free connection
+    instead of failing with "Too many connections"; ``on_event`` hears of each wait
+    ("waited") and each wait that timed out ("timed_out")."""
+
+    on_event: Callable[[str], None] | None = None
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        full = (
+            not self._available_connections
+            and len(self._in_use_connections) >= self.max_connections
         )
+        if full and self.on_event is not None:
+            self.on_event("waited")
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisError:
+            if self.on_event is not None:
+                self.on_event("timed_out")
+            raise
+
+
+class RedisStore:
+    """The shared store. Writes that follow a response run in the background of the request.
+
+    One bounded pool of ``max_connections``: a request holds one connection per round trip (its
+    lookups are pipelined, its writes batched with others'), so the pool is sized for the
+    process's concurrency and a burst beyond it waits up to ``pool_wait_s`` (default: the
+    cache stage's default time budget) for a connection, reported to ``on_pool_event``, rather
+    than failing.
+    Redis serves one command at a time: more connections add no throughput."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "gw",
+        timeout_s: float = 0.25,
+        max_connections: int = 512,
+        pool_wait_s: float = 1.0,
+        on_pool_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self._pool = CountingPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=pool_wait_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+        )
+        self._pool.on_event = on_pool_event
+        self._redis = aioredis.Redis(connection_pool=self._pool)
         self._reader = aioredis.Redis.from_url(url, socket_connect_timeout=timeout_s)
+        self._exact = self._redis.register_script(_EXACT)
+        self._save_states = self._redis.register_script(_SAVE_STATES)
         self.p = f"{prefix}:c"
+        self.generation = 0
 
     async def _call(self, coro: Any) -> Any:
         try:
@@ -131,38 +216,68 @@ class RedisStore:
             raise CacheUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def exact(self, key: str) -> Entry | None:
-        found = await self._call(self._redis.get(f"{self.p}:x:{key}"))
-        return await self.get(int(found)) if found else None
+        found = await self._call(self._exact(keys=[f"{self.p}:x:{key}"], args=[f"{self.p}:e:"]))
+        if not found:
+            return None
+        fields = iter(found[1:])
+        return _decode(int(found[0]), dict(zip(fields, fields, strict=True)))
 
     async def get(self, entry_id: int) -> Entry | None:
         raw = await self._call(self._redis.hgetall(f"{self.p}:e:{entry_id}"))
         return _decode(entry_id, raw) if raw else None
 
-    async def put(self, entry: Entry, exact_key: str, ttl_s: float, cap: int) -> list[int]:
-        p, ttl = self.p, max(1, int(ttl_s))
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(f"{p}:e:{entry.id}", mapping=_encode(entry))  # type: ignore[arg-type]
-        pipe.expire(f"{p}:e:{entry.id}", ttl)
-        pipe.set(f"{p}:x:{exact_key}", entry.id, ex=ttl)
-        pipe.zadd(f"{p}:s:{entry.scope}", {str(entry.id): time.time()})
-        pipe.sadd(f"{p}:team:{entry.team}", entry.scope)
-        pipe.sadd(f"{p}:route:{entry.route}", entry.scope)
-        for chunk in entry.fingerprint:
-            pipe.sadd(f"{p}:chunk:{chunk.partition(':')[0]}", entry.id)
-        pipe.xadd(
-            f"{p}:events",
-            {"op": "add", "id": entry.id, "scope": entry.scope},
-            maxlen=100_000,
-            approximate=True,
-        )
-        pipe.zcard(f"{p}:s:{entry.scope}")
-        results = await self._call(pipe.execute())
-        over = int(results[-1]) - cap
-        if over <= 0:
+    async def get_many(self, entry_ids: list[int]) -> list[Entry | None]:
+        """Several entries in one round trip, ``None`` for each one gone."""
+        if not entry_ids:
             return []
-        evicted = await self._call(self._redis.zpopmin(f"{p}:s:{entry.scope}", over))
-        ids = [int(member) for member, _ in evicted]
-        await self._delete(ids, entry.scope)
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.hgetall(f"{self.p}:e:{entry_id}")
+        found = await self._call(pipe.execute())
+        return [_decode(i, raw) if raw else None for i, raw in zip(entry_ids, found, strict=True)]
+
+    async def put(self, entry: Entry, exact_key: str, ttl_s: float, cap: int) -> list[int]:
+        return await self.put_many([Put(entry, exact_key, ttl_s, cap)])
+
+    async def put_many(self, puts: list[Put]) -> list[int]:
+        """Store entries in one transaction (one round trip); then evict what is over each
+        scope's cap, least recently used first. The ids evicted."""
+        if not puts:
+            return []
+        p = self.p
+        pipe = self._redis.pipeline(transaction=True)
+        for put in puts:
+            entry, ttl = put.entry, max(1, int(put.ttl_s))
+            pipe.hset(f"{p}:e:{entry.id}", mapping=_encode(entry))  # type: ignore[arg-type]
+            pipe.expire(f"{p}:e:{entry.id}", ttl)
+            pipe.set(f"{p}:x:{put.exact_key}", entry.id, ex=ttl)
+            pipe.zadd(f"{p}:s:{entry.scope}", {str(entry.id): time.time()})
+            pipe.sadd(f"{p}:team:{entry.team}", entry.scope)
+            pipe.sadd(f"{p}:route:{entry.route}", entry.scope)
+            for chunk in entry.fingerprint:
+                pipe.sadd(f"{p}:chunk:{chunk.partition(':')[0]}", entry.id)
+            pipe.xadd(
+                f"{p}:events",
+                {"op": "add", "id": entry.id, "scope": entry.scope},
+                maxlen=100_000,
+                approximate=True,
+            )
+            pipe.zcard(f"{p}:s:{entry.scope}")
+        results = await self._call(pipe.execute())
+        # Each entry's commands end with its scope's size; a scope's last one counts.
+        over: dict[str, int] = {}
+        at = 0
+        for put in puts:
+            at += 8 + len(put.entry.fingerprint)
+            over[put.entry.scope] = int(results[at - 1]) - put.cap
+        ids: list[int] = []
+        for scope, count in over.items():
+            if count <= 0:
+                continue
+            evicted = await self._call(self._redis.zpopmin(f"{p}:s:{scope}", count))
+            popped = [int(member) for member, _ in evicted]
+            await self._delete(popped, scope)
+            ids += popped
         return ids
 
     async def _delete(self, ids: list[int], scope: str) -> None:
@@ -181,20 +296,33 @@ class RedisStore:
         await self._call(pipe.execute())
 
     async def touch(self, entry: Entry) -> None:
+        await self.touch_many({(entry.id, entry.scope): 1})
+
+    async def touch_many(self, hits: dict[tuple[int, str], int]) -> None:
+        """Record hits (LRU order, hit counts) of several entries in one round trip; ``hits``
+        maps (entry id, scope) to the number of hits since the last call."""
+        if not hits:
+            return
+        now = time.time()
         pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(f"{self.p}:s:{entry.scope}", {str(entry.id): time.time()}, xx=True)
-        pipe.hincrby(f"{self.p}:e:{entry.id}", "hits", 1)
+        for (entry_id, scope), count in hits.items():
+            pipe.zadd(f"{self.p}:s:{scope}", {str(entry_id): now}, xx=True)
+            pipe.hincrby(f"{self.p}:e:{entry_id}", "hits", count)
         await self._call(pipe.execute())
 
     async def save_state(self, entry_id: int, state: bytes) -> None:
-        key = f"{self.p}:e:{entry_id}"
-        # Only if the entry still exists: never resurrect an evicted entry as a stub.
-        if await self._call(self._redis.exists(key)):
-            await self._call(self._redis.hset(key, "state", state))
+        await self.save_states({entry_id: state})
+
+    async def save_states(self, states: dict[int, bytes]) -> None:
+        """Several entries' hit-policy states in one round trip; an entry gone stays gone."""
+        if states:
+            keys = [f"{self.p}:e:{entry_id}" for entry_id in states]
+            await self._call(self._save_states(keys=keys, args=list(states.values())))
 
     async def remove(self, entry_id: int, scope: str) -> bool:
         """Delete one entry of ``scope`` (every replica drops it from its index); ``False``
         when it is gone already or belongs to another scope."""
+        self.generation += 1
         entry = await self.get(entry_id)
         if entry is None or entry.scope != scope:
             return False
@@ -209,6 +337,7 @@ class RedisStore:
         chunks: Iterable[str] | None = None,
     ) -> int:
         p, removed = self.p, 0
+        self.generation += 1
         if chunks is not None:
             for chunk in chunks:
                 ids = await self._call(self._redis.smembers(f"{p}:chunk:{chunk}"))
@@ -307,4 +436,5 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self._pool.disconnect()  # a pool passed in is not closed with its client
         await self._reader.aclose()

@@ -338,3 +338,16 @@ def test_only_a_bert_tokenizer_gets_the_short_text_shortcut() -> None:
     other = Tokenizer(BPE())
     other.normalizer = NFKC()
     assert TokenWindow(other, 256).short_chars == 0
+
+
+async def test_a_text_whose_caller_gave_up_is_not_encoded(patient: OnnxEmbedder) -> None:
+    """A lookup cut off by its time budget cancels its wait: the worker skips that text, so a
+    backlog does not keep it busy on vectors nobody will read."""
+    gave_up = [asyncio.ensure_future(patient.embed(f"abandoned {i}")) for i in range(3)]
+    await asyncio.sleep(0)  # queued; the worker waits up to 200 ms for company
+    for waiting in gave_up:
+        waiting.cancel()
+    wanted = await patient.embed(TEXTS[0])
+    assert wanted.shape == (384,)
+    assert patient.skipped == 3
+    assert patient.texts == 1  # only the live caller's text was encoded

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,10 +25,11 @@ import numpy as np
 from cache.embedder import Embedder, Vector
 from cache.guard import conflict
 from cache.hits import NEIGHBOURS, Assessment, EntryState, HitPolicy, ScopeState
+from cache.hot import HotEntries
 from cache.index import ScopedIndexes
 from cache.local_store import LocalStore
 from cache.scope import exact_key
-from cache.store import CacheUnavailable, Entry, RedisStore, Store
+from cache.store import CacheUnavailable, Entry, Put, RedisStore, Store
 from gateway.core.background import finish_tasks
 from gateway.core.context import RequestContext
 from gateway.policy.cache_config import CacheConfig, CacheSettings, effective
@@ -61,6 +62,28 @@ class _Comparison:
     verified: bool
 
 
+# Stores wait in a bounded queue for the one writer task, which sends up to WRITE_BATCH of them
+# in one Redis transaction; past WRITE_QUEUE waiting, an answer is not stored (counted).
+WRITE_QUEUE = 4096
+WRITE_BATCH = 64
+OWN_MAX = 100_000
+# Hits are counted in memory and sent (LRU order, hit counts) in one pipeline this often.
+HIT_FLUSH_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One answer to store, queued by ``after`` for the writer task."""
+
+    ctx: RequestContext
+    entry_id: int
+    scope: str
+    settings: CacheSettings
+    completion: Completion
+    text: str
+    comparison: _Comparison | None
+
+
 class CacheStage:
     """Interceptor: exact and semantic lookups in the request's isolation scope."""
 
@@ -86,11 +109,37 @@ class CacheStage:
         self.indexes = ScopedIndexes(embedder.dim)
         self.runtime: dict[str, dict[str, Any]] = {}
         self.healthy = True
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # Settings per (team, route), for this config and these run-time overrides.
+        self._settings: dict[tuple[str, str], CacheSettings] = {}
+        self._settings_of: tuple[CacheConfig, dict[str, dict[str, Any]]] | None = None
+        # Off the request path: stores queue for one writer task; hits are counted here and
+        # flushed in batches (see WRITE_QUEUE, HIT_FLUSH_S).
+        self._writes: asyncio.Queue[_Write] = asyncio.Queue(maxsize=WRITE_QUEUE)
+        self._writer: asyncio.Task[None] | None = None
+        self._hits: dict[tuple[int, str], int] = {}
+        # Recent exact hits in process (cache/hot.py), and the ids this replica stored whose
+        # ``add`` events need no read-back (the entry is indexed already).
+        self.hot = HotEntries()
+        self._reading: dict[str, asyncio.Future[Entry | None]] = {}
+        self._own: set[int] = set()
+        self._hit_flush: asyncio.Task[None] | None = None
 
     # -- the request path -----------------------------------------------------------------
     def settings_for(self, ctx: RequestContext) -> CacheSettings:
-        return effective(self.config, self.runtime, team=ctx.team.name, route=ctx.route.name)
+        """The request's settings; validated once per team and route until the config or the
+        run-time overrides change (a pydantic validation costs more than an exact hit)."""
+        if self._settings_of is None or (
+            self._settings_of[0] is not self.config or self._settings_of[1] is not self.runtime
+        ):
+            self._settings = {}
+            self._settings_of = (self.config, self.runtime)
+        key = (ctx.team.name, ctx.route.name)
+        found = self._settings.get(key)
+        if found is None:
+            found = self._settings[key] = effective(
+                self.config, self.runtime, team=key[0], route=key[1]
+            )
+        return found
 
     async def before(self, ctx: RequestContext) -> Completion | None:
         settings = self.settings_for(ctx)
@@ -127,7 +176,16 @@ class CacheStage:
         self, ctx: RequestContext, scope: str, settings: CacheSettings
     ) -> Completion | None:
         query = ctx.query_text
-        entry = await self.store.exact(exact_key(scope, query))
+        key = exact_key(scope, query)
+        generation, now = self.store.generation, time.monotonic()
+        if self.hot.generation != generation:  # an entry was removed here: start afresh
+            self.hot.clear()
+            self.hot.generation = generation
+        entry = self.hot.get(key, now)
+        if entry is None:
+            entry = await self._read_exact(key)
+            if entry is not None and entry.scope == scope and self.store.generation == generation:
+                self.hot.put(key, entry, now, entry.created + settings.ttl_s - time.time())
         if entry is not None and entry.scope == scope:
             return self._serve(ctx, entry, 1.0, "exact")
         if skipped := await semantic_skip_reason(ctx):
@@ -175,6 +233,21 @@ class CacheStage:
                 self._count("verify")
         return None
 
+    async def _read_exact(self, key: str) -> Entry | None:
+        """The exact key's entry from the store, one read per key at a time: when a popular
+        question's copy in memory lapses, its concurrent repeats share one round trip instead of
+        each taking a connection. Shielded: a caller cut off by its budget leaves it running."""
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = asyncio.ensure_future(self.store.exact(key))
+            reading.add_done_callback(lambda done: self._read_done(key, done))
+        return await asyncio.shield(reading)
+
+    def _read_done(self, key: str, done: asyncio.Future[Entry | None]) -> None:
+        self._reading.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here too: every waiter may have given up
+
     async def _neighbours(self, scope: str, vector: Vector) -> list[tuple[Entry, float]]:
         """The nearest entry and its runners-up, all of this scope, best first.
 
@@ -182,7 +255,7 @@ class CacheStage:
         exact cosine of its stored float32 vector, which is what hit decisions use.
         """
         found = self.indexes.nearest(scope, vector, 1 + NEIGHBOURS)
-        entries = await asyncio.gather(*(self.store.get(key) for key, _ in found))
+        entries = await self.store.get_many([key for key, _ in found])  # one round trip
         neighbours = []
         for (key, _), entry in zip(found, entries, strict=True):
             if entry is None:  # expired or evicted elsewhere
@@ -226,7 +299,7 @@ class CacheStage:
             }
         )
         self._count(f"hit_{kind}")
-        self._spawn(self._touch(entry))
+        self._hit(entry)
         served = str(body.get("model") or "cache")
         choices = body.get("choices") or [{}]
         return Completion(
@@ -253,55 +326,82 @@ class CacheStage:
         entry_id = random.getrandbits(63)
         ctx.decision.events.append({"type": "cache_store", "entry": entry_id, "scope": scope})
         comparison = ctx.notes.get("cache_compare")
-        self._spawn(self._store(ctx, entry_id, scope, settings, completion, text, comparison))
-
-    async def _store(
-        self,
-        ctx: RequestContext,
-        entry_id: int,
-        scope: str,
-        settings: CacheSettings,
-        completion: Completion,
-        text: str,
-        comparison: _Comparison | None,
-    ) -> None:
+        write = _Write(ctx, entry_id, scope, settings, completion, text, comparison)
         try:
+            self._writes.put_nowait(write)
+        except asyncio.QueueFull:  # Redis is far behind: this answer is not cached
+            self.metrics.child(self.metrics.cache_errors, "store_queue_full").inc()
+            return
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.ensure_future(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        """The writer: takes what is queued (up to WRITE_BATCH) and stores it in one go."""
+        while True:
+            batch = [await self._writes.get()]
+            while len(batch) < WRITE_BATCH and not self._writes.empty():
+                batch.append(self._writes.get_nowait())
+            try:
+                await self._store(batch)
+            except CacheUnavailable as exc:
+                self._unavailable("store", exc)
+            except Exception:  # the writer outlives a bad entry; the others are stored
+                log.exception("cache store failed for %d answers", len(batch))
+            finally:
+                for _ in batch:
+                    self._writes.task_done()
+
+    async def _store(self, batch: list[_Write]) -> None:
+        """Learn from each answer's comparisons, then store the new entries: one round trip for
+        the states learned, one transaction for the entries (what is stored is what one store
+        per request stored)."""
+        states: dict[int, bytes] = {}
+        puts: list[Put] = []
+        for write in batch:
+            ctx = write.ctx
             new_state = EntryState.from_bytes(b"")
-            if comparison is not None:
-                await self._learn(ctx, scope, text, comparison, new_state)
+            if write.comparison is not None:
+                learned = self._learn(ctx, write.scope, write.text, write.comparison, new_state)
+                states.update(learned)
             # No vector for a turn past the embedder's window: an exact-only entry.
             vector = None if await semantic_skip_reason(ctx) else await ctx.query_embedding()
             new = Entry(
-                id=entry_id,
-                scope=scope,
+                id=write.entry_id,
+                scope=write.scope,
                 team=ctx.team.name,
                 route=ctx.route.name,
                 query=ctx.query_text,
-                answer=completion.body,
+                answer=write.completion.body,
                 vector=vector,
                 embedder=self.embedder_name,
                 fingerprint=list(ctx.notes.get("knowledge_fingerprint") or ()),
                 state=new_state.to_bytes(),
             )
-            evicted = await self.store.put(
-                new, exact_key(scope, new.query), settings.ttl_s, settings.max_entries_per_scope
-            )
-            if vector is not None:
-                self.indexes.add(scope, new.id, vector)
-            for old in evicted:
-                self.indexes.remove(old)
-        except CacheUnavailable as exc:
-            self._unavailable("store", exc)
+            key = exact_key(write.scope, new.query)
+            puts.append(Put(new, key, write.settings.ttl_s, write.settings.max_entries_per_scope))
+        await self.store.save_states(states)
+        if len(self._own) > OWN_MAX:  # events were missed (an outage): forget the oldest
+            self._own.clear()
+        self._own.update(put.entry.id for put in puts)
+        evicted = await self.store.put_many(puts)
+        for put in puts:
+            self.hot.drop_key(put.exact_key)  # a newer answer to the same question
+            if put.entry.vector is not None:
+                self.indexes.add(put.entry.scope, put.entry.id, put.entry.vector)
+        for old in evicted:
+            self.indexes.remove(old)
+            self.hot.drop_id(old)
 
-    async def _learn(
+    def _learn(
         self,
         ctx: RequestContext,
         scope: str,
         fresh: str,
         comparison: _Comparison,
         new_state: EntryState,
-    ) -> None:
-        """Compare the fresh answer with the nearest cached ones and learn from it."""
+    ) -> dict[int, bytes]:
+        """Compare the fresh answer with the nearest cached ones and learn from it; the
+        compared entries' new states, to save."""
         state = self._scope_state(scope)
         (entry, similarity), *runners = comparison.neighbours
         correct = same_answer(fresh, answer_text(entry.answer))
@@ -317,18 +417,19 @@ class CacheStage:
             agreement=comparison.agreement,
         )
         self.policy.learn(new_state, state, similarity, correct)
-        await self.store.save_state(entry.id, entry_state.to_bytes())
+        states = {entry.id: entry_state.to_bytes()}
         for runner, runner_similarity in runners:
             same = same_answer(fresh, answer_text(runner.answer))
             runner_state = EntryState.from_bytes(runner.state)
             self.policy.learn(runner_state, state, runner_similarity, same)
             self.policy.learn(new_state, state, runner_similarity, same)
-            await self.store.save_state(runner.id, runner_state.to_bytes())
+            states[runner.id] = runner_state.to_bytes()
         ctx.decision.events.append(
             {"type": "cache_compared", "correct": correct, "verified": comparison.verified}
         )
         if comparison.verified:
             self._count("verified_correct" if correct else "verified_wrong")
+        return states
 
     async def feedback(self, entry_id: int, scope: str, similarity: float) -> bool:
         """A client says a cached answer was wrong: the entry stops hitting at that similarity."""
@@ -350,6 +451,7 @@ class CacheStage:
             return False
         if removed:
             self.indexes.remove(entry_id)
+            self.hot.drop_id(entry_id)
         return removed
 
     # -- background work ------------------------------------------------------------------
@@ -402,18 +504,27 @@ class CacheStage:
             except CacheUnavailable as exc:
                 self._unavailable("sync", exc)
                 last = "$"  # reload once Redis is back: we may have missed events
+                self.hot.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=1.0)
 
     async def _apply(self, op: str, entry_id: int, scope: str) -> None:
         if op == "add":
+            if entry_id in self._own:  # written (and indexed) by this replica
+                self._own.discard(entry_id)
+                return
             entry = await self.store.get(entry_id)
-            if entry is not None and entry.vector is not None and self._comparable(entry):
+            if entry is None:
+                return
+            self.hot.drop_key(exact_key(entry.scope, entry.query))  # a newer answer
+            if entry.vector is not None and self._comparable(entry):
                 self.indexes.add(entry.scope, entry.id, entry.vector)
         elif op == "del":
             self.indexes.remove(entry_id)
+            self.hot.drop_id(entry_id)
         elif op == "scope":
             self.indexes.drop_scope(scope)
+            self.hot.drop_scope(scope)
 
     async def refresh_config(self, stop: asyncio.Event, every_s: float = 2.0) -> None:
         """Pick up run-time overrides set by ops on any replica."""
@@ -425,22 +536,49 @@ class CacheStage:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=every_s)
 
-    async def _touch(self, entry: Entry) -> None:
-        """Record the hit (LRU order, hit count) in the background; a failure is a cache error,
-        never an unretrieved task exception."""
+    def _hit(self, entry: Entry) -> None:
+        """Count the hit; the counts (LRU order, hit counts) go to the store in one pipeline
+        per HIT_FLUSH_S, not one round trip per hit."""
+        key = (entry.id, entry.scope)
+        self._hits[key] = self._hits.get(key, 0) + 1
+        if self._hit_flush is None or self._hit_flush.done():
+            self._hit_flush = asyncio.ensure_future(self._flush_hits_soon())
+
+    async def _flush_hits_soon(self) -> None:
+        await asyncio.sleep(HIT_FLUSH_S)
+        await self._flush_hits()
+
+    async def _flush_hits(self) -> None:
+        """Send the hits counted so far; a failure is a cache error, never an unretrieved
+        task exception."""
+        hits, self._hits = self._hits, {}
         try:
-            await self.store.touch(entry)
+            await self.store.touch_many(hits)
         except CacheUnavailable as exc:
             self._unavailable("touch", exc)
 
-    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def drain(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Wait until every queued store is written and every hit counted in the store."""
+        await self._writes.join()
+        if self._hit_flush is not None and not self._hit_flush.done():
+            self._hit_flush.cancel()
+            await asyncio.gather(self._hit_flush, return_exceptions=True)
+        await self._flush_hits()
+
+    async def close(self, drain_s: float = 5.0) -> None:
+        """Drain (at most ``drain_s``: a stop ends even when Redis hangs), then stop the writer."""
+        try:
+            async with asyncio.timeout(drain_s):
+                await self.drain()
+        except TimeoutError:
+            log.warning(
+                "cache: stopping with %d store(s) unwritten (Redis did not take them in %.0f s)",
+                self._writes.qsize(),
+                drain_s,
+            )
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
 
     def _count(self, result: str) -> None:
         self.metrics.child(self.metrics.cache_lookups, result).inc()
@@ -465,8 +603,12 @@ async def running_cache(
     metrics: Metrics,
 ) -> AsyncIterator[CacheStage]:
     """A cache stage with its store and background sync, for the application's lifetime."""
+
+    def pool_event(outcome: str) -> None:
+        metrics.child(metrics.cache_pool_waits, outcome).inc()
+
     store: Store = (
-        RedisStore(settings.redis_url, prefix=settings.redis_prefix)
+        RedisStore(settings.redis_url, prefix=settings.redis_prefix, on_pool_event=pool_event)
         if settings.redis_url
         else LocalStore()
     )
@@ -481,5 +623,5 @@ async def running_cache(
     finally:
         stop.set()
         await finish_tasks(tasks, grace_s=2.0)  # a blocked read of the stream ends in 1 s
-        await stage.drain()
+        await stage.close()
         await store.close()

@@ -116,6 +116,13 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.cache_pool_waits = Counter(
+            "gateway_cache_pool_waits",
+            "Cache store calls that waited for a free Redis connection (outcome: waited, "
+            "timed_out)",
+            ["outcome"],
+            registry=r,
+        )
         self.knowledge_hits = Counter(
             "gateway_knowledge_hits",
             "Knowledge lookups that answered (kind=answer) or attached context (kind=context)",
