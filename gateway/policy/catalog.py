@@ -50,6 +50,13 @@ class Route:
         return self.candidates[0].model.kind
 
 
+def key_digest(key: str) -> str:
+    """The SHA-256 hex digest of a presented key. aiohttp decodes header bytes that are not UTF-8
+    as surrogate escapes (``Bearer \\xff``): they are hashed as the bytes sent, so such a key is
+    simply unknown (401), never an encoding error."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 class Catalog:
     """Lookups the pipeline makes on every request."""
 
@@ -118,7 +125,7 @@ class Catalog:
             raise AuthenticationFailed(
                 "Malformed Authorization header: expected 'Bearer <team key>'."
             )
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        digest = key_digest(key)
         team = self._teams.get(digest)
         # compare_digest keeps the final check constant-time; the dict lookup is on a hash.
         if team is None or not any(hmac.compare_digest(digest, d) for d in team.key_sha256):
