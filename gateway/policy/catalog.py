@@ -100,6 +100,11 @@ class Catalog:
             f"model:{m.name}" for m in policy.models
         ]
         self.provider_names = [p.name for p in policy.providers]
+        # Metric labels take values from the policy only: a task type a client names in
+        # x-gateway-task that the policy does not define is counted as "other".
+        self.task_labels = frozenset(
+            {"general", *policy.task_types, *(r.task_type for r in policy.routes)}
+        )
         self.endpoints = tuple(
             Endpoint(
                 name=p.name,
@@ -131,6 +136,10 @@ class Catalog:
         if team is None or not any(hmac.compare_digest(digest, d) for d in team.key_sha256):
             raise AuthenticationFailed("Incorrect API key provided.")
         return team
+
+    def task_label(self, task_type: str) -> str:
+        """``task_type`` as a metric label: itself if the policy defines it, else ``other``."""
+        return task_type if task_type in self.task_labels else "other"
 
     def resolve_route(self, team: TeamConfig, name: str, kind: str = "chat") -> Route:
         """The route (or single-alias route) a client's ``model`` names, if the team may use it

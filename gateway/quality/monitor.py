@@ -76,6 +76,7 @@ class QualityMonitor:
         self._unpushed: list[tuple[str, str, dict[str, Any]]] = []
         self._generation = 0  # bumped by promote: a sync pull started before it is stale
         self._tasks: set[str] = set()
+        self._catalog: Callable[[], Catalog] | None = None  # the policy's task types, once running
         self._fallbacks = FallbackWatch(self.config.fallback_alert)
 
     def configure(self, config: QualityConfig) -> None:
@@ -199,6 +200,11 @@ class QualityMonitor:
             )
 
     def _task(self, task_type: str) -> str:
+        """The task type as a statistics key and metric label: one the policy defines, else
+        ``other`` (a client's x-gateway-task does not add series); standalone, the first
+        ``MAX_TASK_TYPES`` seen."""
+        if self._catalog is not None:
+            return self._catalog().task_label(task_type)
         if task_type in self._tasks:
             return task_type
         if len(self._tasks) >= MAX_TASK_TYPES:
@@ -398,6 +404,7 @@ class QualityMonitor:
         lifetime; a final push on the way out."""
         from .judge import Judge
 
+        self._catalog = catalog
         # Always there: it reads the current config, so a reload can add a judge.
         self.judge = Judge(
             lambda: self.config,
@@ -405,6 +412,7 @@ class QualityMonitor:
             lambda: catalog().by_alias,
             self._judged,
             metrics=self.metrics,
+            task_label=lambda task: catalog().task_label(task),
         )
         task = asyncio.create_task(self._sync_loop(), name="quality-sync")
         try:
