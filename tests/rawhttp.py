@@ -44,9 +44,7 @@ async def exchange(port: int, request: bytes, *, timeout_s: float = 10.0) -> Raw
     return parse(raw)
 
 
-def request(
-    method: str, path: str, headers: list[tuple[str, bytes]], body: bytes = b""
-) -> bytes:
+def request(method: str, path: str, headers: list[tuple[str, bytes]], body: bytes = b"") -> bytes:
     """An HTTP/1.1 request with ``Connection: close``; header values as raw bytes."""
     lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"Connection: close"]
     lines += [name.encode() + b": " + value for name, value in headers]
