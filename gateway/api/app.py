@@ -99,6 +99,7 @@ async def error_middleware(
     except RequestTimedOut as exc:
         response = _error(request, exc, request_id)
         response.force_close()  # the rest of a stalled body is not waited for
+        connections.skip_lingering(request)
         return response
     except GatewayError as exc:
         return _error(request, exc, request_id)

@@ -89,6 +89,14 @@ class GuardedRequestHandler(RequestHandler):
         return response
 
 
+def skip_lingering(request: web.Request) -> None:
+    """Close the connection right after this request's response, without first draining the
+    rest of its body for up to aiohttp's ``lingering_time`` (10 s): the body stalled."""
+    protocol = request.protocol
+    if isinstance(protocol, GuardedRequestHandler):
+        protocol._lingering_time = 0.0
+
+
 class GuardedServer(web.Server):
     """``web.Server`` that makes ``GuardedRequestHandler``s."""
 
