@@ -9,7 +9,8 @@ its own limit, ``body_timeout_s``, applied where it is read: ``gateway.core.body
 
 Requests that do not parse (a malformed request line or header) never reach the middlewares;
 aiohttp answers them itself, in ``text/plain`` and with a logged traceback. The handler answers
-them as ``{"error": {...}}`` with one log line instead.
+them in the client's error shape (Anthropic's on ``/v1/messages``, OpenAI's elsewhere) with one
+log line instead.
 
 ``install`` hooks this into an application so every runner uses it: ``gateway serve``, the
 tests' ``aiohttp_client`` and their threaded servers alike.
@@ -19,14 +20,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
-import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from gateway.core.errors import GatewayError, InvalidRequest
+
+from .ingress.anthropic_messages import ANTHROPIC_MESSAGES
+from .responses import error_response
+
 log = logging.getLogger(__name__)
+
+_METHODS = (b"POST ", b"GET ", b"PUT ", b"DELETE ", b"HEAD ", b"PATCH ", b"OPTIONS ")
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -36,11 +44,16 @@ class GuardedRequestHandler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        self._request_line = b""
         self._header_timer: asyncio.TimerHandle | None = self._loop.call_later(
             self.header_timeout_s, self._headers_overdue
         )
 
     def data_received(self, data: bytes) -> None:
+        if data.startswith(_METHODS):
+            # The latest request line seen, for the error shape of a request that fails to parse
+            # (aiohttp then hands handle_error a placeholder request without its path).
+            self._request_line = data[:80]
         super().data_received(data)
         if self._request_count and self._header_timer is not None:
             self._header_timer.cancel()  # the first request's headers are in
@@ -71,20 +84,24 @@ class GuardedRequestHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         """An HTTP request aiohttp could not parse (or a failure outside any handler): the
-        OpenAI error shape, one log line, no traceback; the connection is closed."""
+        client's error shape, one log line, no traceback; the connection is closed."""
         reason = message or (str(exc) if exc is not None else "")
         log.info("malformed HTTP request from %s: %d %s", request.remote, status, reason[:200])
         if request.writer.output_size > 0:
             raise ConnectionError("the response was under way; the connection is closed")
+        error: GatewayError
         if status >= 500:
-            text, kind, code = "The gateway failed to handle the request.", "server_error", None
+            error = GatewayError("The gateway failed to handle the request.")
         else:
             text = f"Malformed HTTP request: {reason[:200] or 'unreadable'}"
-            kind, code = "invalid_request_error", "malformed_http"
-        body = {"error": {"message": text, "type": kind, "param": None, "code": code}}
-        response = web.Response(
-            status=status, body=orjson.dumps(body), content_type="application/json"
-        )
+            error = InvalidRequest(text, code="malformed_http")
+            error.status = status
+        request_id = f"{random.getrandbits(128):032x}"
+        line = getattr(self, "_request_line", b"")
+        if request.path.startswith("/v1/messages") or b" /v1/messages" in line:
+            response = ANTHROPIC_MESSAGES.error_response(error, request_id)
+        else:
+            response = error_response(error, request_id)
         response.force_close()
         return response
 
