@@ -301,6 +301,11 @@ async def test_metrics_can_require_a_key_and_have_their_own_port(make_gateway: A
         metrics_port=0,
     )
     assert (await client.get("/metrics")).status == 401
+    ready = await client.get("/readyz")  # a load balancer's probe: the status, no detail
+    assert ready.status == 200
+    assert await ready.json() == {"status": "ready"}
+    detailed = await client.get("/readyz", headers={"Authorization": f"Bearer {metrics_key}"})
+    assert "providers" in (await detailed.json())["checks"]
     assert (await client.get("/metrics", headers=BEARER)).status == 401
     for key in (metrics_key, ADMIN_KEY):
         response = await client.get("/metrics", headers={"Authorization": f"Bearer {key}"})

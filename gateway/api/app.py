@@ -185,8 +185,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness, with each dependency's state."""
+    """Readiness, with each dependency's state (with a metrics key set: for that key only)."""
     runtime = request.app[RUNTIME]
+    draining = request.app[LIFECYCLE].draining
+    if not _operator(request, runtime.settings):
+        # With a metrics key, the providers, regions and breakers are for operators only; a
+        # load balancer's probe needs the status alone.
+        status = "draining" if draining else "ready"
+        return web.json_response({"status": status}, status=503 if draining else 200)
     providers = {
         p.name: {
             "kind": p.kind,
@@ -208,7 +214,7 @@ async def readyz(request: web.Request) -> web.Response:
             for stage in runtime.interceptors
         },
     }
-    if request.app[LIFECYCLE].draining:  # shutting down: send traffic elsewhere
+    if draining:  # shutting down: send traffic elsewhere
         return web.json_response({"status": "draining", "checks": checks}, status=503, dumps=_dumps)
     # Degraded dependencies fail open, so the gateway stays ready; the body says what is off.
     return web.json_response({"status": "ready", "checks": checks}, dumps=_dumps)
@@ -227,17 +233,23 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition; with ``GATEWAY_METRICS_KEY_SHA256`` set, behind that key (or
     the admin key): the series name teams, routes and spend."""
     runtime = request.app[RUNTIME]
-    settings = runtime.settings
-    if settings.metrics_key_sha256:
-        scheme, _, key = (request.headers.get("Authorization") or "").partition(" ")
-        digest = key_digest(key.strip())
-        allowed = [d for d in (settings.metrics_key_sha256, settings.admin_key_sha256) if d]
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(digest, d) for d in allowed):
-            raise AuthenticationFailed(
-                "GET /metrics wants 'Authorization: Bearer <metrics key>'.",
-                code="invalid_metrics_key",
-            )
+    if not _operator(request, runtime.settings):
+        raise AuthenticationFailed(
+            "GET /metrics wants 'Authorization: Bearer <metrics key>'.",
+            code="invalid_metrics_key",
+        )
     return render_metrics(runtime)
+
+
+def _operator(request: web.Request, settings: Settings) -> bool:
+    """Whether the request may see operational detail: no metrics key is configured, or it
+    carries that key (or the admin key) as a bearer token."""
+    if not settings.metrics_key_sha256:
+        return True
+    scheme, _, key = (request.headers.get("Authorization") or "").partition(" ")
+    digest = key_digest(key.strip())
+    allowed = [d for d in (settings.metrics_key_sha256, settings.admin_key_sha256) if d]
+    return scheme.lower() == "bearer" and any(hmac.compare_digest(digest, d) for d in allowed)
 
 
 def render_metrics(runtime: Runtime) -> web.Response:
