@@ -83,10 +83,14 @@ class GuardedRequestHandler(RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
-        """An HTTP request aiohttp could not parse (or a failure outside any handler): the
-        client's error shape, one log line, no traceback; the connection is closed."""
+        """An HTTP request aiohttp could not parse: the client's error shape, one log line, no
+        traceback (a failure outside any handler, a 500, keeps its traceback); the connection is
+        closed."""
         reason = message or (str(exc) if exc is not None else "")
-        log.info("malformed HTTP request from %s: %d %s", request.remote, status, reason[:200])
+        if status >= 500:  # not the client's doing: a gateway bug keeps its traceback
+            log.error("error handling a request from %s", request.remote, exc_info=exc)
+        else:
+            log.info("malformed HTTP request from %s: %d %s", request.remote, status, reason[:200])
         if request.writer.output_size > 0:
             raise ConnectionError("the response was under way; the connection is closed")
         error: GatewayError

@@ -20,6 +20,8 @@ MAX_JSON_DEPTH = 100  # levels in a client's JSON body; tool schemas use a handf
 
 async def read_body(request: web.Request, timeout_s: float) -> bytes:
     """The whole body, or ``RequestTimedOut`` when it takes longer than ``timeout_s``."""
+    if request.content.is_eof():  # already all in (the usual small body): no timer to arm
+        return await request.read()
     try:
         async with asyncio.timeout(timeout_s):
             return await request.read()
