@@ -152,7 +152,7 @@ class QualityMonitor:
         task = self._task(decision.task_type)
         metrics = self.metrics
         for flag in result.flags:
-            metrics.child(metrics.quality_flags, model, task, flag).inc()
+            metrics.child(metrics.quality_flags, model, self._label(task), flag).inc()
         self._observe(model, version, task, "heuristic", result.score, result.passed, decision)
 
     def observe_feedback(self, decision: Decision, score: float) -> bool:
@@ -199,12 +199,12 @@ class QualityMonitor:
                 **alert,
             )
 
+    def _label(self, task: str) -> str:
+        """A task type as a metric label: one the policy defines, else ``other``, so a client's
+        x-gateway-task names add no series (the statistics keep the name, ``_task``)."""
+        return task if self._catalog is None else self._catalog().task_label(task)
+
     def _task(self, task_type: str) -> str:
-        """The task type as a statistics key and metric label: one the policy defines, else
-        ``other`` (a client's x-gateway-task does not add series); standalone, the first
-        ``MAX_TASK_TYPES`` seen."""
-        if self._catalog is not None:
-            return self._catalog().task_label(task_type)
         if task_type in self._tasks:
             return task_type
         if len(self._tasks) >= MAX_TASK_TYPES:
@@ -234,7 +234,7 @@ class QualityMonitor:
         self._latest[(model, task)] = version
         metrics = self.metrics
         verdict = "pass" if passed else "fail"
-        metrics.child(metrics.quality_events, model, task, signal, verdict).inc()
+        metrics.child(metrics.quality_events, model, self._label(task), signal, verdict).inc()
         detector = self._detectors.get(key)
         if detector is None:
             detector = self._detectors[key] = PassRateDetector(self.config.detector)
@@ -268,7 +268,7 @@ class QualityMonitor:
         )
         self._regressed[(model, task)] = record
         self._unpushed.append((model, task, record))
-        self.metrics.child(self.metrics.quality_regressions, model, task, signal).inc()
+        self.metrics.child(self.metrics.quality_regressions, model, self._label(task), signal).inc()
         self.alerts.emit(
             "quality_regression",
             f"{model} ({version}) on task {task}: {signal} pass rate fell from "
@@ -362,7 +362,8 @@ class QualityMonitor:
         gauge = self.metrics.quality_score
         for (model, task), version in list(self._latest.items()):
             value = self.combined(model, version, task)
-            if value is not None:
+            # A task the policy does not define has no gauge: "other" would hold any of them.
+            if value is not None and self._label(task) == task:
                 self.metrics.child(gauge, model, task).set(value)
 
     async def _sync_store(self, store: RedisQualityStore) -> None:
