@@ -32,7 +32,7 @@ from schemathesis.checks import (
 )
 
 from gateway.api.app import create_app
-from gateway.policy.model import Policy
+from gateway.policy.model import Policy, hash_key
 from gateway.policy.settings import Settings
 from tests.conftest import MODELS, PROVIDER_KEYS, TEAM_KEY, Fakes, policy_for
 from tests.fakes.anthropic import FakeAnthropic
@@ -57,6 +57,7 @@ EMBEDDING_MODELS = {
     "embed-gemini": "gemini",
     "embed-ollama": "ollama",
 }
+FUZZ_ADMIN_KEY = "fuzz-admin-key-0123456789"
 EXAMPLES = 60  # per operation and mode; the chat body fuzz runs more
 
 
@@ -131,9 +132,12 @@ async def _gateway_app(server: ThreadedServer, stack: list[Any]) -> web.Applicat
         {"name": name, "provider": provider, "id": f"{name}-v1", "kind": "embedding"}
         for name, provider in EMBEDDING_MODELS.items()
     ]
-    app = create_app(
-        Settings(max_body_bytes=64 * 1024), Policy.model_validate(policy), PROVIDER_KEYS
+    settings = Settings(
+        max_body_bytes=64 * 1024,
+        admin_key_sha256=hash_key(FUZZ_ADMIN_KEY),
+        auth_fail_burst=10**9,  # the fuzzers send wrong keys by the thousand from one address
     )
+    app = create_app(settings, Policy.model_validate(policy), PROVIDER_KEYS)
     return app
 
 

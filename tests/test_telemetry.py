@@ -36,7 +36,9 @@ def priced_policy(fakes: Fakes) -> Policy:
         {"name": "alpha", "key_sha256": hash_key(TEAM_KEY)},
         {"name": "open", "key_sha256": hash_key(OPEN_KEY), "log_prompts": True},
     ]
-    return policy_for(fakes, models=models, teams=teams)
+    # Metric labels take task types from the policy only (anything else is "other").
+    task_types: dict[str, Any] = {"summarize": {}, "chat": {}}
+    return policy_for(fakes, models=models, teams=teams, task_types=task_types)
 
 
 def cost(alias: str, prompt: int, completion: int) -> float:

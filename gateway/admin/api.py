@@ -7,7 +7,6 @@ written here live in Redis and reach every replica within seconds.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from typing import Any
 
@@ -15,6 +14,7 @@ import orjson
 from aiohttp import web
 
 from cache.store import CacheUnavailable
+from gateway.core.body import read_body
 from gateway.core.errors import (
     AuthenticationFailed,
     CacheNotConfigured,
@@ -25,6 +25,7 @@ from gateway.core.errors import (
 )
 from gateway.core.runtime import RUNTIME, Runtime
 from gateway.policy.cache_config import validate_override
+from gateway.policy.catalog import key_digest
 from gateway.quality.shadow import SHADOW
 from gateway.stages.cache import CacheStage
 from gateway.telemetry.decision_store import DecisionQuery
@@ -38,7 +39,7 @@ def _authorise(request: web.Request) -> Runtime:
             "The admin API is disabled: set GATEWAY_ADMIN_KEY_SHA256.", code="admin_disabled"
         )
     scheme, _, key = (request.headers.get("Authorization") or "").partition(" ")
-    digest = hashlib.sha256(key.strip().encode()).hexdigest()
+    digest = key_digest(key.strip())
     if scheme.lower() != "bearer" or not hmac.compare_digest(digest, expected):
         raise AuthenticationFailed("Admin key required.", code="invalid_admin_key")
     return runtime
@@ -53,7 +54,7 @@ def _cache(runtime: Runtime) -> CacheStage:
 
 async def _json(request: web.Request) -> dict[str, Any]:
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(await read_body(request, request.app[RUNTIME].settings.body_timeout_s))
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):

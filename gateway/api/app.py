@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import random
@@ -20,12 +21,20 @@ from gateway.admin import api as admin
 from gateway.admin import dashboard
 from gateway.admin import knowledge as admin_knowledge
 from gateway.admin import teams as admin_teams
-from gateway.api import lifecycle
+from gateway.api import connections, lifecycle
+from gateway.core.auth_brake import AUTH_BRAKE, AuthBrake, AuthFailuresExceeded, presented_key
 from gateway.core.background import stop_tasks
 from gateway.core.context import Interceptor
-from gateway.core.errors import GatewayError, InvalidRequest, ModelNotFound, client_error
+from gateway.core.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    RequestTimedOut,
+    client_error,
+)
 from gateway.core.runtime import LIFECYCLE, REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
-from gateway.policy.catalog import Catalog
+from gateway.policy.catalog import Catalog, key_digest
 from gateway.policy.model import Policy
 from gateway.policy.settings import Settings
 from gateway.quality.monitor import QualityMonitor, quality_store
@@ -75,10 +84,31 @@ async def error_middleware(
     request[REQUEST_STARTED] = time.perf_counter()
     request_id = f"{random.getrandbits(128):032x}"  # unique, not secret: no syscall needed
     request[REQUEST_ID] = request_id
+    brake = request.app[AUTH_BRAKE]
     try:
+        if brake.active and (key := presented_key(request)) is not None:
+            brake.check(request, key)  # a dict lookup, and only while something is blocked
         return await handler(request)
+    except AuthenticationFailed as exc:
+        error: GatewayError = exc
+        if (key := presented_key(request)) is not None:
+            try:
+                await brake.failed(request, key)
+            except AuthFailuresExceeded as over:
+                error = over
+        return _error(request, error, request_id)
+    except RequestTimedOut as exc:
+        response = _error(request, exc, request_id)
+        response.force_close()  # the rest of a stalled body is not waited for
+        connections.skip_lingering(request)
+        return response
     except GatewayError as exc:
         return _error(request, exc, request_id)
+    except ConnectionResetError:
+        # The client left before its answer (e.g. before a stream's first token): one line.
+        log.info("request %s: the client went away before its answer", request_id)
+        gone = InvalidRequest("The client closed the connection.", code="client_disconnected")
+        return _error(request, gone, request_id)
     except ProviderError as exc:  # a provider error no stage translated: the one mapping
         return _error(request, client_error(exc), request_id)
     except web.HTTPException as exc:
@@ -156,8 +186,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness, with each dependency's state."""
+    """Readiness, with each dependency's state (with a metrics key set: for that key only)."""
     runtime = request.app[RUNTIME]
+    draining = request.app[LIFECYCLE].draining
+    if not _operator(request, runtime.settings):
+        # With a metrics key, the providers, regions and breakers are for operators only; a
+        # load balancer's probe needs the status alone.
+        status = "draining" if draining else "ready"
+        return web.json_response({"status": status}, status=503 if draining else 200)
     providers = {
         p.name: {
             "kind": p.kind,
@@ -179,7 +215,7 @@ async def readyz(request: web.Request) -> web.Response:
             for stage in runtime.interceptors
         },
     }
-    if request.app[LIFECYCLE].draining:  # shutting down: send traffic elsewhere
+    if draining:  # shutting down: send traffic elsewhere
         return web.json_response({"status": "draining", "checks": checks}, status=503, dumps=_dumps)
     # Degraded dependencies fail open, so the gateway stays ready; the body says what is off.
     return web.json_response({"status": "ready", "checks": checks}, dumps=_dumps)
@@ -190,12 +226,35 @@ def _dumps(value: object) -> str:
 
 
 STARTED = web.AppKey("started", int)
+METRICS_SITE = web.AppKey("metrics_site", list[str])  # the address the metrics port bound
 SYNC_INTERVAL_S = 0.5
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition."""
+    """Prometheus text exposition; with ``GATEWAY_METRICS_KEY_SHA256`` set, behind that key (or
+    the admin key): the series name teams, routes and spend."""
     runtime = request.app[RUNTIME]
+    if not _operator(request, runtime.settings):
+        raise AuthenticationFailed(
+            "GET /metrics wants 'Authorization: Bearer <metrics key>'.",
+            code="invalid_metrics_key",
+        )
+    return render_metrics(runtime)
+
+
+def _operator(request: web.Request, settings: Settings) -> bool:
+    """Whether the request may see operational detail: no metrics key is configured, or it
+    carries that key (or the admin key) as a bearer token."""
+    if not settings.metrics_key_sha256:
+        return True
+    scheme, _, key = (request.headers.get("Authorization") or "").partition(" ")
+    digest = key_digest(key.strip())
+    allowed = [d for d in (settings.metrics_key_sha256, settings.admin_key_sha256) if d]
+    return scheme.lower() == "bearer" and any(hmac.compare_digest(digest, d) for d in allowed)
+
+
+def render_metrics(runtime: Runtime) -> web.Response:
+    """The registry in Prometheus' text format, breaker states refreshed."""
     gauge = runtime.metrics.breaker_state
     for key, state in runtime.board.states().items():
         gauge.labels(key).set({"closed": 0, "half_open": 1, "open": 2}[state])
@@ -264,6 +323,8 @@ def create_app(
         client_max_size=settings.max_body_bytes,
     )
     app[RUNTIME] = build_runtime(settings, policy, os.environ if environ is None else environ)
+    app[AUTH_BRAKE] = AuthBrake.from_settings(settings)
+    app[METRICS_SITE] = []
     app[RUNTIME].embedder = embedder
     if policy.shadow is not None:
         install_shadow(app, policy.shadow, app[RUNTIME].metrics.registry)
@@ -290,7 +351,31 @@ def create_app(
     )
     dashboard.setup(app)
     lifecycle.install(app, os.environ if environ is None else environ)
+    connections.install(app, settings.header_timeout_s)
+    if settings.metrics_port is not None:
+        app.cleanup_ctx.append(_metrics_port)
     return app
+
+
+async def _metrics_port(app: web.Application) -> AsyncIterator[None]:
+    """``/metrics`` alone on ``GATEWAY_METRICS_PORT`` (same host), for a Prometheus that
+    reaches only that port; the main port's ``/metrics`` keeps its key."""
+    runtime = app[RUNTIME]
+    settings = runtime.settings
+    assert settings.metrics_port is not None
+
+    async def scrape(request: web.Request) -> web.Response:
+        return render_metrics(runtime)
+
+    side = web.Application()
+    side.router.add_get("/metrics", scrape)
+    runner = web.AppRunner(side, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.metrics_port)
+    await site.start()
+    app[METRICS_SITE].extend(f"{host}:{port}" for host, port, *_ in runner.addresses)
+    yield
+    await runner.cleanup()
 
 
 async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
@@ -352,6 +437,7 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
         yield
         await stop_tasks([sync])
     await runtime.board.drain()
+    await app[AUTH_BRAKE].close()
     await runtime.pool.close()
     await runtime.alerts.close()
     await runtime.shared.close()

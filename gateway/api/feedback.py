@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.core.body import read_body
 from gateway.core.errors import InvalidRequest, ModelNotFound
 from gateway.core.runtime import RUNTIME
 from gateway.stages.cache import CacheStage
@@ -25,7 +26,7 @@ async def post_feedback(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     team = runtime.catalog.authenticate(request.headers.get("Authorization"))
     try:
-        body: Any = orjson.loads(await request.read())
+        body: Any = orjson.loads(await read_body(request, runtime.settings.body_timeout_s))
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):

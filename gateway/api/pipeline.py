@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.core.body import check_depth, read_body
 from gateway.core.context import Interceptor, RequestContext
 from gateway.core.decision import Decision
 from gateway.core.errors import GatewayError, InvalidRequest, PayloadTooLarge
@@ -254,13 +255,14 @@ def _requested_regions(request: web.Request) -> list[str] | None:
 
 
 async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object, within ``limit`` bytes."""
+    """The request body as a JSON object, within ``limit`` bytes, the body timeout and
+    ``MAX_JSON_DEPTH`` levels of nesting."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(
             f"The request body is {request.content_length} bytes; the limit is {limit}."
         )
     try:
-        raw = await request.read()
+        raw = await read_body(request, request.app[RUNTIME].settings.body_timeout_s)
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"The request body is over the {limit}-byte limit.") from exc
     if len(raw) > limit:
@@ -275,4 +277,5 @@ async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
         ) from exc
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    check_depth(body, raw)
     return body

@@ -9,6 +9,7 @@ with the status and type ``UPSTREAM_HTTP`` gives its class.
     GatewayError                       500 server_error
     ├── InvalidRequest                 400 invalid_request_error   (bad JSON, schema, parameters)
     │   ├── PayloadTooLarge            413
+    │   ├── RequestTimedOut            408                         (the body did not arrive in time)
     │   └── InvalidPolicy              400 invalid_policy          (a reload refused; the old stays)
     ├── AuthenticationFailed           401 authentication_error     (missing or unknown team key)
     ├── ModelNotAllowed                403 permission_error        (route not in the team's policy)
@@ -98,6 +99,13 @@ class PayloadTooLarge(InvalidRequest):
 
     status = 413
     code = "payload_too_large"
+
+
+class RequestTimedOut(InvalidRequest):
+    """The client sent its body too slowly (``GATEWAY_BODY_TIMEOUT_S``)."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class AuthenticationFailed(GatewayError):

@@ -50,6 +50,13 @@ class Route:
         return self.candidates[0].model.kind
 
 
+def key_digest(key: str) -> str:
+    """The SHA-256 hex digest of a presented key. aiohttp decodes header bytes that are not UTF-8
+    as surrogate escapes (``Bearer \\xff``): they are hashed as the bytes sent, so such a key is
+    simply unknown (401), never an encoding error."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 class Catalog:
     """Lookups the pipeline makes on every request."""
 
@@ -93,6 +100,11 @@ class Catalog:
             f"model:{m.name}" for m in policy.models
         ]
         self.provider_names = [p.name for p in policy.providers]
+        # Metric labels take values from the policy only: a task type a client names in
+        # x-gateway-task that the policy does not define is counted as "other".
+        self.task_labels = frozenset(
+            {"general", *policy.task_types, *(r.task_type for r in policy.routes)}
+        )
         self.endpoints = tuple(
             Endpoint(
                 name=p.name,
@@ -119,12 +131,16 @@ class Catalog:
             raise AuthenticationFailed(
                 "Malformed Authorization header: expected 'Bearer <team key>'."
             )
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        digest = key_digest(key)
         team = self._teams.get(digest)
         # compare_digest keeps the final check constant-time; the dict lookup is on a hash.
         if team is None or not any(hmac.compare_digest(digest, d) for d in team.key_sha256):
             raise AuthenticationFailed("Incorrect API key provided.")
         return team
+
+    def task_label(self, task_type: str) -> str:
+        """``task_type`` as a metric label: itself if the policy defines it, else ``other``."""
+        return task_type if task_type in self.task_labels else "other"
 
     def resolve_route(self, team: TeamConfig, name: str, kind: str = "chat") -> Route:
         """The route (or single-alias route) a client's ``model`` names, if the team may use it

@@ -72,3 +72,19 @@ class Settings(BaseSettings):
     # half of what is left of the request's deadline; past it the request goes on without it.
     stage_timeout_s: float = Field(default=1.0, gt=0)
     shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    # Hardening (docs/security.md). Slow clients: a connection must deliver its first request's
+    # headers within header_timeout_s, and a request's body within body_timeout_s (else 408).
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    # The auth brake: failed authentications per client address and per key prefix; past the
+    # burst within the window, 429 until the window ends (gateway/core/auth_brake.py).
+    auth_fail_burst: int = Field(default=20, ge=1)
+    auth_fail_window_s: float = Field(default=60.0, gt=0)
+    # Behind n trusted proxies: the client address is the n-th X-Forwarded-For entry from the
+    # right; 0 = the TCP peer.
+    forwarded_for_hops: int = Field(default=0, ge=0, le=10)
+    # /metrics: with a digest set, it wants "Authorization: Bearer <key>" (the admin key or this
+    # one); metrics_port serves /metrics alone on another port, without a key (for Prometheus on
+    # an internal network).
+    metrics_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)

@@ -47,8 +47,10 @@ class Judge:
         *,
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
+        task_label: Callable[[str], str] | None = None,
     ) -> None:
         self._metrics = metrics
+        self._task_label = task_label or str  # bounds the task label (the policy's, or other)
         self._config = config
         self._pool = pool
         self._candidates = candidates
@@ -126,7 +128,7 @@ class Judge:
         (the answer's own cost on its decision record stays the answer's)."""
         metrics = self._metrics
         if metrics is not None:
-            labels = (decision.team, decision.task_type, judge.model.name)
+            labels = (decision.team, self._task_label(decision.task_type), judge.model.name)
             metrics.child(metrics.tokens, *labels, "prompt").inc(usage.prompt_tokens)
             metrics.child(metrics.tokens, *labels, "completion").inc(usage.completion_tokens)
             metrics.child(metrics.cost, *labels).inc(cost)

@@ -77,6 +77,7 @@ class QualityMonitor:
         self._unpushed: list[tuple[str, str, dict[str, Any]]] = []
         self._generation = 0  # bumped by promote: a sync pull started before it is stale
         self._tasks: set[str] = set()
+        self._catalog: Callable[[], Catalog] | None = None  # the policy's task types, once running
         self._fallbacks = FallbackWatch(self.config.fallback_alert)
 
     def configure(self, config: QualityConfig) -> None:
@@ -152,7 +153,7 @@ class QualityMonitor:
         task = self._task(decision.task_type)
         metrics = self.metrics
         for flag in result.flags:
-            metrics.child(metrics.quality_flags, model, task, flag).inc()
+            metrics.child(metrics.quality_flags, model, self._label(task), flag).inc()
         self._observe(model, version, task, "heuristic", result.score, result.passed, decision)
 
     def observe_feedback(self, decision: Decision, score: float) -> bool:
@@ -199,6 +200,11 @@ class QualityMonitor:
                 **alert,
             )
 
+    def _label(self, task: str) -> str:
+        """A task type as a metric label: one the policy defines, else ``other``, so a client's
+        x-gateway-task names add no series (the statistics keep the name, ``_task``)."""
+        return task if self._catalog is None else self._catalog().task_label(task)
+
     def _task(self, task_type: str) -> str:
         if task_type in self._tasks:
             return task_type
@@ -229,7 +235,7 @@ class QualityMonitor:
         self._latest[(model, task)] = version
         metrics = self.metrics
         verdict = "pass" if passed else "fail"
-        metrics.child(metrics.quality_events, model, task, signal, verdict).inc()
+        metrics.child(metrics.quality_events, model, self._label(task), signal, verdict).inc()
         detector = self._detectors.get(key)
         if detector is None:
             detector = self._detectors[key] = PassRateDetector(self.config.detector)
@@ -263,7 +269,7 @@ class QualityMonitor:
         )
         self._regressed[(model, task)] = record
         self._unpushed.append((model, task, record))
-        self.metrics.child(self.metrics.quality_regressions, model, task, signal).inc()
+        self.metrics.child(self.metrics.quality_regressions, model, self._label(task), signal).inc()
         self.alerts.emit(
             "quality_regression",
             f"{model} ({version}) on task {task}: {signal} pass rate fell from "
@@ -357,7 +363,8 @@ class QualityMonitor:
         gauge = self.metrics.quality_score
         for (model, task), version in list(self._latest.items()):
             value = self.combined(model, version, task)
-            if value is not None:
+            # A task the policy does not define has no gauge: "other" would hold any of them.
+            if value is not None and self._label(task) == task:
                 self.metrics.child(gauge, model, task).set(value)
 
     async def _sync_store(self, store: RedisQualityStore) -> None:
@@ -399,6 +406,7 @@ class QualityMonitor:
         lifetime; a final push on the way out."""
         from .judge import Judge
 
+        self._catalog = catalog
         # Always there: it reads the current config, so a reload can add a judge.
         self.judge = Judge(
             lambda: self.config,
@@ -406,6 +414,7 @@ class QualityMonitor:
             lambda: catalog().by_alias,
             self._judged,
             metrics=self.metrics,
+            task_label=lambda task: catalog().task_label(task),
         )
         task = asyncio.create_task(self._sync_loop(), name="quality-sync")
         try:

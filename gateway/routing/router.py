@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.core.decision import CandidateVerdict
-from gateway.core.errors import NoEligibleProvider
+from gateway.core.errors import InvalidRequest, NoEligibleProvider
 from gateway.policy.catalog import Candidate, Route
 from gateway.policy.model import RoutingConfig, TeamConfig
 from providers.schema import ChatRequest, content_text
@@ -120,6 +120,7 @@ class Router:
         if self.demotions is not None and kept:
             kept, demoted_kept = self._demote(route, task_type, kept, verdicts)
         if not kept:
+            _refuse_oversized(route, chat, prompt_tokens, output_tokens, verdicts)
             raise NoEligibleProvider(_nothing_left(route, verdicts, allowed))
         ordered = self._order(kept, strategy, route, task_type, prompt_tokens, output_tokens)
         by_model = {v.model: v for v in verdicts}
@@ -234,6 +235,34 @@ def allowed_regions(
         return None if team_regions is None else frozenset(team_regions)
     narrowed = frozenset(requested)
     return narrowed if team_regions is None else narrowed & frozenset(team_regions)
+
+
+def _refuse_oversized(
+    route: Route,
+    chat: ChatRequest,
+    prompt_tokens: int,
+    output_tokens: int,
+    verdicts: list[CandidateVerdict],
+) -> None:
+    """A request no candidate's context window can hold breaks a limit of its own: a 400 that
+    names the field at fault (the prompt, or the output it asks for), not a 503."""
+    if not all(v.reason.startswith("capability: ~") for v in verdicts):
+        return
+    largest = max(c.model.context_window for c in route.candidates)
+    if prompt_tokens <= largest and chat.output_limit is not None:
+        field = "max_completion_tokens" if chat.max_completion_tokens else "max_tokens"
+        raise InvalidRequest(
+            f"{field}={output_tokens} with a prompt of ~{prompt_tokens} tokens exceeds the "
+            f"largest context window of model {route.name!r} ({largest} tokens).",
+            param=field,
+            code="context_length_exceeded",
+        )
+    raise InvalidRequest(
+        f"The prompt (~{prompt_tokens} tokens) exceeds the largest context window of model "
+        f"{route.name!r} ({largest} tokens).",
+        param="messages",
+        code="context_length_exceeded",
+    )
 
 
 def _nothing_left(

@@ -106,7 +106,7 @@ def observe_request(runtime: Runtime, ctx: RequestContext, chat: ChatRequest) ->
     if decision.ttft_ms is not None:
         child(metrics.ttft, route, model, source).observe(decision.ttft_ms / 1000)
     if decision.prompt_tokens or decision.completion_tokens:
-        team, task = decision.team, decision.task_type
+        team, task = decision.team, runtime.catalog.task_label(decision.task_type)
         child(metrics.tokens, team, task, model, "prompt").inc(decision.prompt_tokens)
         child(metrics.tokens, team, task, model, "completion").inc(decision.completion_tokens)
         child(metrics.cost, team, task, model).inc(decision.cost_usd)
