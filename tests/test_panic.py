@@ -149,8 +149,8 @@ async def test_a_panic_success_closes_the_breaker_on_every_replica(
     await _until(lambda: board_a.state("model:gpt") == "closed")
 
 
-async def _until(check: Any, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.05)):
+async def _until(check: Any, seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.05)):
         if check():
             return
         await asyncio.sleep(0.05)
