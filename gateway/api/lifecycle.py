@@ -98,6 +98,9 @@ def serve(app: web.Application, settings: Settings) -> None:
         port=settings.port,
         access_log=None,
         shutdown_timeout=settings.shutdown_timeout_s,
+        # A client that goes away cancels its request, and with it the upstream call: a
+        # self-hosted model stops generating an answer nobody will read.
+        handler_cancellation=True,
     )
 
 

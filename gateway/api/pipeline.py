@@ -86,6 +86,11 @@ async def handle(request: web.Request, ingress: IngressFormat) -> web.StreamResp
     except GatewayError as exc:
         failed(ctx, exc)
         raise
+    except asyncio.CancelledError:
+        # The client went away (or the server is stopping): the upstream call was cancelled
+        # with the handler, which closed its connection.
+        ctx.decision.status, ctx.decision.error = 499, "client_disconnected"
+        raise
     finally:
         settle(runtime, ctx, chat)
     return response
