@@ -11,17 +11,16 @@ import asyncio
 import uuid
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.core.runtime import RUNTIME
 from gateway.policy.model import BreakerConfig
 from gateway.routing.breakers import BreakerBoard
 from gateway.routing.shared import LocalState
+from tests.conftest import RedisServer
 from tests.fakes.base import Fail, FakeProvider
 from tests.worlds import EU_KEY, HELLO, KEY, Region, policy
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 TWO = [{"name": "main", "candidates": ["gpt", "claude"]}]
 LONG_OPEN = {"consecutive_failures": 1, "open_s": 30}
 
@@ -127,11 +126,10 @@ async def test_panic_never_leaves_the_allowed_regions(make_gateway: Any, world: 
 
 
 async def test_a_panic_success_closes_the_breaker_on_every_replica(
-    make_gateway: Any, world: Region
+    make_gateway: Any, world: Region, redis_server: RedisServer
 ) -> None:
-    pytest.importorskip("redis")
     prefix = f"gw-panic-{uuid.uuid4().hex[:8]}"
-    settings = {"redis_url": REDIS_URL, "redis_prefix": prefix}
+    settings = {"redis_url": redis_server.url, "redis_prefix": prefix}
     one = policy(world, routes=[{"name": "main", "candidates": ["gpt"]}], breaker=LONG_OPEN)
     first = await make_gateway(one, **settings)
     second = await make_gateway(one, **settings)
