@@ -89,9 +89,9 @@ async def test_routing_promises_hold_under_any_fault_schedule(
         if team_key == EU_KEY:
             assert not world.gpt_us.requests
             assert not world.claude_us.requests
-        # Attempts bounded, deadline kept. The slack covers the event loop and the fakes on a loaded
-        # 2-core CI host (0.4 s once fell short there: 1.41 s, passing on hypothesis' rerun); it stays
-        # well under the 2 s hang, so a deadline that is not enforced still fails here.
+        # Attempts bounded, deadline kept. The slack covers the event loop and the fakes on a
+        # loaded 2-core CI host (0.4 s once fell short there: 1.41 s, passing on hypothesis'
+        # rerun); it stays under the 2 s hang, so a deadline not enforced still fails here.
         assert sum(len(f.requests) for f in fakes) <= MAX_ATTEMPTS
         assert elapsed < DEADLINE_MS / 1000 + SLACK_S
         decision = client.app[RUNTIME].decisions.recent(1)[0]

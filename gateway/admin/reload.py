@@ -79,6 +79,7 @@ async def reload_policy(app: web.Application) -> dict[str, Any]:
         runtime.catalog = catalog
         runtime.pool = pool
         runtime.router.config = policy.routing
+        runtime.router.hedges.share = policy.routing.hedge_max_share
         runtime.board.config = policy.routing.breaker
         runtime.quality.configure(policy.quality)
         tiering_waits = _configure_tiers(runtime, policy)

@@ -121,6 +121,9 @@ def serve(
             port=settings.port,
             access_log=None,
             shutdown_timeout=settings.shutdown_timeout_s,
+            # A client that goes away cancels its request, and with it the upstream call: a
+            # self-hosted model stops generating an answer nobody will read.
+            handler_cancellation=True,
         )
     finally:
         # The loop is closed; the interpreter's exit still joins threads (the default

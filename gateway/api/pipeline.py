@@ -20,12 +20,18 @@ from aiohttp import web
 from gateway.core.body import check_depth, read_body
 from gateway.core.context import Interceptor, RequestContext
 from gateway.core.decision import Decision
-from gateway.core.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.core.errors import (
+    GatewayError,
+    InvalidRequest,
+    NoEligibleProvider,
+    PayloadTooLarge,
+)
 from gateway.core.runtime import REQUEST_ID, REQUEST_STARTED, RUNTIME, Runtime
 from gateway.policy.catalog import Candidate, Route
 from gateway.policy.model import RoutingConfig, TeamConfig
 from gateway.quality.shadow import mirror_answer
 from gateway.routing.attempts import Outcome, run_attempts
+from gateway.routing.diagnostics import log_failure
 from gateway.routing.fairness import admitted
 from gateway.routing.router import allowed_regions
 from gateway.routing.tasks import apply_task_type
@@ -85,6 +91,11 @@ async def handle(request: web.Request, ingress: IngressFormat) -> web.StreamResp
     except GatewayError as exc:
         failed(ctx, exc)
         raise
+    except asyncio.CancelledError:
+        # The client went away (or the server is stopping): the upstream call was cancelled
+        # with the handler, which closed its connection.
+        ctx.decision.status, ctx.decision.error = 499, "client_disconnected"
+        raise
     finally:
         settle(runtime, ctx, chat)
     return response
@@ -129,8 +140,13 @@ def new_context(
 
 
 def failed(ctx: RequestContext, exc: GatewayError) -> None:
-    """Note a failed request in its record; the regions the prompt reached go on the error."""
+    """Note a failed request in its record; the regions the prompt reached go on the error; a
+    5xx is logged."""
     ctx.decision.status, ctx.decision.error = exc.status, exc.code
+    if isinstance(exc, NoEligibleProvider) and not ctx.decision.candidates:
+        ctx.decision.candidates = exc.verdicts
+    if exc.status >= 500:
+        log_failure(ctx, exc)  # one line with every attempt and skip (the caller sees its own)
     if regions := ctx.decision.regions_sent:
         exc.extra_headers["x-gateway-regions"] = ",".join(regions)
 

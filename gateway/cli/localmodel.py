@@ -114,6 +114,7 @@ class LocalModelServer:
         n_ctx: int = 4096,
         threads: int | None = None,
         log_path: Path | None = None,
+        interrupt_requests: bool = True,
     ) -> None:
         self.data_dir = data_dir
         self.model = model
@@ -129,6 +130,9 @@ class LocalModelServer:
         # (bench/README.md, python -m bench.local_models).
         self.threads = threads or max(1, (os.cpu_count() or 2) // 2)
         self.log_path = log_path or data_dir / "llama-server.log"
+        # llama_cpp.server's own default: a new request ends a streamed generation in progress.
+        # Off, only the client closing the stream does (what tests of cancellation need).
+        self.interrupt_requests = interrupt_requests
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -161,6 +165,7 @@ class LocalModelServer:
             str(self.threads),
             "--n_threads_batch",  # prompt processing: its default is every core
             str(self.threads),
+            *([] if self.interrupt_requests else ["--interrupt_requests", "False"]),
         ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:

@@ -71,6 +71,9 @@ class Decision:
     events: list[dict[str, Any]] = field(default_factory=list)  # drift, breaker, retries
     served_by: str | None = None
     served_model: str | None = None
+    # Panic routing: every allowed candidate was held back by a breaker or an embargo, and they
+    # were tried anyway (gateway/routing/router.py).
+    panic: bool = False
     status: int = 200
     error: str | None = None
     overhead_ms: float | None = None

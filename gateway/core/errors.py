@@ -186,6 +186,7 @@ class NoEligibleProvider(GatewayError):
     status = 503
     type = "service_unavailable"
     code = "no_eligible_provider"
+    verdicts: list[Any] = []  # the router's verdict on each candidate (decision record only)
 
 
 class _WithAttempts(GatewayError):

@@ -43,6 +43,7 @@ class Route:
     candidates: tuple[Candidate, ...]
     strategy: str = "priority"
     weights: CompositeWeights = field(default_factory=CompositeWeights)
+    hedge_after: float | str | None = None  # see RouteConfig.hedge_after
 
     @property
     def kind(self) -> str:
@@ -95,6 +96,7 @@ class Catalog:
                 candidates=tuple(candidates[c] for c in route.candidates),
                 strategy=route.strategy,
                 weights=route.weights,
+                hedge_after=route.hedge_after,
             )
         self.breaker_keys = [f"provider:{p.name}" for p in policy.providers] + [
             f"model:{m.name}" for m in policy.models

@@ -230,6 +230,20 @@ class RouteConfig(_Model):
     weights: CompositeWeights = Field(default_factory=CompositeWeights)
     task_type: str = "general"
     tiering: TieringConfig | None = None  # absent: no tier choice, the strategy's order
+    # Hedged requests (gateway/routing/hedging.py), off by default: seconds without a first byte
+    # before the next candidate starts in parallel, or "pNN" for that percentile of the model's
+    # recent first-byte latency.
+    hedge_after: float | str | None = None
+
+    @field_validator("hedge_after")
+    @classmethod
+    def _hedge_after(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, str):
+            if not re.fullmatch(r"p([1-9][0-9]?(\.[0-9]+)?)", value):
+                raise ValueError('hedge_after: seconds, or a percentile such as "p95"')
+        elif value is not None and value <= 0:
+            raise ValueError("hedge_after must be positive")
+        return value
 
 
 class TaskTypeConfig(_Model):
@@ -281,7 +295,9 @@ class BreakerConfig(_Model):
     window_s: float = Field(default=30.0, gt=0)
     min_requests: int = Field(default=10, ge=1)
     open_s: float = Field(default=15.0, gt=0)  # before a half-open probe
-    max_open_s: float = Field(default=300.0, gt=0)  # backoff cap after failed probes
+    # Backoff cap after failed probes: doubling without a tight cap kept breakers open long
+    # after short faults had passed (issue #22).
+    max_open_s: float = Field(default=60.0, gt=0)
     probe_timeout_s: float = Field(default=10.0, gt=0)
 
 
@@ -291,6 +307,11 @@ class RoutingConfig(_Model):
     max_deadline_s: float = Field(default=120.0, gt=0)
     default_retry_after_s: float = Field(default=2.0, ge=0)  # embargo after a 429 without one
     latency_alpha: float = Field(default=0.2, gt=0, le=1)  # EWMA smoothing
+    # An attempt waits for its first byte at most the remaining deadline divided among the
+    # attempts still possible, never less than this floor (docs/routing.md#deadlines).
+    min_attempt_s: float = Field(default=1.0, gt=0)
+    # Gateway-wide cap on the share of requests that may be hedged (routes' hedge_after).
+    hedge_max_share: float = Field(default=0.1, ge=0, le=1)
     errors: ErrorPolicy = Field(default_factory=ErrorPolicy)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
 

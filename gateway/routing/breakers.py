@@ -94,6 +94,21 @@ class BreakerBoard:
         left = until - self._clock()
         return left if left > 0 else None
 
+    def recovery_s(self, keys: tuple[str, ...], provider: str) -> tuple[float, float]:
+        """How likely ``keys`` and ``provider``'s embargo are to have recovered, as a sort key:
+        (seconds until the latest of them reopens or ends, when the breaker opened). Panic routing
+        tries the smallest first: the embargo closest to its end, the breaker opened earliest."""
+        now = self._clock()
+        left = self.embargoed_for(provider) or 0.0
+        opened = now
+        for key in keys:
+            breaker = self._breakers.get(key)
+            if breaker is None or breaker.state == CLOSED:
+                continue
+            left = max(left, breaker.open_until - now)
+            opened = min(opened, breaker.changed_at)
+        return max(left, 0.0), opened
+
     def states(self) -> dict[str, str]:
         return {key: self.state(key) for key in self._breakers}
 

@@ -6,12 +6,18 @@ residency (the team's regions, narrowed never widened by ``x-gateway-regions``),
 embargoes. Ordering by the route's strategy: ``priority`` (as listed), ``latency`` (EWMA per
 provider), ``cost`` (price of the estimated tokens), ``composite`` (weighted quality, latency,
 cost).
+
+Panic routing (Envoy's panic threshold): health never takes away a request's last candidates.
+When every candidate that residency and capability allow is held back by a breaker or an
+embargo, the plan keeps them all, ordered by how likely each is to have recovered, and says so
+(``Plan.panic``); otherwise those candidates wait in ``Plan.resting`` for the attempt loop, which
+falls back to them only after every healthy candidate failed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.core.decision import CandidateVerdict
@@ -21,6 +27,7 @@ from gateway.policy.model import RoutingConfig, TeamConfig
 from providers.schema import ChatRequest, content_text
 
 from .breakers import BreakerBoard
+from .hedging import FirstByteLatency, HedgeBudget
 
 NEUTRAL_QUALITY = 0.5
 DEFAULT_OUTPUT_TOKENS = 256
@@ -47,6 +54,9 @@ class Plan:
     ordered: list[Candidate]
     verdicts: list[CandidateVerdict]
     strategy: str
+    # Allowed candidates held back by a breaker or an embargo, most likely recovered first.
+    resting: list[Candidate] = field(default_factory=list)
+    panic: bool = False  # ``ordered`` is made of resting candidates: no healthy one was left
 
 
 def estimate_tokens(chat: ChatRequest) -> tuple[int, int]:
@@ -78,6 +88,8 @@ class Router:
         self.quality = quality
         self.demotions = demotions
         self._latency: dict[str, float] = {}
+        self.first_byte = FirstByteLatency()  # per model, for percentile hedging
+        self.hedges = HedgeBudget(config.hedge_max_share)
 
     def observe_latency(self, provider: str, seconds: float) -> None:
         previous = self._latency.get(provider)
@@ -103,34 +115,63 @@ class Router:
         prompt_tokens, output_tokens = estimate_tokens(chat)
         verdicts: list[CandidateVerdict] = []
         kept: list[Candidate] = []
+        resting: list[Candidate] = []
         for candidate in route.candidates:
             reason = self._drop_reason(candidate, chat, allowed, prompt_tokens + output_tokens)
+            health = None if reason is not None else self.health_reason(candidate)
             verdicts.append(
                 CandidateVerdict(
                     model=candidate.model.name,
                     provider=candidate.provider.name,
                     region=candidate.region,
-                    kept=reason is None,
-                    reason=reason or "eligible",
+                    kept=reason is None and health is None,
+                    reason=reason or health or "eligible",
                 )
             )
             if reason is None:
-                kept.append(candidate)
+                (kept if health is None else resting).append(candidate)
+        resting = self.by_recovery(resting)
+        by_model = {v.model: v for v in verdicts}
         demoted_kept: set[str] = set()
         if self.demotions is not None and kept:
             kept, demoted_kept = self._demote(route, task_type, kept, verdicts)
+        if not kept and resting:
+            for rank, candidate in enumerate(resting, start=1):
+                verdict = by_model[candidate.model.name]
+                verdict.kept = True
+                verdict.reason = f"panic rank {rank} (most likely recovered first): " + (
+                    verdict.reason
+                )
+            return Plan(ordered=resting, verdicts=verdicts, strategy=strategy, panic=True)
         if not kept:
             _refuse_oversized(route, chat, prompt_tokens, output_tokens, verdicts)
-            raise NoEligibleProvider(_nothing_left(route, verdicts, allowed))
+            refused = NoEligibleProvider(_nothing_left(route, verdicts, allowed))
+            refused.verdicts = verdicts  # for the decision record and the failure log line
+            raise refused
         ordered = self._order(kept, strategy, route, task_type, prompt_tokens, output_tokens)
-        by_model = {v.model: v for v in verdicts}
         for rank, (candidate, score) in enumerate(ordered, start=1):
             verdict = by_model[candidate.model.name]
             verdict.score = score
             verdict.reason = f"rank {rank} by {strategy}"
             if candidate.model.name in demoted_kept:
                 verdict.reason += "; demoted but kept: no other candidate is eligible"
-        return Plan(ordered=[c for c, _ in ordered], verdicts=verdicts, strategy=strategy)
+        return Plan(
+            ordered=[c for c, _ in ordered], verdicts=verdicts, strategy=strategy, resting=resting
+        )
+
+    def health_reason(self, candidate: Candidate) -> str | None:
+        """Why a breaker or an embargo holds ``candidate`` back now, or ``None``."""
+        for key in breaker_keys(candidate):
+            if blocked := self.board.blocked(key):
+                return blocked
+        if (left := self.board.embargoed_for(candidate.provider.name)) is not None:
+            return f"embargo: {candidate.provider.name} asked to wait {left:.1f} s (Retry-After)"
+        return None
+
+    def by_recovery(self, candidates: list[Candidate]) -> list[Candidate]:
+        """Most likely recovered first (stable: ties keep the route's order)."""
+        board = self.board
+        return sorted(candidates, key=lambda c: board.recovery_s(breaker_keys(c), c.provider.name))
 
     def _demote(
         self,
@@ -176,11 +217,6 @@ class Router:
             return "capability: no JSON mode"
         if chat.stream and not model.supports_streaming:
             return "capability: no streaming"
-        for key in breaker_keys(candidate):
-            if blocked := self.board.blocked(key):
-                return blocked
-        if (left := self.board.embargoed_for(candidate.provider.name)) is not None:
-            return f"embargo: {candidate.provider.name} asked to wait {left:.1f} s (Retry-After)"
         return None
 
     def _order(
@@ -268,8 +304,14 @@ def _refuse_oversized(
 def _nothing_left(
     route: Route, verdicts: list[CandidateVerdict], allowed: frozenset[str] | None
 ) -> str:
-    reasons = "; ".join(f"{v.model}@{v.provider}: {v.reason}" for v in verdicts)
+    """The caller's message: its own candidates by name; the ones outside its allowed regions only
+    counted (another scope's providers and regions are not its business)."""
+    own = [v for v in verdicts if not v.reason.startswith("residency")]
+    outside = len(verdicts) - len(own)
+    parts = [f"{v.model}: {v.reason}" for v in own]
+    if outside:
+        parts.append(f"{outside} candidate(s) outside the allowed regions (residency)")
     prefix = f"No candidate of route {route.name!r} can take this request"
-    if allowed is not None and all(v.reason.startswith("residency") for v in verdicts):
+    if allowed is not None and not own:
         prefix += f" within the allowed regions ({', '.join(sorted(allowed)) or 'none'})"
-    return f"{prefix}: {reasons}"
+    return f"{prefix}: {'; '.join(parts)}"

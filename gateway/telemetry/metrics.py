@@ -32,6 +32,18 @@ class Metrics:
             ["from_model", "to_model", "from_provider", "to_provider", "reason"],
             registry=r,
         )
+        self.panic = Counter(
+            "gateway_panic_routing",
+            "Requests that tried candidates held back by breakers or embargoes (none was healthy)",
+            ["route"],
+            registry=r,
+        )
+        self.hedges = Counter(
+            "gateway_hedges",
+            "Second candidates started beside a slow first (hedged requests)",
+            ["route"],
+            registry=r,
+        )
         self.drift = Counter(
             "gateway_version_drift",
             "Answers served by another version than the pin",

@@ -404,7 +404,7 @@ async def run_chaos(
         qdrant_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
     )
     app = create_app(settings, chaos_policy(fakes), {"CHAOS_KEY": "sk-upstream"}, embedder=embedder)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)  # as `serve` does
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -30,6 +30,7 @@ class Ok:
     prompt_tokens: int = 11
     completion_tokens: int = 7
     finish: str = "stop"  # "stop" or "length"
+    delay_s: float = 0.0  # between streamed pieces (OpenAI fake): a long generation
 
 
 @dataclass(frozen=True)
@@ -107,13 +108,27 @@ class FakeProvider:
         self.default: Behaviour = Ok()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # Requests whose connection the client closed before the answer was complete (the
+        # handler was cancelled, or a streamed write found the connection gone).
+        self.closed_early = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def routes(self) -> list[web.RouteDef]:
         raise NotImplementedError
 
     async def start(self) -> str:
-        app = web.Application(middlewares=[_drop_middleware])
+        @web.middleware
+        async def watch_close(
+            request: web.Request,
+            handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+        ) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except (asyncio.CancelledError, ConnectionResetError):
+                self.closed_early += 1
+                raise
+
+        app = web.Application(middlewares=[watch_close, _drop_middleware])
         app.add_routes(self.routes())
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()

@@ -11,6 +11,7 @@ base64 when ``encoding_format`` says so, as the official SDK asks by default) wi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 import time
@@ -235,6 +236,8 @@ class FakeOpenAI(FakeProvider):
         else:
             for piece in words(ok.text):
                 await response.write(self._chunk(cid, model, {"content": piece}, None))
+                if ok.delay_s:
+                    await asyncio.sleep(ok.delay_s)
             finish = ok.finish
         await response.write(self._chunk(cid, model, {}, finish))
         if (body.get("stream_options") or {}).get("include_usage"):
