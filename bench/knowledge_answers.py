@@ -302,6 +302,7 @@ async def calibrate(
     await pool.start()
     candidate = catalog.resolve_route(policy.teams[0], "default").candidates[0]
     scores: list[float] = []
+    latencies: list[float] = []
     answers: Counter[str] = Counter()
     positives: Counter[str] = Counter()
     try:
@@ -311,7 +312,9 @@ async def calibrate(
             best = found.faqs[0]
             if endpoint is not None:  # the verifier is asked about every dev question
                 request = verification_request(q["question"], best, candidate.model.name)
+                started = time.perf_counter()
                 completion = await pool.complete(candidate.target, request)
+                latencies.append((time.perf_counter() - started) * 1000)
                 content = completion.body["choices"][0]["message"].get("content") or ""
                 verdict = parse_verdict(content)
                 (answers if q["class"] == "must_not" else positives)[verdict] += 1
@@ -321,6 +324,16 @@ async def calibrate(
     finally:
         await pool.close()
     negatives = sum(answers.values())
+    if latencies:
+        print(
+            f"verification calls on the dev split: {len(latencies)}, p50 "
+            f"{percentile(latencies, 50):.1f} ms, p95 {percentile(latencies, 95):.1f} ms",
+            file=sys.stderr,
+        )
+    confirmed = positives["yes"] / max(1, sum(positives.values()))
+    # A verifier that confirms under half the dev paraphrases cannot tell them from must-not
+    # questions: recorded as unusable (1.0), so no request waits on it.
+    rate = answers["yes"] / negatives if negatives and confirmed >= 0.5 else 1.0
     print(
         f"dev negatives past the guard: {len(scores)}; verifier on the {negatives} dev "
         f"negatives: {dict(answers)}; on the dev paraphrases: {dict(positives)}",
@@ -329,7 +342,7 @@ async def calibrate(
     return KnowledgeCalibration(
         negatives_mean=round(statistics.fmean(scores), 4),
         negatives_sd=round(statistics.stdev(scores), 4),
-        verifiers={candidate.model.name: round(answers["yes"] / negatives, 4)} if negatives else {},
+        verifiers={candidate.model.name: round(rate, 4)} if endpoint is not None else {},
         samples=negatives,
         embedding_model=embedder.name,
     )

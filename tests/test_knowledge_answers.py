@@ -346,6 +346,15 @@ async def test_low_feedback_withdraws_the_entry_for_that_kind_of_question(
     assert report["verifications"] == {"yes": 1}
     assert report["bands"]["company"]["calibrated"] is True
 
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    data = await (await client.get("/dashboard/data", headers=admin)).json()
+    shown = data["knowledge_answers"]
+    assert shown["direct"] == {"hits": 2, "lookups": 3, "rate": pytest.approx(2 / 3)}
+    assert (shown["verified"], shown["verifications"], shown["withdrawn"]) == (1, {"yes": 1}, 1)
+    page = await (await client.get("/dashboard", headers=admin)).text()
+    assert 'data-chart="direct-answers-hit-rate"' in page
+    assert "withdrawn by feedback: 1" in page
+
     text = await (await client.get("/metrics")).text()
     assert "gateway_knowledge_withdrawn_total 1.0" in text
     assert 'gateway_knowledge_verifications_total{answer="yes"} 1.0' in text

@@ -45,13 +45,17 @@ from cache.guard import conflict
 from gateway.policy.knowledge_config import KnowledgeCalibration, KnowledgeSettings
 from retrieval.store import Hit
 
-# all-MiniLM-L6-v2 on examples/kb's dev split (bench/data/knowledge_dev.jsonl), measured with
-# `python -m bench.knowledge --calibrate`; a kb without its own calibration uses it.
+# all-MiniLM-L6-v2 on examples/kb's dev split (bench/data/knowledge_dev.jsonl: 58 must-not
+# questions, 47 past the guard), measured with `python -m bench.knowledge --calibrate`; a kb
+# without its own calibration uses it. SmolLM2-135M-Instruct (the embedded local model) cannot
+# answer yes/no (its one token is "The"; given four it says "The answer is yes" to anything,
+# "What is the capital of France?" included): unusable, so no request waits on it.
 DEFAULT_CALIBRATION = KnowledgeCalibration(
-    negatives_mean=0.6212,
-    negatives_sd=0.1737,
-    verifier_false_yes=0.0,
-    samples=12,
+    negatives_mean=0.626,
+    negatives_sd=0.1715,
+    verifiers={"smollm2-135m": 1.0},
+    verifier_false_yes=0.1,
+    samples=58,
     embedding_model="all-MiniLM-L6-v2",
 )
 # A guard-clean question at least this close to a curated one is that question reworded
