@@ -11,10 +11,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from gateway.api.app import knowledge_verifier
 from gateway.core.runtime import RUNTIME
 from gateway.policy.catalog import Catalog
+from gateway.policy.knowledge_config import KnowledgeConfig
 from gateway.policy.model import KnowledgeCalibration, KnowledgeSettings, Policy, hash_key
 from gateway.stages.knowledge import KnowledgeStage
 from gateway.stages.knowledge_answer import (
@@ -29,7 +31,7 @@ from gateway.telemetry.metrics import Metrics
 from providers.pool import ProviderPool
 from retrieval.store import Hit
 from tests.conftest import PROVIDER_KEYS, TEAM_KEY, Fakes
-from tests.fakes.base import Fail, Ok
+from tests.fakes.base import Fail, Hang, Ok
 from tests.test_knowledge_stage import kb_store, make_ctx  # noqa: F401 - the module fixture
 
 PARAPHRASE = "how many vacation days do we get a year"  # annual-leave-days, cosine ~0.6-0.8
@@ -360,3 +362,37 @@ async def test_low_feedback_withdraws_the_entry_for_that_kind_of_question(
     assert 'gateway_knowledge_verifications_total{answer="yes"} 1.0' in text
     assert 'gateway_knowledge_answer_decisions_total{outcome="verified"} 1.0' in text
     assert 'gateway_knowledge_answer_decisions_total{outcome="direct"} 1.0' in text
+
+
+async def test_a_slow_verifier_is_a_no(
+    kb_store: Any,  # noqa: F811
+    embedder: Any,
+    fakes: Fakes,
+    pool: Any,
+) -> None:
+    policy = answers_policy(fakes, verify_timeout_s=0.2)
+    stage = stage_on(policy, kb_store, pool)
+    fakes.openai.push(Hang(2.0, then=Ok(text="yes")))
+    ctx = make_ctx(policy, "us", PARAPHRASE, embedder=embedder)
+    assert await stage.before(ctx) is None
+    assert decision_event(ctx)["verification"]["answer"] == "error"
+    assert ctx.decision.cost_usd == 0  # nothing came back: nothing charged
+
+
+def test_the_policy_section_is_validated() -> None:
+    base = {"negatives_mean": 0.6, "negatives_sd": 0.1}
+    with pytest.raises(ValidationError, match="max_error_rate"):
+        KnowledgeConfig.model_validate({"max_error_rate": 0})
+    with pytest.raises(ValidationError, match="negatives_sd"):
+        KnowledgeConfig.model_validate({"calibration": {"company": {**base, "negatives_sd": 0}}})
+    with pytest.raises(ValidationError, match="extra"):
+        KnowledgeConfig.model_validate({"calibration": {"company": {**base, "typo": 1}}})
+    with pytest.raises(ValidationError, match="verifiers"):
+        KnowledgeConfig.model_validate(
+            {"calibration": {"company": {**base, "verifiers": {"m": 2}}}}
+        )
+    config = KnowledgeConfig.model_validate(
+        {"teams": {"finance": {"max_error_rate": 0.001, "verify": False}}}
+    )
+    assert config.settings_for("finance", "default").max_error_rate == 0.001
+    assert config.settings_for("other", "default").verify is True

@@ -71,7 +71,7 @@ class KnowledgeCalibration(_Model):
     # The verifier's false-yes rate on the dev negatives, per model alias; ``verifier_false_yes``
     # for a model not listed (an unmeasured model is assumed to say yes to one negative in ten).
     # A 0 measured on n questions is taken as 1/(n+1); 1.0 means "no verified band".
-    verifiers: dict[str, float] = Field(default_factory=dict)
+    verifiers: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
     verifier_false_yes: float = Field(default=0.1, ge=0, le=1)
     samples: int = Field(default=0, ge=0)  # dev negatives the verifier was asked about
     embedding_model: str = ""  # what the scores were measured with (informative)
