@@ -139,8 +139,15 @@ class Verifier:
         ms = (time.perf_counter() - started) * 1000
         ctx.upstream_s += completion.wire_s or 0.0
         charge(ctx.decision, candidate.model, completion.usage)
-        choices = completion.body.get("choices") or [{}]
-        content = (choices[0].get("message") or {}).get("content")
-        answer = parse_verdict(content if isinstance(content, str) else "")
+        answer = parse_verdict(_content(completion.body))
         cost = usage_cost(candidate.model, completion.usage)
         return Verification(answer, name, ms, cost, completion.usage)
+
+
+def _content(body: dict[str, Any]) -> str:
+    """The first choice's text; '' for any other shape (an unreadable reply is "unclear")."""
+    choices = body.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    return content if isinstance(content, str) else ""
