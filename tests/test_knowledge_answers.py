@@ -396,3 +396,24 @@ def test_the_policy_section_is_validated() -> None:
     )
     assert config.settings_for("finance", "default").max_error_rate == 0.001
     assert config.settings_for("other", "default").verify is True
+
+
+def test_the_evaluation_set_and_the_dev_split() -> None:
+    """>= 100 paraphrases of real FAQ entries and >= 100 must-not questions; the calibration's
+    dev split shares no question with the evaluation set."""
+    from bench.knowledge_answers import DATA, faq_entries, load
+
+    entries = faq_entries()
+    evaluation, dev = load(DATA / "knowledge_eval.jsonl"), load(DATA / "knowledge_dev.jsonl")
+    paraphrases = [q for q in evaluation if q["class"] == "paraphrase"]
+    must_not = [q for q in evaluation if q["class"] == "must_not"]
+    assert len(paraphrases) >= 100
+    assert len(must_not) >= 100
+    assert {q["entry"] for q in paraphrases} == set(entries)
+    assert {q["kind"] for q in paraphrases} == {"short", "verbose", "typo", "order", "register"}
+    kinds = {q["kind"] for q in must_not}
+    assert kinds == {"off_topic", "unanswered", "number", "group", "place", "negation"}
+    texts = [q["question"] for q in evaluation]
+    assert len(set(texts)) == len(texts)
+    assert not {q["question"] for q in dev} & set(texts)
+    assert len(dev) < len(evaluation)
