@@ -144,7 +144,7 @@ def test_decide_guard_margin_band_and_withdrawal() -> None:
         == "margin"
     )
     withdrawals = Withdrawals()
-    vector = np.ones(4, dtype=np.float32) / 2
+    vector = np.full(4, 0.5, dtype=np.float32)
     withdrawals.add("e1", "k", "another question", vector)
     hits = [_hit("another question", 0.95), runner]
     assert (
