@@ -259,7 +259,12 @@ async def main(argv: Sequence[str] | None = None) -> int:
     answers = parser.add_argument_group("curated answers (bench/knowledge_answers.py)")
     answers.add_argument("--answers", action="store_true", help="run the evaluation set")
     answers.add_argument("--calibrate", action="store_true", help="calibrate on the dev split")
-    answers.add_argument("--verifier", default="none,fake", help="none, fake and/or local")
+    answers.add_argument(
+        "--verifier",
+        default="none,fake,noisy:0.05/0.10,noisy:0.02/0.20",
+        help="none, fake (perfect: an upper bound), noisy:FY/FN (false yes/no rates), local",
+    )
+    answers.add_argument("--seed", type=int, default=0, help="the noisy verifiers' draws")
     answers.add_argument("--max-error-rate", type=float, default=0.01)
     answers.add_argument("--verify-timeout", type=float, default=0.8, help="seconds")
     answers.add_argument("--calibration", help="a kb calibration as JSON (default: built in)")

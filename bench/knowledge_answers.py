@@ -9,8 +9,14 @@ verifications through the real ``ProviderPool`` to one of:
 
 - ``none``: no verifier (the unverified band only);
 - ``fake``: a loopback OpenAI-compatible fake that answers yes exactly when the question is a
-  paraphrase of the entry asked about (an oracle: what a capable cheap model would say), so the
-  figures show what the bands allow and the latency is the gateway's and the wire's;
+  paraphrase of the entry asked about: a perfect verifier, an oracle reading the labels, so its
+  figures are an upper bound (what the guard and the bands allow), not the system's, and its
+  latency is the gateway's and the wire's;
+- ``noisy:FY/FN`` (e.g. ``noisy:0.05/0.10``): the same fake with a realistic error rate, standing
+  for a cheap cloud model: it says yes to a must-not pair with probability FY and no to a
+  paraphrase with probability FN, drawn per (question, FAQ question) pair from ``--seed``, so the
+  same pair always gets the same answer (temperature 0) and the dev split measures FY as a real
+  verifier's would be measured;
 - ``local``: SmolLM2-135M-Instruct through llama.cpp (``gateway.cli.localmodel``).
 
 It prints, per class and kind, the questions, direct answers (verified or not), wrong direct
@@ -21,13 +27,15 @@ then the added latency of a verified answer (p50/p95 of the verification call).
 set) instead and prints the kb's ``calibration`` block: the mean and sd of the best curated score
 of dev negatives the guard lets through, and the verifier's false-yes rate on them::
 
-    python -m bench.knowledge --answers [--verifier none,fake,local] [--max-error-rate 0.01]
-    python -m bench.knowledge --calibrate [--verifier fake|local]
+    python -m bench.knowledge --answers [--verifier none,fake,noisy:0.05/0.10,local]
+                                        [--max-error-rate 0.01] [--seed 0]
+    python -m bench.knowledge --calibrate [--verifier fake|noisy:FY/FN|local]
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import statistics
 import sys
 import tempfile
@@ -71,21 +79,43 @@ def faq_entries() -> dict[str, dict[str, Any]]:
     return {e["id"]: e for e in load(FAQ)}
 
 
-# -- the loopback oracle verifier --------------------------------------------------------------
-class OracleVerifier:
-    """An OpenAI-compatible fake on 127.0.0.1 that says yes exactly to a paraphrase of the asked
-    entry (the labels of the question set it is given)."""
+# -- the loopback label verifiers ---------------------------------------------------------------
+def draw(seed: int, user: str, faq_question: str) -> float:
+    """A uniform number in [0, 1) fixed by the seed and the pair: the same pair always gets the
+    same answer, as from a model at temperature 0, and no draw depends on the order asked."""
+    digest = hashlib.blake2b(f"{seed}\0{user}\0{faq_question}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
-    def __init__(self, questions: list[dict[str, Any]]) -> None:
+
+class LabelVerifier:
+    """An OpenAI-compatible fake on 127.0.0.1 that answers from the labels of the question set it
+    is given: yes to a paraphrase of the asked entry, no otherwise; then, with ``false_yes`` and
+    ``false_no`` > 0, wrong on that share of the no and the yes pairs (a noisy cheap model).
+    With both 0 it is the oracle (a perfect verifier)."""
+
+    def __init__(
+        self,
+        questions: list[dict[str, Any]],
+        false_yes: float = 0.0,
+        false_no: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         faq = faq_entries()
         self._yes = {
             (q["question"], faq[q["entry"]]["question"])
             for q in questions
             if q["class"] == "paraphrase"
         }
+        self.false_yes, self.false_no, self.seed = false_yes, false_no, seed
         self.calls = 0
         self._runner: web.AppRunner | None = None
         self.base_url = ""
+
+    def says_yes(self, user: str, faq_question: str) -> bool:
+        """The verdict on one pair: the label, flipped with the configured error rate."""
+        truth = (user, faq_question) in self._yes
+        flip = draw(self.seed, user, faq_question) < (self.false_no if truth else self.false_yes)
+        return truth != flip
 
     async def _complete(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -93,7 +123,7 @@ class OracleVerifier:
         user = text.split("User question: ", 1)[1].split("\n\nFAQ question: ", 1)[0]
         faq_question = text.split("FAQ question: ", 1)[1].split("\n", 1)[0]
         self.calls += 1
-        word = "yes" if (user, faq_question) in self._yes else "no"
+        word = "yes" if self.says_yes(user, faq_question) else "no"
         reply = {
             "id": f"chatcmpl-{self.calls}",
             "object": "chat.completion",
@@ -129,20 +159,34 @@ class OracleVerifier:
             await self._runner.cleanup()
 
 
+def noisy_rates(kind: str) -> tuple[float, float]:
+    """(false_yes, false_no) of ``noisy:FY/FN``; ``fake`` is (0, 0)."""
+    if kind == "fake":
+        return 0.0, 0.0
+    try:
+        fy, fn = (float(x) for x in kind.removeprefix("noisy:").split("/"))
+    except ValueError:
+        raise SystemExit(f"bad verifier {kind!r}: noisy:FY/FN, e.g. noisy:0.05/0.10") from None
+    if not (0 <= fy <= 1 and 0 <= fn <= 1):
+        raise SystemExit(f"bad verifier {kind!r}: rates between 0 and 1")
+    return fy, fn
+
+
 @asynccontextmanager
 async def verifier_endpoint(
-    kind: str, questions: list[dict[str, Any]], root: Path
+    kind: str, questions: list[dict[str, Any]], root: Path, seed: int = 0
 ) -> AsyncIterator[tuple[str, str] | None]:
     """(base_url, model id) of the verifier ``kind``, or None for ``none``."""
     if kind == "none":
         yield None
-    elif kind == "fake":
-        oracle = OracleVerifier(questions)
-        await oracle.start()
+    elif kind == "fake" or kind.startswith("noisy:"):
+        fy, fn = noisy_rates(kind)
+        fake = LabelVerifier(questions, false_yes=fy, false_no=fn, seed=seed)
+        await fake.start()
         try:
-            yield oracle.base_url, FAKE_MODEL_ID
+            yield fake.base_url, FAKE_MODEL_ID
         finally:
-            await oracle.stop()
+            await fake.stop()
     elif kind == "local":
         from gateway.cli.localmodel import MODEL_ALIAS, LocalModelServer, free_port
 
@@ -154,7 +198,7 @@ async def verifier_endpoint(
         finally:
             await asyncio.to_thread(server.stop)
     else:
-        raise SystemExit(f"unknown verifier {kind!r}: none, fake or local")
+        raise SystemExit(f"unknown verifier {kind!r}: none, fake, noisy:FY/FN or local")
 
 
 def bench_policy(endpoint: tuple[str, str] | None, **knowledge: Any) -> Policy:
@@ -348,6 +392,16 @@ async def calibrate(
     )
 
 
+def label(name: str) -> str:
+    """A verifier's name in the summary: the oracle is never presented as the system's figure."""
+    if name == "fake":
+        return "perfect verifier (upper bound)"
+    if name.startswith("noisy:"):
+        fy, fn = noisy_rates(name)
+        return f"noisy fake, {100 * fy:g} % false yes / {100 * fn:g} % false no"
+    return {"none": "none", "local": "SmolLM2-135M"}.get(name, name)
+
+
 async def main(args: Any) -> int:
     from cache.embedder import SentenceEmbedder
 
@@ -361,11 +415,12 @@ async def main(args: Any) -> int:
             try:
                 dev = load(DATA / "knowledge_dev.jsonl")
                 if args.calibrate:
-                    async with verifier_endpoint(verifiers[0], dev, root) as end:
+                    async with verifier_endpoint(verifiers[0], dev, root, args.seed) as end:
                         found = await calibrate(store, embedder, end)
                     print("knowledge:\n  calibration:\n    company:")
                     print("      " + orjson.dumps(found.model_dump()).decode())
                     return 0
+                summary: list[str] = []
                 for name in verifiers:
                     knowledge: dict[str, Any] = {
                         "max_error_rate": args.max_error_rate,
@@ -374,7 +429,7 @@ async def main(args: Any) -> int:
                         "retry_after_s": 0.0,
                     }
                     print(f"... verifier {name}", file=sys.stderr, flush=True)
-                    async with verifier_endpoint(name, dev + questions, root) as end:
+                    async with verifier_endpoint(name, dev + questions, root, args.seed) as end:
                         if args.calibration:
                             found = KnowledgeCalibration.model_validate_json(args.calibration)
                         else:  # the dev split, with this verifier
@@ -403,8 +458,23 @@ async def main(args: Any) -> int:
                     verdict = "met" if rate >= 0.7 and wrong == 0 and bad.direct == 0 else "MISSED"
                     print(
                         f"target: >= 70 % paraphrases direct ({100 * rate:.1f} %), 0 wrong "
-                        f"({wrong}), 0 must-not direct ({bad.direct}): {verdict}\n"
+                        f"({wrong}), 0 must-not direct ({bad.direct}): {verdict}"
+                        + (" (upper bound: a perfect verifier)" if name == "fake" else "")
+                        + "\n"
                     )
+                    summary.append(
+                        f"| {label(name)} | {found.verifiers.get('cheap', '-')} | "
+                        f"{bands['verify_at']} | {para.direct} / {para.questions} "
+                        f"({100 * rate:.1f} %) | {wrong} | {bad.direct} / {bad.questions} | "
+                        f"{para.verifications} / {bad.verifications} | {verdict} |"
+                    )
+                print(f"summary (seed {args.seed}, max_error_rate {args.max_error_rate}):")
+                print(
+                    "| verifier | false-yes (dev) | verify_at | paraphrases direct | wrong direct"
+                    " | must-not direct | verification calls (para / must-not) | target |"
+                )
+                print("|---|---|---|---|---|---|---|---|")
+                print("\n".join(summary))
             finally:
                 await store.close()
     finally:

@@ -417,3 +417,55 @@ def test_the_evaluation_set_and_the_dev_split() -> None:
     assert len(set(texts)) == len(texts)
     assert not {q["question"] for q in dev} & set(texts)
     assert len(dev) < len(evaluation)
+
+
+async def test_the_bench_noisy_verifier_errs_at_its_rates_and_is_seeded() -> None:
+    """bench.knowledge's ``noisy:FY/FN`` fake (a cheap cloud model's errors): over the evaluation
+    set's yes pairs (a paraphrase and its entry) and no pairs (a must-not question and any entry)
+    it says no and yes at about the configured rates, the same pair always the same way, another
+    seed other pairs; ``fake`` (0/0) is the labels; the verdict is what its wire answers."""
+    import aiohttp
+
+    from bench.knowledge_answers import DATA, LabelVerifier, faq_entries, load, noisy_rates
+
+    faq = [e["question"] for e in faq_entries().values()]
+    questions = load(DATA / "knowledge_eval.jsonl")
+    entries = faq_entries()
+    yes = [
+        (q["question"], entries[q["entry"]]["question"])
+        for q in questions
+        if q["class"] == "paraphrase"
+    ]
+    no = [(q["question"], f) for q in questions if q["class"] == "must_not" for f in faq]
+    assert len(yes) >= 100
+    assert len(no) >= 1000
+    fy, fn = noisy_rates("noisy:0.05/0.10")
+    assert (fy, fn) == (0.05, 0.10)
+    assert noisy_rates("fake") == (0.0, 0.0)
+    with pytest.raises(SystemExit):
+        noisy_rates("noisy:0.05")
+    oracle = LabelVerifier(questions)
+    assert all(oracle.says_yes(*p) for p in yes)
+    assert not any(oracle.says_yes(*p) for p in no)
+    noisy = LabelVerifier(questions, false_yes=fy, false_no=fn, seed=0)
+    false_yes = sum(noisy.says_yes(*p) for p in no) / len(no)
+    false_no = sum(not noisy.says_yes(*p) for p in yes) / len(yes)
+    assert 0.03 <= false_yes <= 0.07  # 1130 draws at 5 %: sd 0.65 points
+    assert 0.03 <= false_no <= 0.20  # 110 draws at 10 %: sd 2.9 points
+    again = LabelVerifier(questions, false_yes=fy, false_no=fn, seed=0)
+    other = LabelVerifier(questions, false_yes=fy, false_no=fn, seed=1)
+    assert [again.says_yes(*p) for p in no] == [noisy.says_yes(*p) for p in no]
+    assert [other.says_yes(*p) for p in no] != [noisy.says_yes(*p) for p in no]
+    flipped = next(p for p in no if noisy.says_yes(*p))
+    await noisy.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for (user, faq_question), word in ((flipped, "yes"), (no[0], None), (yes[0], None)):
+                text = f"User question: {user}\n\nFAQ question: {faq_question}\nFAQ answer: x"
+                body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+                async with session.post(f"{noisy.base_url}/chat/completions", json=body) as r:
+                    content = (await r.json())["choices"][0]["message"]["content"]
+                expected = word or ("yes" if noisy.says_yes(user, faq_question) else "no")
+                assert content == expected
+    finally:
+        await noisy.stop()
