@@ -20,6 +20,9 @@ embedding model, then real questions. Run from the repository root::
                               [--memory-sizes 100000] [--queries 500] [--no-real]
 
 Target: search p50 <= 2 ms at 100k chunks in the embedded default.
+
+``--answers`` and ``--calibrate`` measure curated answers instead (bench/knowledge_answers.py):
+paraphrases answered directly, must-not questions never, verification calls and their latency.
 """
 
 from __future__ import annotations
@@ -253,7 +256,23 @@ async def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--no-real", action="store_true", help="skip the real-model test")
+    answers = parser.add_argument_group("curated answers (bench/knowledge_answers.py)")
+    answers.add_argument("--answers", action="store_true", help="run the evaluation set")
+    answers.add_argument("--calibrate", action="store_true", help="calibrate on the dev split")
+    answers.add_argument(
+        "--verifier",
+        default="none,fake,noisy:0.05/0.10,noisy:0.02/0.20",
+        help="none, fake (perfect: an upper bound), noisy:FY/FN (false yes/no rates), local",
+    )
+    answers.add_argument("--seed", type=int, default=0, help="the noisy verifiers' draws")
+    answers.add_argument("--max-error-rate", type=float, default=0.01)
+    answers.add_argument("--verify-timeout", type=float, default=0.8, help="seconds")
+    answers.add_argument("--calibration", help="a kb calibration as JSON (default: built in)")
     args = parser.parse_args(argv)
+    if args.answers or args.calibrate:
+        from bench import knowledge_answers
+
+        return await knowledge_answers.main(args)
     sizes = [int(s) for s in args.sizes.split(",") if s]
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-knowledge-") as tmp:

@@ -45,10 +45,14 @@ def access_filter(access: Access) -> Condition:
 
 @dataclass(frozen=True, slots=True)
 class Retrieved:
-    """What one lookup found: a curated answer to return as is, and passages to attach."""
+    """What one lookup found: the nearest curated FAQ entries (best first, for the answer
+    decision) and the passages to attach."""
 
-    answer: Hit | None
+    faqs: list[Hit]
     passages: list[Hit]
+
+
+FAQ_CANDIDATES = 2  # the best curated question and its runner-up (the margin between them)
 
 
 async def retrieve(
@@ -57,25 +61,16 @@ async def retrieve(
     where: Condition,
     *,
     top_k: int,
-    answer_threshold: float,
     context_threshold: float,
     direct_answers: bool = True,
 ) -> Retrieved:
-    """One filtered search; the best FAQ entry at or above ``answer_threshold`` is the answer
-    (when ``direct_answers``), the hits at or above ``context_threshold`` are the passages."""
-    floor = min(answer_threshold, context_threshold) if direct_answers else context_threshold
-    hits = await store.search(vector, where, top_k, floor)
-    answer = None
+    """The hits at or above ``context_threshold`` (passages), and, when ``direct_answers``, the
+    two nearest curated FAQ entries with an answer under the same ACL, whatever their score
+    (a second search, restricted to ``kind: faq`` inside the engine)."""
+    hits = await store.search(vector, where, top_k, context_threshold)
+    faqs: list[Hit] = []
     if direct_answers:
-        answer = next(
-            (
-                h
-                for h in hits
-                if h.payload.get("kind") == "faq"
-                and h.score >= answer_threshold
-                and h.payload.get("answer")
-            ),
-            None,
-        )
-    passages = [h for h in hits if h.score >= context_threshold]
-    return Retrieved(answer, passages)
+        only_faqs = All((where, Match("kind", ("faq",))))
+        found = await store.search(vector, only_faqs, FAQ_CANDIDATES, -1.0)
+        faqs = [h for h in found if h.payload.get("answer")]
+    return Retrieved(faqs, hits)

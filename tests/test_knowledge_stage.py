@@ -337,10 +337,12 @@ async def test_a_turn_longer_than_the_window_gets_context_not_a_curated_answer(
     make_gateway: Any, fakes: Fakes, embedder: Any, kb_store: Any, tmp_path: Path
 ) -> None:
     """Past its window the embedder sees only the turn's beginning: a curated answer close to
-    that beginning would be returned whatever the turn asks after it. (The low threshold stands
-    for a curated entry close to a long turn's beginning: this one scores ~0.48.)"""
+    that beginning would be returned whatever the turn asks after it. (The low bands stand for a
+    curated entry close to a long turn's beginning: this one scores ~0.48.)"""
+    low = {"negatives_mean": 0.1, "negatives_sd": 0.1}  # direct at and above answer_threshold
+    knowledge = {"answer_threshold": 0.4, "context_threshold": 0.3, "min_margin": 0.0}
     policy = policy_for(
-        fakes, knowledge={"kbs": ["company"], "answer_threshold": 0.4, "context_threshold": 0.3}
+        fakes, knowledge={"kbs": ["company"], "calibration": {"company": low}, **knowledge}
     )
     # A generous stage budget: a lookup cut off by it would skip the answer for another reason.
     client = await make_gateway(

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.core.decision import Decision
 from gateway.core.runtime import Runtime
+from gateway.stages.knowledge import KnowledgeStage
 
 TRAFFIC_BUCKETS = 90  # 15 minutes of 10 s buckets
 QUALITY_BUCKET_S = 60
@@ -64,6 +65,7 @@ def snapshot(runtime: Runtime, *, now: float | None = None) -> dict[str, Any]:
             "cache": _rate(totals.cache_hits, totals.cache_lookups),
             "knowledge": _rate(totals.knowledge_hits, totals.knowledge_lookups),
         },
+        "knowledge_answers": knowledge_answers(runtime),
         "quality": quality_trend(recent),
         "quality_stats": quality_stats(runtime),
         "breakers": [
@@ -71,6 +73,23 @@ def snapshot(runtime: Runtime, *, now: float | None = None) -> dict[str, Any]:
         ],
         "tiering": runtime.tiers.snapshot() if runtime.tiers is not None else {},
         "decisions": [decision_row(d) for d in reversed(recent[-LATEST_DECISIONS:])],
+    }
+
+
+def knowledge_answers(runtime: Runtime) -> dict[str, Any] | None:
+    """Curated-answer decisions on this replica: the direct-answer rate among questions whose
+    nearest curated entry was considered, verifications by answer, answers withdrawn by feedback
+    (None without a knowledge stage)."""
+    stage = next((s for s in runtime.interceptors if isinstance(s, KnowledgeStage)), None)
+    if stage is None:
+        return None
+    decisions = stage.decisions
+    served = decisions["direct"] + decisions["verified"]
+    return {
+        "direct": _rate(served, sum(decisions.values())),
+        "verified": decisions["verified"],
+        "verifications": dict(sorted(stage.verifications.items())),
+        "withdrawn": stage.withdrawn,
     }
 
 

@@ -55,7 +55,9 @@ def panels(snapshot: dict[str, Any]) -> str:
             _section("Cost per team (USD)", bar_list("cost-by-team", cost["by_team"], usd)),
             _section(
                 "Cache and knowledge hit rates",
-                rate_bar("cache", rates["cache"]) + rate_bar("knowledge", rates["knowledge"]),
+                rate_bar("cache", rates["cache"])
+                + rate_bar("knowledge", rates["knowledge"])
+                + _knowledge_answers(snapshot.get("knowledge_answers")),
             ),
             _section("Breakers", _breakers(snapshot["breakers"])),
             _section(
@@ -90,6 +92,17 @@ def _cards(totals: dict[str, Any]) -> str:
         for name, value, what in figures
     )
     return f'<div class="cards">{cards}</div><p class="legend">by source: {escape(by_source)}</p>'
+
+
+def _knowledge_answers(answers: dict[str, Any] | None) -> str:
+    """Curated answers served directly, their verifications and the withdrawn ones."""
+    if answers is None:
+        return ""
+    checks = ", ".join(f"{k} {v}" for k, v in answers["verifications"].items()) or "none"
+    return rate_bar("direct-answers", answers["direct"]) + (
+        f'<p class="legend" data-knowledge-answers="">verified answers {answers["verified"]}; '
+        f"verifications: {escape(checks)}; withdrawn by feedback: {answers['withdrawn']}</p>"
+    )
 
 
 def _breakers(breakers: list[dict[str, Any]]) -> str:

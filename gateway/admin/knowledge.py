@@ -1,4 +1,6 @@
-"""``POST /admin/knowledge/ingest``: documents into the knowledge base of a running gateway.
+"""``POST /admin/knowledge/ingest``: documents into the knowledge base of a running gateway;
+``GET /admin/knowledge/answers``: how curated answers are being decided (bands, outcomes,
+verifications, entries withdrawn by feedback).
 
 The embedded store (Qdrant Edge under ``./data``) is opened by one process at a time, and the
 gateway holds it while it runs; ``gateway ingest`` then uploads the files here instead, and the
@@ -187,4 +189,16 @@ async def ingest_documents(request: web.Request) -> web.StreamResponse:
         return response
 
 
-ROUTES = [web.post("/admin/knowledge/ingest", ingest_documents)]
+async def answer_report(request: web.Request) -> web.Response:
+    """``GET /admin/knowledge/answers``: the curated-answer decision at a glance: each kb's score
+    bands (the section's settings), decisions by outcome, verifications by answer, and the
+    entries withdrawn by feedback with how many kinds of question each no longer answers."""
+    runtime = _authorise(request)
+    report = _knowledge(runtime).answer_report()
+    return web.Response(body=orjson.dumps(report), content_type="application/json")
+
+
+ROUTES = [
+    web.post("/admin/knowledge/ingest", ingest_documents),
+    web.get("/admin/knowledge/answers", answer_report),
+]

@@ -40,11 +40,12 @@ from gateway.policy.settings import Settings
 from gateway.quality.monitor import QualityMonitor, quality_store
 from gateway.quality.shadow import install_shadow
 from gateway.routing.breakers import BreakerBoard
-from gateway.routing.router import Router
+from gateway.routing.router import Router, breaker_keys
 from gateway.routing.shared import LocalState, RedisState, SharedState
 from gateway.routing.tasks import TaskClassifier
 from gateway.stages.cache import running_cache
 from gateway.stages.knowledge import open_knowledge
+from gateway.stages.knowledge_verify import Verifier
 from gateway.telemetry.alerts import Alerts
 from gateway.telemetry.decision_store import decision_sinks
 from gateway.telemetry.decisions import DecisionLog
@@ -378,6 +379,16 @@ async def _metrics_port(app: web.Application) -> AsyncIterator[None]:
     await runner.cleanup()
 
 
+def knowledge_verifier(runtime: Runtime) -> Verifier:
+    """The knowledge stage's verifier: the current pool, candidates no breaker blocks."""
+
+    def usable(candidate: Any) -> bool:
+        board = runtime.board
+        return not any(board.blocked(key) for key in breaker_keys(candidate))
+
+    return Verifier(lambda: runtime.pool, usable)
+
+
 async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     policy = runtime.catalog.policy
@@ -411,7 +422,11 @@ async def _lifetimes(app: web.Application) -> AsyncIterator[None]:
                 )
             )
         knowledge = await open_knowledge(
-            runtime.settings, policy, runtime.embedder, metrics=runtime.metrics
+            runtime.settings,
+            policy,
+            runtime.embedder,
+            metrics=runtime.metrics,
+            verifier=knowledge_verifier(runtime),
         )
         if knowledge is not None:
             stack.push_async_callback(knowledge.close)

@@ -4,7 +4,9 @@
 request (looked up in the recent decision records). A low score is negative feedback to the
 cache: a semantic hit's entry stops hitting at that similarity and its scope learns from it; an
 exact hit's entry, or the entry the request's own answer was stored as, is removed (a wrong
-answer, e.g. from a cheap model, is not replayed to every repeat of the question).
+answer, e.g. from a cheap model, is not replayed to every repeat of the question). A curated
+answer the knowledge base gave directly is withdrawn for that kind of question: its entry no
+longer answers questions close to this one without a model (gateway/stages/knowledge_answer.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from gateway.core.body import read_body
 from gateway.core.errors import InvalidRequest, ModelNotFound
 from gateway.core.runtime import RUNTIME
 from gateway.stages.cache import CacheStage
+from gateway.stages.knowledge import KnowledgeStage
 
 WRONG_BELOW = 0.5
 
@@ -65,9 +68,22 @@ async def post_feedback(request: web.Request) -> web.Response:
             elif kind == "cache_store" or (kind == "cache_hit" and event.get("kind") == "exact"):
                 # The answer to this very question: no longer served to anyone.
                 cache_corrected |= await stage.forget(event["entry"], event["scope"])
+    # A curated answer given directly: its entry stops answering that kind of question.
+    knowledge = next((s for s in runtime.interceptors if isinstance(s, KnowledgeStage)), None)
+    withdrawn = False
+    direct = any(event.get("type") == "knowledge_answer" for event in decision.events)
+    if score < WRONG_BELOW and knowledge is not None and direct:
+        withdrawn = knowledge.withdraw(request_id)
+        if withdrawn:
+            decision.events.append({"type": "knowledge_withdrawn"})
     return web.Response(
         body=orjson.dumps(
-            {"ok": True, "cache_corrected": cache_corrected, "quality_counted": quality_counted}
+            {
+                "ok": True,
+                "cache_corrected": cache_corrected,
+                "knowledge_withdrawn": withdrawn,
+                "quality_counted": quality_counted,
+            }
         ),
         content_type="application/json",
     )

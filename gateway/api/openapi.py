@@ -134,7 +134,12 @@ def _schemas() -> dict[str, Any]:
     schemas["FeedbackResult"] = {
         "type": "object",
         "required": ["ok", "cache_corrected"],
-        "properties": {"ok": {"type": "boolean"}, "cache_corrected": {"type": "boolean"}},
+        "properties": {
+            "ok": {"type": "boolean"},
+            "cache_corrected": {"type": "boolean"},
+            # A curated answer given directly was withdrawn for that kind of question.
+            "knowledge_withdrawn": {"type": "boolean"},
+        },
     }
     schemas["Health"] = {
         "type": "object",

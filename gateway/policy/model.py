@@ -20,6 +20,11 @@ from gateway.core.validation import load_yaml_model
 
 from .cache_config import CacheConfig
 from .fairness_config import InFlightLimit
+from .knowledge_config import KbName as KbName
+from .knowledge_config import KnowledgeCalibration as KnowledgeCalibration
+from .knowledge_config import KnowledgeConfig
+from .knowledge_config import KnowledgeOverride as KnowledgeOverride
+from .knowledge_config import KnowledgeSettings as KnowledgeSettings
 from .quality_config import QualityConfig
 from .shadow_config import ShadowConfig
 
@@ -349,55 +354,6 @@ class TeamConfig(_Model):
 
     def may_use(self, route: str) -> bool:
         return "*" in self.routes or route in self.routes
-
-
-KbName = Annotated[str, Field(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9._-]{0,63})$")]
-
-
-class KnowledgeSettings(_Model):
-    """What the knowledge lookup does for one request; the per-team and per-route overrides
-    replace any of these fields (precedence, lowest first: the section, the route, the team)."""
-
-    enabled: bool = True
-    kbs: list[KbName] = Field(default_factory=lambda: ["*"], min_length=1)  # "*": every kb
-    # Cosine similarity of the query to a curated FAQ question above which its answer is
-    # returned without calling any model.
-    answer_threshold: float = Field(default=0.9, gt=0, le=1)
-    # Passages at or above this similarity are attached as reference material.
-    context_threshold: float = Field(default=0.4, gt=0, le=1)
-    top_k: int = Field(default=4, ge=1, le=20)
-    direct_answers: bool = True
-    max_context_chars: int = Field(default=6000, ge=200)
-
-
-class KnowledgeOverride(_Model):
-    """A per-team or per-route override: only the fields given apply."""
-
-    enabled: bool | None = None
-    kbs: list[KbName] | None = Field(default=None, min_length=1)
-    answer_threshold: float | None = Field(default=None, gt=0, le=1)
-    context_threshold: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=1, le=20)
-    direct_answers: bool | None = None
-    max_context_chars: int | None = Field(default=None, ge=200)
-
-
-class KnowledgeConfig(KnowledgeSettings):
-    """The ``knowledge:`` section: the company knowledge base consulted before any provider."""
-
-    collection: Name = "company-kb"  # the Qdrant collection; kbs are tags inside it
-    timeout_s: float = Field(default=0.5, gt=0)  # a slower lookup is skipped (fail-open)
-    retry_after_s: float = Field(default=5.0, ge=0)  # after a store failure, skip lookups
-    routes: dict[Name, KnowledgeOverride] = Field(default_factory=dict)
-    teams: dict[Name, KnowledgeOverride] = Field(default_factory=dict)
-
-    def settings_for(self, team: str, route: str) -> KnowledgeSettings:
-        """The settings for ``team`` calling ``route``."""
-        merged = {name: getattr(self, name) for name in KnowledgeSettings.model_fields}
-        for override in (self.routes.get(route), self.teams.get(team)):
-            if override is not None:
-                merged.update(override.model_dump(exclude_none=True))
-        return KnowledgeSettings.model_validate(merged)
 
 
 class Policy(_Model):

@@ -3,11 +3,14 @@
 ``before`` embeds nothing itself (it uses the request's one embedding), runs one search with the
 caller's ACL filter inside Qdrant (retrieval/search.py) and then:
 
-1. a curated FAQ entry whose question is at or above ``answer_threshold`` is the answer: an
-   OpenAI ``chat.completion`` with the answer and its citation, served as ``knowledge:<kb>``,
-   with no provider call (only for a plain question: no tools, no JSON mode, first user turn,
-   and a turn the embedder sees whole: past its window the similarity is that of the turn's
-   beginning, whatever it asks after);
+1. the nearest curated FAQ entry is the answer when the calibrated decision says so
+   (knowledge_answer.py: lexical guard, margin over the runner-up, score bands set by
+   ``max_error_rate``, a yes/no verification by the cheapest allowed model in the uncertain band,
+   entries withdrawn by feedback): an OpenAI ``chat.completion`` with the answer and its
+   citation, served as ``knowledge:<kb>``, with no provider call other than the verification
+   (only for a plain question: no tools, no JSON mode, first user turn, and a turn the embedder
+   sees whole: past its window the similarity is that of the turn's beginning, whatever it asks
+   after);
 2. otherwise the passages at or above ``context_threshold`` are attached as one system message
    of delimited ``<source>`` blocks, marked as data and not instructions, and the request goes
    on with it (``ctx.chat`` is replaced);
@@ -31,7 +34,12 @@ from urllib.parse import quote
 
 from cache.embedder import Embedder
 from gateway.core.context import QUERY_EXCEEDS_WINDOW, RequestContext
-from gateway.policy.model import KnowledgeConfig, KnowledgeSettings, Policy
+from gateway.policy.knowledge_config import (
+    KnowledgeCalibration,
+    KnowledgeConfig,
+    KnowledgeSettings,
+)
+from gateway.policy.model import Policy
 from gateway.policy.settings import Settings
 from gateway.telemetry.metrics import Metrics
 from providers.base import Completion, Usage, new_completion_id
@@ -39,6 +47,18 @@ from providers.schema import ChatRequest
 from retrieval.search import Access, Retrieved, access_filter, retrieve
 from retrieval.store import Condition, Hit, KnowledgeStore, StoreUnavailable
 from retrieval.stores import open_store
+
+from .knowledge_answer import (
+    DEFAULT_CALIBRATION,
+    AnswerDecision,
+    Bands,
+    RecentAnswers,
+    Served,
+    Withdrawals,
+    bands_for,
+    decide,
+)
+from .knowledge_verify import Verification, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +86,21 @@ class KnowledgeStage:
         *,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        verifier: Verifier | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.metrics = metrics
+        self.verifier = verifier  # None: no verified band (nothing to ask)
         self.errors = 0  # store failures and timeouts (also gateway_knowledge_errors)
         self.hits: Counter[str] = Counter()  # "answer", "context" (also gateway_knowledge_hits)
+        # Answer decisions by outcome, verifications by answer, answers withdrawn by feedback
+        # (also gateway_knowledge_answer_decisions, _verifications, _withdrawn).
+        self.decisions: Counter[str] = Counter()
+        self.verifications: Counter[str] = Counter()
+        self.withdrawn = 0
+        self.withdrawals = Withdrawals()
+        self.recent = RecentAnswers()
         self._clock = clock
         self._settings: dict[tuple[str, str], KnowledgeSettings] = {}
         self._filters: dict[Access, Condition] = {}
@@ -126,7 +155,6 @@ class KnowledgeStage:
                     vector.tolist(),
                     self._filter(access),
                     top_k=settings.top_k,
-                    answer_threshold=settings.answer_threshold,
                     context_threshold=settings.context_threshold,
                     direct_answers=settings.direct_answers and await _answerable(ctx),
                 )
@@ -137,6 +165,10 @@ class KnowledgeStage:
             log.exception("knowledge lookup failed for request %s", ctx.request_id)
             self._failed(ctx, exc)
             return None
+        if found.faqs:
+            answer = await self._decide(ctx, found, settings, vector)
+            if answer is not None:
+                return answer
         return self._apply(ctx, found, settings)
 
     async def after(self, ctx: RequestContext, completion: Completion) -> None:
@@ -169,12 +201,113 @@ class KnowledgeStage:
         if self.metrics is not None:
             self.metrics.child(self.metrics.knowledge_hits, kind).inc()
 
+    def bands(self, settings: KnowledgeSettings, kb: str, verifier: str | None) -> Bands:
+        """The bands of ``kb`` under ``settings`` (its calibration, else the default) when
+        ``verifier`` (a model alias, or None) would be asked."""
+        return bands_for(settings, self.calibration(kb), verifier)
+
+    def calibration(self, kb: str) -> KnowledgeCalibration:
+        return self.config.calibration.get(kb, DEFAULT_CALIBRATION)
+
+    async def _decide(
+        self, ctx: RequestContext, found: Retrieved, settings: KnowledgeSettings, vector: Any
+    ) -> Completion | None:
+        """The calibrated answer decision for the nearest curated entry; the answer when it
+        serves, else ``None`` (the passages are attached as usual)."""
+        best = found.faqs[0]
+        kb = str(best.payload.get("kb", ""))
+        verifier = self.verifier
+        candidate = verifier.choose(ctx) if verifier is not None else None
+        bands = self.bands(settings, kb, candidate.model.name if candidate is not None else None)
+        decision = decide(
+            ctx.query_text, found.faqs, bands, withdrawn=self.withdrawals, vector=vector
+        )
+        record = decision.record(bands)
+        outcome = decision.outcome if decision.outcome == "direct" else "no"
+        entry = decision.entry
+        if decision.outcome == "verify" and verifier and candidate and entry is not None:
+            timeout = self.config.verify_timeout_s
+            verification = await verifier.verify(ctx, candidate, entry, timeout)
+            record["verification"] = verification.record()
+            self._verified(verification)
+            outcome = "verified" if verification.answer == "yes" else "no"
+            if outcome == "no":
+                record["reason"] = f"verifier: {verification.answer}"
+        label = outcome if outcome != "no" else "no_" + record["reason"].split(":")[0]
+        self.decisions[label] += 1
+        if self.metrics is not None:
+            self.metrics.child(self.metrics.knowledge_answer_decisions, label).inc()
+        ctx.decision.events.append({"type": "knowledge_decision", **record})
+        if outcome == "no" or decision.entry is None:
+            return None
+        return self._serve(ctx, decision, vector, verified=outcome == "verified")
+
+    def _serve(
+        self, ctx: RequestContext, decision: AnswerDecision, vector: Any, *, verified: bool
+    ) -> Completion:
+        entry = decision.entry
+        assert entry is not None
+        self._hit("answer")
+        kb = str(entry.payload.get("kb", ""))
+        question = str(entry.payload.get("question", ""))
+        if vector is not None:
+            self.recent.add(ctx.request_id, Served(entry.id, kb, question, vector))
+        answer = direct_answer(ctx, entry)
+        ctx.headers[KNOWLEDGE_HEADER] = "answer;verified" if verified else "answer"
+        return answer
+
+    def _verified(self, verification: Verification) -> None:
+        self.verifications[verification.answer] += 1
+        if self.metrics is not None:
+            self.metrics.child(self.metrics.knowledge_verifications, verification.answer).inc()
+
+    def withdraw(self, request_id: str) -> bool:
+        """Negative feedback on a direct answer this replica gave: its entry no longer answers
+        that kind of question directly (knowledge_answer.Withdrawals). False when the request
+        was not a direct answer here (or is too old to be remembered)."""
+        served = self.recent.pop(request_id)
+        if served is None:
+            return False
+        self.withdrawals.add(served.entry, served.kb, served.question, served.vector)
+        self.withdrawn += 1
+        if self.metrics is not None:
+            self.metrics.knowledge_withdrawn.inc()
+        log.info("knowledge entry %s withdrawn for a kind of question (feedback)", served.entry)
+        return True
+
+    def answer_report(self) -> dict[str, Any]:
+        """Bands per kb (the section's own settings, with and without a verifier), decision
+        and verification counts, withdrawn entries: the admin API's and dashboard's view."""
+        kbs = sorted({*self.config.calibration, *(k for k in self.config.kbs if k != "*")})
+        settings = KnowledgeSettings.model_validate(
+            {name: getattr(self.config, name) for name in KnowledgeSettings.model_fields}
+        )
+        bands: dict[str, Any] = {}
+        for kb in kbs or [""]:
+            calibration = self.calibration(kb)
+            row: dict[str, Any] = {
+                "calibrated": kb in self.config.calibration,
+                "no_verifier": self.bands(settings, kb, None).to_dict(),
+                "unmeasured_verifier": self.bands(settings, kb, "").to_dict(),
+            }
+            for alias in calibration.verifiers:
+                row[f"verifier:{alias}"] = self.bands(settings, kb, alias).to_dict()
+            bands[kb or "default"] = row
+        served = self.decisions["direct"] + self.decisions["verified"]
+        total = sum(self.decisions.values())
+        return {
+            "max_error_rate": self.config.max_error_rate,
+            "bands": bands,
+            "decisions": dict(self.decisions),
+            "direct_rate": served / total if total else None,
+            "verifications": dict(self.verifications),
+            "withdrawn_total": self.withdrawn,
+            "withdrawn": self.withdrawals.listing(),
+        }
+
     def _apply(
         self, ctx: RequestContext, found: Retrieved, settings: KnowledgeSettings
     ) -> Completion | None:
-        if found.answer is not None:
-            self._hit("answer")
-            return direct_answer(ctx, found.answer)
         if not found.passages:
             ctx.notes["knowledge"] = "none"
             return None
@@ -313,6 +446,7 @@ async def open_knowledge(
     *,
     metrics: Metrics | None = None,
     store: KnowledgeStore | None = None,
+    verifier: Verifier | None = None,
 ) -> KnowledgeStage | None:
     """The knowledge stage for ``policy``, or ``None`` when the policy has no (enabled)
     ``knowledge:`` section. Never raises for the store: an absent, locked or unreachable store
@@ -329,7 +463,7 @@ async def open_knowledge(
             engine=settings.knowledge_engine,
             timeout_s=max(1.0, config.timeout_s),
         )
-    stage = KnowledgeStage(config, store, metrics=metrics)
+    stage = KnowledgeStage(config, store, metrics=metrics, verifier=verifier)
     try:
         dim = await store.dim()
     except StoreUnavailable as exc:

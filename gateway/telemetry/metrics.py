@@ -141,6 +141,26 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.knowledge_answer_decisions = Counter(
+            "gateway_knowledge_answer_decisions",
+            "Curated-answer decisions: direct, verified, or no_<reason> (guard, withdrawn, below, "
+            "margin, verifier)",
+            ["outcome"],
+            registry=r,
+        )
+        self.knowledge_verifications = Counter(
+            "gateway_knowledge_verifications",
+            "Yes/no verifications of a curated answer by a model, by answer "
+            "(yes, no, unclear, error, unavailable)",
+            ["answer"],
+            registry=r,
+        )
+        self.knowledge_withdrawn = Counter(
+            "gateway_knowledge_withdrawn",
+            "Direct answers withdrawn by a low feedback score (the entry stops answering that kind "
+            "of question)",
+            registry=r,
+        )
         self.knowledge_errors = Counter(
             "gateway_knowledge_errors",
             "Knowledge store failures and timeouts (the request went on without it)",

@@ -82,6 +82,8 @@ def knowledge_verdict(ctx: RequestContext) -> dict[str, Any] | None:
         if kind == "knowledge_answer":
             verdict["chunks"] = [{"id": event.get("chunk"), "score": event.get("score")}]
             verdict["kb"] = event.get("kb")
+        elif kind == "knowledge_decision":  # the calibrated answer decision (and verification)
+            verdict["answer_decision"] = {k: v for k, v in event.items() if k != "type"}
         elif kind == "knowledge_answer_skipped":  # no curated answer by similarity, and why
             verdict["answer_skipped"] = event.get("reason")
     return verdict

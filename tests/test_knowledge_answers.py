@@ -1,0 +1,471 @@
+"""The calibrated curated-answer decision: bands from ``max_error_rate``, the shared lexical guard,
+the margin, verification by the cheapest allowed model (loopback fakes, real pool), feedback that
+withdraws an entry for a kind of question, and what /metrics, the decision record and the admin
+API show. Embedded Qdrant Edge with the sample knowledge base and the real embedding model
+(the module fixture of test_knowledge_stage.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from gateway.api.app import knowledge_verifier
+from gateway.core.runtime import RUNTIME
+from gateway.policy.catalog import Catalog
+from gateway.policy.knowledge_config import KnowledgeConfig
+from gateway.policy.model import KnowledgeCalibration, KnowledgeSettings, Policy, hash_key
+from gateway.stages.knowledge import KnowledgeStage
+from gateway.stages.knowledge_answer import (
+    UNVERIFIED_CEILING,
+    Bands,
+    Withdrawals,
+    bands_for,
+    decide,
+)
+from gateway.stages.knowledge_verify import Verifier, parse_verdict
+from gateway.telemetry.metrics import Metrics
+from providers.pool import ProviderPool
+from retrieval.store import Hit
+from tests.conftest import PROVIDER_KEYS, TEAM_KEY, Fakes
+from tests.fakes.base import Fail, Hang, Ok
+from tests.test_knowledge_stage import kb_store, make_ctx  # noqa: F401 - the module fixture
+
+PARAPHRASE = "how many vacation days do we get a year"  # annual-leave-days, cosine ~0.6-0.8
+NEAR_MISS_NUMBER = "Do I get 30 days of annual leave?"
+NEAR_MISS_GROUP = "How many days of annual leave do part-time employees get?"
+FAQ_QUESTION = "How many days of annual leave do I get?"
+# Bands with a verified band from the context threshold to the ceiling: everything relevant and
+# below near-verbatim is verified (a verifier measured perfect on many dev negatives).
+WIDE = {
+    "negatives_mean": 0.6,
+    "negatives_sd": 0.17,
+    "verifiers": {"mini": 0.0, "flash": 0.0},
+    "samples": 5000,
+}
+
+
+def answers_policy(fakes: Fakes, **knowledge: Any) -> Policy:
+    """A cheap US model on the OpenAI fake, a cheaper EU one on the Gemini fake, and teams whose
+    regions allow both, the US only, or neither."""
+    return Policy.model_validate(
+        {
+            "providers": [
+                {"name": "openai", "kind": "openai", "base_url": fakes.openai.api_base,
+                 "api_key_env": "FAKE_OPENAI_KEY", "region": "us"},
+                {"name": "gemini", "kind": "gemini", "base_url": fakes.gemini.base_url,
+                 "api_key_env": "FAKE_GEMINI_KEY", "region": "eu"},
+            ],
+            "models": [
+                {"name": "mini", "provider": "openai", "id": "gpt-4o-mini-2024-07-18",
+                 "price": {"input": 0.15, "output": 0.6}},
+                {"name": "flash", "provider": "gemini", "id": "gemini-2.0-flash-001",
+                 "price": {"input": 0.1, "output": 0.4}},
+            ],
+            "routes": [{"name": "default", "candidates": ["mini", "flash"]}],
+            "teams": [
+                {"name": "alpha", "key_sha256": hash_key(TEAM_KEY)},
+                {"name": "us", "key_sha256": hash_key("us"), "regions": ["us"]},
+                {"name": "onprem", "key_sha256": hash_key("onprem"), "regions": ["onprem"]},
+            ],
+            "knowledge": {"kbs": ["company"], "calibration": {"company": WIDE}, **knowledge},
+        }
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def pool(fakes: Fakes) -> Any:
+    policy = answers_policy(fakes)
+    started = ProviderPool(Catalog(policy, PROVIDER_KEYS).endpoints)
+    await started.start()
+    yield started
+    await started.close()
+
+
+def stage_on(policy: Policy, store: Any, pool: Any, **kw: Any) -> KnowledgeStage:
+    assert policy.knowledge is not None
+    return KnowledgeStage(policy.knowledge, store, verifier=Verifier(lambda: pool), **kw)
+
+
+def decision_event(ctx: Any) -> dict[str, Any]:
+    return next(e for e in ctx.decision.events if e["type"] == "knowledge_decision")
+
+
+# -- bands from max_error_rate ----------------------------------------------------------------
+def test_bands_follow_the_error_rate_and_the_verifier() -> None:
+    calibration = KnowledgeCalibration(
+        negatives_mean=0.6, negatives_sd=0.15, verifiers={"good": 0.0, "bad": 0.9}, samples=20
+    )
+    strict = bands_for(KnowledgeSettings(max_error_rate=0.01), calibration, "good")
+    loose = bands_for(KnowledgeSettings(max_error_rate=0.05), calibration, "good")
+    assert loose.verify_at < strict.verify_at < strict.direct_at <= UNVERIFIED_CEILING
+    # A verifier that says yes to most negatives barely widens anything; none at all: no band.
+    bad = bands_for(KnowledgeSettings(max_error_rate=0.01), calibration, "bad")
+    assert bad.verify_at > strict.verify_at
+    none = bands_for(KnowledgeSettings(), calibration, None)
+    assert none.verify_at == none.direct_at
+    assert bands_for(KnowledgeSettings(verify=False), calibration, "good") == none
+    # An unmeasured model gets the conservative prior (one false yes in ten).
+    unmeasured = bands_for(KnowledgeSettings(), calibration, "other")
+    assert strict.verify_at < unmeasured.verify_at
+    # Zero false yes on few dev questions is not taken at face value.
+    few = calibration.model_copy(update={"samples": 5})
+    assert bands_for(KnowledgeSettings(), few, "good").verify_at > strict.verify_at
+    # answer_threshold is ops' floor for answers without a model, above any calibration.
+    assert bands_for(KnowledgeSettings(answer_threshold=0.99), calibration, None).direct_at == 0.99
+
+
+def _hit(question: str, score: float, entry: str = "e1") -> Hit:
+    return Hit(entry, score, {"question": question, "answer": "A.", "kind": "faq", "kb": "k"})
+
+
+def test_decide_guard_margin_band_and_withdrawal() -> None:
+    bands = Bands(direct_at=0.9, verify_at=0.6, min_margin=0.05)
+    runner = _hit("Something else entirely?", 0.3, "e2")
+    assert decide(FAQ_QUESTION, [_hit(FAQ_QUESTION, 0.95), runner], bands).outcome == "direct"
+    assert decide("a question", [_hit("another question", 0.7), runner], bands).outcome == "verify"
+    assert decide("a question", [_hit("another question", 0.5), runner], bands).reason == "below"
+    guarded = decide(NEAR_MISS_NUMBER, [_hit(FAQ_QUESTION, 0.95), runner], bands)
+    assert (guarded.outcome, guarded.reason) == ("no", "guard: numbers: {30} vs none")
+    close = decide(
+        "a question", [_hit("another question", 0.95), _hit("a third question", 0.93, "e2")], bands
+    )
+    assert (close.outcome, close.reason) == ("verify", "margin")  # never unverified
+    no_band = Bands(direct_at=0.9, verify_at=0.9, min_margin=0.05)
+    assert (
+        decide(
+            "a question",
+            [_hit("another question", 0.95), _hit("a third question", 0.93, "e2")],
+            no_band,
+        ).reason
+        == "margin"
+    )
+    withdrawals = Withdrawals()
+    vector = np.full(4, 0.5, dtype=np.float32)
+    withdrawals.add("e1", "k", "another question", vector)
+    hits = [_hit("another question", 0.95), runner]
+    assert (
+        decide("a question", hits, bands, withdrawn=withdrawals, vector=vector).reason
+        == "withdrawn"
+    )
+    other = np.array([1, 0, 0, 0], dtype=np.float32)  # another kind of question: still answered
+    assert (
+        decide("a question", hits, bands, withdrawn=withdrawals, vector=other).outcome == "direct"
+    )
+
+
+def test_parse_verdict_reads_one_word_and_fails_safe() -> None:
+    assert parse_verdict("Yes") == "yes"
+    assert parse_verdict(" no.") == "no"
+    assert parse_verdict("Maybe") == "unclear"
+    assert parse_verdict("") == "unclear"
+
+
+# -- the stage, verifying through the pool -----------------------------------------------------
+async def test_a_paraphrase_is_verified_by_the_cheapest_allowed_model(
+    kb_store: Any,  # noqa: F811
+    embedder: Any,
+    fakes: Fakes,
+    pool: Any,
+) -> None:
+    policy = answers_policy(fakes)
+    metrics = Metrics()
+    stage = stage_on(policy, kb_store, pool, metrics=metrics)
+    fakes.openai.push(Ok(text="yes", prompt_tokens=120, completion_tokens=1))
+    ctx = make_ctx(policy, "us", PARAPHRASE, embedder=embedder)  # the US only: the OpenAI fake
+    answer = await stage.before(ctx)
+    assert answer is not None
+    assert "27 days" in answer.body["choices"][0]["message"]["content"]
+    assert ctx.headers["x-gateway-knowledge"] == "answer;verified"
+    [sent] = fakes.openai.requests
+    assert sent.body["max_tokens"] == 1
+    assert sent.body["temperature"] == 0
+    assert PARAPHRASE in sent.body["messages"][-1]["content"]
+    event = decision_event(ctx)
+    assert event["outcome"] == "verify"
+    assert event["verification"]["answer"] == "yes"
+    assert event["verification"]["model"] == "mini"
+    # Its cost is the request's: 120 prompt tokens at 0.15 and one at 0.6 per million.
+    assert ctx.decision.prompt_tokens == 120
+    assert ctx.decision.completion_tokens == 1
+    assert ctx.decision.cost_usd == pytest.approx((120 * 0.15 + 0.6) / 1e6)
+    assert stage.verifications == {"yes": 1}
+    assert stage.decisions["verified"] == 1
+    # A team allowed every region: the cheaper EU model is asked (the Gemini fake).
+    fakes.gemini.push(Ok(text="yes"))
+    ctx = make_ctx(policy, "alpha", PARAPHRASE, embedder=embedder)
+    assert await stage.before(ctx) is not None
+    assert decision_event(ctx)["verification"]["model"] == "flash"
+    assert len(fakes.gemini.requests) == 1
+    assert len(fakes.openai.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "verdict"), [(Ok(text="no"), "no"), (Ok(text="Perhaps"), "unclear"),
+                               (Fail(500), "error")],
+)  # fmt: skip
+async def test_anything_but_yes_is_not_a_direct_answer(
+    kb_store: Any,  # noqa: F811
+    embedder: Any,
+    fakes: Fakes,
+    pool: Any,
+    behaviour: Any,
+    verdict: str,
+) -> None:
+    policy = answers_policy(fakes)
+    stage = stage_on(policy, kb_store, pool)
+    fakes.openai.push(behaviour, behaviour)  # a 500 is not retried; a second push is harmless
+    ctx = make_ctx(policy, "us", PARAPHRASE, embedder=embedder)
+    assert await stage.before(ctx) is None
+    assert ctx.notes["knowledge"] == "context"  # the entry still helps the model, as context
+    event = decision_event(ctx)
+    assert event["verification"]["answer"] == verdict
+    assert event["reason"] == f"verifier: {verdict}"
+    assert stage.decisions == {"no_verifier": 1}
+
+
+async def test_no_model_within_the_regions_means_no_verified_band(
+    kb_store: Any,  # noqa: F811
+    embedder: Any,
+    fakes: Fakes,
+    pool: Any,
+) -> None:
+    policy = answers_policy(fakes)
+    stage = stage_on(policy, kb_store, pool)
+    ctx = make_ctx(policy, "onprem", PARAPHRASE, embedder=embedder)
+    assert await stage.before(ctx) is None
+    event = decision_event(ctx)
+    assert event["verify_at"] == event["direct_at"]
+    assert "verification" not in event
+    assert fakes.openai.requests == []
+    assert fakes.gemini.requests == []
+    # The curated question itself is still answered: no model needed.
+    ctx = make_ctx(policy, "onprem", FAQ_QUESTION, embedder=embedder)
+    assert await stage.before(ctx) is not None
+    assert decision_event(ctx)["outcome"] == "direct"
+
+
+@pytest.mark.parametrize("question", [NEAR_MISS_NUMBER, "Can I work from the US?"])
+async def test_the_guard_refuses_near_misses_before_any_model_call(
+    kb_store: Any,  # noqa: F811
+    embedder: Any,
+    fakes: Fakes,
+    pool: Any,
+    question: str,
+) -> None:
+    policy = answers_policy(fakes)
+    stage = stage_on(policy, kb_store, pool)
+    ctx = make_ctx(policy, "us", question, embedder=embedder)
+    assert await stage.before(ctx) is None
+    assert decision_event(ctx)["reason"].startswith("guard: ")
+    assert fakes.openai.requests == []
+
+
+async def test_a_near_miss_the_guard_misses_is_refused_by_the_verifier(
+    kb_store: Any,  # noqa: F811
+    embedder: Any,
+    fakes: Fakes,
+    pool: Any,
+) -> None:
+    """ "...for part-time employees?" has no number, name or negation: only a model tells it from
+    a paraphrase, and a "no" keeps the full-time answer from being served."""
+    policy = answers_policy(fakes)
+    stage = stage_on(policy, kb_store, pool)
+    fakes.openai.push(Ok(text="no"))
+    ctx = make_ctx(policy, "us", NEAR_MISS_GROUP, embedder=embedder)
+    assert await stage.before(ctx) is None
+    assert decision_event(ctx)["verification"]["answer"] == "no"
+
+
+# -- through the gateway: feedback, metrics, decision record, admin ---------------------------
+async def test_low_feedback_withdraws_the_entry_for_that_kind_of_question(
+    make_gateway: Any,
+    fakes: Fakes,
+    embedder: Any,
+    kb_store: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    admin_key = "admin-secret"
+    policy = answers_policy(fakes)
+    client = await make_gateway(
+        policy,
+        embedder=embedder,
+        knowledge_path=tmp_path,
+        stage_timeout_s=30.0,
+        admin_key_sha256=hash_key(admin_key),
+    )
+    runtime = client.app[RUNTIME]
+    assert policy.knowledge is not None
+    runtime.interceptors = (
+        KnowledgeStage(
+            policy.knowledge,
+            kb_store,
+            metrics=runtime.metrics,
+            verifier=knowledge_verifier(runtime),
+        ),
+    )
+    auth = {"Authorization": f"Bearer {TEAM_KEY}"}
+    body = {"model": "default", "messages": [{"role": "user", "content": PARAPHRASE}]}
+    fakes.gemini.push(Ok(text="yes"))
+    response = await client.post("/v1/chat/completions", json=body, headers=auth)
+    assert response.status == 200
+    assert response.headers["x-gateway-source"] == "knowledge"
+    assert response.headers["x-gateway-knowledge"] == "answer;verified"
+    request_id = response.headers["x-request-id"]
+    record = runtime.decisions.find(request_id).to_dict()
+    assert record["knowledge"]["answer_decision"]["verification"]["answer"] == "yes"
+    assert record["cost_usd"] > 0  # the verification, charged to the request
+
+    feedback = {"request_id": request_id, "score": 0.0}
+    response = await client.post("/v1/feedback", json=feedback, headers=auth)
+    assert response.status == 200
+    assert (await response.json())["knowledge_withdrawn"] is True
+
+    # The same kind of question is no longer answered from that entry: a model answers it.
+    response = await client.post("/v1/chat/completions", json=body, headers=auth)
+    assert response.status == 200
+    assert "x-gateway-source" not in response.headers
+    record = runtime.decisions.find(response.headers["x-request-id"]).to_dict()
+    assert record["knowledge"]["answer_decision"]["reason"] == "withdrawn"
+    # Another kind of question still gets it.
+    other = {"model": "default", "messages": [{"role": "user", "content": FAQ_QUESTION}]}
+    response = await client.post("/v1/chat/completions", json=other, headers=auth)
+    assert response.headers["x-gateway-source"] == "knowledge"
+
+    response = await client.get(
+        "/admin/knowledge/answers", headers={"Authorization": f"Bearer {admin_key}"}
+    )
+    assert response.status == 200
+    report = await response.json()
+    assert report["withdrawn_total"] == 1
+    [entry] = report["withdrawn"]
+    assert entry["question"] == FAQ_QUESTION
+    assert entry["withdrawn"] == 1
+    assert report["decisions"]["no_withdrawn"] == 1
+    assert report["verifications"] == {"yes": 1}
+    assert report["bands"]["company"]["calibrated"] is True
+
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    data = await (await client.get("/dashboard/data", headers=admin)).json()
+    shown = data["knowledge_answers"]
+    assert shown["direct"] == {"hits": 2, "lookups": 3, "rate": pytest.approx(2 / 3)}
+    assert (shown["verified"], shown["verifications"], shown["withdrawn"]) == (1, {"yes": 1}, 1)
+    page = await (await client.get("/dashboard", headers=admin)).text()
+    assert 'data-chart="direct-answers-hit-rate"' in page
+    assert "withdrawn by feedback: 1" in page
+
+    text = await (await client.get("/metrics")).text()
+    assert "gateway_knowledge_withdrawn_total 1.0" in text
+    assert 'gateway_knowledge_verifications_total{answer="yes"} 1.0' in text
+    assert 'gateway_knowledge_answer_decisions_total{outcome="verified"} 1.0' in text
+    assert 'gateway_knowledge_answer_decisions_total{outcome="direct"} 1.0' in text
+
+
+async def test_a_slow_verifier_is_a_no(
+    kb_store: Any,  # noqa: F811
+    embedder: Any,
+    fakes: Fakes,
+    pool: Any,
+) -> None:
+    policy = answers_policy(fakes, verify_timeout_s=0.2)
+    stage = stage_on(policy, kb_store, pool)
+    fakes.openai.push(Hang(2.0, then=Ok(text="yes")))
+    ctx = make_ctx(policy, "us", PARAPHRASE, embedder=embedder)
+    assert await stage.before(ctx) is None
+    assert decision_event(ctx)["verification"]["answer"] == "error"
+    assert ctx.decision.cost_usd == 0  # nothing came back: nothing charged
+
+
+def test_the_policy_section_is_validated() -> None:
+    base = {"negatives_mean": 0.6, "negatives_sd": 0.1}
+    with pytest.raises(ValidationError, match="max_error_rate"):
+        KnowledgeConfig.model_validate({"max_error_rate": 0})
+    with pytest.raises(ValidationError, match="negatives_sd"):
+        KnowledgeConfig.model_validate({"calibration": {"company": {**base, "negatives_sd": 0}}})
+    with pytest.raises(ValidationError, match="extra"):
+        KnowledgeConfig.model_validate({"calibration": {"company": {**base, "typo": 1}}})
+    with pytest.raises(ValidationError, match="verifiers"):
+        KnowledgeConfig.model_validate(
+            {"calibration": {"company": {**base, "verifiers": {"m": 2}}}}
+        )
+    config = KnowledgeConfig.model_validate(
+        {"teams": {"finance": {"max_error_rate": 0.001, "verify": False}}}
+    )
+    assert config.settings_for("finance", "default").max_error_rate == 0.001
+    assert config.settings_for("other", "default").verify is True
+
+
+def test_the_evaluation_set_and_the_dev_split() -> None:
+    """>= 100 paraphrases of real FAQ entries and >= 100 must-not questions; the calibration's
+    dev split shares no question with the evaluation set."""
+    from bench.knowledge_answers import DATA, faq_entries, load
+
+    entries = faq_entries()
+    evaluation, dev = load(DATA / "knowledge_eval.jsonl"), load(DATA / "knowledge_dev.jsonl")
+    paraphrases = [q for q in evaluation if q["class"] == "paraphrase"]
+    must_not = [q for q in evaluation if q["class"] == "must_not"]
+    assert len(paraphrases) >= 100
+    assert len(must_not) >= 100
+    assert {q["entry"] for q in paraphrases} == set(entries)
+    assert {q["kind"] for q in paraphrases} == {"short", "verbose", "typo", "order", "register"}
+    kinds = {q["kind"] for q in must_not}
+    assert kinds == {"off_topic", "unanswered", "number", "group", "place", "negation"}
+    texts = [q["question"] for q in evaluation]
+    assert len(set(texts)) == len(texts)
+    assert not {q["question"] for q in dev} & set(texts)
+    assert len(dev) < len(evaluation)
+
+
+async def test_the_bench_noisy_verifier_errs_at_its_rates_and_is_seeded() -> None:
+    """bench.knowledge's ``noisy:FY/FN`` fake (a cheap cloud model's errors): over the evaluation
+    set's yes pairs (a paraphrase and its entry) and no pairs (a must-not question and any entry)
+    it says no and yes at about the configured rates, the same pair always the same way, another
+    seed other pairs; ``fake`` (0/0) is the labels; the verdict is what its wire answers."""
+    import aiohttp
+
+    from bench.knowledge_answers import DATA, LabelVerifier, faq_entries, load, noisy_rates
+
+    faq = [e["question"] for e in faq_entries().values()]
+    questions = load(DATA / "knowledge_eval.jsonl")
+    entries = faq_entries()
+    yes = [
+        (q["question"], entries[q["entry"]]["question"])
+        for q in questions
+        if q["class"] == "paraphrase"
+    ]
+    no = [(q["question"], f) for q in questions if q["class"] == "must_not" for f in faq]
+    assert len(yes) >= 100
+    assert len(no) >= 1000
+    fy, fn = noisy_rates("noisy:0.05/0.10")
+    assert (fy, fn) == (0.05, 0.10)
+    assert noisy_rates("fake") == (0.0, 0.0)
+    with pytest.raises(SystemExit):
+        noisy_rates("noisy:0.05")
+    oracle = LabelVerifier(questions)
+    assert all(oracle.says_yes(*p) for p in yes)
+    assert not any(oracle.says_yes(*p) for p in no)
+    noisy = LabelVerifier(questions, false_yes=fy, false_no=fn, seed=0)
+    false_yes = sum(noisy.says_yes(*p) for p in no) / len(no)
+    false_no = sum(not noisy.says_yes(*p) for p in yes) / len(yes)
+    assert 0.03 <= false_yes <= 0.07  # 1130 draws at 5 %: sd 0.65 points
+    assert 0.03 <= false_no <= 0.20  # 110 draws at 10 %: sd 2.9 points
+    again = LabelVerifier(questions, false_yes=fy, false_no=fn, seed=0)
+    other = LabelVerifier(questions, false_yes=fy, false_no=fn, seed=1)
+    assert [again.says_yes(*p) for p in no] == [noisy.says_yes(*p) for p in no]
+    assert [other.says_yes(*p) for p in no] != [noisy.says_yes(*p) for p in no]
+    flipped = next(p for p in no if noisy.says_yes(*p))
+    await noisy.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for (user, faq_question), word in ((flipped, "yes"), (no[0], None), (yes[0], None)):
+                text = f"User question: {user}\n\nFAQ question: {faq_question}\nFAQ answer: x"
+                body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+                async with session.post(f"{noisy.base_url}/chat/completions", json=body) as r:
+                    content = (await r.json())["choices"][0]["message"]["content"]
+                expected = word or ("yes" if noisy.says_yes(user, faq_question) else "no")
+                assert content == expected
+    finally:
+        await noisy.stop()
