@@ -21,7 +21,8 @@ kind           looks like                                  normalised
                                                            lower-cased (case-insensitive there)
 ``version``    ``v2.3.1``, ``2.3.1``, ``version 1.10``     leading ``v`` dropped, lower-cased; a
                                                            plain decimal only after *version*,
-                                                           *release*, *build*, *patch* ...
+                                                           *release*, *build*, *patch* ... or a
+                                                           platform (*Python 3.11*, *Ubuntu 22.04*)
 ``id``         ``A7X-99213``, ``INC0012345``, ``4f3a9c``,  hyphens dropped (``W-2`` is ``W2``);
                UUIDs, ``SK4411``                           lower-cased when all its letters share
                                                            one case or it is hexadecimal; a token
@@ -66,7 +67,10 @@ _COMPOUND = re.compile(r"\d+(?:[.,]\d+)?-[a-z]{3,}")
 _VERSION = re.compile(r"[vV]?\d+(?:\.\d+){1,3}(?:[-+][0-9A-Za-z.]+)?|[vV]\d+")
 _PLAIN_DECIMAL = re.compile(r"\d+\.\d+")
 _VERSION_CUE = re.compile(
-    r"(?:version|release|ver|build|patch|rev|revision|python|node|java|php|ios|android)\s*$",
+    r"\b(?:version|release|ver|build|patch|rev|revision|python|node|nodejs|java|php|ios|android"
+    r"|kubernetes|k8s|ubuntu|debian|fedora|macos|windows|chrome|firefox|safari|go|golang|rust"
+    r"|ruby|rails|django|postgres|postgresql|mysql|redis|kotlin|swift|dotnet|react|angular|vue"
+    r"|terraform|helm|docker|nginx|openssl|linux|kernel|gcc|clang|llvm|cuda|numpy|pandas)\s*$",
     re.IGNORECASE,
 )
 _HEX = re.compile(r"(?:0[xX])?[0-9a-fA-F-]+")
@@ -90,9 +94,10 @@ def _token(text: str, start: int, source: str) -> tuple[str, str] | None:
     has_digit = any(c.isdigit() for c in text)
     has_alpha = any(c.isalpha() for c in text)
     if has_digit and _VERSION.fullmatch(text):
-        if _PLAIN_DECIMAL.fullmatch(text) and not _VERSION_CUE.search(source[:start]):
+        cued = _VERSION_CUE.search(source[max(0, start - 24) : start]) is not None
+        if _PLAIN_DECIMAL.fullmatch(text) and not cued:
             return None  # "1.5 kg": an amount, the numbers rule reads it
-        if text[0] in "vV" or text.count(".") >= 2 or _VERSION_CUE.search(source[:start]):
+        if text[0] in "vV" or text.count(".") >= 2 or cued:
             return ("version", text.lstrip("vV").lower())
         return None
     if has_digit and has_alpha:

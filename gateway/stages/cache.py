@@ -35,8 +35,8 @@ from gateway.policy.settings import Settings
 from gateway.telemetry.metrics import Metrics
 from providers.base import Completion, Usage, new_completion_id
 
+from .cache_quality import unfit_to_store
 from .cache_rules import (
-    CACHEABLE_FINISH,
     answer_text,
     bypass_reason,
     same_answer,
@@ -84,6 +84,10 @@ class CacheStage:
         self.embedder_name = embedder.name
         self.indexes = ScopedIndexes(embedder.dim)
         self.runtime: dict[str, dict[str, Any]] = {}
+        # Entries being stored in the background, and those of them flagged wrong meanwhile
+        # (a client quick with its feedback): those are not kept.
+        self._storing: set[int] = set()
+        self._forgotten: set[int] = set()
         self.healthy = True
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -245,13 +249,17 @@ class CacheStage:
         ):
             return
         text = answer_text(completion.body)
-        if text is None or completion.finish_reason not in CACHEABLE_FINISH:
+        if text is None:
+            return
+        if unfit := unfit_to_store(ctx, completion, text):  # replayed to every repeat: not stored
+            ctx.decision.events.append({"type": "cache_not_stored", "reason": unfit})
             return
         # The entry's id is drawn now so the decision record names it: feedback saying this
         # answer was wrong removes it (``forget``).
         entry_id = random.getrandbits(63)
         ctx.decision.events.append({"type": "cache_store", "entry": entry_id, "scope": scope})
         comparison = ctx.notes.get("cache_compare")
+        self._storing.add(entry_id)
         self._spawn(self._store(ctx, entry_id, scope, settings, completion, text, comparison))
 
     async def _store(
@@ -282,15 +290,23 @@ class CacheStage:
                 fingerprint=list(ctx.notes.get("knowledge_fingerprint") or ()),
                 state=new_state.to_bytes(),
             )
+            if entry_id in self._forgotten:
+                return
             evicted = await self.store.put(
                 new, exact_key(scope, new.query), settings.ttl_s, settings.max_entries_per_scope
             )
+            if entry_id in self._forgotten:  # flagged while it was being written
+                await self.store.remove(entry_id, scope)
+                return
             if vector is not None:
                 self.indexes.add(scope, new.id, vector)
             for old in evicted:
                 self.indexes.remove(old)
         except CacheUnavailable as exc:
             self._unavailable("store", exc)
+        finally:
+            self._storing.discard(entry_id)
+            self._forgotten.discard(entry_id)
 
     async def _learn(
         self,
@@ -342,6 +358,9 @@ class CacheStage:
     async def forget(self, entry_id: int, scope: str) -> bool:
         """A client says the cached answer to its own question was wrong (an exact hit, or the
         answer its request stored): the entry is removed, here and on every replica."""
+        pending = entry_id in self._storing
+        if pending:  # still on its way to the store: it will not be kept
+            self._forgotten.add(entry_id)
         try:
             removed = await self.store.remove(entry_id, scope)
         except CacheUnavailable as exc:
@@ -349,7 +368,7 @@ class CacheStage:
             return False
         if removed:
             self.indexes.remove(entry_id)
-        return removed
+        return removed or pending
 
     # -- background work ------------------------------------------------------------------
     async def load(self) -> int:
