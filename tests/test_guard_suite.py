@@ -72,7 +72,8 @@ def test_the_consignment_scenario_of_the_issue() -> None:
     for i, a in enumerate(queries):
         for b in queries[i + 1 :]:
             reason = conflict(a, b)
-            assert reason is not None and reason.startswith("identifiers"), (a, b)
+            assert reason is not None, (a, b)
+            assert reason.startswith("identifiers"), (a, b)
     assert conflict(queries[0], queries[0].lower().replace("what is", "what's")) is None
 
 
@@ -114,7 +115,8 @@ def test_identifier_normalisation(a: str, b: str, detail: str | None) -> None:
     if detail is None:
         assert found == []
     else:
-        assert found and detail in found[0].detail
+        assert found
+        assert detail in found[0].detail
 
 
 def test_hard_conflicts_are_never_served_however_much_evidence() -> None:

@@ -3,7 +3,8 @@
 A request bypasses the cache when its team or route turned it off, it asks to, it samples
 above the allowed temperature, or it has no user turn to look up. A final user turn longer than
 the embedder's window is looked up and stored by its exact text only. Only plain text answers
-that ended normally and pass the quality heuristics are stored (cache_quality.py). Two answers agree when equal up to case and spacing.
+that ended normally and pass the quality heuristics are stored (cache_quality.py). Two answers
+agree when equal up to case and spacing.
 """
 
 from __future__ import annotations
