@@ -38,7 +38,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from cache.guard_ids import identifiers
-from cache.guard_roles import Roles, roles, swapped
+from cache.guard_roles import Roles, roles_of, swapped
 
 __all__ = ["HARD_KINDS", "KINDS", "Conflict", "conflict", "conflicts"]
 
@@ -208,6 +208,7 @@ _TOKEN = re.compile(
     r"""|(?P<money>[$€£¥₹])?\s?(?P<num>\d+(?:[.,]\d+)*)"""
     r"""|(?P<word>[^\W\d_]+(?:'[^\W\d_]+)?)"""
     r"""|(?P<stop>[.!?;]+)"""
+    r"""|(?P<arrow>->|→)"""
 )
 
 
@@ -245,40 +246,51 @@ def _features(text: str) -> _Features:
     quoted: set[str] = set()
     negated = False
     initial = True  # the next word starts a sentence
-    number_end = -2  # where the last number ended (a unit must follow it at once)
+    unit_slot = False  # the previous token was a number without a unit: a unit may follow
+    sequence: list[str] = []  # the tokens in order, for the roles
     for match in _TOKEN.finditer(text):
         kind = match.lastgroup
-        if kind == "quote":
+        if kind == "arrow":
+            sequence.append("->")
+            unit_slot = False
+        elif kind == "quote":
             inner = match.group("quote")[1:-1].strip().lower()
             quoted.add(inner)
             words.update(inner.split())
-            initial = False
+            initial = unit_slot = False
         elif kind == "num":
-            numbers.append(_number(match.group("num"), match.group("money")))
-            number_end = match.end()
+            money = match.group("money")
+            numbers.append(_number(match.group("num"), money))
+            sequence.append(numbers[-1])
+            unit_slot = money is None
             initial = False
         elif kind == "word":
             word = match.group("word")
             lower = word.lower().removesuffix("'s")  # "Alice's" names Alice
             words.add(lower)
+            # A capital "A" past a sentence's start names something ("Team A"): not "a".
+            sequence.append("A" if word == "A" and not initial else lower)
             bare = lower.replace("'", "")
-            if match.start() - number_end <= 1 and ":" not in numbers[-1]:
+            if unit_slot:
+                unit_slot = False
                 if unit := _CURRENCY_WORDS.get(lower):
                     numbers[-1] = f"{unit}:{numbers[-1]}"  # "5 dollars" is "$5"
-                elif unit := _UNITS.get(lower):
+                    continue
+                if unit := _UNITS.get(lower):
                     numbers[-1] = f"{numbers[-1]}:{unit}"
+                    continue
             if bare in _NEGATIONS or lower.endswith("n't"):
                 negated = True
             elif lower in _NUMBER_WORDS:
                 numbers.append(_NUMBER_WORDS[lower])
-                number_end = match.end()
+                unit_slot = True
             elif lower in _DATE_WORDS and (lower not in _AMBIGUOUS_DATE_WORDS or word[0].isupper()):
                 dates.add(lower)
             elif word[0].isupper() and not initial and lower not in _NOT_ENTITIES:
                 entities.add(lower)
             initial = False
         else:
-            initial = True
+            initial, unit_slot = True, False
     return _Features(
         tuple(sorted(numbers)),
         frozenset(dates),
@@ -287,7 +299,7 @@ def _features(text: str) -> _Features:
         frozenset(words),
         frozenset(quoted),
         identifiers(text),
-        roles(text),
+        roles_of(sequence),
     )
 
 

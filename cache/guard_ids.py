@@ -54,24 +54,33 @@ _IDENT = re.compile(
     r"""|(?P<path>(?:~|\.{1,2})?/[\w.~-][^\s"'`<>,;]*|\w[\w.-]*(?:/[\w.-]+)+/?)"""
     r"""|(?P<token>\w+(?:[-.:+]\w+)*)"""
 )
+_MAYBE = re.compile(r"[\d@#/\\_`]|\.\w")  # what every identifier has somewhere
+_CHUNK = re.compile(r"\S+")
+_CODE = re.compile(r"`[^`\n]+`")
 # A number followed by a unit or an ordinal suffix is a quantity, not a name.
-_QUANTITY = re.compile(
-    r"\d+(?:[.,]\d+)?(?:st|nd|rd|th|am|pm|h|hr|hrs|hour|hours|m|min|mins|s|sec|secs|ms|d|day|days"
-    r"|w|wk|wks|y|yr|yrs|k|m|bn|kg|g|mg|lb|lbs|oz|km|cm|mm|mi|ft|in|ml|l|gb|mb|kb|tb|gbps|mbps"
-    r"|mhz|ghz|hz|kw|kwh|w|v|mah|p|fps|x|c|f|yo)",
-    re.IGNORECASE,
+_QUANTITY = re.compile(r"\d+(?:[.,]\d+)?([A-Za-z]+)")
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+_SUFFIXES = _words(
+    """st nd rd th am pm h hr hrs hour hours m min mins s sec secs ms d day days w wk wks y yr yrs
+    k bn kg g mg lb lbs oz km cm mm mi ft in ml l gb mb kb tb gbps mbps mhz ghz hz kw kwh v mah
+    p fps x c f yo"""
 )
 # "7:00pm" is a time and "10-sided" a compound word: the numbers rule reads their numbers.
 _TIME = re.compile(r"\d{1,2}(?::\d{2}){1,2}(?:am|pm)?", re.IGNORECASE)
 _COMPOUND = re.compile(r"\d+(?:[.,]\d+)?-[a-z]{3,}")
 _VERSION = re.compile(r"[vV]?\d+(?:\.\d+){1,3}(?:[-+][0-9A-Za-z.]+)?|[vV]\d+")
 _PLAIN_DECIMAL = re.compile(r"\d+\.\d+")
-_VERSION_CUE = re.compile(
-    r"\b(?:version|release|ver|build|patch|rev|revision|python|node|nodejs|java|php|ios|android"
-    r"|kubernetes|k8s|ubuntu|debian|fedora|macos|windows|chrome|firefox|safari|go|golang|rust"
-    r"|ruby|rails|django|postgres|postgresql|mysql|redis|kotlin|swift|dotnet|react|angular|vue"
-    r"|terraform|helm|docker|nginx|openssl|linux|kernel|gcc|clang|llvm|cuda|numpy|pandas)\s*$",
-    re.IGNORECASE,
+# A plain decimal right after one of these words is a version ("Python 3.11", "release 2.4").
+_VERSION_CUES = _words(
+    """version release ver build patch rev revision python node nodejs java php ios android
+    kubernetes k8s ubuntu debian fedora macos windows chrome firefox safari go golang rust ruby
+    rails django postgres postgresql mysql redis kotlin swift dotnet react angular vue terraform
+    helm docker nginx openssl linux kernel gcc clang llvm cuda numpy pandas"""
 )
 _HEX = re.compile(r"(?:0[xX])?[0-9a-fA-F-]+")
 _TRAILING = ".,;:!?)]}'\""
@@ -94,14 +103,18 @@ def _token(text: str, start: int, source: str) -> tuple[str, str] | None:
     has_digit = any(c.isdigit() for c in text)
     has_alpha = any(c.isalpha() for c in text)
     if has_digit and _VERSION.fullmatch(text):
-        cued = _VERSION_CUE.search(source[max(0, start - 24) : start]) is not None
+        before = source[max(0, start - 24) : start].split()
+        cued = bool(before) and before[-1].lower() in _VERSION_CUES
         if _PLAIN_DECIMAL.fullmatch(text) and not cued:
             return None  # "1.5 kg": an amount, the numbers rule reads it
         if text[0] in "vV" or text.count(".") >= 2 or cued:
             return ("version", text.lstrip("vV").lower())
         return None
     if has_digit and has_alpha:
-        if _QUANTITY.fullmatch(text) or _TIME.fullmatch(text) or _COMPOUND.fullmatch(text):
+        quantity = _QUANTITY.fullmatch(text)
+        if quantity is not None and quantity.group(1).lower() in _SUFFIXES:
+            return None
+        if _TIME.fullmatch(text) or _COMPOUND.fullmatch(text):
             return None
         letters = [c for c in text if c.isalpha()]
         bare = text.replace("-", "")  # "W-2" is "W2", "AB12-CD34" is "AB12CD34"
@@ -128,7 +141,22 @@ def _token(text: str, start: int, source: str) -> tuple[str, str] | None:
 def identifiers(text: str) -> frozenset[str]:
     """The identifiers in ``text``, each as ``kind:normalised`` (see the module docstring)."""
     found: set[str] = set()
-    for match in _IDENT.finditer(text):
+    if "`" in text:  # a code span may hold spaces: read before the text is cut into chunks
+        found.update("code:" + span[1:-1].strip() for span in _CODE.findall(text))
+    # Only chunks with a digit or a sign of a name can hold one: the scan of a plain question is
+    # one pass of a simple pattern, and the full one runs on those chunks alone (in place, so
+    # look-behinds and version cues still see what precedes them).
+    if _MAYBE.search(text) is None:
+        return frozenset(found)
+    for chunk in _CHUNK.finditer(text):
+        start, end = chunk.span()
+        if _MAYBE.search(text, start, end) is not None:
+            _read(text, start, end, found)
+    return frozenset(found)
+
+
+def _read(text: str, start: int, end: int, found: set[str]) -> None:
+    for match in _IDENT.finditer(text, start, end):
         kind = match.lastgroup
         value = match.group()
         if kind == "token":
@@ -158,4 +186,3 @@ def identifiers(text: str) -> frozenset[str]:
                     continue
             if len(path) > 1:
                 found.add("path:" + path)
-    return frozenset(found)

@@ -21,9 +21,10 @@ queries put the same things in different roles:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["Roles", "roles", "swapped"]
+__all__ = ["DIRECTION_WORDS", "Roles", "roles", "roles_of", "swapped"]
 
 _WORD = re.compile(r"[$€£¥₹]?\d+(?:[.,]\d+)*|[\w@#][\w@#.'/-]*\w|\w|->|→|,")
 _TARGET = frozenset({"to", "into", "towards", "toward", "onto", "->", "→"})
@@ -33,6 +34,7 @@ _ORDERED = frozenset({"vs", "vs.", "versus", "against", "than", "over", "instead
 _BEFORE = frozenset({"before"})
 _AFTER = frozenset({"after"})
 _DIRECTION = _TARGET | _SOFT_TARGET | _SOURCE | _ORDERED | _BEFORE | _AFTER
+DIRECTION_WORDS = _DIRECTION
 _COORDINATION = frozenset({"and", "or", "&", ","})
 # Function words: skipped when looking for a direction word's argument, and the skeleton of
 # the permutation rule.
@@ -63,15 +65,13 @@ _UNITS = _words(
 
 
 class Roles(NamedTuple):
-    """A query's role fillers and the ordered content words the permutation rule compares."""
+    """A query's role fillers, and its tokens in order (the permutation rule compares them)."""
 
     fillers: frozenset[tuple[str, str]]  # (role, word): target, source, first, second
-    content: tuple[str, ...]  # content words in order
-    skeleton: tuple[str, ...]  # the tokens, content words replaced by ""
-    words: frozenset[str]
+    tokens: tuple[str, ...]
 
 
-def _argument(tokens: list[str], start: int, step: int) -> str | None:
+def _argument(tokens: Sequence[str], start: int, step: int) -> str | None:
     i = start
     while 0 <= i < len(tokens):
         token = tokens[i]
@@ -84,13 +84,23 @@ def _argument(tokens: list[str], start: int, step: int) -> str | None:
 
 
 def roles(text: str) -> Roles:
-    """The roles of ``text`` (lower-cased; cheap: one regex pass and a scan)."""
+    """The roles of ``text`` (its own tokenising; the guard passes its tokens to
+    :func:`roles_of` instead, saving a pass)."""
     # A capital "A" past the first word names something ("Team A"), it is not the article.
-    tokens = [
-        t if t == "A" and i else t.lower().rstrip(".") if t != "vs." else t
-        for i, t in enumerate(_WORD.findall(text))
-    ]
+    return roles_of(
+        [
+            t if t == "A" and i else t.lower().rstrip(".") if t != "vs." else t
+            for i, t in enumerate(_WORD.findall(text))
+        ]
+    )
+
+
+def roles_of(tokens: Sequence[str]) -> Roles:
+    """The roles of a lower-cased token sequence (words, numbers, arrows; "A" kept capital
+    where it names something). Set look-ups only; no scan without a direction word."""
     fillers: set[tuple[str, str]] = set()
+    if _DIRECTION.isdisjoint(tokens):
+        return Roles(frozenset(), tuple(tokens))
     for i, token in enumerate(tokens):
         if token not in _DIRECTION:
             continue
@@ -113,9 +123,7 @@ def roles(text: str) -> Roles:
                 fillers.update((("first", before), ("second", after)))
         elif before and after:  # after
             fillers.update((("first", after), ("second", before)))
-    content = tuple(t for t in tokens if t not in _FUNCTION)
-    skeleton = tuple("" if t not in _FUNCTION else t for t in tokens)
-    return Roles(frozenset(fillers), content, skeleton, frozenset(tokens))
+    return Roles(frozenset(fillers), tuple(tokens))
 
 
 def _by_role(fillers: frozenset[tuple[str, str]]) -> dict[str, set[str]]:
@@ -125,15 +133,29 @@ def _by_role(fillers: frozenset[tuple[str, str]]) -> dict[str, set[str]]:
     return found
 
 
-def _symmetric_swap(a: Roles, b: Roles) -> bool:
-    """Whether the content orders differ only by swapping words joined by and/or/a comma."""
-    differ = [i for i, (x, y) in enumerate(zip(a.content, b.content, strict=True)) if x != y]
+def _symmetric_swap(content_a: list[str], content_b: list[str], skeleton: list[str]) -> bool:
+    """Whether the content orders differ only by swapping two words joined by and/or."""
+    differ = [i for i, (x, y) in enumerate(zip(content_a, content_b, strict=True)) if x != y]
     if len(differ) != 2 or differ[1] != differ[0] + 1:
         return False
     # Where the two content words sit among all tokens: only coordination between them.
-    positions = [i for i, slot in enumerate(a.skeleton) if slot == ""]
-    between = a.skeleton[positions[differ[0]] + 1 : positions[differ[1]]]
+    positions = [i for i, slot in enumerate(skeleton) if slot == ""]
+    between = skeleton[positions[differ[0]] + 1 : positions[differ[1]]]
     return bool(between) and all(t in _COORDINATION for t in between)
+
+
+def _permuted(a: tuple[str, ...], b: tuple[str, ...]) -> str | None:
+    """The same function-word skeleton with the same content words in another order."""
+    if len(a) != len(b) or a == b or sorted(a) != sorted(b):
+        return None  # the cheap test first: most pairs differ in length or in words
+    skeleton_a = ["" if t not in _FUNCTION else t for t in a]
+    if skeleton_a != ["" if t not in _FUNCTION else t for t in b]:
+        return None
+    content_a = [t for t in a if t not in _FUNCTION]
+    content_b = [t for t in b if t not in _FUNCTION]
+    if _symmetric_swap(content_a, content_b, skeleton_a):
+        return None
+    return f"order {' '.join(content_a)} vs {' '.join(content_b)}"
 
 
 def swapped(a: Roles, b: Roles) -> str | None:
@@ -148,14 +170,7 @@ def swapped(a: Roles, b: Roles) -> str | None:
             # Swapped: each side's filler fills another role on the other side.
             if only_a and only_b and only_a <= filled_b and only_b <= filled_a:
                 return f"{role} {_show(only_a)} vs {_show(only_b)}"
-    if (
-        a.content != b.content
-        and a.skeleton == b.skeleton
-        and sorted(a.content) == sorted(b.content)
-        and not _symmetric_swap(a, b)
-    ):
-        return f"order {' '.join(a.content)} vs {' '.join(b.content)}"
-    return None
+    return _permuted(a.tokens, b.tokens)
 
 
 def _show(values: set[str]) -> str:
