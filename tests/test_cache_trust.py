@@ -24,9 +24,10 @@ from tests.guard_pairs import load_pairs
 
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 PAIRS = load_pairs()
-# Every identifier and role class and every other class, about one pair in four.
-SAMPLE_DIFFER = [p for p in PAIRS if p.expect == "conflict"][::4]
-SAMPLE_SHARE = [p for p in PAIRS if p.expect == "share" and conflict(p.a, p.b) is None][::5]
+# Every class (identifier kinds, roles and the rest), about one pair in seven: the whole suite
+# runs through the guard in tests/test_guard_suite.py; this checks the API applies it.
+SAMPLE_DIFFER = [p for p in PAIRS if p.expect == "conflict"][::7]
+SAMPLE_SHARE = [p for p in PAIRS if p.expect == "share" and conflict(p.a, p.b) is None][::9]
 
 
 def redis_settings() -> dict[str, Any]:
@@ -69,12 +70,12 @@ async def flag_wrong(client: TestClient[Any, Any], request_id: str) -> dict[str,
     return result
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 async def test_a_sample_of_the_suite_through_the_api(
     make_gateway: Any, fakes: Fakes, embedder: Any
 ) -> None:
-    assert len(SAMPLE_DIFFER) >= 50
-    assert len(SAMPLE_SHARE) >= 35
+    assert len(SAMPLE_DIFFER) >= 30
+    assert len(SAMPLE_SHARE) >= 20
     assert {p.kind for p in SAMPLE_DIFFER} == {p.kind for p in PAIRS if p.expect == "conflict"}
     client = await make_gateway(
         policy_for(fakes, cache={"static_threshold": 0.5}), embedder=embedder, **redis_settings()
