@@ -7,7 +7,8 @@ similarity of such pairs is often above any threshold a cache would use, yet the
 
 - **numbers**: the multisets of numbers differ (digits and number words are both read, so
   "two weeks" and "2 weeks" agree; "1,000" equals "1000"; "1.50" equals "1.5"; a currency symbol
-  is part of the amount, so "$5" and "£5" differ). A number present in one query only counts.
+  is part of the amount, so "$5" and "£5" differ, and so is a unit or currency word right after
+  it: "5 km" is not "5 miles", "5 dollars" is "$5"). A number present in one query only counts.
 - **dates**: different month or weekday names, or relative days (today / tomorrow / yesterday).
 - **negation**: a negation word (not, no, never, without, ``n't`` ...) present in one query only.
 - **entities**: a capitalised word that is not sentence-initial (a name, a place, an acronym)
@@ -27,8 +28,9 @@ prove harmless (cache/hits.py). :func:`conflicts` lists every conflict of a pair
 :class:`Conflict` values; :func:`conflict` names the first (hard kinds first) as a string.
 
 It is deliberately lexical and one-sided cases count: a false conflict costs one cache miss,
-a missed one serves a wrong answer. Features of a text are memoised (the cached side repeats),
-so a call costs a few microseconds.
+a missed one serves a wrong answer. Features of a text are memoised (the cached side repeats):
+a lookup pays for its new query's features (~24 µs of CPU for a short question), the comparison
+itself ~2 µs (``python -m bench.guard``).
 """
 
 from __future__ import annotations
