@@ -14,7 +14,9 @@ and per entry, how likely serving the nearest entry is wrong, and serves only wi
   over the ``E`` that ``q`` expected. 13 bytes per entry, whatever its history.
 - ``guard`` (scope, per kind of :func:`cache.guard.conflict`): a flagged pair is never served
   until the scope has compared :attr:`HitPolicy.guard_evidence` such pairs (they miss, so that
-  is free); then by how much more often than expected they proved wrong (>= 1).
+  is free); then by how much more often than expected they proved wrong (>= 1). Pairs of the
+  guard's hard kinds (:data:`cache.guard.HARD_KINDS`: identifiers, roles) are never served and
+  teach nothing.
 - ``agree`` (scope, per count of the :data:`NEIGHBOURS` runners-up holding the nearest entry's
   answer): a query whose neighbours disagree is far riskier than one whose neighbours concur.
 - ``audit`` (scope, >= 1): observed over predicted errors (see below).
@@ -55,6 +57,8 @@ from typing import Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from cache.guard import HARD_KINDS
+
 __all__ = [
     "GUARD_KINDS",
     "NEIGHBOURS",
@@ -70,6 +74,7 @@ FloatArray = npt.NDArray[np.float64]
 
 LOW, STEP, BINS = 0.5, 0.005, 100  # similarity bins [0.5, 1.0]
 GUARD_KINDS = ("numbers", "dates", "negation", "entities", "quoted")
+_HARD = -2  # _kind of a hard guard conflict
 NEIGHBOURS = 4  # runners-up whose cached answers are compared with the nearest entry's
 _P_EDGES = np.concatenate([[0.0], np.geomspace(1e-4, 1.0, 41)])  # estimated-error histogram
 
@@ -79,10 +84,13 @@ def _bin(similarity: float) -> int:
 
 
 def _kind(conflict: str | None) -> int:
-    """Index of a guard reason's kind (its text before the colon), -1 for none."""
+    """Index of a guard reason's kind (its text before the colon), -1 for none, ``_HARD`` for a
+    kind that is never served."""
     if conflict is None:
         return -1
     name = conflict.split(":", 1)[0]
+    if name in HARD_KINDS:
+        return _HARD
     return GUARD_KINDS.index(name) if name in GUARD_KINDS else 0
 
 
@@ -241,8 +249,11 @@ class HitPolicy:
     def guard_lift(self, scope: ScopeState, kind: int) -> float:
         """How much riskier pairs flagged by this guard kind have proved than expected (>= 1).
 
-        Infinite (never served) until the scope has compared ``guard_evidence`` such pairs.
+        Infinite (never served) until the scope has compared ``guard_evidence`` such pairs, and
+        always for a hard kind.
         """
+        if kind == _HARD:
+            return float("inf")
         if kind < 0:
             return 1.0
         if scope.guard_seen[kind] < self.guard_evidence:
@@ -383,6 +394,9 @@ class HitPolicy:
         """
         weight = self.feedback_weight if feedback else 1.0
         kind = _kind(conflict)
+        if kind == _HARD and not feedback:
+            # Never served, so nothing here bears on what is: neither q nor the entry's risk.
+            return
         if kind >= 0:
             q = self.expected(similarity, scope, cautious=False) * self.risk(entry)
             scope.guard_wrong[kind] += weight * (not correct)

@@ -37,8 +37,8 @@ from gateway.policy.settings import Settings
 from gateway.telemetry.metrics import Metrics
 from providers.base import Completion, Usage, new_completion_id
 
+from .cache_quality import unfit_to_store
 from .cache_rules import (
-    CACHEABLE_FINISH,
     answer_text,
     bypass_reason,
     same_answer,
@@ -108,6 +108,10 @@ class CacheStage:
         self.embedder_name = embedder.name
         self.indexes = ScopedIndexes(embedder.dim)
         self.runtime: dict[str, dict[str, Any]] = {}
+        # Entries being stored in the background, and those of them flagged wrong meanwhile
+        # (a client quick with its feedback): those are not kept.
+        self._storing: set[int] = set()
+        self._forgotten: set[int] = set()
         self.healthy = True
         # Settings per (team, route), for this config and these run-time overrides.
         self._settings: dict[tuple[str, str], CacheSettings] = {}
@@ -319,7 +323,10 @@ class CacheStage:
         ):
             return
         text = answer_text(completion.body)
-        if text is None or completion.finish_reason not in CACHEABLE_FINISH:
+        if text is None:
+            return
+        if unfit := unfit_to_store(ctx, completion, text):  # replayed to every repeat: not stored
+            ctx.decision.events.append({"type": "cache_not_stored", "reason": unfit})
             return
         # The entry's id is drawn now so the decision record names it: feedback saying this
         # answer was wrong removes it (``forget``).
@@ -327,9 +334,11 @@ class CacheStage:
         ctx.decision.events.append({"type": "cache_store", "entry": entry_id, "scope": scope})
         comparison = ctx.notes.get("cache_compare")
         write = _Write(ctx, entry_id, scope, settings, completion, text, comparison)
+        self._storing.add(entry_id)  # feedback before the write lands keeps it out (``forget``)
         try:
             self._writes.put_nowait(write)
         except asyncio.QueueFull:  # Redis is far behind: this answer is not cached
+            self._storing.discard(entry_id)
             self.metrics.child(self.metrics.cache_errors, "store_queue_full").inc()
             return
         if self._writer is None or self._writer.done():
@@ -348,7 +357,9 @@ class CacheStage:
             except Exception:  # the writer outlives a bad entry; the others are stored
                 log.exception("cache store failed for %d answers", len(batch))
             finally:
-                for _ in batch:
+                for write in batch:
+                    self._storing.discard(write.entry_id)
+                    self._forgotten.discard(write.entry_id)
                     self._writes.task_done()
 
     async def _store(self, batch: list[_Write]) -> None:
@@ -358,6 +369,8 @@ class CacheStage:
         states: dict[int, bytes] = {}
         puts: list[Put] = []
         for write in batch:
+            if write.entry_id in self._forgotten:  # feedback came first: never stored
+                continue
             ctx = write.ctx
             new_state = EntryState.from_bytes(b"")
             if write.comparison is not None:
@@ -386,6 +399,9 @@ class CacheStage:
         evicted = await self.store.put_many(puts)
         for put in puts:
             self.hot.drop_key(put.exact_key)  # a newer answer to the same question
+            if put.entry.id in self._forgotten:  # flagged while it was being written
+                await self.store.remove(put.entry.id, put.entry.scope)
+                continue
             if put.entry.vector is not None:
                 self.indexes.add(put.entry.scope, put.entry.id, put.entry.vector)
         for old in evicted:
@@ -444,6 +460,9 @@ class CacheStage:
     async def forget(self, entry_id: int, scope: str) -> bool:
         """A client says the cached answer to its own question was wrong (an exact hit, or the
         answer its request stored): the entry is removed, here and on every replica."""
+        pending = entry_id in self._storing
+        if pending:  # still on its way to the store: it will not be kept
+            self._forgotten.add(entry_id)
         try:
             removed = await self.store.remove(entry_id, scope)
         except CacheUnavailable as exc:
@@ -452,7 +471,7 @@ class CacheStage:
         if removed:
             self.indexes.remove(entry_id)
             self.hot.drop_id(entry_id)
-        return removed
+        return removed or pending
 
     # -- background work ------------------------------------------------------------------
     async def load(self) -> int:

@@ -3,7 +3,8 @@
 A request bypasses the cache when its team or route turned it off, it asks to, it samples
 above the allowed temperature, or it has no user turn to look up. A final user turn longer than
 the embedder's window is looked up and stored by its exact text only. Only plain text answers
-that ended normally are stored. Two answers agree when equal up to case and spacing.
+that ended normally and pass the quality heuristics are stored (cache_quality.py). Two answers
+agree when equal up to case and spacing.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from typing import Any
 from cache.scope import normalise
 from gateway.core.context import QUERY_EXCEEDS_WINDOW, RequestContext
 from gateway.policy.cache_config import CacheSettings
-
-CACHEABLE_FINISH = frozenset({"stop", "length"})
 
 
 def bypass_reason(ctx: RequestContext, settings: CacheSettings, mode: str) -> str | None:
