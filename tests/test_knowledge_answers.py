@@ -129,7 +129,10 @@ def test_decide_guard_margin_band_and_withdrawal() -> None:
     assert decide("a question", [_hit("another question", 0.7), runner], bands).outcome == "verify"
     assert decide("a question", [_hit("another question", 0.5), runner], bands).reason == "below"
     guarded = decide(NEAR_MISS_NUMBER, [_hit(FAQ_QUESTION, 0.95), runner], bands)
-    assert (guarded.outcome, guarded.reason) == ("no", "guard: numbers: {30} vs none")
+    # The guard's own wording of the conflict (the number with its unit slot) is cache/guard's.
+    assert guarded.outcome == "no"
+    assert guarded.reason.startswith("guard: numbers: ")
+    assert "30" in guarded.reason
     close = decide(
         "a question", [_hit("another question", 0.95), _hit("a third question", 0.93, "e2")], bands
     )
