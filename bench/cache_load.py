@@ -30,6 +30,7 @@ from cache.index import ScopedIndexes
 from cache.store import Entry, RedisStore
 from gateway.policy.cache_config import CacheConfig
 from gateway.stages.cache import CacheStage
+from gateway.stages.cache_sync import load_indexes
 from gateway.telemetry.metrics import Metrics
 
 DIM = 384
@@ -102,7 +103,7 @@ async def run(url: str, entries: int, scopes: int) -> None:
         for attempt in range(2):
             t = time.perf_counter()
             stage = CacheStage(CacheConfig(), store, _Named(), Metrics())
-            batched = await stage.load()
+            batched = await load_indexes(stage)
             batched_s = time.perf_counter() - t
             t = time.perf_counter()
             single = await one_at_a_time(store)

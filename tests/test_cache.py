@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.core.runtime import RUNTIME
+from gateway.stages.cache_sync import load_indexes
 from tests.conftest import (
     LIMITED_TEAM_KEY,
     TEAM_KEY,
@@ -230,7 +231,13 @@ async def test_embedder_failure_answers_uncached(
 async def test_two_replicas_share_entries_and_settings(
     make_gateway: Any, fakes: Fakes, embedder: Any
 ) -> None:
-    settings = {"redis_url": SHARED_REDIS, "redis_prefix": f"gw-test-{uuid.uuid4().hex[:8]}"}
+    settings = {
+        "redis_url": SHARED_REDIS,
+        "redis_prefix": f"gw-test-{uuid.uuid4().hex[:8]}",
+        # A loaded host must not skip the lookup these replica tests are about (a skipped one
+        # stores the fake's default answer, which the next ask then hits).
+        "stage_timeout_s": 30.0,
+    }
     first = await make_gateway(cached_policy(fakes), embedder=embedder, **settings)
     second = await make_gateway(cached_policy(fakes), embedder=embedder, **settings)
     await asyncio.sleep(0.3)  # both replicas following the event stream
@@ -281,7 +288,13 @@ class Renamed:
 async def test_vectors_of_another_embedder_are_never_compared(
     make_gateway: Any, fakes: Fakes, embedder: Any
 ) -> None:
-    settings = {"redis_url": SHARED_REDIS, "redis_prefix": f"gw-test-{uuid.uuid4().hex[:8]}"}
+    settings = {
+        "redis_url": SHARED_REDIS,
+        "redis_prefix": f"gw-test-{uuid.uuid4().hex[:8]}",
+        # A loaded host must not skip the lookup these replica tests are about (a skipped one
+        # stores the fake's default answer, which the next ask then hits).
+        "stage_timeout_s": 30.0,
+    }
     writer = await make_gateway(cached_policy(fakes), embedder=embedder, **settings)
     fakes.openai.push(Ok(text="Stored answer."))
     await ask(writer)
@@ -292,8 +305,8 @@ async def test_vectors_of_another_embedder_are_never_compared(
         cached_policy(fakes), embedder=Renamed(embedder, "another-model"), **settings
     )
     same_stage, other_stage = (c.app[RUNTIME].interceptors[0] for c in (same, other))
-    assert await same_stage.load() == 1  # type: ignore[attr-defined]
-    assert await other_stage.load() == 0  # type: ignore[attr-defined]
+    assert await load_indexes(same_stage) == 1  # type: ignore[arg-type]
+    assert await load_indexes(other_stage) == 0  # type: ignore[arg-type]
     _, body, headers = await ask(same, PARAPHRASE)
     assert headers["x-gateway-cache"] == "hit"
     assert body["choices"][0]["message"]["content"] == "Stored answer."

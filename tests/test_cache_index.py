@@ -84,7 +84,8 @@ async def test_start_up_load_indexes_every_batch_of_its_own_embedder_only() -> N
     from cache.local_store import LocalStore
     from cache.store import Entry
     from gateway.policy.cache_config import CacheConfig
-    from gateway.stages.cache import LOAD_BATCH, CacheStage
+    from gateway.stages.cache import CacheStage
+    from gateway.stages.cache_sync import LOAD_BATCH, load_indexes
     from gateway.telemetry.metrics import Metrics
 
     store = LocalStore()
@@ -103,7 +104,7 @@ async def test_start_up_load_indexes_every_batch_of_its_own_embedder_only() -> N
         await store.put(entry, f"x{i}", 60, 10**6)
     stage = CacheStage(CacheConfig(), store, _Named(), Metrics())  # type: ignore[arg-type]
     own = [i for i in range(len(vectors)) if i % 10 != 0]
-    assert await stage.load() == len(own)
+    assert await load_indexes(stage) == len(own)
     assert len(stage.indexes) == len(own)
     for scope in range(3):  # each entry in its own scope's index
         wanted = {i + 1 for i in own if i % 3 == scope}

@@ -43,7 +43,7 @@ from gateway.routing.breakers import BreakerBoard
 from gateway.routing.router import Router, breaker_keys
 from gateway.routing.shared import LocalState, RedisState, SharedState
 from gateway.routing.tasks import TaskClassifier
-from gateway.stages.cache import running_cache
+from gateway.stages.cache_sync import running_cache
 from gateway.stages.knowledge import open_knowledge
 from gateway.stages.knowledge_verify import Verifier
 from gateway.telemetry.alerts import Alerts

@@ -12,11 +12,9 @@ embedder failing means "miss" plus a log line and a metric: the request is still
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,13 +25,10 @@ from cache.guard import conflict
 from cache.hits import NEIGHBOURS, Assessment, EntryState, HitPolicy, ScopeState
 from cache.hot import HotEntries
 from cache.index import ScopedIndexes
-from cache.local_store import LocalStore
 from cache.scope import exact_key
-from cache.store import CacheUnavailable, Entry, Put, RedisStore, Store
-from gateway.core.background import finish_tasks
+from cache.store import CacheUnavailable, Entry, Put, Store
 from gateway.core.context import RequestContext
 from gateway.policy.cache_config import CacheConfig, CacheSettings, effective
-from gateway.policy.settings import Settings
 from gateway.telemetry.metrics import Metrics
 from providers.base import Completion, Usage, new_completion_id
 
@@ -47,8 +42,6 @@ from .cache_rules import (
 from .cache_scope import scope_of
 
 log = logging.getLogger(__name__)
-
-LOAD_BATCH = 1024  # entries per multi-threaded index add at start (bounds a lookup's wait)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +163,7 @@ class CacheStage:
         try:
             answer = await self._lookup(ctx, scope, settings)
         except CacheUnavailable as exc:
-            self._unavailable("lookup", exc)
+            self.unavailable("lookup", exc)
             return None
         if answer is None:
             self._count("miss")
@@ -264,13 +257,20 @@ class CacheStage:
         for (key, _), entry in zip(found, entries, strict=True):
             if entry is None:  # expired or evicted elsewhere
                 self.indexes.remove(key)
-            elif entry.scope == scope and self._comparable(entry):  # never across scopes
+            elif entry.scope == scope and self.comparable(entry):  # never across scopes
                 assert entry.vector is not None
                 neighbours.append((entry, float(np.dot(entry.vector, vector))))
         neighbours.sort(key=lambda found: found[1], reverse=True)
         return neighbours
 
-    def _comparable(self, entry: Entry) -> bool:
+    def own_write(self, entry_id: int) -> bool:
+        """Whether this replica stored the entry (and indexed it already); consumed once."""
+        if entry_id in self._own:
+            self._own.discard(entry_id)
+            return True
+        return False
+
+    def comparable(self, entry: Entry) -> bool:
         """Whether the entry's vector was made by this stage's embedder."""
         return (
             entry.vector is not None
@@ -353,7 +353,7 @@ class CacheStage:
             try:
                 await self._store(batch)
             except CacheUnavailable as exc:
-                self._unavailable("store", exc)
+                self.unavailable("store", exc)
             except Exception:  # the writer outlives a bad entry; the others are stored
                 log.exception("cache store failed for %d answers", len(batch))
             finally:
@@ -466,94 +466,12 @@ class CacheStage:
         try:
             removed = await self.store.remove(entry_id, scope)
         except CacheUnavailable as exc:
-            self._unavailable("forget", exc)
+            self.unavailable("forget", exc)
             return False
         if removed:
             self.indexes.remove(entry_id)
             self.hot.drop_id(entry_id)
         return removed or pending
-
-    # -- background work ------------------------------------------------------------------
-    async def load(self) -> int:
-        """Build the indexes from the store (at start; requests miss until an entry is in).
-
-        Entries are added in batches, per scope, by several threads at once, off the event
-        loop; only entries whose vector this stage's embedder made are indexed."""
-        loaded = 0
-        batch: list[Entry] = []
-        adding: asyncio.Task[int] | None = None  # the previous batch, added while we read on
-        async for entry in self.store.entries():
-            if self._comparable(entry):
-                batch.append(entry)
-            if len(batch) >= LOAD_BATCH:
-                loaded += await adding if adding is not None else 0
-                adding = asyncio.ensure_future(self._index_batch(batch))
-                batch = []
-        loaded += await adding if adding is not None else 0
-        return loaded + await self._index_batch(batch)
-
-    async def _index_batch(self, batch: list[Entry]) -> int:
-        by_scope: dict[str, list[Entry]] = {}
-        for entry in batch:
-            by_scope.setdefault(entry.scope, []).append(entry)
-
-        def add() -> None:
-            for scope, entries in by_scope.items():
-                self.indexes.add_many(
-                    scope,
-                    [e.id for e in entries],
-                    [e.vector for e in entries if e.vector is not None],
-                )
-
-        await asyncio.to_thread(add)
-        return len(batch)
-
-    async def follow(self, stop: asyncio.Event) -> None:
-        """Keep the indexes in sync with the other replicas; survive Redis outages."""
-        last = "$"
-        while not stop.is_set():
-            try:
-                if last == "$":
-                    last = await self.store.latest_event()
-                    await self.load()
-                last, events = await self.store.events(last, block_ms=1000)
-                for event in events:
-                    await self._apply(event.op, event.id, event.scope)
-                self._recovered()
-            except CacheUnavailable as exc:
-                self._unavailable("sync", exc)
-                last = "$"  # reload once Redis is back: we may have missed events
-                self.hot.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
-
-    async def _apply(self, op: str, entry_id: int, scope: str) -> None:
-        if op == "add":
-            if entry_id in self._own:  # written (and indexed) by this replica
-                self._own.discard(entry_id)
-                return
-            entry = await self.store.get(entry_id)
-            if entry is None:
-                return
-            self.hot.drop_key(exact_key(entry.scope, entry.query))  # a newer answer
-            if entry.vector is not None and self._comparable(entry):
-                self.indexes.add(entry.scope, entry.id, entry.vector)
-        elif op == "del":
-            self.indexes.remove(entry_id)
-            self.hot.drop_id(entry_id)
-        elif op == "scope":
-            self.indexes.drop_scope(scope)
-            self.hot.drop_scope(scope)
-
-    async def refresh_config(self, stop: asyncio.Event, every_s: float = 2.0) -> None:
-        """Pick up run-time overrides set by ops on any replica."""
-        while not stop.is_set():
-            try:
-                self.runtime = await self.store.get_config()
-            except CacheUnavailable as exc:
-                self._unavailable("config", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=every_s)
 
     def _hit(self, entry: Entry) -> None:
         """Count the hit; the counts (LRU order, hit counts) go to the store in one pipeline
@@ -574,7 +492,7 @@ class CacheStage:
         try:
             await self.store.touch_many(hits)
         except CacheUnavailable as exc:
-            self._unavailable("touch", exc)
+            self.unavailable("touch", exc)
 
     async def drain(self) -> None:
         """Wait until every queued store is written and every hit counted in the store."""
@@ -602,45 +520,13 @@ class CacheStage:
     def _count(self, result: str) -> None:
         self.metrics.child(self.metrics.cache_lookups, result).inc()
 
-    def _unavailable(self, operation: str, exc: Exception) -> None:
+    def unavailable(self, operation: str, exc: Exception) -> None:
         self.metrics.child(self.metrics.cache_errors, operation).inc()
         if self.healthy:
             log.warning("cache store unavailable (%s: %s); answering uncached", operation, exc)
         self.healthy = False
 
-    def _recovered(self) -> None:
+    def recovered(self) -> None:
         if not self.healthy:
             log.info("cache store is back")
         self.healthy = True
-
-
-@contextlib.asynccontextmanager
-async def running_cache(
-    config: CacheConfig,
-    settings: Settings,
-    embedder: Embedder,
-    metrics: Metrics,
-) -> AsyncIterator[CacheStage]:
-    """A cache stage with its store and background sync, for the application's lifetime."""
-
-    def pool_event(outcome: str) -> None:
-        metrics.child(metrics.cache_pool_waits, outcome).inc()
-
-    store: Store = (
-        RedisStore(settings.redis_url, prefix=settings.redis_prefix, on_pool_event=pool_event)
-        if settings.redis_url
-        else LocalStore()
-    )
-    stage = CacheStage(config, store, embedder, metrics)
-    stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(stage.follow(stop), name="cache-index-sync"),
-        asyncio.create_task(stage.refresh_config(stop), name="cache-config-sync"),
-    ]
-    try:
-        yield stage
-    finally:
-        stop.set()
-        await finish_tasks(tasks, grace_s=2.0)  # a blocked read of the stream ends in 1 s
-        await stage.close()
-        await store.close()
