@@ -185,7 +185,7 @@ async def test_a_slot_wait_longer_than_the_deadline_yields_to_the_fallback_in_ti
     elapsed = time.perf_counter() - started
     assert response.status == 200, await response.text()
     assert response.headers["x-gateway-provider"] == "anthropic"
-    assert elapsed < 2.0
+    assert elapsed < 3.0  # the 200 itself says within the deadline; slack for a busy machine
     decision = runtime.decisions.recent(1)[0]
     assert [a.outcome for a in decision.attempts] == ["pool_saturated", "ok"]
     assert 0.7 < decision.attempts[0].latency_ms / 1000 < 1.4  # its share, not the 5 s wait
