@@ -9,7 +9,10 @@ share may also be capped on a provider (at most N of its slots).
 
 A request that gets no slot within its wait (the provider's ``timeouts.slot_wait``) raises
 ``PoolSaturated``: local saturation, never a verdict on the provider's health (the attempt loop
-moves to the next candidate and no breaker counts it).
+moves to the next candidate and no breaker counts it). The caller may bound the wait further by
+its own time budget (``bound_wait``: the gateway's attempt sets its share of the request's
+deadline), so that a slot wait longer than the deadline ends as ``PoolSaturated`` in time for the
+next candidate rather than as the attempt's timeout.
 
 The share is read from a context variable that the caller sets once per request (``use_share``)
 rather than passed through every ``ProviderPool`` call: the adapters' and the pool's call shapes
@@ -52,6 +55,30 @@ def enter_share(share: Share) -> Token[Share]:
 
 def leave_share(token: Token[Share]) -> None:
     _SHARE.reset(token)
+
+
+@dataclass(slots=True)
+class WaitBound:
+    """A caller's bound on slot waits: the loop time (``until``) by which a wait must end, and
+    whether a wait was still under way when the caller's context ended it (``waiting``: set when
+    the wait starts, cleared only when it ends by itself, so a caller whose own timeout cancelled
+    the wait can tell saturation from a slow provider)."""
+
+    until: float
+    waiting: bool = False
+
+
+_BOUND: ContextVar[WaitBound | None] = ContextVar("provider_slot_bound", default=None)
+
+
+@contextlib.contextmanager
+def bound_wait(bound: WaitBound) -> Iterator[None]:
+    """Slot waits inside end by ``bound.until`` at the latest (and sooner by their slot wait)."""
+    token = _BOUND.set(bound)
+    try:
+        yield
+    finally:
+        _BOUND.reset(token)
 
 
 @contextlib.contextmanager
@@ -107,11 +134,20 @@ class FairSlots:
         if self._in_use < self.capacity and share not in self._queues and _room(self, share, cap):
             self._take(share)
             return
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), cap)
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), cap)
         self._queues.setdefault(share, deque()).append(waiter)
+        start = loop.time()
+        until = start + wait_s
+        bound = _BOUND.get()
+        if bound is not None:
+            until = min(until, bound.until)
+            bound.waiting = True
         try:
-            async with asyncio.timeout(wait_s):
+            async with asyncio.timeout_at(until):
                 await waiter.future
+            if bound is not None:
+                bound.waiting = False
         except (TimeoutError, asyncio.CancelledError) as exc:
             if waiter.future.done() and not waiter.future.cancelled():
                 # Granted just as the wait ended: hand the slot on rather than leak it.
@@ -120,9 +156,11 @@ class FairSlots:
                 waiter.future.cancel()
                 self._forget(share, waiter)
             if isinstance(exc, TimeoutError):
+                if bound is not None:
+                    bound.waiting = False
                 busy = "its share" if cap is not None and self.held_by(share) >= cap else "all"
                 raise PoolSaturated(
-                    f"{provider}: no free connection slot in {wait_s:g} s "
+                    f"{provider}: no free connection slot in {until - start:.3g} s "
                     f"({busy} of its slots in use on this replica)",
                     provider=provider,
                     retry_after=1.0,

@@ -24,6 +24,7 @@ requests = st.fixed_dictionaries(
         "json": st.booleans(),
         "tools": st.booleans(),
         "regions": st.none() | st.sampled_from([("eu",), ("eu", "onprem"), ("us",)]),
+        "knowledge_off": st.booleans(),  # x-gateway-knowledge: off (no passages)
     }
 )
 
@@ -44,7 +45,13 @@ def build(parts: dict[str, Any], question: str) -> tuple[str, ChatRequest]:
     if parts["tools"]:
         body["tools"] = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
     chat = ChatRequest.from_body(body)
-    scope = scope_of(team=parts["team"], route=parts["route"], chat=chat, regions=parts["regions"])
+    scope = scope_of(
+        team=parts["team"],
+        route=parts["route"],
+        chat=chat,
+        regions=parts["regions"],
+        knowledge_off=parts["knowledge_off"],
+    )
     return scope, chat
 
 

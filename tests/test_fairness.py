@@ -8,6 +8,7 @@ waiting for a slot is local saturation (``pool_saturated``), never a breaker's b
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -101,11 +102,13 @@ async def test_a_cancelled_waiter_does_not_leak_its_slot() -> None:
 
 
 # -- through the gateway -----------------------------------------------------------------------
-def _policy(fakes: Fakes, noisy_limit: Any) -> Policy:
+def _policy(
+    fakes: Fakes, noisy_limit: Any, *, connections: int = 2, slot_wait: float = 0.3
+) -> Policy:
     base = policy_for(fakes).model_dump()
     openai = base["providers"][0]
-    openai["max_connections"] = 2
-    openai["timeouts"]["slot_wait"] = 0.3
+    openai["max_connections"] = connections
+    openai["timeouts"]["slot_wait"] = slot_wait
     base["routes"] = [{"name": "default", "candidates": ["gpt", "claude"]}]
     base["teams"].append(
         {"name": "noisy", "key_sha256": hash_key(NOISY_KEY), "max_in_flight": noisy_limit}
@@ -159,6 +162,60 @@ async def test_within_its_share_another_team_is_served_by_the_saturated_provider
     results = await asyncio.gather(*noisy)
     assert sorted(s for s, _ in results) == [200, 503, 503, 503, 503]
     assert set(runtime.board.states().values()) <= {"closed"}
+
+
+async def test_a_slot_wait_longer_than_the_deadline_yields_to_the_fallback_in_time(
+    make_gateway: Any, fakes: Fakes
+) -> None:
+    # slot_wait (5 s) is longer than the client's deadline (2 s): the wait is cut to the
+    # attempt's share of the deadline (1 s) and ends as pool_saturated, so claude answers in time.
+    fakes.openai.push(Hang(4.0))  # holds openai's only slot
+    fakes.openai.default = Ok()
+    gateway = await make_gateway(_policy(fakes, None, connections=1, slot_wait=5.0))
+    runtime = gateway.app[RUNTIME]
+    holder = asyncio.create_task(_chat(gateway, NOISY_KEY, "gpt"))
+    await asyncio.sleep(0.1)
+    assert runtime.pool.slots("openai").in_use == 1
+    started = time.perf_counter()
+    response = await gateway.post(
+        "/v1/chat/completions",
+        json={"model": "default", "messages": HELLO},
+        headers={"Authorization": f"Bearer {TEAM_KEY}", "x-gateway-deadline-ms": "2000"},
+    )
+    elapsed = time.perf_counter() - started
+    assert response.status == 200, await response.text()
+    assert response.headers["x-gateway-provider"] == "anthropic"
+    assert elapsed < 3.0  # the 200 itself says within the deadline; slack for a busy machine
+    decision = runtime.decisions.recent(1)[0]
+    assert [a.outcome for a in decision.attempts] == ["pool_saturated", "ok"]
+    assert 0.7 < decision.attempts[0].latency_ms / 1000 < 1.4  # its share, not the 5 s wait
+    assert runtime.board.blocked("provider:openai") is None  # saturation: no breaker
+    assert runtime.pool.slots("openai").waiting() == 0
+    assert (await holder)[0] == 200
+
+
+async def test_the_last_candidate_saturated_ends_in_503_within_the_deadline(
+    make_gateway: Any, fakes: Fakes
+) -> None:
+    fakes.openai.push(Hang(3.0))
+    fakes.openai.default = Ok()
+    gateway = await make_gateway(_policy(fakes, None, connections=1, slot_wait=5.0))
+    runtime = gateway.app[RUNTIME]
+    holder = asyncio.create_task(_chat(gateway, NOISY_KEY, "gpt"))
+    await asyncio.sleep(0.1)
+    response = await gateway.post(
+        "/v1/chat/completions",
+        json={"model": "gpt", "messages": HELLO},  # gpt alone: no other candidate
+        headers={"Authorization": f"Bearer {TEAM_KEY}", "x-gateway-deadline-ms": "1000"},
+    )
+    body = await response.json()
+    # Not a 504 with nothing to show: the saturated attempt is recorded and named.
+    assert response.status == 503, body
+    assert body["error"]["code"] == "pool_saturated"
+    assert response.headers["Retry-After"] == "1"
+    decision = runtime.decisions.recent(1)[0]
+    assert [a.outcome for a in decision.attempts] == ["pool_saturated"]
+    assert (await holder)[0] == 200
 
 
 async def test_max_in_flight_refuses_the_next_request_in_the_clients_format(

@@ -9,7 +9,8 @@ from gateway.core.runtime import RUNTIME
 from gateway.policy.model import hash_key
 from gateway.stages.cache import CacheStage
 from gateway.stages.knowledge import KnowledgeStage
-from tests.conftest import Fakes, policy_for
+from tests.conftest import Fakes, RedisServer, policy_for
+from tests.fakes.base import Ok
 from tests.test_knowledge_stage import kb_store
 
 __all__ = ["kb_store"]  # the sample knowledge base fixture, ingested once per module
@@ -53,3 +54,77 @@ async def test_answers_built_on_team_chunks_stay_with_the_team(
     assert other.status == 200
     assert other.headers["x-gateway-cache"] == "miss"  # never the finance team's cached answer
     assert "fifth working day" not in str(fakes.openai.requests[-1].body)  # nor its chunks
+
+
+async def test_knowledge_off_and_on_never_share_a_cached_answer(
+    make_gateway: Any,
+    fakes: Fakes,
+    embedder: Any,
+    kb_store: Any,
+    tmp_path: Path,
+    redis_server: RedisServer,
+) -> None:
+    # The cache is looked up before the knowledge stage: without the knowledge mode in the scope,
+    # an answer made without passages (x-gateway-knowledge: off) would be served to a request
+    # that gets passages, and the other way round.
+    policy = policy_for(
+        fakes,
+        teams=[{"name": "finance", "key_sha256": hash_key("finance-key")}],
+        knowledge={"kbs": ["company", "finance"], "context_threshold": 0.3},
+        cache={"static_threshold": 0.5},
+    )
+    client = await make_gateway(
+        policy, embedder=embedder, knowledge_path=tmp_path, redis_url=redis_server.url
+    )
+    runtime = client.app[RUNTIME]
+    cache = next(s for s in runtime.interceptors if isinstance(s, CacheStage))
+    assert policy.knowledge is not None
+    runtime.interceptors = (cache, KnowledgeStage(policy.knowledge, kb_store))
+
+    async def ask(question: str, knowledge: str | None) -> tuple[Any, str]:
+        headers = {"Authorization": "Bearer finance-key"}
+        if knowledge is not None:
+            headers["x-gateway-knowledge"] = knowledge
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": "gpt", "messages": [{"role": "user", "content": question}]},
+            headers=headers,
+        )
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        await cache.drain()
+        return response.headers, body["choices"][0]["message"]["content"]
+
+    # Off first, then on: the answer without passages is not served to the request with them.
+    fakes.openai.push(Ok(text="answer without the knowledge base"))
+    headers, text = await ask(QUESTION, "off")
+    assert headers["x-gateway-cache"] == "miss"
+    assert headers["x-gateway-knowledge"] == "off"
+    assert "fifth working day" not in str(fakes.openai.requests[-1].body)
+    fakes.openai.push(Ok(text="answer from the finance notes"))
+    headers, text = await ask(QUESTION, None)
+    assert headers["x-gateway-cache"] == "miss", text
+    assert headers["x-gateway-knowledge"].startswith("context;chunks=")
+    assert "fifth working day" in str(fakes.openai.requests[-1].body)
+    # Each mode is then served its own answer, from Redis's entries.
+    headers, text = await ask(QUESTION, None)
+    assert (headers["x-gateway-cache"], text) == ("hit", "answer from the finance notes")
+    headers, text = await ask(QUESTION, " OFF ")
+    assert (headers["x-gateway-cache"], text) == ("hit", "answer without the knowledge base")
+
+    # On first, then off: the same, whichever mode came first.
+    second = "Who reviews contracts above 250,000 EUR before revenue is recognised?"
+    fakes.openai.push(Ok(text="built on passages"))
+    headers, _ = await ask(second, None)
+    assert headers["x-gateway-cache"] == "miss"
+    assert headers["x-gateway-knowledge"].startswith("context;chunks=")
+    assert "controller" in str(fakes.openai.requests[-1].body)
+    headers, text = await ask(second.replace("Who", "who").replace("?", " ?"), None)
+    assert (headers["x-gateway-cache"], text) == ("hit", "built on passages")  # same mode: hit
+    sent = len(fakes.openai.requests)
+    fakes.openai.push(Ok(text="built without passages"))
+    headers, text = await ask(second, "off")
+    assert headers["x-gateway-cache"] == "miss", text
+    assert text == "built without passages"
+    assert len(fakes.openai.requests) == sent + 1
+    assert "controller" not in str(fakes.openai.requests[-1].body)

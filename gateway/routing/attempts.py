@@ -141,10 +141,16 @@ class _Attempts(Generic[T]):
                     delay = hedge_after(candidate) if hedge_after else None
                     self._start(candidate)
                     if delay is None:
-                        results = [await attempt(self._checked, candidate, budget)]
+                        results = [await attempt(self._checked, candidate, budget, ctx.deadline)]
                     else:
                         results = await race(
-                            self._checked, candidate, budget, delay, self._partner, self._discard
+                            self._checked,
+                            candidate,
+                            budget,
+                            delay,
+                            self._partner,
+                            self._discard,
+                            ctx.deadline,
                         )
                     for result in results:
                         self.in_flight.pop(result.candidate.model.name, None)

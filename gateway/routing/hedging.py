@@ -27,13 +27,17 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from gateway.policy.catalog import Candidate
-from providers.errors import UpstreamError, UpstreamTimeout
+from providers.errors import PoolSaturated, UpstreamError, UpstreamTimeout
 from providers.schema import ChatRequest
+from providers.slots import WaitBound, bound_wait
 
 V = TypeVar("V")
 
 SAMPLES_KEPT = 256
 MIN_SAMPLES = 20  # a percentile of fewer first bytes says little: no hedge until then
+# A slot wait ends this much (at most a tenth of the attempt's time) before the attempt's own
+# end, so that saturation is reported as ``pool_saturated`` rather than lost in the timeout.
+SLOT_MARGIN_S = 0.05
 
 
 @dataclass(slots=True)
@@ -60,21 +64,45 @@ def attempt_budget(remaining_s: float, attempts_left: int, floor_s: float) -> fl
 
 
 async def attempt(
-    call: Callable[[Candidate], Awaitable[V]], candidate: Candidate, budget: float | None
+    call: Callable[[Candidate], Awaitable[V]],
+    candidate: Candidate,
+    budget: float | None,
+    deadline: float | None = None,
 ) -> Result[V]:
-    """One call within ``budget``; upstream errors come back in the ``Result``."""
+    """One call within ``budget``; upstream errors come back in the ``Result``.
+
+    A wait for one of the provider's connection slots ends within the attempt's own time (its
+    budget, or the request's ``deadline``, a loop time, for the last attempt) and sooner by the
+    provider's ``slot_wait``: a saturated provider yields to the next candidate as
+    ``pool_saturated`` (no breaker) inside the deadline (docs/routing.md#fair-shares).
+    """
     sent = time.perf_counter()
+    now = asyncio.get_running_loop().time()
+    end = now + budget if budget is not None else deadline
     try:
-        if budget is None:
+        if end is None:  # no deadline known (a direct caller): the slot wait alone bounds it
             value = await call(candidate)
+            return Result(candidate, time.perf_counter() - sent, outcome=value)
+        bound = WaitBound(end - min(SLOT_MARGIN_S, (end - now) / 10))
+        if budget is None:
+            with bound_wait(bound):
+                value = await call(candidate)
         else:
             scope = asyncio.timeout(budget)
             try:
-                async with scope:
-                    value = await call(candidate)
+                with bound_wait(bound):
+                    async with scope:
+                        value = await call(candidate)
             except TimeoutError:
                 if not scope.expired():
                     raise
+                if bound.waiting:  # the timeout fired first while it still waited for a slot
+                    raise PoolSaturated(
+                        f"{candidate.provider.name}: no free connection slot within "
+                        f"{budget:.3g} s (its share of the request's deadline)",
+                        provider=candidate.provider.name,
+                        retry_after=1.0,
+                    ) from None
                 raise UpstreamTimeout(
                     f"{candidate.provider.name} sent no first byte within {budget:.1f} s "
                     "(its share of the request's deadline)",
@@ -92,20 +120,21 @@ async def race(
     hedge_after: float,
     partner: Callable[[], Candidate | None],
     discard: Callable[[V], Awaitable[None]],
+    deadline: float | None = None,
 ) -> list[Result[V]]:
     """``primary``, and after ``hedge_after`` s without an answer the candidate ``partner`` gives
     (if any) in parallel. Every call that ended is returned; the winner (if any) last. The loser is
     cancelled (its upstream connection closed) and returned with ``lost_hedge``; a loser that
     succeeded at the same moment has its value discarded."""
     started = {primary.model.name: time.perf_counter()}
-    first = asyncio.create_task(attempt(call, primary, budget))
+    first = asyncio.create_task(attempt(call, primary, budget, deadline))
     tasks: dict[asyncio.Task[Result[V]], Candidate] = {first: primary}
     results: list[Result[V]] = []
     try:
         first_done, _ = await asyncio.wait([first], timeout=hedge_after)
         if not first_done and (second := partner()) is not None:
             started[second.model.name] = time.perf_counter()
-            tasks[asyncio.create_task(attempt(call, second, budget))] = second
+            tasks[asyncio.create_task(attempt(call, second, budget, deadline))] = second
         pending = set(tasks)
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)

@@ -40,6 +40,7 @@ from .cache_rules import (
     semantic_skip_reason,
 )
 from .cache_scope import scope_of
+from .knowledge import knowledge_off
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,7 @@ class CacheStage:
             route=ctx.route.name,
             chat=ctx.chat,
             regions=ctx.allowed_regions,
+            knowledge_off=knowledge_off(ctx.request_headers),  # no passages: another answer
         )
         ctx.notes["cache_scope"] = scope
         ctx.notes["cache_settings"] = settings

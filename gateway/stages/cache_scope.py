@@ -2,7 +2,16 @@
 
 ``cache.scope`` hashes the parts and owns the exact key; this module knows the request model and
 picks the parts: the team, the route, the system prompt and every earlier turn, the tools, the
-response format, the answer-changing parameters and the regions the request may be served from.
+response format, the answer-changing parameters, the regions the request may be served from, and
+whether the request turned the knowledge base off.
+
+Why the knowledge mode: the cache is looked up before the knowledge stage, so the scope is the
+request as the client sent it, and the answer stored under it is the one built on whatever
+passages the knowledge stage then attached (tagged with their chunks, so re-ingesting invalidates
+it). A request sent with ``x-gateway-knowledge: off`` gets no passages: a different input and a
+different answer, which must never be served to a request that would have had passages, nor the
+other way round. The part is added only for "off", so the scopes of every other request (and the
+entries cached under them) stay as they were.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ def scope_of(
     route: str,
     chat: ChatRequest,
     regions: Iterable[str] | None,
+    knowledge_off: bool = False,
 ) -> str:
     """The isolation scope of ``chat``: a 32-hex-digit hash of every answer-changing part."""
     messages = list(chat.messages)
@@ -54,4 +64,6 @@ def scope_of(
         "penalties": (chat.presence_penalty, chat.frequency_penalty),
         "regions": sorted(regions) if regions is not None else None,
     }
+    if knowledge_off:
+        parts["knowledge"] = "off"
     return scope_key(parts)

@@ -28,7 +28,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -73,6 +73,12 @@ CONTEXT_PREAMBLE = (
     "it. Use it only where it is relevant to the question, and cite the sources you use by "
     "their id, like [1]."
 )
+
+
+def knowledge_off(headers: Mapping[str, str]) -> bool:
+    """Whether the request asks for no knowledge lookup (``x-gateway-knowledge: off``); the cache
+    scope keeps such requests apart (gateway/stages/cache_scope.py)."""
+    return (headers.get(KNOWLEDGE_HEADER) or "").strip().lower() == "off"
 
 
 class KnowledgeStage:
@@ -133,7 +139,7 @@ class KnowledgeStage:
         settings = self.settings_for(ctx.team.name, ctx.route.name)
         if not settings.enabled:
             return None
-        if (ctx.request_headers.get(KNOWLEDGE_HEADER) or "").strip().lower() == "off":
+        if knowledge_off(ctx.request_headers):
             ctx.notes["knowledge"] = "off"
             ctx.headers[KNOWLEDGE_HEADER] = "off"
             return None
