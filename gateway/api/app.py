@@ -43,6 +43,7 @@ from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.observe import running_telemetry
 from gateway.telemetry.timeseries import TrafficSeries
 from gateway.telemetry.tracing import Tracing
+from gateway.tiering.deployed import route_models
 from gateway.tiering.router import TierRouter
 from gateway.tiering.sync import sharing_outcomes
 from providers.errors import ProviderError
@@ -204,7 +205,12 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]) -> Runtime:
+def build_runtime(
+    settings: Settings,
+    policy: Policy,
+    environ: Mapping[str, str],
+    embedder: Embedder | None = None,
+) -> Runtime:
     """The objects every request uses, for ``policy``."""
     catalog = Catalog(policy, environ)
     shared: SharedState = (
@@ -243,7 +249,9 @@ def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]
         ),
         tracing=Tracing.from_settings(settings, exporter),
         exporter=exporter,
-        tiers=TierRouter(policy) if any(r.tiering for r in policy.routes) else None,
+        tiers=TierRouter(policy, models=route_models(settings, policy, embedder))
+        if any(r.tiering for r in policy.routes)
+        else None,
     )
 
 
@@ -262,7 +270,9 @@ def create_app(
         middlewares=[error_middleware],
         client_max_size=settings.max_body_bytes,
     )
-    app[RUNTIME] = build_runtime(settings, policy, os.environ if environ is None else environ)
+    app[RUNTIME] = build_runtime(
+        settings, policy, os.environ if environ is None else environ, embedder
+    )
     app[RUNTIME].embedder = embedder
     if policy.shadow is not None:
         install_shadow(app, policy.shadow, app[RUNTIME].metrics.registry)

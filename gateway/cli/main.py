@@ -77,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_config(path: Path) -> int:
     try:
         policy = load_policy(path)
+        # The routes' trained tier models: readable, and embedded as this gateway embeds.
+        from gateway.tiering.deployed import route_models
+
+        route_models(Settings(config=path), policy)
     except PolicyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -119,7 +123,11 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from gateway.api.lifecycle import serve
 
-    app = create_app(settings, policy)
+    try:
+        app = create_app(settings, policy)
+    except PolicyError as exc:  # a route's trained tier model that cannot be used
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     tune_gc(settings.gc_gen0_threshold)
     single_thread_blas()
     if not args.local_model:
