@@ -43,7 +43,8 @@ class Rows:
     cost: dict[str, list[float]] = field(default_factory=dict)
 
 
-def add_parser(commands: Any) -> None:
+def add_parser(commands: Any) -> Any:
+    """The ``router`` command with ``replay``; returns its sub-command parsers."""
     router = commands.add_parser("router", help="tier router: replay, train, history")
     actions = router.add_subparsers(dest="router_command", required=True)
     replay = actions.add_parser(
@@ -70,17 +71,11 @@ def add_parser(commands: Any) -> None:
     )
     replay.add_argument("--folds", type=int, default=5, help="cross-validation folds on TRAIN")
     replay.add_argument("--seed", type=int, default=0)
-    from . import router_train
-
-    router_train.add_parsers(actions)
+    return actions
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        if args.router_command != "replay":
-            from . import router_train
-
-            return router_train.run(args)
         return _replay(args)
     except ReplayError as exc:
         print(f"error: {exc}", file=sys.stderr)

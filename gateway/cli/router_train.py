@@ -68,6 +68,16 @@ def calibrate(score: Array, gain: Array) -> tuple[float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .router import ReplayError
+
+    try:
+        return _train(args)
+    except ReplayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _train(args: argparse.Namespace) -> int:
     from gateway.tiering.artifact import save_stack
     from gateway.tiering.deployed import TierModel, gateway_embedder
     from gateway.tiering.model import Prompts, StackedGain, select_gain_model
