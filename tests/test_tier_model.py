@@ -22,10 +22,22 @@ from gateway.tiering.artifact import save_stack
 from gateway.tiering.deployed import TierModel, TierModelError
 from gateway.tiering.embeddings import embed_cached
 from gateway.tiering.features import feature_matrix, prompt_features
-from gateway.tiering.model import Prompts, StackedGain, select_gain_model
+from gateway.tiering.model import (
+    BoostedGain,
+    KnnGain,
+    Prompts,
+    RidgeGain,
+    StackedGain,
+    TextOddsGain,
+    select_gain_model,
+)
 from gateway.tiering.router import TierRouter
 from tests.conftest import MODELS, TEAM_KEY, Fakes, policy_for
 from tests.test_reload import write_policy
+
+# The module fits a small stack once (a few seconds on a quiet host; a minute or more when the
+# two shared cores are busy): a wider timeout than the suite's 60 s.
+pytestmark = pytest.mark.timeout(300)
 
 AUTH = {"Authorization": f"Bearer {TEAM_KEY}"}
 ADMIN_KEY = "admin-secret-key"
@@ -78,8 +90,18 @@ def trained(embedder: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     x = Prompts.of(texts, embedder.encode(texts))
     cheap = np.array([r["quality"]["cheap"] for r in TRAIN])
     frontier = np.array([r["quality"]["frontier"] for r in TRAIN])
+    # Every kind of member the stack has (kNN, ridge, TF-IDF odds, boosted trees of the gain
+    # and of the odds), one bag member each: the fit takes seconds, not a minute.
+    bases: list[Any] = [
+        lambda: KnnGain(k=64),
+        lambda: RidgeGain(alpha=3000.0),
+        lambda: RidgeGain(alpha=100.0, use_embedding=False),
+        lambda: TextOddsGain(c=0.3, chars=True),
+        lambda: BoostedGain(members=1),
+        lambda: BoostedGain(odds=True, members=1),
+    ]
     with threadpool_limits(1):  # the trees' OpenMP threads crawl on a busy 2-core host
-        stack = select_gain_model(x, cheap, frontier, folds=2).model
+        stack = select_gain_model(x, cheap, frontier, folds=2, bases=bases).model
     assert isinstance(stack, StackedGain)
     path = tmp_path_factory.mktemp("model") / "tier.npz"
     gain = frontier - cheap
@@ -192,6 +214,8 @@ async def test_a_route_with_the_model_follows_it_on_held_out_prompts(
     assert model["version"] == 1
     assert model["trained_at"]
     assert 0 < model["share_now"] <= model["share_recent_decisions"] <= 1
+    panels = await (await client.get("/dashboard/panels", headers=ADMIN)).text()
+    assert f"tier.npz v1, {len(TRAIN)} prompts, trained {model['trained_at']}" in panels
 
     # Without the model the same route starts cold: no prior gain, every prompt cheap.
     cold = await make_gateway(model_policy(fakes, None), embedder=embedder)
