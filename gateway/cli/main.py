@@ -12,7 +12,7 @@ from gateway.cli import cache as cache_cli
 from gateway.cli import evaluate as eval_cli
 from gateway.cli import ingest as ingest_cli
 from gateway.cli import router as router_cli
-from gateway.cli import router_train
+from gateway.cli import router_history, router_train
 from gateway.core.background import single_thread_blas, tune_gc
 from gateway.policy.model import PolicyError, hash_key, load_policy
 from gateway.policy.settings import EMBEDDED_CONFIG, Settings
@@ -53,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     hashing.add_argument("key", nargs="?", help="the key (default: read one line from stdin)")
 
     cache_cli.add_parser(commands)
-    router_train.add_parsers(router_cli.add_parser(commands))
+    router_actions = router_cli.add_parser(commands)
+    router_train.add_parsers(router_actions)
+    router_history.add_parser(router_actions)
     eval_cli.add_parser(commands)
     ingest_cli.add_parser(commands)
 
@@ -62,8 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ingest_cli.run(args)
     if args.command == "cache":
         return cache_cli.run(args)
-    if args.command == "router" and args.router_command != "replay":
+    if args.command == "router" and args.router_command == "train":
         return router_train.run(args)
+    if args.command == "router" and args.router_command == "history":
+        return router_history.run(args)
     if args.command == "router":
         return router_cli.run(args)
     if args.command == "eval":

@@ -92,7 +92,7 @@ def _train(args: argparse.Namespace) -> int:
     vectors = embed_prompts(rows.prompts, args.embedder, args.embedding_cache)
     x = Prompts.of(rows.prompts, vectors)
     cheap, frontier = np.array(rows.quality[args.cheap]), np.array(rows.quality[args.frontier])
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     with threadpool_limits(args.threads):
         stack = select_gain_model(x, cheap, frontier, folds=args.folds, seed=args.seed).model
