@@ -119,7 +119,9 @@ async def live_run(
     started = time.perf_counter()
     try:
         async with aiohttp.ClientSession() as session:
-            for row in rows:
+            for done, row in enumerate(rows, start=1):
+                if done % 100 == 0:
+                    print(f"  {done} of {len(rows)} sent ({time.perf_counter() - started:.0f} s)")
                 messages = [{"role": "user", "content": row["prompt"]}]
                 body = {"model": "default", "messages": messages}
                 async with session.post(
@@ -176,13 +178,17 @@ def ranked_quality(scores: np.ndarray, rows: list[dict[str, Any]], share: float)
     )
 
 
-def train(work: Path, name: str, rows: list[dict[str, Any]]) -> tuple[Path, float]:
+def train(
+    work: Path, name: str, rows: list[dict[str, Any]], reuse: bool = False
+) -> tuple[Path, float]:
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "train.jsonl").open("w") as out:
         for row in rows:
             out.write(json.dumps(row) + "\n")
     model = folder / "model.npz"
+    if reuse and model.exists():
+        return model, 0.0
     started = time.perf_counter()
     code = gateway_main(
         [
@@ -207,7 +213,7 @@ async def run(args: argparse.Namespace) -> None:
         if args.limit and args.limit < len(test):
             test = random.Random(args.seed).sample(test, args.limit)
         share = args.share if args.share is not None else SHARES[name]
-        model_path, fit_s = train(args.work, name, train_rows)
+        model_path, fit_s = train(args.work, name, train_rows, args.reuse_model)
         model = TierModel.load(model_path, "all-MiniLM-L6-v2", 384)
         texts = [r["prompt"] for r in test]
         vectors = embed_prompts(texts, "torch", args.work / "emb.npz")
@@ -250,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="a seeded random subset of the held-out half")
     parser.add_argument("--train-limit", type=int, help="a seeded random subset of TRAIN")
+    parser.add_argument(
+        "--reuse-model", action="store_true", help="keep a model trained by an earlier run"
+    )
     parser.add_argument("--share", type=float, help="the knob (default 0.45 MMLU, 0.55 GSM8K)")
     args = parser.parse_args(argv)
     asyncio.run(run(args))
