@@ -213,10 +213,13 @@ async def run(args: argparse.Namespace) -> None:
         if args.limit and args.limit < len(test):
             test = random.Random(args.seed).sample(test, args.limit)
         share = args.share if args.share is not None else SHARES[name]
-        model_path, fit_s = train(args.work, name, train_rows, args.reuse_model)
+        # In a thread: the command runs its own event loop to close the embedder it loads.
+        model_path, fit_s = await asyncio.to_thread(
+            train, args.work, name, train_rows, args.reuse_model
+        )
         model = TierModel.load(model_path, "all-MiniLM-L6-v2", 384)
         texts = [r["prompt"] for r in test]
-        vectors = embed_prompts(texts, "torch", args.work / "emb.npz")
+        vectors = await asyncio.to_thread(embed_prompts, texts, "torch", args.work / "emb.npz")
         scores, timings = [], []
         for text, vector in zip(texts, vectors, strict=True):
             started = time.perf_counter()
