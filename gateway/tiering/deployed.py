@@ -208,7 +208,7 @@ def _boosted(spec: dict[str, Any], a: _Arrays, key: str) -> Scorer:
                 total += sign * constant
             else:
                 total += sign * (_expit(baseline + raw) if proba else baseline + raw)
-        return total / bags
+        return float(total / bags)
 
     return score
 
@@ -310,7 +310,7 @@ class TierModel:
 
     def gain(self, text: str, embedding: Vector, features: Array) -> float:
         """The expected quality gain of the frontier over the cheap tier on one prompt."""
-        return self._intercept + self._slope * self.score(text, embedding, features)
+        return float(self._intercept + self._slope * self.score(text, embedding, features))
 
     @property
     def cheap_quality(self) -> float:

@@ -118,7 +118,7 @@ class RouteState:
         weight = self.model_weight()
         memory = self.memory
         live = float(memory.weight[: min(memory.count, memory.size)].sum())
-        return weight / (weight + live) if weight + live > 0 else 0.0
+        return float(weight / (weight + live)) if weight + live > 0 else 0.0
 
     def _model_snapshot(self) -> dict[str, Any] | None:
         if self.model is None:
