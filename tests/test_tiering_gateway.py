@@ -328,6 +328,7 @@ async def test_the_dashboard_shows_each_routes_tier_routing(
         cells[4],
         "1 / 1",
         "0",
+        "none (live outcomes only)",
         "no_gain 1, top_share 1",
     ]
 

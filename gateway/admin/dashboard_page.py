@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from html import escape
 from importlib import resources
+from pathlib import Path
 from string import Template
 from typing import Any
 
@@ -164,6 +165,7 @@ def _tiering(routes: dict[str, Any]) -> str:
             f'<td class="num">{"-" if threshold is None else f"{threshold:.3f}"}</td>'
             f'<td class="num">{outcomes["cheap"]} / {outcomes["frontier"]}</td>'
             f'<td class="num">{outcomes["from_other_replicas"]}</td>'
+            f"<td>{_tier_model(r.get('model'))}</td>"
             f"<td>{escape(reasons)}</td></tr>"
         )
     return (
@@ -171,7 +173,21 @@ def _tiering(routes: dict[str, Any]) -> str:
         "<th class='num'>frontier cap</th><th class='num'>recent decisions</th>"
         "<th class='num'>to the frontier</th><th class='num'>gain threshold</th>"
         "<th class='num'>outcomes cheap / frontier</th><th class='num'>from other replicas</th>"
+        "<th>trained model (its share of decisions)</th>"
         f"<th>decisions by reason</th></tr>{''.join(body)}</table></div>"
+    )
+
+
+def _tier_model(model: dict[str, Any] | None) -> str:
+    """The route's trained model: file, version, training size and date, and how much of the
+    decisions it makes now and made recently (the rest: the route's live outcomes)."""
+    if model is None:
+        return "none (live outcomes only)"
+    recent = model["share_recent_decisions"]
+    return escape(
+        f"{Path(model['path']).name} v{model['version']}, {model['training_prompts']} prompts, "
+        f"trained {model['trained_at']}; {model['share_now']:.0%} now"
+        + ("" if recent is None else f", {recent:.0%} of recent decisions")
     )
 
 

@@ -9,7 +9,8 @@ requests finish on the catalog and pool they started with; a replaced pool is cl
 longest request it may still serve is over (``retire_after_s``), or at shutdown.
 
 Applied on reload: providers, models, routes (their ``tiering`` too: what a route's tier router
-learnt stays), teams (and their limits), routing. Sections built into long-lived stages at
+learnt stays; its trained ``model`` is read again, and a file that cannot be used fails the
+reload), teams (and their limits), routing. Sections built into long-lived stages at
 start-up (``cache``, ``knowledge`` and any other) are reported in ``restart_required`` when they
 change; they take effect at the next start.
 """
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from gateway.core.runtime import LIFECYCLE, RUNTIME, Runtime
 from gateway.policy.model import Policy, load_policy
+from gateway.tiering.deployed import TierModel, route_models
 from gateway.tiering.router import TierRouter
 from providers.pool import ProviderPool
 
@@ -32,17 +34,18 @@ log = logging.getLogger(__name__)
 APPLIED = ("providers", "models", "routes", "teams", "routing", "quality")
 
 
-def _configure_tiers(runtime: Runtime, policy: Policy) -> bool:
-    """Apply the routes' ``tiering`` (what each route learnt stays); ``True`` when a route gained
-    it but the process has no embedder to compare prompts with (it is loaded at start-up)."""
+def _configure_tiers(runtime: Runtime, policy: Policy, models: dict[str, TierModel]) -> bool:
+    """Apply the routes' ``tiering`` (what each route learnt stays; ``models``: their trained
+    models, loaded anew); ``True`` when a route gained it but the process has no embedder to
+    compare prompts with (it is loaded at start-up)."""
     if runtime.tiers is not None:
-        runtime.tiers.configure(policy)
+        runtime.tiers.configure(policy, models)
         return False
     if not any(route.tiering for route in policy.routes):
         return False
     if runtime.embedder is None:
         return True
-    tiers = TierRouter(policy)
+    tiers = TierRouter(policy, models=models)
     if runtime.tier_sync is not None:
         runtime.tier_sync.attach(tiers)  # shared from its first outcome
     runtime.tiers = tiers
@@ -62,6 +65,9 @@ async def reload_policy(app: web.Application) -> dict[str, Any]:
     path = runtime.settings.config
     async with lifecycle.reload_lock:
         policy = await asyncio.to_thread(load_policy, path)
+        # The routes' trained models, read and checked before anything is swapped: a broken
+        # file or one trained with another embedder fails the reload (TierModelError).
+        models = await asyncio.to_thread(route_models, runtime.settings, policy, runtime.embedder)
         old = lifecycle.policy
         assert runtime.teams is not None
         catalog = runtime.teams.catalog(policy)
@@ -82,7 +88,7 @@ async def reload_policy(app: web.Application) -> dict[str, Any]:
         runtime.router.hedges.share = policy.routing.hedge_max_share
         runtime.board.config = policy.routing.breaker
         runtime.quality.configure(policy.quality)
-        tiering_waits = _configure_tiers(runtime, policy)
+        tiering_waits = _configure_tiers(runtime, policy, models)
         lifecycle.policy = policy
         if retired is not None:
             lifecycle.retire(retired, retire_after_s(old))

@@ -54,6 +54,7 @@ from gateway.telemetry.metrics import Metrics
 from gateway.telemetry.observe import running_telemetry
 from gateway.telemetry.timeseries import TrafficSeries
 from gateway.telemetry.tracing import Tracing
+from gateway.tiering.deployed import route_models
 from gateway.tiering.router import TierRouter
 from gateway.tiering.sync import sharing_outcomes
 from providers.errors import ProviderError
@@ -265,7 +266,12 @@ def render_metrics(runtime: Runtime) -> web.Response:
     )
 
 
-def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]) -> Runtime:
+def build_runtime(
+    settings: Settings,
+    policy: Policy,
+    environ: Mapping[str, str],
+    embedder: Embedder | None = None,
+) -> Runtime:
     """The objects every request uses, for ``policy``."""
     catalog = Catalog(policy, environ)
     shared: SharedState = (
@@ -304,7 +310,9 @@ def build_runtime(settings: Settings, policy: Policy, environ: Mapping[str, str]
         ),
         tracing=Tracing.from_settings(settings, exporter),
         exporter=exporter,
-        tiers=TierRouter(policy) if any(r.tiering for r in policy.routes) else None,
+        tiers=TierRouter(policy, models=route_models(settings, policy, embedder))
+        if any(r.tiering for r in policy.routes)
+        else None,
     )
 
 
@@ -323,7 +331,9 @@ def create_app(
         middlewares=[error_middleware],
         client_max_size=settings.max_body_bytes,
     )
-    app[RUNTIME] = build_runtime(settings, policy, os.environ if environ is None else environ)
+    app[RUNTIME] = build_runtime(
+        settings, policy, os.environ if environ is None else environ, embedder
+    )
     app[AUTH_BRAKE] = AuthBrake.from_settings(settings)
     app[METRICS_SITE] = []
     app[RUNTIME].embedder = embedder

@@ -12,6 +12,7 @@ from gateway.cli import cache as cache_cli
 from gateway.cli import evaluate as eval_cli
 from gateway.cli import ingest as ingest_cli
 from gateway.cli import router as router_cli
+from gateway.cli import router_history, router_train
 from gateway.core.background import single_thread_blas, tune_gc
 from gateway.policy.model import PolicyError, hash_key, load_policy
 from gateway.policy.settings import EMBEDDED_CONFIG, Settings
@@ -52,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     hashing.add_argument("key", nargs="?", help="the key (default: read one line from stdin)")
 
     cache_cli.add_parser(commands)
-    router_cli.add_parser(commands)
+    router_actions = router_cli.add_parser(commands)
+    router_train.add_parsers(router_actions)
+    router_history.add_parser(router_actions)
     eval_cli.add_parser(commands)
     ingest_cli.add_parser(commands)
 
@@ -61,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ingest_cli.run(args)
     if args.command == "cache":
         return cache_cli.run(args)
+    if args.command == "router" and args.router_command == "train":
+        return router_train.run(args)
+    if args.command == "router" and args.router_command == "history":
+        return router_history.run(args)
     if args.command == "router":
         return router_cli.run(args)
     if args.command == "eval":
@@ -77,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _check_config(path: Path) -> int:
     try:
         policy = load_policy(path)
+        # The routes' trained tier models: readable, and embedded as this gateway embeds.
+        from gateway.tiering.deployed import route_models
+
+        route_models(Settings(config=path), policy)
     except PolicyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -119,7 +130,11 @@ def _serve(args: argparse.Namespace) -> int:
     )
     from gateway.api.lifecycle import serve
 
-    app = create_app(settings, policy)
+    try:
+        app = create_app(settings, policy)
+    except PolicyError as exc:  # a route's trained tier model that cannot be used
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     tune_gc(settings.gc_gen0_threshold)
     single_thread_blas()
     if not args.local_model:

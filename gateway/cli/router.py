@@ -43,8 +43,9 @@ class Rows:
     cost: dict[str, list[float]] = field(default_factory=dict)
 
 
-def add_parser(commands: Any) -> None:
-    router = commands.add_parser("router", help="offline tier-router replay")
+def add_parser(commands: Any) -> Any:
+    """The ``router`` command with ``replay``; returns its sub-command parsers."""
+    router = commands.add_parser("router", help="tier router: replay, train, history")
     actions = router.add_subparsers(dest="router_command", required=True)
     replay = actions.add_parser(
         "replay",
@@ -70,6 +71,7 @@ def add_parser(commands: Any) -> None:
     )
     replay.add_argument("--folds", type=int, default=5, help="cross-validation folds on TRAIN")
     replay.add_argument("--seed", type=int, default=0)
+    return actions
 
 
 def run(args: argparse.Namespace) -> int:

@@ -217,6 +217,7 @@ class TieringConfig(_Model):
     ``max_frontier_share`` is the one knob: the most the frontier tier may take of the route's
     requests (the ones with the highest predicted gain, and only when the gain is positive).
     ``exploration`` sends that share of requests to the other tier so both keep being measured.
+    ``model`` names a trained tier model whose predicted gain the route starts from.
     """
 
     max_frontier_share: float = Field(default=0.3, ge=0, le=1)
@@ -224,6 +225,12 @@ class TieringConfig(_Model):
     neighbours: int = Field(default=128, ge=1, le=1024)
     memory: int = Field(default=4096, ge=16, le=100_000)  # outcomes kept for the route
     window: int = Field(default=500, ge=10, le=100_000)  # recent decisions the share is over
+    # A model trained offline (``gateway router train``): the prior its predicted gain starts
+    # from; a relative path is read from the policy file's folder (gateway.tiering.deployed).
+    model: str | None = Field(default=None, min_length=1)
+    # The outcomes the model's prediction counts for against the route's own (None: as many as
+    # it was trained on); its share of a decision is model_weight / (model_weight + outcomes).
+    model_weight: float | None = Field(default=None, ge=0)
 
 
 class RouteConfig(_Model):

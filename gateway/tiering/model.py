@@ -321,6 +321,9 @@ class StackedGain:
         self.name = f"stack({', '.join(self.names)})"
         self.weights = np.zeros(len(self.makers))
         self.oof_apgr: dict[str, float] = {}
+        # The stack's score of each training prompt from models that did not see it (in-sample
+        # below ``2 * folds`` prompts): what ``gateway router train`` calibrates into a gain.
+        self.oof_score: Array = np.zeros(0)
         self._fitted: list[tuple[float, GainModel, float, float]] = []  # weight, model, z stats
 
     def fit(self, x: Prompts, cheap: Array, frontier: Array) -> StackedGain:
@@ -330,6 +333,7 @@ class StackedGain:
             train = model.predict(x)
             self.weights = np.eye(len(self.makers))[0]
             self._fitted = [(1.0, model, float(train.mean()), float(train.std()) + 1e-9)]
+            self.oof_score = (train - self._fitted[0][2]) / self._fitted[0][3]
             self.name = f"stack({self.names[0]} 1.00)"
             return self
         order = np.random.default_rng(self.seed).permutation(n)
@@ -343,6 +347,7 @@ class StackedGain:
         means, stds = oof.mean(axis=1), oof.std(axis=1) + 1e-9
         z = (oof - means[:, None]) / stds[:, None]
         self.weights, best = _ascend(z, cheap, frontier)
+        self.oof_score = self.weights @ z
         self.oof_apgr = {
             name: apgr(row, cheap, frontier) for name, row in zip(self.names, oof, strict=True)
         }
@@ -357,6 +362,11 @@ class StackedGain:
         )
         self.name = f"stack({', '.join(weighted)})"
         return self
+
+    @property
+    def fitted(self) -> list[tuple[float, GainModel, float, float]]:
+        """The refitted models: (weight, model, mean and sd of its out-of-fold scores)."""
+        return list(self._fitted)
 
     def predict(self, x: Prompts) -> Array:
         out: Array = np.zeros(len(x.texts))

@@ -35,23 +35,25 @@ A policy reload reaches the router through ``configure``.
 
 from __future__ import annotations
 
-import itertools
 import random
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gateway.core.context import RequestContext
 from gateway.policy.catalog import Candidate
-from gateway.policy.model import Policy, TaskTypeConfig, TieringConfig
+from gateway.policy.model import Policy, TaskTypeConfig
 from gateway.routing.router import Plan
 from gateway.telemetry.metrics import Metrics
 
+from .deployed import TierModel, load_route_models
 from .features import FEATURE_NAMES, prompt_features
-from .memory import CHEAP, FRONTIER, Array, Memory, RollingQuantile, Vector
+from .memory import CHEAP, FRONTIER, Array, Vector
+from .route_state import REASONS, RouteState, TierDecision
 
 PRIOR_QUALITY = 0.7
 # The quality signals a decision record may carry, most trusted first, with the weight an
@@ -76,103 +78,6 @@ def quality_signal(quality: Mapping[str, Any]) -> tuple[float, float] | None:
 def tier_of(candidate: Candidate) -> str:
     """``frontier`` for frontier models; everything else counts as the cheap side."""
     return FRONTIER if candidate.model.tier == FRONTIER else CHEAP
-
-
-# Why a tier was chosen: a stable code (metrics, ``GET /admin/tiering``) and its sentence.
-REASONS = {
-    "only_tier": "only tier allowed",
-    "no_gain": "no predicted gain",
-    "share_cap": "frontier share at the {share:.0%} cap",
-    "top_share": "predicted gain in the top share",
-    "below_threshold": "predicted gain below the share's threshold",
-    "exploration": "exploration",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class TierDecision:
-    tier: str
-    predicted_gain: float
-    threshold: float
-    explored: bool
-    code: str  # a key of REASONS
-    reason: str
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "tier": self.tier,
-            "predicted_gain": round(self.predicted_gain, 4),
-            "threshold": round(self.threshold, 4),
-            "explored": self.explored,
-            "code": self.code,
-            "reason": self.reason,
-        }
-
-
-_EPOCHS = itertools.count()
-
-
-class _RouteState:
-    def __init__(self, config: TieringConfig) -> None:
-        self.epoch = next(_EPOCHS)  # a new state, a new number: what it learnt starts here
-        self.config = config
-        self.memory = Memory(config.memory)
-        self.gains = RollingQuantile(config.window)
-        self.choices: deque[bool] = deque(maxlen=config.window)  # True: frontier
-        self.decided: dict[str, int] = dict.fromkeys(REASONS, 0)  # decisions by code
-        self.shared = 0  # outcomes learnt from other replicas
-        # Other replicas' outcomes here (``TierRouter.apply``): key -> serial in memory, the
-        # newest ``memory`` of them (older ones have left the ring anyway).
-        self.remote: OrderedDict[str, int] = OrderedDict()
-
-    def snapshot(self) -> dict[str, Any]:
-        """What ``GET /admin/tiering`` shows of one route."""
-        memory, config = self.memory, self.config
-        recent = self.gains.values()
-        share = config.max_frontier_share
-        return {
-            "config": config.model_dump(),
-            "outcomes": {
-                "remembered": min(memory.count, memory.size),
-                "cheap": memory.filled[False],
-                "frontier": memory.filled[True],
-                "learnt": memory.count,
-                "from_other_replicas": self.shared,
-            },
-            "feature_models": {
-                CHEAP: memory.models[False] is not None,
-                FRONTIER: memory.models[True] is not None,
-            },
-            "recent": {
-                "decisions": len(self.choices),
-                "frontier_share": round(sum(self.choices) / len(self.choices), 4)
-                if self.choices
-                else None,
-                "threshold": round(self.gains.quantile(1 - share), 4) if recent else None,
-                "predicted_gain": {
-                    f"p{int(q * 100)}": round(self.gains.quantile(q), 4) for q in (0.1, 0.5, 0.9)
-                }
-                if recent
-                else None,
-            },
-            "decisions": dict(self.decided),
-        }
-
-    def reconfigure(self, config: TieringConfig) -> dict[int, int] | None:
-        """Apply a reloaded route's ``tiering``; the outcomes and recent decisions stay (the
-        newest of them when ``memory`` or ``window`` shrank). When the memory was rebuilt:
-        each kept outcome's old serial -> its new one."""
-        kept = None
-        if config.memory != self.config.memory:
-            self.memory, kept = self.memory.resized(config.memory)
-        if config.window != self.config.window:
-            gains = RollingQuantile(config.window)
-            for gain in self.gains.values()[-config.window :]:
-                gains.append(gain)
-            self.gains = gains
-            self.choices = deque(self.choices, maxlen=config.window)
-        self.config = config
-        return kept
 
 
 @dataclass(slots=True)
@@ -206,8 +111,20 @@ class Outcome:
 class TierRouter:
     """Per-route tier choices and the outcomes they learn from."""
 
-    def __init__(self, policy: Policy, *, seed: int | None = None) -> None:
-        self._routes = {r.name: _RouteState(r.tiering) for r in policy.routes if r.tiering}
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        seed: int | None = None,
+        models: Mapping[str, TierModel] | None = None,
+    ) -> None:
+        """``models``: each route's trained model (``load_route_models``, which the start and
+        a reload call so a bad file is refused there); without them, routes naming a model load
+        it here, relative paths from the working directory."""
+        models = _models(policy, models)
+        self._routes = {
+            r.name: RouteState(r.tiering, models.get(r.name)) for r in policy.routes if r.tiering
+        }
         self._tasks: Mapping[str, TaskTypeConfig] = policy.task_types
         self._pending: OrderedDict[str, _Pending] = OrderedDict()  # by request id
         self._rng = random.Random(seed)
@@ -216,18 +133,21 @@ class TierRouter:
         self.on_outcome: Callable[[Outcome], None] | None = None
         self.replica: str | None = None
 
-    def configure(self, policy: Policy) -> None:
+    def configure(self, policy: Policy, models: Mapping[str, TierModel] | None = None) -> None:
         """Apply a reloaded policy's routes. A route that keeps ``tiering`` keeps what it
         learnt (a smaller ``memory`` keeps the newest outcomes); one that gains it starts cold;
-        one that loses it forgets. Task types apply at the next start, with the classifier."""
-        routes: dict[str, _RouteState] = {}
+        one that loses it forgets. Each route's trained model is the one in ``models`` (freshly
+        loaded: a reload swaps it). Task types apply at the next start, with the classifier."""
+        models = _models(policy, models)
+        routes: dict[str, RouteState] = {}
         for route in policy.routes:
             if route.tiering is None:
                 continue
             state = self._routes.get(route.name)
             if state is None:
-                routes[route.name] = _RouteState(route.tiering)
+                routes[route.name] = RouteState(route.tiering, models.get(route.name))
                 continue
+            state.model = models.get(route.name)
             kept = state.reconfigure(route.tiering)
             if kept is not None:  # the outcomes were renumbered: so are the ones to regrade
                 for entry in self._pending.values():
@@ -262,13 +182,44 @@ class TierRouter:
         return None if task is None or task.tiers is None else list(task.tiers)
 
     def predicted_gain(
-        self, route: str, task_type: str, embedding: Vector | None, features: Array | None
+        self,
+        route: str,
+        task_type: str,
+        embedding: Vector | None,
+        features: Array | None,
+        text: str = "",
     ) -> float:
         """The frontier's expected quality minus the cheap tier's for one prompt (no side
-        effects; 0.0 for a route without tiering)."""
+        effects; 0.0 for a route without tiering). ``text``: the prompt, for a trained model."""
         state = self._routes.get(route)
-        if state is None:
-            return 0.0
+        return 0.0 if state is None else self._gain(state, task_type, embedding, features, text)[0]
+
+    def _gain(
+        self,
+        state: RouteState,
+        task_type: str,
+        embedding: Vector | None,
+        features: Array | None,
+        text: str,
+    ) -> tuple[float, float | None]:
+        """(predicted gain, the trained model's share of it or None without one).
+
+        Without a model: the live estimate from the route's outcomes, from the task type's
+        prior at a cold start. With one, its gain g_m is that prior (the cheap tier at its mean
+        training quality, the frontier g_m above), and the result weighs g_m against the live
+        estimate g_l as evidence: (W g_m + n g_l) / (W + n), W the model's weight (its training
+        size unless ``model_weight``), n the outcomes the route remembers."""
+        model = state.model
+        if model is not None and embedding is not None and embedding.shape == (model.dim,):
+            feats = features if features is not None else np.array(prompt_features(text))
+            model_gain = model.gain(text, embedding, feats)
+            cheap = model.cheap_quality
+            priors = (cheap, min(1.0, max(0.0, cheap + model_gain)))
+            cheap_q, frontier_q = state.memory.estimate(
+                embedding, features, state.config.neighbours, priors
+            )
+            share = state.model_share()
+            return share * model_gain + (1 - share) * (frontier_q - cheap_q), share
         task = self._tasks.get(task_type)
         prior_gain = task.frontier_gain if task is not None else 0.0
         priors = (PRIOR_QUALITY, min(1.0, max(0.0, PRIOR_QUALITY + prior_gain)))
@@ -278,7 +229,7 @@ class TierRouter:
             cheap_q, frontier_q = state.memory.estimate(
                 embedding, features, state.config.neighbours, priors
             )
-        return frontier_q - cheap_q
+        return frontier_q - cheap_q, (0.0 if model is not None else None)
 
     def decide(
         self,
@@ -287,10 +238,12 @@ class TierRouter:
         embedding: Vector | None,
         tiers: Iterable[str],
         features: Array | None = None,
+        text: str = "",
     ) -> TierDecision | None:
         """The tier for one request among the ``tiers`` its candidates offer; ``None`` when
         the route has no tiering or there is no choice to make. ``features``: the prompt's
-        ``prompt_features`` (without them only the neighbourhood and the prior count)."""
+        ``prompt_features`` (without them only the neighbourhood and the prior count);
+        ``text``: the prompt (a trained model reads it)."""
         state = self._routes.get(route)
         available = set(tiers)
         if state is None or not available:
@@ -298,7 +251,9 @@ class TierRouter:
         if len(available) == 1:
             state.decided["only_tier"] += 1
             return TierDecision(available.pop(), 0.0, 0.0, False, "only_tier", REASONS["only_tier"])
-        gain = self.predicted_gain(route, task_type, embedding, features)
+        gain, model_share = self._gain(state, task_type, embedding, features, text)
+        if model_share is not None:
+            state.model_shares.append(model_share)
         share = state.config.max_frontier_share
         threshold = state.gains.quantile(1 - share) if len(state.gains) else gain
         state.gains.append(gain)
@@ -318,7 +273,7 @@ class TierRouter:
         state.choices.append(tier == FRONTIER)
         state.decided[code] += 1
         reason = REASONS[code].format(share=share)
-        return TierDecision(tier, gain, threshold, explored, code, reason)
+        return TierDecision(tier, gain, threshold, explored, code, reason, model_share)
 
     def snapshot(self) -> dict[str, Any]:
         """Each tiered route's knobs, outcomes, feature models and recent decisions."""
@@ -420,6 +375,14 @@ class TierRouter:
         return 0 if state is None else state.memory.count
 
 
+def _models(policy: Policy, models: Mapping[str, TierModel] | None) -> Mapping[str, TierModel]:
+    if models is not None:
+        return models
+    if not any(r.tiering and r.tiering.model for r in policy.routes):
+        return {}
+    return load_route_models(policy, Path.cwd())
+
+
 def order_by_tier(
     candidates: list[Candidate], tier: str, allowed: list[str] | None
 ) -> list[Candidate]:
@@ -445,7 +408,9 @@ async def apply_tier(
     offered = {tier_of(c) for c in candidates}
     # The text features only where there is a choice to make (~50-250 us a prompt).
     features = np.array(prompt_features(ctx.query_text)) if len(offered) > 1 else None
-    decision = tiers.decide(ctx.route.name, ctx.task_type, embedding, offered, features)
+    decision = tiers.decide(
+        ctx.route.name, ctx.task_type, embedding, offered, features, ctx.query_text
+    )
     if decision is None:
         return plan
     tiers.remember(ctx.request_id, ctx.route.name, embedding, features)
