@@ -69,5 +69,7 @@ async def test_a_failing_hit_touch_is_a_counted_cache_error(
         loop.set_exception_handler(previous)
     assert hits == ["miss", "hit", "hit"]
     assert unretrieved == []
+    # Hits are counted in memory and flushed in batches (every 50 ms), so the two hits' touches may
+    # fail as one flush: at least one counted error, none lost.
     errors = gateway.app[RUNTIME].metrics.cache_errors.labels("touch")._value.get()
-    assert errors == 2
+    assert 1 <= errors <= 2
