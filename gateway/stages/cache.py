@@ -22,7 +22,7 @@ import numpy as np
 
 from cache.embedder import Embedder, Vector
 from cache.guard import conflict
-from cache.hits import NEIGHBOURS, Assessment, EntryState, HitPolicy, ScopeState
+from cache.hits import NEIGHBOURS, EntryState, HitPolicy, ScopeState
 from cache.hot import HotEntries
 from cache.index import ScopedIndexes
 from cache.scope import exact_key
@@ -32,6 +32,7 @@ from gateway.policy.cache_config import CacheConfig, CacheSettings, effective
 from gateway.telemetry.metrics import Metrics
 from providers.base import Completion, Usage, new_completion_id
 
+from .cache_learning import Comparison, learn_from_answer
 from .cache_quality import unfit_to_store
 from .cache_rules import (
     answer_text,
@@ -43,17 +44,6 @@ from .cache_scope import scope_of
 from .knowledge import knowledge_off
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class _Comparison:
-    """A lookup whose fresh answer will be compared with the cached ones."""
-
-    neighbours: list[tuple[Entry, float]]
-    assessment: Assessment
-    conflict: str | None
-    agreement: int
-    verified: bool
 
 
 # Stores wait in a bounded queue for the one writer task, which sends up to WRITE_BATCH of them
@@ -75,7 +65,7 @@ class _Write:
     settings: CacheSettings
     completion: Completion
     text: str
-    comparison: _Comparison | None
+    comparison: Comparison | None
 
 
 class CacheStage:
@@ -225,7 +215,7 @@ class CacheStage:
             return self._serve(ctx, entry, similarity, "semantic")
         if verdict == "verify" or self.policy.compare_on_miss(similarity):
             # The fresh answer is fetched anyway: compare it with the cached ones (learning).
-            ctx.notes["cache_compare"] = _Comparison(
+            ctx.notes["cache_compare"] = Comparison(
                 neighbours, assessment, reason, agreement, verified=verdict == "verify"
             )
             if verdict == "verify":
@@ -376,8 +366,17 @@ class CacheStage:
             ctx = write.ctx
             new_state = EntryState.from_bytes(b"")
             if write.comparison is not None:
-                learned = self._learn(ctx, write.scope, write.text, write.comparison, new_state)
+                learned, correct = learn_from_answer(
+                    self.policy,
+                    self._scope_state(write.scope),
+                    ctx,
+                    write.text,
+                    write.comparison,
+                    new_state,
+                )
                 states.update(learned)
+                if write.comparison.verified:
+                    self._count("verified_correct" if correct else "verified_wrong")
             # No vector for a turn past the embedder's window: an exact-only entry.
             vector = None if await semantic_skip_reason(ctx) else await ctx.query_embedding()
             new = Entry(
@@ -409,45 +408,6 @@ class CacheStage:
         for old in evicted:
             self.indexes.remove(old)
             self.hot.drop_id(old)
-
-    def _learn(
-        self,
-        ctx: RequestContext,
-        scope: str,
-        fresh: str,
-        comparison: _Comparison,
-        new_state: EntryState,
-    ) -> dict[int, bytes]:
-        """Compare the fresh answer with the nearest cached ones and learn from it; the
-        compared entries' new states, to save."""
-        state = self._scope_state(scope)
-        (entry, similarity), *runners = comparison.neighbours
-        correct = same_answer(fresh, answer_text(entry.answer))
-        entry_state = EntryState.from_bytes(entry.state)
-        self.policy.observe(
-            entry_state,
-            state,
-            similarity,
-            correct,
-            assessment=comparison.assessment,
-            verified=comparison.verified,
-            conflict=comparison.conflict,
-            agreement=comparison.agreement,
-        )
-        self.policy.learn(new_state, state, similarity, correct)
-        states = {entry.id: entry_state.to_bytes()}
-        for runner, runner_similarity in runners:
-            same = same_answer(fresh, answer_text(runner.answer))
-            runner_state = EntryState.from_bytes(runner.state)
-            self.policy.learn(runner_state, state, runner_similarity, same)
-            self.policy.learn(new_state, state, runner_similarity, same)
-            states[runner.id] = runner_state.to_bytes()
-        ctx.decision.events.append(
-            {"type": "cache_compared", "correct": correct, "verified": comparison.verified}
-        )
-        if comparison.verified:
-            self._count("verified_correct" if correct else "verified_wrong")
-        return states
 
     async def feedback(self, entry_id: int, scope: str, similarity: float) -> bool:
         """A client says a cached answer was wrong: the entry stops hitting at that similarity."""
