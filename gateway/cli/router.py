@@ -43,6 +43,15 @@ class Rows:
     cost: dict[str, list[float]] = field(default_factory=dict)
 
 
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The TRAIN file and its tier keys, as ``router replay`` and ``router train`` read them."""
+    parser.add_argument("--train", type=Path, required=True, help="JSONL with quality per tier")
+    parser.add_argument("--cheap", default="cheap", help="the cheap tier's key (default cheap)")
+    parser.add_argument(
+        "--frontier", default="frontier", help="the frontier tier's key (default frontier)"
+    )
+
+
 def add_parser(commands: Any) -> Any:
     """The ``router`` command with ``replay``; returns its sub-command parsers."""
     router = commands.add_parser("router", help="tier router: replay, train, history")
@@ -53,13 +62,9 @@ def add_parser(commands: Any) -> Any:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    replay.add_argument("--train", type=Path, required=True, help="JSONL with quality per tier")
+    add_train_arguments(replay)
     replay.add_argument("--score", type=Path, required=True, help="JSONL prompts to score")
     replay.add_argument("--out", type=Path, required=True, help="JSONL scores, in TEST order")
-    replay.add_argument("--cheap", default="cheap", help="the cheap tier's key (default cheap)")
-    replay.add_argument(
-        "--frontier", default="frontier", help="the frontier tier's key (default frontier)"
-    )
     replay.add_argument("--report", action="store_true", help="print APGR and CPT on TEST")
     replay.add_argument(
         "--embedder",

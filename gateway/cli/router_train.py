@@ -25,6 +25,8 @@ import numpy as np
 from gateway.tiering.features import FEATURE_NAMES
 from gateway.tiering.metrics import Array
 
+from .router import ReplayError, add_train_arguments
+
 
 def add_parsers(actions: Any) -> None:
     train = actions.add_parser(
@@ -33,12 +35,8 @@ def add_parsers(actions: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--train", type=Path, required=True, help="JSONL with quality per tier")
+    add_train_arguments(train)
     train.add_argument("--out", type=Path, required=True, help="the model file to write (.npz)")
-    train.add_argument("--cheap", default="cheap", help="the cheap tier's key (default cheap)")
-    train.add_argument(
-        "--frontier", default="frontier", help="the frontier tier's key (default frontier)"
-    )
     train.add_argument(
         "--embedder",
         default=os.environ.get("GATEWAY_EMBEDDER", "onnx-int8"),
@@ -68,8 +66,6 @@ def calibrate(score: Array, gain: Array) -> tuple[float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .router import ReplayError
-
     try:
         return _train(args)
     except ReplayError as exc:
@@ -82,7 +78,7 @@ def _train(args: argparse.Namespace) -> int:
     from gateway.tiering.deployed import TierModel, gateway_embedder
     from gateway.tiering.model import Prompts, StackedGain, select_gain_model
 
-    from .router import ReplayError, embed_prompts, read_rows
+    from .router import embed_prompts, read_rows
 
     tiers = (args.cheap, args.frontier)
     rows = read_rows(args.train, tiers, require_quality=True)
