@@ -148,6 +148,8 @@ async def test_cross_origin_dashboard_posts_are_refused(
         {"Origin": "null"},
         {"Origin": f"http://{host}.evil.example"},
         {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},  # a sibling subdomain
+        {"Origin": f"http://{host}", "Sec-Fetch-Site": "cross-site"},
     ):
         for path in ("/dashboard/login", "/dashboard/logout"):
             response = await admin_gateway.post(
@@ -163,6 +165,17 @@ async def test_cross_origin_dashboard_posts_are_refused(
         allow_redirects=False,
     )
     assert same.status == 303
+    # What Chromium sends for the sign-in form when the page's referrer policy is no-referrer:
+    # Origin null, but its own Sec-Fetch-Site says same-origin (a header no page can set).
+    chromium = await admin_gateway.post(
+        "/dashboard/login",
+        data={"key": ADMIN_KEY},
+        headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"},
+        allow_redirects=False,
+    )
+    assert chromium.status == 303
+    page = await admin_gateway.get("/dashboard")
+    assert page.headers["Referrer-Policy"] == "same-origin"
 
 
 @pytest.mark.parametrize("depth", [255, 300, 1000])

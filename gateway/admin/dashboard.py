@@ -13,9 +13,9 @@ Two ways in, both checked against ``GATEWAY_ADMIN_KEY_SHA256`` (without it the d
   restarts or the admin key changes, and each replica signs (and lists) its own.
 
 Sign-in and sign-out are POSTs a browser only accepts from the dashboard's own origin: a
-cross-site ``Origin`` (or ``Sec-Fetch-Site: cross-site``) gets a 403 (CSRF), on top of the
-cookie's ``SameSite=Strict``. Wrong keys, from a form or a bearer header, count toward the auth
-brake (``gateway.core.auth_brake``).
+``Sec-Fetch-Site`` other than ``same-origin`` (or, without it, a foreign ``Origin``) gets a 403
+(CSRF), on top of the cookie's ``SameSite=Strict``. Wrong keys, from a form or a bearer header,
+count toward the auth brake (``gateway.core.auth_brake``).
 
 Pages are served with a strict Content-Security-Policy (same-origin script and style only) and
 ``no-store``; the charts are server-rendered SVG (``dashboard_svg``) from one snapshot
@@ -88,7 +88,9 @@ _SECURITY_HEADERS = {
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: under no-referrer Chromium sends ``Origin: null`` with the
+    # sign-in form, which no Origin check can tell from a sandboxed cross-site frame.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -170,10 +172,19 @@ def _signed_in(request: web.Request) -> Runtime | None:
 
 
 def _same_origin(request: web.Request) -> None:
-    """Refuse (403) a POST a browser sent from another site: the ``Origin`` it names must be
-    this host, and ``Sec-Fetch-Site`` must not say ``cross-site``. Scripts (no ``Origin``)
-    pass; they hold the key anyway."""
-    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+    """Refuse (403) a POST a browser sent from another site.
+
+    ``Sec-Fetch-Site`` is the browser's own word (no page can set it): ``same-origin`` (or
+    ``none``, typed by the user) passes, anything else (``cross-site``, ``same-site``: a sibling
+    subdomain) is refused. It decides before ``Origin`` does because a browser sends
+    ``Origin: null`` for a same-origin form under some referrer policies (Chromium under
+    ``no-referrer``, which this page once sent: every sign-in was refused). Without it (older
+    browsers), the ``Origin`` must name this host. Scripts (neither header) pass; they hold the
+    key anyway."""
+    site = request.headers.get("Sec-Fetch-Site", "").lower()
+    if site in ("same-origin", "none"):
+        return
+    if site:
         raise ModelNotAllowed("Cross-site dashboard requests are refused.", code="cross_origin")
     origin = request.headers.get("Origin")
     if origin is None:
