@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from gateway.core.runtime import RUNTIME
 from gateway.policy.model import hash_key
 from gateway.stages.cache import CacheStage
 from gateway.stages.knowledge import KnowledgeStage
+from retrieval.stores import open_store
 from tests.conftest import Fakes, RedisServer, policy_for
 from tests.fakes.base import Ok
 from tests.test_knowledge_stage import kb_store
@@ -27,10 +29,12 @@ async def test_answers_built_on_team_chunks_stay_with_the_team(
             {"name": "finance", "key_sha256": hash_key("finance-key")},
             {"name": "support", "key_sha256": hash_key("support-key")},
         ],
-        knowledge={"kbs": ["company", "finance"], "context_threshold": 0.3},
+        knowledge={"kbs": ["company", "finance"], "context_threshold": 0.3, "timeout_s": 30},
         cache={"static_threshold": 0.5},
     )
-    client = await make_gateway(policy, embedder=embedder, knowledge_path=tmp_path)
+    client = await make_gateway(
+        policy, embedder=embedder, knowledge_path=tmp_path, stage_timeout_s=30.0
+    )
     runtime = client.app[RUNTIME]
     cache = next(s for s in runtime.interceptors if isinstance(s, CacheStage))
     assert policy.knowledge is not None
@@ -70,11 +74,15 @@ async def test_knowledge_off_and_on_never_share_a_cached_answer(
     policy = policy_for(
         fakes,
         teams=[{"name": "finance", "key_sha256": hash_key("finance-key")}],
-        knowledge={"kbs": ["company", "finance"], "context_threshold": 0.3},
+        knowledge={"kbs": ["company", "finance"], "context_threshold": 0.3, "timeout_s": 30},
         cache={"static_threshold": 0.5},
     )
     client = await make_gateway(
-        policy, embedder=embedder, knowledge_path=tmp_path, redis_url=redis_server.url
+        policy,
+        embedder=embedder,
+        knowledge_path=tmp_path,
+        redis_url=redis_server.url,
+        stage_timeout_s=30.0,
     )
     runtime = client.app[RUNTIME]
     cache = next(s for s in runtime.interceptors if isinstance(s, CacheStage))
@@ -128,3 +136,57 @@ async def test_knowledge_off_and_on_never_share_a_cached_answer(
     assert text == "built without passages"
     assert len(fakes.openai.requests) == sent + 1
     assert "controller" not in str(fakes.openai.requests[-1].body)
+
+
+async def test_answers_made_while_the_knowledge_store_fails_are_not_cached(
+    make_gateway: Any, fakes: Fakes, embedder: Any, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    # Qdrant down: the request is answered without passages (fail-open), but that answer is not
+    # what a request with the store up gets; cached under the "knowledge on" scope it would be
+    # replayed without the company's context for its whole TTL after the store is back.
+    policy = policy_for(
+        fakes,
+        teams=[{"name": "finance", "key_sha256": hash_key("finance-key")}],
+        knowledge={"kbs": ["company", "finance"], "retry_after_s": 60, "timeout_s": 30},
+        cache={"static_threshold": 0.5},
+    )
+    client = await make_gateway(
+        policy,
+        embedder=embedder,
+        knowledge_path=tmp_path,
+        redis_url=redis_server.url,
+        stage_timeout_s=30.0,
+    )
+    runtime = client.app[RUNTIME]
+    cache = next(s for s in runtime.interceptors if isinstance(s, CacheStage))
+    assert policy.knowledge is not None
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
+    down = open_store(collection="c", url=f"http://127.0.0.1:{port}", path=tmp_path)
+    knowledge = KnowledgeStage(policy.knowledge, down)
+    runtime.interceptors = (cache, knowledge)
+
+    async def ask() -> Any:
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": "gpt", "messages": [{"role": "user", "content": QUESTION}]},
+            headers={"Authorization": "Bearer finance-key"},
+        )
+        assert response.status == 200, await response.text()
+        await cache.drain()
+        return response
+
+    try:
+        # The failing lookup, then a request inside retry_after_s (the store is left alone).
+        for _ in range(2):
+            fakes.openai.push(Ok(text="answered without the knowledge base"))
+            response = await ask()
+            assert response.headers["x-gateway-cache"] == "miss"
+            assert "x-gateway-knowledge" not in response.headers
+        assert knowledge.errors == 1
+        assert len(fakes.openai.requests) == 2  # neither answer was stored
+        decision = runtime.decisions.recent(1)[0]  # it names why nothing was stored
+        assert {"type": "cache_not_stored", "reason": "knowledge_unavailable"} in decision.events
+    finally:
+        await knowledge.close()

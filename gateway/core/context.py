@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 # Why a stage did not act on the query's similarity: the embedder saw only the turn's beginning.
 QUERY_EXCEEDS_WINDOW = "query_exceeds_window"
+# A note the knowledge stage sets when its store failed (or is being left alone after a failure):
+# the answer was made without the passages it should have had, so the cache must not keep it.
+KNOWLEDGE_UNAVAILABLE = "knowledge_unavailable"
 
 
 @dataclass(slots=True)

@@ -9,13 +9,17 @@ records on the decision (``decision.quality["heuristic"]``) before the cache sta
 runs, for streamed and non-streamed answers alike: one scorer, so the cache and the quality
 statistics never disagree on what a bad answer is. Without that record (a caller that skipped
 the monitor) the cheap checks are made here: empty text, the finish reason, JSON parsing.
+
+Nor is an answer made while the knowledge store was failing: it lacks the passages a request
+with the store up would have had (the cache scope says "knowledge on"), and once stored it would
+be replayed, without them, for the entry's whole TTL after the store is back.
 """
 
 from __future__ import annotations
 
 import orjson
 
-from gateway.core.context import RequestContext
+from gateway.core.context import KNOWLEDGE_UNAVAILABLE, RequestContext
 from providers.base import Completion
 
 # The heuristics' flags that keep an answer out of the cache (all of them, today).
@@ -24,6 +28,8 @@ UNFIT_FLAGS = frozenset({"empty", "stream_error", "invalid_json", "refusal", "tr
 
 def unfit_to_store(ctx: RequestContext, completion: Completion, text: str) -> str | None:
     """Why ``completion`` (whose answer text is ``text``) must not be cached, or ``None``."""
+    if ctx.notes.get(KNOWLEDGE_UNAVAILABLE):
+        return KNOWLEDGE_UNAVAILABLE
     if completion.finish_reason != "stop":
         return "truncated" if completion.finish_reason == "length" else "finish_reason"
     if not text.strip():

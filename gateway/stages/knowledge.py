@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cache.embedder import Embedder
-from gateway.core.context import QUERY_EXCEEDS_WINDOW, RequestContext
+from gateway.core.context import KNOWLEDGE_UNAVAILABLE, QUERY_EXCEEDS_WINDOW, RequestContext
 from gateway.policy.knowledge_config import (
     KnowledgeCalibration,
     KnowledgeConfig,
@@ -111,6 +111,7 @@ class KnowledgeStage:
         self._settings: dict[tuple[str, str], KnowledgeSettings] = {}
         self._filters: dict[Access, Condition] = {}
         self._skip_until = 0.0  # after a failure, or while the collection is absent
+        self._skip_failed = False  # whether that skip is a failure's (the cache must not store)
         self.writing = asyncio.Lock()  # one ingestion at a time (gateway/admin/knowledge.py)
 
     def refresh(self) -> None:
@@ -145,6 +146,8 @@ class KnowledgeStage:
             return None
         if self._clock() < self._skip_until:
             ctx.notes["knowledge"] = "skipped"
+            if self._skip_failed:
+                ctx.notes[KNOWLEDGE_UNAVAILABLE] = True
             return None
         vector = await ctx.query_embedding()
         if vector is None:
@@ -154,6 +157,7 @@ class KnowledgeStage:
             async with asyncio.timeout(self.config.timeout_s):
                 if not await self.store.exists():
                     self._skip_until = self._clock() + MISSING_RECHECK_S
+                    self._skip_failed = False
                     ctx.notes["knowledge"] = "empty"
                     return None
                 found = await retrieve(
@@ -193,7 +197,9 @@ class KnowledgeStage:
         if self.metrics is not None:
             self.metrics.knowledge_errors.inc()
         self._skip_until = self._clock() + self.config.retry_after_s
+        self._skip_failed = True
         ctx.notes["knowledge"] = "error"
+        ctx.notes[KNOWLEDGE_UNAVAILABLE] = True
         reason = str(exc) or type(exc).__name__
         log.warning(
             "knowledge lookup unavailable (%s); request %s goes on without it, next try in %g s",
