@@ -20,6 +20,38 @@ __all__ = ["kb_store"]  # the sample knowledge base fixture, ingested once per m
 QUESTION = "When do the books close after quarter end?"
 
 
+async def finance_gateway(
+    make_gateway: Any,
+    fakes: Fakes,
+    embedder: Any,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    store: Any,
+    **knowledge: Any,
+) -> tuple[Any, CacheStage, KnowledgeStage]:
+    """A gateway of the finance team (key ``finance-key``) whose cache sits on ``redis_server``
+    and whose knowledge stage reads ``store``, with budgets a busy machine cannot overrun."""
+    policy = policy_for(
+        fakes,
+        teams=[{"name": "finance", "key_sha256": hash_key("finance-key")}],
+        knowledge={"kbs": ["company", "finance"], "timeout_s": 30, **knowledge},
+        cache={"static_threshold": 0.5},
+    )
+    client = await make_gateway(
+        policy,
+        embedder=embedder,
+        knowledge_path=tmp_path,
+        redis_url=redis_server.url,
+        stage_timeout_s=30.0,
+    )
+    runtime = client.app[RUNTIME]
+    cache = next(s for s in runtime.interceptors if isinstance(s, CacheStage))
+    assert policy.knowledge is not None
+    stage = KnowledgeStage(policy.knowledge, store)
+    runtime.interceptors = (cache, stage)
+    return client, cache, stage
+
+
 async def test_answers_built_on_team_chunks_stay_with_the_team(
     make_gateway: Any, fakes: Fakes, embedder: Any, kb_store: Any, tmp_path: Path
 ) -> None:
@@ -71,23 +103,9 @@ async def test_knowledge_off_and_on_never_share_a_cached_answer(
     # The cache is looked up before the knowledge stage: without the knowledge mode in the scope,
     # an answer made without passages (x-gateway-knowledge: off) would be served to a request
     # that gets passages, and the other way round.
-    policy = policy_for(
-        fakes,
-        teams=[{"name": "finance", "key_sha256": hash_key("finance-key")}],
-        knowledge={"kbs": ["company", "finance"], "context_threshold": 0.3, "timeout_s": 30},
-        cache={"static_threshold": 0.5},
+    client, cache, _ = await finance_gateway(
+        make_gateway, fakes, embedder, tmp_path, redis_server, kb_store, context_threshold=0.3
     )
-    client = await make_gateway(
-        policy,
-        embedder=embedder,
-        knowledge_path=tmp_path,
-        redis_url=redis_server.url,
-        stage_timeout_s=30.0,
-    )
-    runtime = client.app[RUNTIME]
-    cache = next(s for s in runtime.interceptors if isinstance(s, CacheStage))
-    assert policy.knowledge is not None
-    runtime.interceptors = (cache, KnowledgeStage(policy.knowledge, kb_store))
 
     async def ask(question: str, knowledge: str | None) -> tuple[Any, str]:
         headers = {"Authorization": "Bearer finance-key"}
@@ -144,28 +162,14 @@ async def test_answers_made_while_the_knowledge_store_fails_are_not_cached(
     # Qdrant down: the request is answered without passages (fail-open), but that answer is not
     # what a request with the store up gets; cached under the "knowledge on" scope it would be
     # replayed without the company's context for its whole TTL after the store is back.
-    policy = policy_for(
-        fakes,
-        teams=[{"name": "finance", "key_sha256": hash_key("finance-key")}],
-        knowledge={"kbs": ["company", "finance"], "retry_after_s": 60, "timeout_s": 30},
-        cache={"static_threshold": 0.5},
-    )
-    client = await make_gateway(
-        policy,
-        embedder=embedder,
-        knowledge_path=tmp_path,
-        redis_url=redis_server.url,
-        stage_timeout_s=30.0,
-    )
-    runtime = client.app[RUNTIME]
-    cache = next(s for s in runtime.interceptors if isinstance(s, CacheStage))
-    assert policy.knowledge is not None
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
     down = open_store(collection="c", url=f"http://127.0.0.1:{port}", path=tmp_path)
-    knowledge = KnowledgeStage(policy.knowledge, down)
-    runtime.interceptors = (cache, knowledge)
+    client, cache, knowledge = await finance_gateway(
+        make_gateway, fakes, embedder, tmp_path, redis_server, down, retry_after_s=60
+    )
+    runtime = client.app[RUNTIME]
 
     async def ask() -> Any:
         response = await client.post(
