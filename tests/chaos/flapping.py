@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.api.app import create_app
-from gateway.policy.model import Policy, hash_key
+from gateway.policy.model import Policy
 from gateway.policy.settings import Settings
 from tests.chaos.harness import (
     ALL_REGIONS,
@@ -33,6 +33,7 @@ from tests.chaos.harness import (
     check_residency,
     key_for,
     make_fakes,
+    world,
 )
 from tests.fakes.base import Behaviour, CutStream, Fail, FakeProvider, Hang, Ok
 
@@ -49,41 +50,7 @@ DEADLINES_S = [3.0, 5.0]
 
 def flapping_policy(fakes: dict[str, FakeProvider]) -> Policy:
     """The chaos world's providers and teams under the gateway's default routing settings."""
-    kinds = {"gpt": "openai", "claude": "anthropic", "gemini": "gemini", "ollama": "ollama"}
-    providers = []
-    for name, fake in fakes.items():
-        kind = kinds[name.split("-")[0]]
-        base = getattr(fake, "api_base", fake.base_url) if kind == "openai" else fake.base_url
-        providers.append(
-            {
-                "name": name,
-                "kind": kind,
-                "base_url": base,
-                "region": fake.region,
-                **({"api_key_env": "CHAOS_KEY"} if kind != "ollama" else {}),
-            }
-        )
-    models = [
-        {"name": "gpt", "provider": "gpt-us", "id": "gpt-4o-mini-2024-07-18"},
-        {"name": "claude", "provider": "claude-us", "id": "claude-sonnet-4-20250514"},
-        {"name": "gpt-eu", "provider": "gpt-eu", "id": "gpt-4o-mini-2024-07-18"},
-        {"name": "gemini", "provider": "gemini-eu", "id": "gemini-2.0-flash-001"},
-        {"name": "qwen", "provider": "ollama-onprem", "id": "qwen2.5:7b-instruct-q4_K_M"},
-    ]
-    return Policy.model_validate(
-        {
-            "providers": providers,
-            "models": models,
-            "routes": [
-                {"name": "main", "candidates": ["gpt", "claude", "gpt-eu", "gemini", "qwen"]}
-            ],
-            "teams": [
-                {"name": team, "key_sha256": hash_key(key_for(team)), "routes": ["*"]}
-                | ({"regions": regions} if regions else {})
-                for team, regions in TEAMS.items()
-            ],
-        }
-    )
+    return Policy.model_validate(world(fakes))
 
 
 @dataclass

@@ -113,7 +113,15 @@ def make_fakes() -> dict[str, FakeProvider]:
     }
 
 
-def chaos_policy(fakes: dict[str, FakeProvider]) -> Policy:
+def world(
+    fakes: dict[str, FakeProvider],
+    *,
+    timeouts: dict[str, float] | None = None,
+    on_drift: str | None = None,
+) -> dict[str, Any]:
+    """The chaos world as a policy document: the fakes as providers (their own regions), one
+    model each, the route ``main`` over all five and the teams of ``TEAMS``. ``timeouts`` and
+    ``on_drift`` (for the two OpenAI models) are left to the gateway's defaults when ``None``."""
     kinds: dict[type[FakeProvider], str] = {
         ChaosOpenAI: "openai",
         ChaosAnthropic: "anthropic",
@@ -129,39 +137,34 @@ def chaos_policy(fakes: dict[str, FakeProvider]) -> Policy:
                 "kind": kind,
                 "base_url": base,
                 "region": fake.region,
-                "timeouts": PROVIDER_TIMEOUTS,
+                **({"timeouts": timeouts} if timeouts is not None else {}),
                 **({"api_key_env": "CHAOS_KEY"} if kind != "ollama" else {}),
             }
         )
+    drift = {"on_drift": on_drift} if on_drift is not None else {}
     models = [
-        {
-            "name": "gpt",
-            "provider": "gpt-us",
-            "id": "gpt-4o-mini-2024-07-18",
-            "on_drift": "fail_over",
-        },
+        {"name": "gpt", "provider": "gpt-us", "id": "gpt-4o-mini-2024-07-18", **drift},
         {"name": "claude", "provider": "claude-us", "id": "claude-sonnet-4-20250514"},
-        {
-            "name": "gpt-eu",
-            "provider": "gpt-eu",
-            "id": "gpt-4o-mini-2024-07-18",
-            "on_drift": "fail_over",
-        },
+        {"name": "gpt-eu", "provider": "gpt-eu", "id": "gpt-4o-mini-2024-07-18", **drift},
         {"name": "gemini", "provider": "gemini-eu", "id": "gemini-2.0-flash-001"},
         {"name": "qwen", "provider": "ollama-onprem", "id": "qwen2.5:7b-instruct-q4_K_M"},
     ]
+    return {
+        "providers": providers,
+        "models": models,
+        "routes": [{"name": "main", "candidates": ["gpt", "claude", "gpt-eu", "gemini", "qwen"]}],
+        "teams": [
+            {"name": team, "key_sha256": hash_key(key_for(team)), "routes": ["*"]}
+            | ({"regions": regions} if regions else {})
+            for team, regions in TEAMS.items()
+        ],
+    }
+
+
+def chaos_policy(fakes: dict[str, FakeProvider]) -> Policy:
     return Policy.model_validate(
         {
-            "providers": providers,
-            "models": models,
-            "routes": [
-                {"name": "main", "candidates": ["gpt", "claude", "gpt-eu", "gemini", "qwen"]}
-            ],
-            "teams": [
-                {"name": team, "key_sha256": hash_key(key_for(team)), "routes": ["*"]}
-                | ({"regions": regions} if regions else {})
-                for team, regions in TEAMS.items()
-            ],
+            **world(fakes, timeouts=PROVIDER_TIMEOUTS, on_drift="fail_over"),
             "routing": {
                 "max_attempts": 3,
                 "max_deadline_s": 10,
