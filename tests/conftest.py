@@ -125,11 +125,17 @@ GatewayFactory = Callable[..., Any]
 
 @pytest.fixture
 def make_gateway(aiohttp_client: Callable[..., Any], fakes: Fakes) -> Callable[..., Any]:
-    """Build an in-process gateway on the fakes; keyword arguments override Settings fields."""
+    """Build an in-process gateway on the fakes; keyword arguments override Settings fields.
+
+    The interceptors' budget (``stage_timeout_s``) is 30 s unless a test sets it: at the default
+    1 s a cache or knowledge lookup on a loaded CI machine is skipped now and then, and a test
+    about what the lookup does then fails for a reason it is not about. Tests of the budget
+    itself set it."""
 
     async def build(
         policy: Policy | None = None, *, embedder: Any = None, **settings: Any
     ) -> TestClient[Any, Any]:
+        settings.setdefault("stage_timeout_s", 30.0)
         app = create_app(
             Settings(**settings),
             policy or policy_for(fakes),

@@ -42,7 +42,9 @@ async def test_a_stalled_stage_is_skipped_within_the_deadline(
     make_gateway: Any, fakes: Fakes, embedder: Any, silent_server: str
 ) -> None:
     policy = policy_for(fakes, knowledge={"collection": "kb", "timeout_s": 5})
-    gateway = await make_gateway(policy, embedder=embedder, qdrant_url=silent_server)
+    gateway = await make_gateway(
+        policy, embedder=embedder, qdrant_url=silent_server, stage_timeout_s=1.0
+    )
     await gateway.post(  # warm the embedder: this test is about the store, not model loading
         "/v1/chat/completions",
         json={"model": "gpt", "messages": [{"role": "user", "content": "Warm up."}]},
