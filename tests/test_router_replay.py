@@ -87,6 +87,7 @@ def test_scores_every_test_line_in_order(tmp_path: Path, cache: Path) -> None:
     assert min(math_scores) > max(chat_scores)
 
 
+@pytest.mark.timeout(240)  # three fits of the whole stack: ~5 s each idle, ~17 s on a busy host
 def test_learns_only_from_train(tmp_path: Path, cache: Path) -> None:
     test_items = interleaved_test()
     # The test file's own labels say the opposite of the training file's: they must not matter.
