@@ -39,9 +39,7 @@ def test_novel_words_are_the_restrictions_not_the_chatter_or_the_typos() -> None
     assert novel_words("How many weeks of parental leave?", LEAVE_Q, LEAVE_A) == []
     # A short word is forgiven no typo: "pat" is not "pay".
     assert novel_words("parental leave pat", LEAVE_Q, LEAVE_A) == ["pat"]
-    assert novel_words("leave leave grandparents grandparents", LEAVE_Q, LEAVE_A) == [
-        "grandparent"
-    ]
+    assert novel_words("leave leave grandparents grandparents", LEAVE_Q, LEAVE_A) == ["grandparent"]
 
 
 def test_the_penalty_counts_at_most_two_words() -> None:
