@@ -24,11 +24,13 @@ answers (another entry's answer, or any answer to a must-not question) and verif
 then the added latency of a verified answer (p50/p95 of the verification call).
 
 ``--calibrate`` runs the dev split (bench/data/knowledge_dev.jsonl, disjoint from the evaluation
-set) instead and prints the kb's ``calibration`` block: the mean and sd of the best curated score
-of dev negatives the guard lets through, and the verifier's false-yes rate on them::
+set) instead and prints the kb's ``calibration`` block (bench/knowledge_calibrate.py): the novelty
+penalty fitted there, the mean and sd of the evidence of the dev negatives the guard lets through
+and how many they are, and the verifier's false-yes rate on the dev negatives. ``--split dev``
+runs ``--answers`` on the dev split (in-sample: for tuning, never the figure to report)::
 
     python -m bench.knowledge --answers [--verifier none,fake,noisy:0.05/0.10,local]
-                                        [--max-error-rate 0.01] [--seed 0]
+                                        [--max-error-rate 0.01] [--seed 0] [--split eval|dev]
     python -m bench.knowledge --calibrate [--verifier fake|noisy:FY/FN|local]
 """
 

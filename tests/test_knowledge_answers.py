@@ -287,6 +287,33 @@ async def test_a_near_miss_the_guard_misses_is_refused_by_the_verifier(
     assert decision_event(ctx)["verification"]["answer"] == "no"
 
 
+async def test_a_restricting_word_keeps_a_near_miss_from_the_verifier(
+    kb_store: Any,  # noqa: F811
+    embedder: Any,
+    fakes: Fakes,
+    pool: Any,
+) -> None:
+    """With a novelty penalty, "...for part-time employees?" (the answer speaks of full-time
+    ones: "part" is the word the entry lacks) falls below the verified band: no model is asked,
+    and the record says which word; the plain paraphrase is still verified."""
+    calibration = {**WIDE, "novelty_penalty": 0.4}
+    policy = answers_policy(fakes, calibration={"company": calibration})
+    stage = stage_on(policy, kb_store, pool)
+    ctx = make_ctx(policy, "us", NEAR_MISS_GROUP, embedder=embedder)
+    assert await stage.before(ctx) is None
+    event = decision_event(ctx)
+    assert (event["reason"], event["novel"]) == ("novel: part", ["part"])
+    assert event["evidence"] == pytest.approx(event["score"] - 0.4, abs=1e-3)
+    assert fakes.openai.requests == []
+    fakes.openai.push(Ok(text="yes"))
+    ctx = make_ctx(
+        policy, "us", "How many days of annual leave do I get each year?", embedder=embedder
+    )
+    assert await stage.before(ctx) is not None
+    event = decision_event(ctx)
+    assert (event["novel"], event["verification"]["answer"]) == ([], "yes")
+
+
 # -- through the gateway: feedback, metrics, decision record, admin ---------------------------
 async def test_low_feedback_withdraws_the_entry_for_that_kind_of_question(
     make_gateway: Any,
