@@ -268,6 +268,12 @@ async def main(argv: Sequence[str] | None = None) -> int:
     answers.add_argument("--max-error-rate", type=float, default=0.01)
     answers.add_argument("--verify-timeout", type=float, default=0.8, help="seconds")
     answers.add_argument("--calibration", help="a kb calibration as JSON (default: built in)")
+    answers.add_argument(
+        "--split",
+        choices=("eval", "dev"),
+        default="eval",
+        help="the questions --answers runs (dev: in-sample, for tuning; eval: the report)",
+    )
     args = parser.parse_args(argv)
     if args.answers or args.calibrate:
         from bench import knowledge_answers

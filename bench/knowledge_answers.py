@@ -24,11 +24,13 @@ answers (another entry's answer, or any answer to a must-not question) and verif
 then the added latency of a verified answer (p50/p95 of the verification call).
 
 ``--calibrate`` runs the dev split (bench/data/knowledge_dev.jsonl, disjoint from the evaluation
-set) instead and prints the kb's ``calibration`` block: the mean and sd of the best curated score
-of dev negatives the guard lets through, and the verifier's false-yes rate on them::
+set) instead and prints the kb's ``calibration`` block (bench/knowledge_calibrate.py): the novelty
+penalty fitted there, the mean and sd of the evidence of the dev negatives the guard lets through
+and how many they are, and the verifier's false-yes rate on the dev negatives. ``--split dev``
+runs ``--answers`` on the dev split (in-sample: for tuning, never the figure to report)::
 
     python -m bench.knowledge --answers [--verifier none,fake,noisy:0.05/0.10,local]
-                                        [--max-error-rate 0.01] [--seed 0]
+                                        [--max-error-rate 0.01] [--seed 0] [--split eval|dev]
     python -m bench.knowledge --calibrate [--verifier fake|noisy:FY/FN|local]
 """
 
@@ -36,11 +38,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import statistics
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -50,18 +51,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from cache.guard import conflict
+from bench.knowledge_calibrate import calibrate
 from gateway.core.context import RequestContext
 from gateway.core.decision import Decision
 from gateway.policy.catalog import Catalog
 from gateway.policy.model import KnowledgeCalibration, Policy, hash_key
 from gateway.routing.router import allowed_regions
 from gateway.stages.knowledge import KnowledgeStage
-from gateway.stages.knowledge_verify import Verifier, parse_verdict, verification_request
+from gateway.stages.knowledge_verify import Verifier
 from providers.pool import ProviderPool
 from providers.schema import ChatRequest
 from retrieval.ingest import ingest
-from retrieval.search import Access, access_filter, retrieve
 from retrieval.store import KnowledgeStore
 from retrieval.stores import open_store
 
@@ -77,6 +77,11 @@ def load(path: Path) -> list[dict[str, Any]]:
 
 def faq_entries() -> dict[str, dict[str, Any]]:
     return {e["id"]: e for e in load(FAQ)}
+
+
+def questions_of() -> dict[str, str]:
+    """Each curated entry's question by id."""
+    return {key: e["question"] for key, e in faq_entries().items()}
 
 
 # -- the loopback label verifiers ---------------------------------------------------------------
@@ -334,64 +339,6 @@ async def ingested(root: Path, embedder: Any) -> KnowledgeStore:
     return store
 
 
-async def calibrate(
-    store: KnowledgeStore, embedder: Any, endpoint: tuple[str, str] | None
-) -> KnowledgeCalibration:
-    """The dev split's statistics (see the module docstring)."""
-    dev = load(DATA / "knowledge_dev.jsonl")
-    where = access_filter(Access("bench", frozenset({"onprem"}), ("company",)))
-    policy = bench_policy(endpoint)
-    catalog = Catalog(policy, {})
-    pool = ProviderPool(catalog.endpoints)
-    await pool.start()
-    candidate = catalog.resolve_route(policy.teams[0], "default").candidates[0]
-    scores: list[float] = []
-    latencies: list[float] = []
-    answers: Counter[str] = Counter()
-    positives: Counter[str] = Counter()
-    try:
-        for q in dev:
-            vector = await embedder.embed(q["question"])
-            found = await retrieve(store, vector.tolist(), where, top_k=4, context_threshold=0.4)
-            best = found.faqs[0]
-            if endpoint is not None:  # the verifier is asked about every dev question
-                request = verification_request(q["question"], best, candidate.model.name)
-                started = time.perf_counter()
-                completion = await pool.complete(candidate.target, request)
-                latencies.append((time.perf_counter() - started) * 1000)
-                content = completion.body["choices"][0]["message"].get("content") or ""
-                verdict = parse_verdict(content)
-                (answers if q["class"] == "must_not" else positives)[verdict] += 1
-            # The guard refuses a flagged question whatever its score: not in the bands' errors.
-            if q["class"] == "must_not" and not conflict(q["question"], best.payload["question"]):
-                scores.append(best.score)
-    finally:
-        await pool.close()
-    negatives = sum(answers.values())
-    if latencies:
-        print(
-            f"verification calls on the dev split: {len(latencies)}, p50 "
-            f"{percentile(latencies, 50):.1f} ms, p95 {percentile(latencies, 95):.1f} ms",
-            file=sys.stderr,
-        )
-    confirmed = positives["yes"] / max(1, sum(positives.values()))
-    # A verifier that confirms under half the dev paraphrases cannot tell them from must-not
-    # questions: recorded as unusable (1.0), so no request waits on it.
-    rate = answers["yes"] / negatives if negatives and confirmed >= 0.5 else 1.0
-    print(
-        f"dev negatives past the guard: {len(scores)}; verifier on the {negatives} dev "
-        f"negatives: {dict(answers)}; on the dev paraphrases: {dict(positives)}",
-        file=sys.stderr,
-    )
-    return KnowledgeCalibration(
-        negatives_mean=round(statistics.fmean(scores), 4),
-        negatives_sd=round(statistics.stdev(scores), 4),
-        verifiers={candidate.model.name: round(rate, 4)} if endpoint is not None else {},
-        samples=negatives,
-        embedding_model=embedder.name,
-    )
-
-
 def label(name: str) -> str:
     """A verifier's name in the summary: the oracle is never presented as the system's figure."""
     if name == "fake":
@@ -407,7 +354,7 @@ async def main(args: Any) -> int:
 
     embedder = SentenceEmbedder()
     verifiers = [v for v in args.verifier.split(",") if v]
-    questions = load(DATA / "knowledge_eval.jsonl")
+    questions = load(DATA / f"knowledge_{args.split}.jsonl")
     try:
         with tempfile.TemporaryDirectory(prefix="bench-answers-") as tmp:
             root = Path(tmp)
@@ -416,7 +363,10 @@ async def main(args: Any) -> int:
                 dev = load(DATA / "knowledge_dev.jsonl")
                 if args.calibrate:
                     async with verifier_endpoint(verifiers[0], dev, root, args.seed) as end:
-                        found = await calibrate(store, embedder, end)
+                        found = await calibrate(
+                            store, embedder, end, dev, bench_policy(end), questions_of(),
+                            args.max_error_rate,
+                        )  # fmt: skip
                     print("knowledge:\n  calibration:\n    company:")
                     print("      " + orjson.dumps(found.model_dump()).decode())
                     return 0
@@ -433,7 +383,10 @@ async def main(args: Any) -> int:
                         if args.calibration:
                             found = KnowledgeCalibration.model_validate_json(args.calibration)
                         else:  # the dev split, with this verifier
-                            found = await calibrate(store, embedder, end)
+                            found = await calibrate(
+                                store, embedder, end, dev, bench_policy(end), questions_of(),
+                                args.max_error_rate,
+                            )  # fmt: skip
                         print(f"calibration (dev split): {found.model_dump_json()}")
                         knowledge["calibration"] = {"company": found.model_dump()}
                         tallies, report = await run_set(store, embedder, questions, end, knowledge)

@@ -64,16 +64,24 @@ class KnowledgeOverride(_Model):
 class KnowledgeCalibration(_Model):
     """One knowledge base's dev-split statistics (``python -m bench.knowledge --calibrate``):
     the best curated-question score of questions its FAQ must not answer (those the lexical
-    guard lets through), and how often the verifier said yes to one of them (all of them)."""
+    guard lets through), and how often the verifier said yes to one of them (all of them).
+    The scores are the decision's evidence: the cosine less ``novelty_penalty`` per novel word."""
 
     negatives_mean: float = Field(ge=-1, le=1)
     negatives_sd: float = Field(gt=0, le=1)
     # The verifier's false-yes rate on the dev negatives, per model alias; ``verifier_false_yes``
     # for a model not listed (an unmeasured model is assumed to say yes to one negative in ten).
-    # A 0 measured on n questions is taken as 1/(n+1); 1.0 means "no verified band".
+    # The bands use the rate's 95 % upper confidence bound over ``samples`` (0 yes in 158 is
+    # taken as 1.9 %, 5 in 158 as 6.5 %); 1.0 means "no verified band".
     verifiers: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=dict)
     verifier_false_yes: float = Field(default=0.1, ge=0, le=1)
     samples: int = Field(default=0, ge=0)  # dev negatives the verifier was asked about
+    # Dev negatives past the guard the mean and sd were fitted on: the bands take the tolerance
+    # bound of their quantiles for that many (0: unknown, the point estimate).
+    negatives: int = Field(default=0, ge=0)
+    # Subtracted from the cosine per word of the user's question the curated question and answer
+    # do not contain (at most two; gateway/stages/knowledge_evidence.py); 0: the cosine alone.
+    novelty_penalty: float = Field(default=0.0, ge=0, le=0.5)
     embedding_model: str = ""  # what the scores were measured with (informative)
 
 
