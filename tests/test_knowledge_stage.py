@@ -25,7 +25,8 @@ from gateway.core.runtime import RUNTIME
 from gateway.policy.catalog import Catalog
 from gateway.policy.model import KnowledgeConfig, Policy, hash_key
 from gateway.routing.router import allowed_regions
-from gateway.stages.knowledge import KnowledgeStage, context_block
+from gateway.stages.knowledge import KnowledgeStage
+from gateway.stages.knowledge_context import context_block
 from gateway.telemetry.metrics import Metrics
 from providers.schema import ChatRequest
 from retrieval.ingest import ingest
