@@ -71,6 +71,11 @@ class Roles(NamedTuple):
     tokens: tuple[str, ...]
 
 
+# NamedTuple's own __new__ is a Python function; the guard builds one Roles per query.
+_new = tuple.__new__
+_NONE: frozenset[tuple[str, str]] = frozenset()
+
+
 def _argument(tokens: Sequence[str], start: int, step: int) -> str | None:
     i = start
     while 0 <= i < len(tokens):
@@ -100,7 +105,7 @@ def roles_of(tokens: Sequence[str]) -> Roles:
     where it names something). Set look-ups only; no scan without a direction word."""
     fillers: set[tuple[str, str]] = set()
     if _DIRECTION.isdisjoint(tokens):
-        return Roles(frozenset(), tuple(tokens))
+        return _new(Roles, (_NONE, tuple(tokens)))
     for i, token in enumerate(tokens):
         if token not in _DIRECTION:
             continue
@@ -123,7 +128,7 @@ def roles_of(tokens: Sequence[str]) -> Roles:
                 fillers.update((("first", before), ("second", after)))
         elif before and after:  # after
             fillers.update((("first", after), ("second", before)))
-    return Roles(frozenset(fillers), tuple(tokens))
+    return _new(Roles, (frozenset(fillers), tuple(tokens)))
 
 
 def _by_role(fillers: frozenset[tuple[str, str]]) -> dict[str, set[str]]:
