@@ -72,19 +72,21 @@ _TOKEN = re.compile(
 )
 _QUOTE_OPENERS = frozenset("\"“'`")
 _STOPS = frozenset(".!?;")
-# A plain text: ASCII, no digit, quote, sign of an identifier or arrow anywhere, and no capital
-# past its first letter but the pronoun "I" ("I", "I'm", "I'd" ...). Most questions are plain:
-# they have no numbers, identifiers, quotes or entities to read, so their words are all the
-# guard needs (see _plain). One translation of the text's bytes finds the characters that rule
-# it out and gives its words; the rest is tested only when the character it is about occurs.
-_BLOCKING = set('0123456789"`$>@#/\\_ABCDEFGHJKLMNOPQRSTUVWXYZ')
+# A plain text: ASCII, starting with a letter, with no digit, quote, sign of an identifier or
+# arrow. Most questions are plain: they have no numbers, identifiers or quotes to read, so their
+# words (and their capitalised words, for the entities) are all the guard needs (see _plain).
+# One translation of the text's bytes finds the characters that rule it out and gives its
+# words; the rest is tested only when the character it is about occurs.
+_BLOCKING = set('0123456789"`$>@#/\\_')
 # Per byte: NUL if it rules the text out, a lower-case letter for a letter, a space otherwise.
 _PLAIN_BYTES = bytes(
     0 if chr(c) in _BLOCKING else c | 32 if c < 128 and chr(c).isalpha() else 32 for c in range(256)
 )
-_NOT_PLAIN_I = re.compile(r"(?<=\w)I|I(?=\w|'(?!(?:m|ve|ll|d|s)\b))")
 _DOT_WORD = re.compile(r"\.\w")  # "example.com", "os.path": a name (cache.guard_ids)
-_OPEN_QUOTE = re.compile(r"(?<!\w)'")  # may open a 'quote'
+_OPEN_QUOTE = re.compile(r"(?<!\w)'|'[A-Z]")  # may open a 'quote'; "x'Y": left to _read
+_CAPITAL = re.compile(r"[A-Z]")
+# A word that starts with a capital, after a sentence stop (group 1: it starts the sentence).
+_CAPITAL_WORD = re.compile(r"([.!?;][^A-Za-z.!?;]*)?(?<![A-Za-z'])([A-Z][A-Za-z]*(?:'[A-Za-z]+)?)")
 _ASCII_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _WORD_OR_STOP = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|[.!?;]+")
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -144,16 +146,15 @@ def _features(text: str) -> _Features:
 
 
 def _plain(text: str) -> _Features | None:
-    """The features of a plain text (see _BLOCKING) from its lower-cased words alone, in a
-    few C-level passes; None for any other text. Gives what :func:`_read` gives, faster."""
+    """The features of a plain text (see _BLOCKING) from its lower-cased words and its
+    capitalised ones, in a few C-level passes; None for any other text (or for the rare plain
+    one it leaves to :func:`_read`). Gives what :func:`_read` gives, faster."""
     first = text[:1]
     if not text.isascii() or not first.isalpha():
         return None
-    capital = first.isupper()  # a sentence's start: any letter may be a capital there
-    spaced = (first.lower() + text[1:] if capital else text).encode().translate(_PLAIN_BYTES)
+    spaced = text.encode().translate(_PLAIN_BYTES)
     if (
         0 in spaced
-        or ("I" in text and _NOT_PLAIN_I.search(text, 1))
         or ("." in text and _DOT_WORD.search(text))
         or ("'" in text and _OPEN_QUOTE.search(text))
     ):
@@ -167,17 +168,51 @@ def _plain(text: str) -> _Features | None:
         tokens = spaced.decode().split()
         negated = not NEGATIONS.isdisjoint(tokens)
     numbers: list[str] = []
-    if not _NUMBER_WORD_SET.isdisjoint(tokens):
-        _number_words(text.lower(), numbers)
     dates = _EMPTY if _PLAIN_DATES.isdisjoint(tokens) else _PLAIN_DATES.intersection(tokens)
-    if capital and tokens and tokens[0] in _MAY_MARCH:
+    if first.isupper() and tokens[0] in _MAY_MARCH:
         dates = dates | {tokens[0]}  # "May I ...": a capitalised "may" is read as the month
+    entities = _EMPTY
+    if _CAPITAL.search(text, 1):
+        if not _NUMBER_WORD_SET.isdisjoint(tokens):
+            return None  # "five Dollars": the unit, not a name; _read tells them apart
+        capitals = _capitals(text)
+        if capitals is None:
+            return None
+        entities, named_dates = capitals
+        dates = dates | named_dates if named_dates else dates
+    elif not _NUMBER_WORD_SET.isdisjoint(tokens):
+        _number_words(text.lower(), numbers)
     words = frozenset(tokens)
-    if numbers or dates or negated:
-        return _make(numbers, dates, negated, _EMPTY, words, _EMPTY, _EMPTY, roles_of(tokens))
+    if numbers or dates or negated or entities:
+        return _make(numbers, dates, negated, entities, words, _EMPTY, _EMPTY, roles_of(tokens))
     return _new(
         _Features, ((), _EMPTY, False, _EMPTY, words, _EMPTY, _EMPTY, roles_of(tokens), _BARE)
     )
+
+
+def _capitals(text: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    """A plain text's entities (capitalised words not starting a sentence, as :func:`_read`
+    reads them) and capitalised "May" or "March"; None for a capital "A" naming something
+    ("Team A"), which the roles keep apart from the article (left to :func:`_read`)."""
+    entities: set[str] = set()
+    dates: set[str] = set()
+    for match in _CAPITAL_WORD.finditer(text, 1):
+        initial, word = match.group(1) is not None, match.group(2)
+        if word == "A" and not initial:
+            return None
+        lower = word.lower()
+        if lower.endswith("'s"):
+            lower = lower[:-2]
+        if "'" in lower:
+            kind = "neg" if lower.replace("'", "") in NEGATIONS or lower.endswith("n't") else None
+        else:
+            kind = LEXICON.get(lower)
+        if kind is None:
+            if not initial and lower not in NOT_ENTITIES:
+                entities.add(lower)
+        elif kind == "date" and lower in _MAY_MARCH:
+            dates.add(lower)
+    return frozenset(entities) if entities else _EMPTY, frozenset(dates) if dates else _EMPTY
 
 
 _PLAIN_DATES = DATE_WORDS - AMBIGUOUS_DATE_WORDS

@@ -131,13 +131,6 @@ def roles_of(tokens: Sequence[str]) -> Roles:
     return _new(Roles, (frozenset(fillers), tuple(tokens)))
 
 
-def _by_role(fillers: frozenset[tuple[str, str]]) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
-    for role, word in fillers:
-        found.setdefault(role, set()).add(word)
-    return found
-
-
 def _symmetric_swap(content_a: list[str], content_b: list[str], skeleton: list[str]) -> bool:
     """Whether the content orders differ only by swapping two words joined by and/or."""
     differ = [i for i, (x, y) in enumerate(zip(content_a, content_b, strict=True)) if x != y]
@@ -165,16 +158,18 @@ def _permuted(a: tuple[str, ...], b: tuple[str, ...]) -> str | None:
 
 def swapped(a: Roles, b: Roles) -> str | None:
     """How ``a`` and ``b`` put the same things in different roles, or None."""
-    if a.fillers != b.fillers and a.fillers and b.fillers:
-        mine, theirs = _by_role(a.fillers), _by_role(b.fillers)
+    # A role filled differently in each needs a (role, word) on each side that the other lacks;
+    # most pairs with fillers differ on one side only (one query says more), and stop here.
+    only_a, only_b = a.fillers - b.fillers, b.fillers - a.fillers
+    if only_a and only_b:
         filled_a = {word for _, word in a.fillers}
         filled_b = {word for _, word in b.fillers}
         for role in ("target", "source", "first", "second"):
-            x, y = mine.get(role, set()), theirs.get(role, set())
-            only_a, only_b = x - y, y - x
+            x = {word for r, word in only_a if r == role}
+            y = {word for r, word in only_b if r == role} if x else None
             # Swapped: each side's filler fills another role on the other side.
-            if only_a and only_b and only_a <= filled_b and only_b <= filled_a:
-                return f"{role} {_show(only_a)} vs {_show(only_b)}"
+            if x and y and x <= filled_b and y <= filled_a:
+                return f"{role} {_show(x)} vs {_show(y)}"
     return _permuted(a.tokens, b.tokens)
 
 
