@@ -86,9 +86,13 @@ _PLAIN_BYTES = bytes(
 )
 _DOT_WORD = re.compile(r"\.\w")  # "example.com", "os.path": a name (cache.guard_ids)
 _OPEN_QUOTE = re.compile(r"(?<!\w)'|'[A-Z]")  # may open a 'quote'; "x'Y": left to _read
+# A word that starts with a capital, but the pronoun "I" ("I", "I'm", "I'd" ...: never a name,
+# and the commonest capital of all), and whether a sentence stop precedes it (group 1).
+_NOT_I = r"(?!I(?:'(?:m|ve|ll|d|s))?(?![A-Za-z']))"
 _CAPITAL = re.compile(r"[A-Z]")
-# A word that starts with a capital, after a sentence stop (group 1: it starts the sentence).
-_CAPITAL_WORD = re.compile(r"([.!?;][^A-Za-z.!?;]*)?(?<![A-Za-z'])([A-Z][A-Za-z]*(?:'[A-Za-z]+)?)")
+_CAPITAL_WORD = re.compile(
+    rf"([.!?;][^A-Za-z.!?;]*)?(?<![A-Za-z']){_NOT_I}([A-Z][A-Za-z]*(?:'[A-Za-z]+)?)"
+)
 _ASCII_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _WORD_OR_STOP = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|[.!?;]+")
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -174,15 +178,14 @@ def _plain(text: str) -> _Features | None:
     if first.isupper() and tokens[0] in _MAY_MARCH:
         dates = dates | {tokens[0]}  # "May I ...": a capitalised "may" is read as the month
     entities = _EMPTY
+    numbered = not _NUMBER_WORD_SET.isdisjoint(tokens)
     if _CAPITAL.search(text, 1):
-        if not _NUMBER_WORD_SET.isdisjoint(tokens):
-            return None  # "five Dollars": the unit, not a name; _read tells them apart
-        capitals = _capitals(text)
+        capitals = _capitals(text, numbered)
         if capitals is None:
             return None
         entities, named_dates = capitals
         dates = dates | named_dates if named_dates else dates
-    elif not _NUMBER_WORD_SET.isdisjoint(tokens):
+    if numbered:
         _number_words(text.lower(), numbers)
     words = frozenset(tokens)
     if numbers or dates or negated or entities:
@@ -192,15 +195,16 @@ def _plain(text: str) -> _Features | None:
     )
 
 
-def _capitals(text: str) -> tuple[frozenset[str], frozenset[str]] | None:
+def _capitals(text: str, numbered: bool) -> tuple[frozenset[str], frozenset[str]] | None:
     """A plain text's entities (capitalised words not starting a sentence, as :func:`_read`
-    reads them) and capitalised "May" or "March"; None for a capital "A" naming something
-    ("Team A"), which the roles keep apart from the article (left to :func:`_read`)."""
+    reads them) and capitalised "May" or "March". None, to leave the text to :func:`_read`, for
+    a capital "A" naming something ("Team A", which the roles keep apart from the article) and
+    for a capitalised word in a text with a number word (it may be its unit: "five Dollars")."""
     entities: set[str] = set()
     dates: set[str] = set()
     for match in _CAPITAL_WORD.finditer(text, 1):
         initial, word = match.group(1) is not None, match.group(2)
-        if word == "A" and not initial:
+        if numbered or (word == "A" and not initial):
             return None
         lower = word.lower()
         if lower.endswith("'s"):
