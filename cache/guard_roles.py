@@ -106,15 +106,14 @@ def roles_of(tokens: Sequence[str]) -> Roles:
     fillers: set[tuple[str, str]] = set()
     if _DIRECTION.isdisjoint(tokens):
         return _new(Roles, (_NONE, tuple(tokens)))
-    for i, token in enumerate(tokens):
-        if token not in _DIRECTION:
-            continue
+    for i in [i for i, token in enumerate(tokens) if token in _DIRECTION]:
+        token = tokens[i]
         after = _argument(tokens, i + 1, 1)
-        before = _argument(tokens, i - 1, -1)
         if token in _SOFT_TARGET:
             if after not in _UNITS:
-                continue
+                continue  # "in" and "as" are directions only before a currency or a unit
             token = "to"
+        before = _argument(tokens, i - 1, -1)
         if token in _TARGET or token == "to":
             if after:
                 fillers.add(("target", after))
