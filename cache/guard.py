@@ -143,7 +143,7 @@ def _number(text: str, money: str | None) -> str:
     return f"{CURRENCY[money]}:{normal}" if money else normal
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=8192)  # ~2 KB a text: ~17 MB when full
 def _features(text: str) -> _Features:
     """A text's features, read once: the lookup's query when it comes in, a cached entry's
     query when it is stored (the stage warms this memo then, see :func:`remember`) or, on
