@@ -63,7 +63,7 @@ def test_the_consignment_scenario_of_the_issue() -> None:
     """40 questions differing only in a 10-character id: no two may share an answer."""
     rng = random.Random(23)
     alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
-    ids = set()
+    ids: set[str] = set()
     while len(ids) < 40:
         token = "".join(rng.choice(alphabet) for _ in range(10))
         if any(c.isdigit() for c in token) and any(c.isalpha() for c in token):
