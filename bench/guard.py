@@ -3,28 +3,34 @@
 Reads tests/data/guard_pairs.tsv (pairs that must never share an answer, and paraphrases that
 may, by class) and runs every pair through ``cache.guard.conflict`` as the cache stage calls it.
 Prints, per class, the must-not-share pairs caught and missed and the paraphrases still allowed;
-then the guard's cost per lookup in microseconds of this process's CPU time (the machine is
-shared: CPU time leaves out the waits for a core), best of ``--repeat`` rounds over all pairs:
+then the guard's cost per lookup: ``conflict(query, cached_query)`` with the cached query's
+features already read (they are read when the entry is stored) and the query new, as a lookup
+pays. Three sets of pairs:
 
-- *new query*: the cached query's features memoised, the incoming query's computed: what a
-  lookup pays (the cached side repeats; the query is new);
-- *both cold*: neither side memoised (the memo cleared before each call);
-- *both warm*: both memoised (the comparison alone).
+- *suite*: the labelled pairs, both orders (dense in identifiers, amounts and names: a worst
+  case);
+- *banking77*, *clinc150*: each test question against the previous question of its intent (a
+  near neighbour's stand-in: real traffic, read from ../shared/benchmarks when present).
 
-Only ``conflict`` is used, so the same file measures another checkout's guard too (the "before"
-figures of bench/README.md): from that checkout's root,
-``python -c "import runpy; runpy.run_path('/path/to/bench/guard.py', run_name='__main__')"``::
+Per set: p50 of the per-call times (wall clock, ``perf_counter_ns``: the median is robust to the
+waits for a core of a shared machine) and the mean over the set in CPU time (best of
+``--repeat`` rounds). ``--against CHECKOUT`` loads another checkout's guard (its ``cache``
+package) beside this one and times both, round by round in the same process, for before/after
+figures::
 
-    python -m bench.guard [--repeat 7]
+    python -m bench.guard [--repeat 7] [--against ../main]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from types import ModuleType
 
 from cache import guard
 from cache.guard import conflict
@@ -68,52 +74,88 @@ def table(rows: list[tuple[str, str, str, str]]) -> list[str]:
     return lines
 
 
-def _features_memo() -> Any:
-    return guard._features  # the memoised per-text features (an lru_cache)
+def _load_guard(checkout: Path) -> ModuleType:
+    """Another checkout's ``cache.guard``, imported beside this one's (its own ``cache``
+    package; this process's modules are put back afterwards)."""
+    saved = {name: mod for name, mod in sys.modules.items() if name.split(".")[0] == "cache"}
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(checkout.resolve()))
+    try:
+        return importlib.import_module("cache.guard")
+    finally:
+        sys.path.pop(0)
+        for name in [n for n in sys.modules if n.split(".")[0] == "cache"]:
+            del sys.modules[name]
+        sys.modules.update(saved)
 
 
-def cost(rows: list[tuple[str, str, str, str]], repeat: int) -> dict[str, float]:
-    """Best-of-``repeat`` mean microseconds per ``conflict`` call, three ways."""
-    pairs = [(a, b) for _, _, a, b in rows] + [(b, a) for _, _, a, b in rows]
-    memo = _features_memo()
-    best = {"new query": float("inf"), "both cold": float("inf"), "both warm": float("inf")}
+def stream_pairs(dataset: str) -> list[tuple[str, str]]:
+    """Each test question with the previous one of its intent (empty without the data)."""
+    from bench.cache import DATA
+    from bench.cache import load as load_stream
+
+    if not DATA.exists():
+        return []
+    last: dict[str, str] = {}
+    pairs = []
+    for text, intent in load_stream(dataset, "test"):
+        if intent in last:
+            pairs.append((text, last[intent]))
+        last[intent] = text
+    return pairs
+
+
+def cost(
+    guards: dict[str, ModuleType], pairs: list[tuple[str, str]], repeat: int
+) -> dict[str, tuple[float, float]]:
+    """Per guard: (p50, mean) µs per lookup, the cached side's features read beforehand."""
+    samples: dict[str, list[int]] = {name: [] for name in guards}
+    best = {name: float("inf") for name in guards}
     for r in range(repeat):
-        # New query: the cached side warm, the query a text never seen (trailing spaces make a
-        # new memo key without changing a token).
-        for _, b in pairs:
-            conflict(b, b + " ")
-        pad = " " * (r + 2)
-        start = time.process_time_ns()
-        for a, b in pairs:
-            conflict(a + pad, b)
-        best["new query"] = min(best["new query"], (time.process_time_ns() - start) / len(pairs))
-        elapsed = 0
-        for a, b in pairs:
-            memo.cache_clear()
-            start = time.process_time_ns()
-            conflict(a, b)
-            elapsed += time.process_time_ns() - start
-        best["both cold"] = min(best["both cold"], elapsed / len(pairs))
-        for a, b in pairs:
-            conflict(a, b)
-        start = time.process_time_ns()
-        for a, b in pairs:
-            conflict(a, b)
-        best["both warm"] = min(best["both warm"], (time.process_time_ns() - start) / len(pairs))
-    return {k: v / 1000 for k, v in best.items()}
+        pad = " " * (r + 2)  # a new memo key each round, the same tokens
+        queries = [(a + pad, b) for a, b in pairs]
+        for name, module in guards.items():
+            decide, clock, times, cpu = module.conflict, time.perf_counter_ns, samples[name], 0
+            # In slices that the smallest memo (4,096 texts) holds, both sides of every pair:
+            # the cached sides read first, as when their entries were stored.
+            for at in range(0, len(queries), 1000):
+                part = queries[at : at + 1000]
+                for _, b in part:
+                    decide(b, b + " ")
+                start = time.process_time_ns()
+                for a, b in part:
+                    t0 = clock()
+                    decide(a, b)
+                    times.append(clock() - t0)
+                cpu += time.process_time_ns() - start
+            best[name] = min(best[name], cpu / len(pairs))
+    return {name: (statistics.median(samples[name]) / 1000, best[name] / 1000) for name in guards}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--against", type=Path, help="another checkout: its guard timed too")
     args = parser.parse_args()
     rows = load()
     print(f"{PAIRS.name}: {len(rows)} pairs; guard from {guard.__file__}\n")
     print("\n".join(table(rows)))
-    calls = 2 * len(rows)
-    print(f"\nguard cost per lookup (µs, best of {args.repeat} rounds over {calls} calls):")
-    for name, micros in cost(rows, args.repeat).items():
-        print(f"  {name:10} {micros:7.2f} µs")
+    guards: dict[str, ModuleType] = {"this": guard}
+    if args.against:
+        guards = {"before": _load_guard(args.against), "this": guard}
+        print(f"\nbefore: {guards['before'].__file__}")
+    sets = {"suite": [(a, b) for _, _, a, b in rows] + [(b, a) for _, _, a, b in rows]}
+    for dataset in ("banking77", "clinc150"):
+        if pairs := stream_pairs(dataset):
+            sets[dataset] = pairs
+    print(f"\nguard cost per lookup (µs; p50 of calls, mean in CPU time best of {args.repeat}):")
+    header = "".join(f" {name + ' p50':>12} {name + ' mean':>12}" for name in guards)
+    print(f"{'pairs':>18}{header}")
+    for name, pairs in sets.items():
+        measured = cost(guards, pairs, args.repeat)
+        cells = "".join(f" {p50:12.2f} {mean:12.2f}" for p50, mean in measured.values())
+        print(f"{name + f' ({len(pairs)})':>18}{cells}", flush=True)
 
 
 if __name__ == "__main__":

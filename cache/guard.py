@@ -28,9 +28,11 @@ prove harmless (cache/hits.py). :func:`conflicts` lists every conflict of a pair
 :class:`Conflict` values; :func:`conflict` names the first (hard kinds first) as a string.
 
 It is deliberately lexical and one-sided cases count: a false conflict costs one cache miss,
-a missed one serves a wrong answer. Features of a text are memoised (the cached side repeats):
-a lookup pays for its new query's features (~24 µs of CPU for a short question), the comparison
-itself ~2 µs (``python -m bench.guard``).
+a missed one serves a wrong answer. Features of a text are read once and memoised: a cached
+entry's when it is stored (:func:`remember`), the incoming query's at its lookup. Most questions
+are *plain* (:func:`_plain`: no digit, quote, identifier sign or arrow) and are read without a
+loop over their tokens; the others token by token (:func:`_read`); both give the same features.
+Costs per lookup, before/after: ``python -m bench.guard --against OTHER_CHECKOUT``.
 """
 
 from __future__ import annotations
@@ -41,177 +43,61 @@ from typing import NamedTuple
 
 from cache.guard_ids import identifiers
 from cache.guard_roles import Roles, roles_of, swapped
+from cache.guard_words import (
+    AMBIGUOUS_DATE_WORDS,
+    CURRENCY,
+    CURRENCY_WORDS,
+    DATE_WORDS,
+    LEXICON,
+    NEGATIONS,
+    NOT_ENTITIES,
+    NUMBER_WORDS,
+    UNITS,
+)
 
-__all__ = ["HARD_KINDS", "KINDS", "Conflict", "conflict", "conflicts"]
+__all__ = ["HARD_KINDS", "KINDS", "Conflict", "conflict", "conflicts", "remember"]
 
 # Checked in this order; the first found is :func:`conflict`'s reason.
 KINDS = ("identifiers", "roles", "numbers", "dates", "negation", "entities", "quoted")
 # Never served, whatever a scope learns: two ids or two directions never share an answer.
 HARD_KINDS = frozenset({"identifiers", "roles"})
 
-_NUMBER_WORDS = {
-    "zero": "0",
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-    "eleven": "11",
-    "twelve": "12",
-    "thirteen": "13",
-    "fourteen": "14",
-    "fifteen": "15",
-    "sixteen": "16",
-    "seventeen": "17",
-    "eighteen": "18",
-    "nineteen": "19",
-    "twenty": "20",
-    "thirty": "30",
-    "forty": "40",
-    "fifty": "50",
-    "sixty": "60",
-    "seventy": "70",
-    "eighty": "80",
-    "ninety": "90",
-    "hundred": "100",
-    "thousand": "1000",
-    "million": "1000000",
-    "billion": "1000000000",
-    "dozen": "12",
-    "half": "0.5",
-}
-_DATE_WORDS = frozenset(
-    [
-        "january",
-        "february",
-        "march",
-        "april",
-        "may",
-        "june",
-        "july",
-        "august",
-        "september",
-        "october",
-        "november",
-        "december",
-        "jan",
-        "feb",
-        "mar",
-        "apr",
-        "jun",
-        "jul",
-        "aug",
-        "sep",
-        "sept",
-        "oct",
-        "nov",
-        "dec",
-        "monday",
-        "tuesday",
-        "wednesday",
-        "thursday",
-        "friday",
-        "saturday",
-        "sunday",
-        "today",
-        "tomorrow",
-        "yesterday",
-        "tonight",
-        "weekend",
-    ]
-)
-# "may" and "march" are also a verb: only counted when capitalised (see _features).
-_AMBIGUOUS_DATE_WORDS = frozenset({"may", "march", "sat", "sun", "wed"})
-_NEGATIONS = frozenset(
-    [
-        "not",
-        "no",
-        "never",
-        "none",
-        "nobody",
-        "nothing",
-        "nowhere",
-        "neither",
-        "nor",
-        "without",
-        "cannot",
-        "cant",
-        "dont",
-        "doesnt",
-        "didnt",
-        "isnt",
-        "arent",
-        "wasnt",
-        "werent",
-        "wont",
-        "wouldnt",
-        "shouldnt",
-        "couldnt",
-        "hasnt",
-        "havent",
-        "hadnt",
-        "aint",
-    ]
-)
-# Capitalised words that are not entities when they are not sentence-initial.
-_NOT_ENTITIES = frozenset(
-    {"i", "i'm", "i've", "i'll", "i'd", "ok", "okay", "hi", "hello", "please"}
-)
-_CURRENCY = {"$": "usd", "€": "eur", "£": "gbp", "¥": "jpy", "₹": "inr"}
-_CURRENCY_WORDS = {
-    **{w: "usd" for w in ("usd", "dollar", "dollars", "bucks")},
-    **{w: "eur" for w in ("eur", "euro", "euros")},
-    **{w: "jpy" for w in ("jpy", "yen")},
-    **{w: "inr" for w in ("inr", "rupee", "rupees")},
-    "gbp": "gbp",
-}
-# A unit right after a number belongs to it ("5 km" is not "5 miles"); spellings of one unit
-# share a name. Ambiguous abbreviations ("m", "in") are left out; "pounds" is its own unit.
-_UNIT_GROUPS = {
-    "s": "s sec secs second seconds",
-    "min": "min mins minute minutes",
-    "h": "h hr hrs hour hours",
-    "d": "day days",
-    "wk": "wk wks week weeks",
-    "mo": "month months",
-    "yr": "yr yrs year years",
-    "mg": "mg milligram milligrams",
-    "g": "g gram grams",
-    "kg": "kg kilo kilos kilogram kilograms",
-    "lb": "lb lbs",
-    "pound": "pound pounds",
-    "oz": "oz ounce ounces",
-    "mm": "mm millimetre millimetres millimeter millimeters",
-    "cm": "cm centimetre centimetres centimeter centimeters",
-    "metre": "metre metres meter meters",
-    "km": "km kilometre kilometres kilometer kilometers",
-    "mi": "mi mile miles",
-    "ft": "ft foot feet",
-    "ml": "ml millilitre millilitres milliliter milliliters",
-    "l": "l litre litres liter liters",
-    "gal": "gallon gallons",
-    "cup": "cup cups",
-    "kb": "kb",
-    "mb": "mb megabyte megabytes",
-    "gb": "gb gigabyte gigabytes gig gigs",
-    "tb": "tb terabyte terabytes",
-    "mbps": "mbps",
-    "gbps": "gbps",
-}
-_UNITS = {word: unit for unit, words in _UNIT_GROUPS.items() for word in words.split()}
-
+# One token per match, its kind told by its first character (see _features). The alternatives
+# and their order are the guard's grammar: quotes, an amount (a currency sign may lead), a word
+# (with one inner apostrophe: "don't", "Alice's"), a sentence stop, an arrow.
 _TOKEN = re.compile(
-    r"""(?P<quote>"[^"]+"|“[^”]+”|(?<!\w)'[^']+'(?!\w)|`[^`]+`)"""
-    r"""|(?P<money>[$€£¥₹])?\s?(?P<num>\d+(?:[.,]\d+)*)"""
-    r"""|(?P<word>[^\W\d_]+(?:'[^\W\d_]+)?)"""
-    r"""|(?P<stop>[.!?;]+)"""
-    r"""|(?P<arrow>->|→)"""
+    r""""[^"]+"|“[^”]+”|(?<!\w)'[^']+'(?!\w)|`[^`]+`"""
+    r"""|[$€£¥₹]?\s?\d+(?:[.,]\d+)*"""
+    r"""|[^\W\d_]+(?:'[^\W\d_]+)?"""
+    r"""|[.!?;]+"""
+    r"""|->|→"""
 )
+_QUOTE_OPENERS = frozenset("\"“'`")
+_STOPS = frozenset(".!?;")
+# A plain text: ASCII, starting with a letter, with no digit, quote, sign of an identifier or
+# arrow. Most questions are plain: they have no numbers, identifiers or quotes to read, so their
+# words (and their capitalised words, for the entities) are all the guard needs (see _plain).
+# One translation of the text's bytes finds the characters that rule it out and gives its
+# words; the rest is tested only when the character it is about occurs.
+_BLOCKING = set('0123456789"`$>@#/\\_')
+# Per byte: NUL if it rules the text out, a lower-case letter for a letter, a space otherwise.
+_PLAIN_BYTES = bytes(
+    0 if chr(c) in _BLOCKING else c | 32 if c < 128 and chr(c).isalpha() else 32 for c in range(256)
+)
+_DOT_WORD = re.compile(r"\.\w")  # "example.com", "os.path": a name (cache.guard_ids)
+_OPEN_QUOTE = re.compile(r"(?<!\w)'|'[A-Z]")  # may open a 'quote'; "x'Y": left to _read
+# A word that starts with a capital, but the pronoun "I" ("I", "I'm", "I'd" ...: never a name,
+# and the commonest capital of all), and whether a sentence stop precedes it (group 1).
+_NOT_I = r"(?!I(?:'(?:m|ve|ll|d|s))?(?![A-Za-z']))"
+_CAPITAL = re.compile(r"[A-Z]")
+_CAPITAL_WORD = re.compile(
+    rf"([.!?;][^A-Za-z.!?;]*)?(?<![A-Za-z']){_NOT_I}([A-Z][A-Za-z]*(?:'[A-Za-z]+)?)"
+)
+_ASCII_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+_WORD_OR_STOP = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|[.!?;]+")
+_THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+# NamedTuple's own __new__ is a Python function: features are built with tuple's.
+_new = tuple.__new__
 
 
 class _Features(NamedTuple):
@@ -223,23 +109,148 @@ class _Features(NamedTuple):
     quoted: frozenset[str]
     identifiers: frozenset[str]
     roles: Roles
+    # identifiers, numbers, dates, negated, quoted: one equality test tells a pair that agrees
+    # on all five (most near neighbours) from one that needs the rule-by-rule comparison.
+    key: tuple[object, ...]
+
+
+def _make(
+    numbers: list[str] | tuple[str, ...],
+    dates: frozenset[str],
+    negated: bool,
+    entities: frozenset[str],
+    words: frozenset[str],
+    quoted: frozenset[str],
+    ids: frozenset[str],
+    roles: Roles,
+) -> _Features:
+    ordered = tuple(sorted(numbers)) if numbers else ()
+    key = (ids, ordered, dates, negated, quoted)
+    return _new(_Features, (ordered, dates, negated, entities, words, quoted, ids, roles, key))
 
 
 def _number(text: str, money: str | None) -> str:
-    if re.fullmatch(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?", text):
-        text = text.replace(",", "")
-    elif text.count(",") == 1 and "." not in text:
-        text = text.replace(",", ".")  # a decimal comma
+    if "," in text:
+        if _THOUSANDS.fullmatch(text):
+            text = text.replace(",", "")
+        elif text.count(",") == 1 and "." not in text:
+            text = text.replace(",", ".")  # a decimal comma
     try:
         value = float(text) if text.count(".") <= 1 else None
     except ValueError:  # pragma: no cover - the pattern only yields numeric text
         value = None
     normal = text if value is None else format(value, "g") if value < 1e15 else text
-    return f"{_CURRENCY[money]}:{normal}" if money else normal
+    return f"{CURRENCY[money]}:{normal}" if money else normal
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=8192)  # ~2 KB a text: ~17 MB when full
 def _features(text: str) -> _Features:
+    """A text's features, read once: the lookup's query when it comes in, a cached entry's
+    query when it is stored (the stage warms this memo then, see :func:`remember`) or, on
+    another replica, at its first comparison."""
+    return _plain(text) or _read(text)
+
+
+def _plain(text: str) -> _Features | None:
+    """The features of a plain text (see _BLOCKING) from its lower-cased words and its
+    capitalised ones, in a few C-level passes; None for any other text (or for the rare plain
+    one it leaves to :func:`_read`). Gives what :func:`_read` gives, faster."""
+    first = text[:1]
+    if not text.isascii() or not first.isalpha():
+        return None
+    spaced = text.encode().translate(_PLAIN_BYTES)
+    if (
+        0 in spaced
+        or ("." in text and _DOT_WORD.search(text))
+        or ("'" in text and _OPEN_QUOTE.search(text))
+    ):
+        return None
+    if "'" in text:  # "Alice's" names Alice; "don't", "isn't" negate
+        tokens = [t[:-2] if t.endswith("'s") else t for t in _ASCII_WORD.findall(text.lower())]
+        negated = not NEGATIONS.isdisjoint(tokens) or any(
+            t.endswith("n't") or t.replace("'", "") in NEGATIONS for t in tokens if "'" in t
+        )
+    else:
+        tokens = spaced.decode().split()
+        negated = not NEGATIONS.isdisjoint(tokens)
+    numbers: list[str] = []
+    dates = _EMPTY if _PLAIN_DATES.isdisjoint(tokens) else _PLAIN_DATES.intersection(tokens)
+    if first.isupper() and tokens[0] in _MAY_MARCH:
+        dates = dates | {tokens[0]}  # "May I ...": a capitalised "may" is read as the month
+    entities = _EMPTY
+    numbered = not _NUMBER_WORD_SET.isdisjoint(tokens)
+    if _CAPITAL.search(text, 1):
+        capitals = _capitals(text, numbered)
+        if capitals is None:
+            return None
+        entities, named_dates = capitals
+        dates = dates | named_dates if named_dates else dates
+    if numbered:
+        _number_words(text.lower(), numbers)
+    words = frozenset(tokens)
+    if numbers or dates or negated or entities:
+        return _make(numbers, dates, negated, entities, words, _EMPTY, _EMPTY, roles_of(tokens))
+    return _new(
+        _Features, ((), _EMPTY, False, _EMPTY, words, _EMPTY, _EMPTY, roles_of(tokens), _BARE)
+    )
+
+
+def _capitals(text: str, numbered: bool) -> tuple[frozenset[str], frozenset[str]] | None:
+    """A plain text's entities (capitalised words not starting a sentence, as :func:`_read`
+    reads them) and capitalised "May" or "March". None, to leave the text to :func:`_read`, for
+    a capital "A" naming something ("Team A", which the roles keep apart from the article) and
+    for a capitalised word in a text with a number word (it may be its unit: "five Dollars")."""
+    entities: set[str] = set()
+    dates: set[str] = set()
+    for match in _CAPITAL_WORD.finditer(text, 1):
+        initial, word = match.group(1) is not None, match.group(2)
+        if numbered or (word == "A" and not initial):
+            return None
+        lower = word.lower()
+        if lower.endswith("'s"):
+            lower = lower[:-2]
+        if "'" in lower:
+            kind = "neg" if lower.replace("'", "") in NEGATIONS or lower.endswith("n't") else None
+        else:
+            kind = LEXICON.get(lower)
+        if kind is None:
+            if not initial and lower not in NOT_ENTITIES:
+                entities.add(lower)
+        elif kind == "date" and lower in _MAY_MARCH:
+            dates.add(lower)
+    return frozenset(entities) if entities else _EMPTY, frozenset(dates) if dates else _EMPTY
+
+
+_PLAIN_DATES = DATE_WORDS - AMBIGUOUS_DATE_WORDS
+_MAY_MARCH = AMBIGUOUS_DATE_WORDS & DATE_WORDS
+_NUMBER_WORD_SET = frozenset(NUMBER_WORDS)
+_EMPTY: frozenset[str] = frozenset()
+_BARE = (_EMPTY, (), _EMPTY, False, _EMPTY)  # the key of a text with none of those five
+
+
+def _number_words(lower: str, numbers: list[str]) -> None:
+    """Number words of a plain text with the unit or currency word right after each."""
+    slot = False
+    for token in _WORD_OR_STOP.findall(lower):
+        if token[0] in _STOPS:
+            slot = False
+            continue
+        token = token[:-2] if token.endswith("'s") else token
+        if slot:
+            slot = False
+            if unit := CURRENCY_WORDS.get(token):
+                numbers[-1] = f"{unit}:{numbers[-1]}"
+                continue
+            if unit := UNITS.get(token):
+                numbers[-1] = f"{numbers[-1]}:{unit}"
+                continue
+        if LEXICON.get(token) == "num":
+            numbers.append(NUMBER_WORDS[token])
+            slot = True
+
+
+def _read(text: str) -> _Features:
+    """The features of any text, token by token."""
     text = text.replace("\u2019", "'")
     numbers: list[str] = []
     dates: set[str] = set()
@@ -250,51 +261,59 @@ def _features(text: str) -> _Features:
     initial = True  # the next word starts a sentence
     unit_slot = False  # the previous token was a number without a unit: a unit may follow
     sequence: list[str] = []  # the tokens in order, for the roles
-    for match in _TOKEN.finditer(text):
-        kind = match.lastgroup
-        if kind == "arrow":
-            sequence.append("->")
-            unit_slot = False
-        elif kind == "quote":
-            inner = match.group("quote")[1:-1].strip().lower()
-            quoted.add(inner)
-            words.update(inner.split())
-            initial = unit_slot = False
+    for token in _TOKEN.findall(text):
+        first = token[0]
+        kind = _FIRST.get(first) or ("num" if first.isdecimal() or first.isspace() else "word")
+        if kind == "word":
+            lower = token.lower()
+            if lower.endswith("'s"):
+                lower = lower[:-2]  # "Alice's" names Alice
+            words.add(lower)
+            # A capital "A" past a sentence's start names something ("Team A"): not "a".
+            sequence.append("A" if token == "A" and not initial else lower)
+            if unit_slot:
+                unit_slot = False
+                if unit := CURRENCY_WORDS.get(lower):
+                    numbers[-1] = f"{unit}:{numbers[-1]}"  # "5 dollars" is "$5"
+                    continue
+                if unit := UNITS.get(lower):
+                    numbers[-1] = f"{numbers[-1]}:{unit}"
+                    continue
+            if "'" in lower:
+                bare = lower.replace("'", "")
+                cls = "neg" if bare in NEGATIONS or lower.endswith("n't") else None
+            else:
+                cls = LEXICON.get(lower)
+            if cls is None:
+                if not initial and first.isupper() and lower not in NOT_ENTITIES:
+                    entities.add(lower)
+            elif cls == "neg":
+                negated = True
+            elif cls == "num":
+                numbers.append(NUMBER_WORDS[lower])
+                unit_slot = True
+            elif lower not in AMBIGUOUS_DATE_WORDS or first.isupper():
+                dates.add(lower)  # "may" and "march" only capitalised
+            initial = False
         elif kind == "num":
-            money = match.group("money")
-            numbers.append(_number(match.group("num"), money))
+            money = first if first in CURRENCY else None
+            digits = token if first.isdecimal() else token[1:].lstrip()  # "$ 5", " 5"
+            numbers.append(_number(digits, money))
             sequence.append(numbers[-1])
             unit_slot = money is None
             initial = False
-        elif kind == "word":
-            word = match.group("word")
-            lower = word.lower().removesuffix("'s")  # "Alice's" names Alice
-            words.add(lower)
-            # A capital "A" past a sentence's start names something ("Team A"): not "a".
-            sequence.append("A" if word == "A" and not initial else lower)
-            bare = lower.replace("'", "")
-            if unit_slot:
-                unit_slot = False
-                if unit := _CURRENCY_WORDS.get(lower):
-                    numbers[-1] = f"{unit}:{numbers[-1]}"  # "5 dollars" is "$5"
-                    continue
-                if unit := _UNITS.get(lower):
-                    numbers[-1] = f"{numbers[-1]}:{unit}"
-                    continue
-            if bare in _NEGATIONS or lower.endswith("n't"):
-                negated = True
-            elif lower in _NUMBER_WORDS:
-                numbers.append(_NUMBER_WORDS[lower])
-                unit_slot = True
-            elif lower in _DATE_WORDS and (lower not in _AMBIGUOUS_DATE_WORDS or word[0].isupper()):
-                dates.add(lower)
-            elif word[0].isupper() and not initial and lower not in _NOT_ENTITIES:
-                entities.add(lower)
-            initial = False
-        else:
+        elif kind == "quote":
+            inner = token[1:-1].strip().lower()
+            quoted.add(inner)
+            words.update(inner.split())
+            initial = unit_slot = False
+        elif kind == "arrow":
+            sequence.append("->")
+            unit_slot = False
+        else:  # a sentence stop
             initial, unit_slot = True, False
-    return _Features(
-        tuple(sorted(numbers)),
+    return _make(
+        numbers,
         frozenset(dates),
         negated,
         frozenset(entities),
@@ -303,6 +322,24 @@ def _features(text: str) -> _Features:
         identifiers(text),
         roles_of(sequence),
     )
+
+
+# A token's kind by its first character; anything else: an amount if a digit or a space (before
+# an amount's digits) leads, a word otherwise.
+_FIRST = {
+    **dict.fromkeys(_QUOTE_OPENERS, "quote"),
+    **dict.fromkeys(_STOPS, "stop"),
+    **dict.fromkeys("-→", "arrow"),
+    **dict.fromkeys(CURRENCY, "num"),
+    **dict.fromkeys("0123456789", "num"),
+    **dict.fromkeys("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", "word"),
+}
+
+
+def remember(text: str) -> None:
+    """Read ``text``'s features now (a cached entry's query, when it is stored), so that the
+    lookups that meet the entry pay only for their own query's."""
+    _features(text)
 
 
 def _show(values: tuple[str, ...] | frozenset[str]) -> str:
@@ -335,6 +372,15 @@ def conflicts(query: str, cached_query: str, *, first: bool = False) -> list[Con
     if query == cached_query:
         return found
     a, b = _features(query), _features(cached_query)
+    if a.key == b.key:  # the common case: only the roles or the entities may differ
+        ra, rb = a.roles, b.roles
+        if (
+            len(ra.tokens) != len(rb.tokens)  # no permutation (cache.guard_roles)
+            and (ra.fillers == rb.fillers or not ra.fillers or not rb.fillers)  # no swap
+            and a.entities <= b.words
+            and b.entities <= a.words
+        ):
+            return found
     if a.identifiers != b.identifiers:
         only_a, only_b = a.identifiers - b.identifiers, b.identifiers - a.identifiers
         found.append(Conflict("identifiers", f"{_show(only_a)} vs {_show(only_b)}"))

@@ -55,7 +55,8 @@ _IDENT = re.compile(
     r"""|(?P<token>\w+(?:[-.:+]\w+)*)"""
 )
 _MAYBE = re.compile(r"[\d@#/\\_`]|\.\w")  # what every identifier has somewhere
-_CHUNK = re.compile(r"\S+")
+# A whitespace-separated chunk holding one of _MAYBE's signs: found in one pass of the text.
+_MAYBE_CHUNK = re.compile(r"(?<!\S)\S*?(?:[\d@#/\\_`]|\.\w)\S*")
 _CODE = re.compile(r"`[^`\n]+`")
 # A number followed by a unit or an ordinal suffix is a quantity, not a name.
 _QUANTITY = re.compile(r"\d+(?:[.,]\d+)?([A-Za-z]+)")
@@ -148,10 +149,8 @@ def identifiers(text: str) -> frozenset[str]:
     # look-behinds and version cues still see what precedes them).
     if _MAYBE.search(text) is None:
         return frozenset(found)
-    for chunk in _CHUNK.finditer(text):
-        start, end = chunk.span()
-        if _MAYBE.search(text, start, end) is not None:
-            _read(text, start, end, found)
+    for chunk in _MAYBE_CHUNK.finditer(text):
+        _read(text, chunk.start(), chunk.end(), found)
     return frozenset(found)
 
 

@@ -71,6 +71,11 @@ class Roles(NamedTuple):
     tokens: tuple[str, ...]
 
 
+# NamedTuple's own __new__ is a Python function; the guard builds one Roles per query.
+_new = tuple.__new__
+_NONE: frozenset[tuple[str, str]] = frozenset()
+
+
 def _argument(tokens: Sequence[str], start: int, step: int) -> str | None:
     i = start
     while 0 <= i < len(tokens):
@@ -100,16 +105,15 @@ def roles_of(tokens: Sequence[str]) -> Roles:
     where it names something). Set look-ups only; no scan without a direction word."""
     fillers: set[tuple[str, str]] = set()
     if _DIRECTION.isdisjoint(tokens):
-        return Roles(frozenset(), tuple(tokens))
-    for i, token in enumerate(tokens):
-        if token not in _DIRECTION:
-            continue
+        return _new(Roles, (_NONE, tuple(tokens)))
+    for i in [i for i, token in enumerate(tokens) if token in _DIRECTION]:
+        token = tokens[i]
         after = _argument(tokens, i + 1, 1)
-        before = _argument(tokens, i - 1, -1)
         if token in _SOFT_TARGET:
             if after not in _UNITS:
-                continue
+                continue  # "in" and "as" are directions only before a currency or a unit
             token = "to"
+        before = _argument(tokens, i - 1, -1)
         if token in _TARGET or token == "to":
             if after:
                 fillers.add(("target", after))
@@ -123,14 +127,7 @@ def roles_of(tokens: Sequence[str]) -> Roles:
                 fillers.update((("first", before), ("second", after)))
         elif before and after:  # after
             fillers.update((("first", after), ("second", before)))
-    return Roles(frozenset(fillers), tuple(tokens))
-
-
-def _by_role(fillers: frozenset[tuple[str, str]]) -> dict[str, set[str]]:
-    found: dict[str, set[str]] = {}
-    for role, word in fillers:
-        found.setdefault(role, set()).add(word)
-    return found
+    return _new(Roles, (frozenset(fillers), tuple(tokens)))
 
 
 def _symmetric_swap(content_a: list[str], content_b: list[str], skeleton: list[str]) -> bool:
@@ -160,16 +157,18 @@ def _permuted(a: tuple[str, ...], b: tuple[str, ...]) -> str | None:
 
 def swapped(a: Roles, b: Roles) -> str | None:
     """How ``a`` and ``b`` put the same things in different roles, or None."""
-    if a.fillers != b.fillers and a.fillers and b.fillers:
-        mine, theirs = _by_role(a.fillers), _by_role(b.fillers)
+    # A role filled differently in each needs a (role, word) on each side that the other lacks;
+    # most pairs with fillers differ on one side only (one query says more), and stop here.
+    only_a, only_b = a.fillers - b.fillers, b.fillers - a.fillers
+    if only_a and only_b:
         filled_a = {word for _, word in a.fillers}
         filled_b = {word for _, word in b.fillers}
         for role in ("target", "source", "first", "second"):
-            x, y = mine.get(role, set()), theirs.get(role, set())
-            only_a, only_b = x - y, y - x
+            x = {word for r, word in only_a if r == role}
+            y = {word for r, word in only_b if r == role} if x else None
             # Swapped: each side's filler fills another role on the other side.
-            if only_a and only_b and only_a <= filled_b and only_b <= filled_a:
-                return f"{role} {_show(only_a)} vs {_show(only_b)}"
+            if x and y and x <= filled_b and y <= filled_a:
+                return f"{role} {_show(x)} vs {_show(y)}"
     return _permuted(a.tokens, b.tokens)
 
 

@@ -202,3 +202,24 @@ async def test_feedback_faster_than_the_background_store_keeps_the_answer_out(
     await asyncio.sleep(0.05)
     _, headers = await ask(client, question)
     assert headers["x-gateway-cache"] == "miss"
+
+
+@pytest.mark.timeout(300)
+async def test_a_stored_entry_is_read_by_the_guard_when_stored(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    """The stage reads a new entry's query for the guard as it stores it: the first lookup that
+    meets the entry reads only its own query (cache.guard.remember)."""
+    from cache import guard
+
+    client = await make_gateway(
+        policy_for(fakes, cache={"static_threshold": 0.85}), embedder=embedder, **redis_settings()
+    )
+    question = f"Where is parcel {uuid.uuid4().hex[:6]} right now, please?"
+    fakes.openai.push(Ok(text="On its way."))
+    await ask(client, question)
+    await settle(client)
+    before = guard._features.cache_info()
+    guard._features(question)  # already read: a hit, not a new reading
+    after = guard._features.cache_info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (1, 0)

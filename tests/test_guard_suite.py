@@ -63,7 +63,7 @@ def test_the_consignment_scenario_of_the_issue() -> None:
     """40 questions differing only in a 10-character id: no two may share an answer."""
     rng = random.Random(23)
     alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
-    ids = set()
+    ids: set[str] = set()
     while len(ids) < 40:
         token = "".join(rng.choice(alphabet) for _ in range(10))
         if any(c.isdigit() for c in token) and any(c.isalpha() for c in token):
@@ -128,3 +128,60 @@ def test_hard_conflicts_are_never_served_however_much_evidence() -> None:
     assert policy.error(0.97, EntryState(), scope, conflict="numbers: {1} vs {2}") < 1.0
     for reason in ("identifiers: {id:a1} vs {id:a2}", "roles: target {eur} vs {usd}"):
         assert policy.error(0.999, EntryState(), scope, conflict=reason) == 1.0
+
+
+# Texts the fast reader of plain text must read exactly as the token-by-token one: capitals that
+# start a sentence or name something, "May"/"March", a capital "A", number and unit words,
+# apostrophes, negations. (Anything it cannot read the same it leaves to the full reader.)
+_PLAIN_CASES = [
+    "how do i transfer money to my savings account",
+    "Hi. Bob is here",
+    "hi; Bob said no",
+    "What about Alice's car",
+    "I'm sure I'd like it, please",
+    "May I pay in March?",
+    "see you in May, Bob",
+    "Team A wins against team B",
+    "A. Bob",
+    "five Dollars please",
+    "one day and ten hours",
+    "half an hour after Tuesday",
+    "Don't cancel, it isn't late",
+    "NOT now, Apple Pay",
+    "my iPhone X and McDonald's",
+    "x'Bob and y'z",
+    "Sun is up on the Wed meeting",
+    "Rock'n'Roll Baby",
+    "Visa and Mastercard fees from checking to savings",
+]
+
+
+@pytest.mark.parametrize("text", _PLAIN_CASES + sorted({t for p in PAIRS for t in (p.a, p.b)}))
+def test_plain_texts_read_as_the_full_reader_reads_them(text: str) -> None:
+    from cache import guard
+
+    fast = guard._plain(text)
+    if fast is not None:
+        assert fast == guard._read(text)
+
+
+def test_most_questions_take_the_fast_reader() -> None:
+    from cache import guard
+
+    read = [guard._plain(t) is not None for t in _PLAIN_CASES]
+    # Left to the full reader: a capital "A" naming something, a number word with a capital in
+    # the text ("five Dollars"), a capital right after an apostrophe ("x'Bob", "Rock'n'Roll").
+    assert sum(read) == len(read) - 5
+
+
+def test_an_entry_is_read_when_stored() -> None:
+    """The stage reads a stored entry's query then (remember): a lookup that meets it reads only
+    its own query."""
+    from cache import guard
+
+    cached = "What is the status of shipment Q9Z-55120 to Lyon?"
+    guard.remember(cached)
+    before = guard._features.cache_info()
+    assert conflict("What is the status of shipment Q9Z-55121 to Lyon?", cached)
+    after = guard._features.cache_info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (1, 1)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cache.embedder import Embedder, Vector
-from cache.guard import conflict
+from cache.guard import conflict, remember
 from cache.hits import NEIGHBOURS, EntryState, HitPolicy, ScopeState
 from cache.hot import HotEntries
 from cache.index import ScopedIndexes
@@ -405,6 +405,7 @@ class CacheStage:
                 continue
             if put.entry.vector is not None:
                 self.indexes.add(put.entry.scope, put.entry.id, put.entry.vector)
+                remember(put.entry.query)  # its guard features: read now, not by a lookup
         for old in evicted:
             self.indexes.remove(old)
             self.hot.drop_id(old)
