@@ -12,9 +12,11 @@ embedder failing means "miss" plus a log line and a metric: the request is still
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +113,8 @@ class CacheStage:
         self._reading: dict[str, asyncio.Future[Entry | None]] = {}
         self._own: set[int] = set()
         self._hit_flush: asyncio.Task[None] | None = None
+        # One thread adds this replica's new entries to the indexes (``_store``).
+        self._index_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-index")
 
     # -- the request path -----------------------------------------------------------------
     def settings_for(self, ctx: RequestContext) -> CacheSettings:
@@ -182,10 +186,13 @@ class CacheStage:
             self._count("semantic_skipped")
             log.debug("no semantic lookup for %s: %s", ctx.request_id, skipped)
             return None
-        vector = await ctx.query_embedding()
-        if vector is None:
+        # The index search runs on the embedder's thread right after the vector (off the loop).
+        search = functools.partial(self.indexes.nearest, scope, count=1 + NEIGHBOURS)
+        embedded = await ctx.query_embedding_then(search)
+        if embedded is None:
             return None
-        neighbours = await self._neighbours(scope, vector)
+        vector, found = embedded
+        neighbours = await self._neighbours(scope, vector, found)
         if not neighbours:
             if settings.static_threshold is None:
                 self.policy.record(self._scope_state(scope), None)
@@ -237,13 +244,15 @@ class CacheStage:
         if not done.cancelled():
             done.exception()  # retrieved here too: every waiter may have given up
 
-    async def _neighbours(self, scope: str, vector: Vector) -> list[tuple[Entry, float]]:
+    async def _neighbours(
+        self, scope: str, vector: Vector, found: list[tuple[int, float]]
+    ) -> list[tuple[Entry, float]]:
         """The nearest entry and its runners-up, all of this scope, best first.
 
-        The index finds candidates by approximate (int8) similarity; each is re-scored by the
-        exact cosine of its stored float32 vector, which is what hit decisions use.
+        The index found the candidates (``found``) by approximate (int8) similarity; each is
+        re-scored by the exact cosine of its stored float32 vector, which is what hit decisions
+        use.
         """
-        found = self.indexes.nearest(scope, vector, 1 + NEIGHBOURS)
         entries = await self.store.get_many([key for key, _ in found])  # one round trip
         neighbours = []
         for (key, _), entry in zip(found, entries, strict=True):
@@ -398,16 +407,20 @@ class CacheStage:
             self._own.clear()
         self._own.update(put.entry.id for put in puts)
         evicted = await self.store.put_many(puts)
+        adds: list[tuple[str, int, Vector]] = []
         for put in puts:
             self.hot.drop_key(put.exact_key)  # a newer answer to the same question
             if put.entry.id in self._forgotten:  # flagged while it was being written
                 await self.store.remove(put.entry.id, put.entry.scope)
                 continue
             if put.entry.vector is not None:
-                self.indexes.add(put.entry.scope, put.entry.id, put.entry.vector)
+                adds.append((put.entry.scope, put.entry.id, put.entry.vector))
         for old in evicted:
-            self.indexes.remove(old)
             self.hot.drop_id(old)
+        # Index adds (~1 ms of graph search each) on the index thread, not the loop's.
+        await asyncio.get_running_loop().run_in_executor(
+            self._index_thread, self.indexes.apply, adds, evicted
+        )
 
     async def feedback(self, entry_id: int, scope: str, similarity: float) -> bool:
         """A client says a cached answer was wrong: the entry stops hitting at that similarity."""
@@ -478,6 +491,7 @@ class CacheStage:
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
+        self._index_thread.shutdown(wait=False)
 
     def _count(self, result: str) -> None:
         self.metrics.child(self.metrics.cache_lookups, result).inc()
