@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,14 @@ log = logging.getLogger(__name__)
 Vector = npt.NDArray[np.float32]
 
 BUNDLED_MODEL_NAME = "all-MiniLM-L6-v2"
+
+# The longest the event loop may keep the GIL from the embedding worker once it asks for it.
+# The worker releases the GIL for each forward pass and needs it back to hand the vector over;
+# CPython makes a waiting thread wait up to the switch interval (5 ms by default) before the
+# running one must let go, and under load the loop always runs: each text then waited ~5 ms
+# for the GIL after a ~1 ms pass (bench/README.md, "the miss path"). A forced switch costs a few
+# microseconds, and only happens while another thread is waiting.
+GIL_SWITCH_S = 0.0005
 
 
 def _share_system_libstdcxx() -> None:
@@ -205,11 +213,27 @@ async def fits_window_off_loop(embedder: Embedder, text: str) -> bool:
     return window is None or await window.fits_off_loop(text)
 
 
+class ThenFailed(Exception):
+    """``embed_then``'s ``then`` raised (the cause); the text's vector was computed."""
+
+    def __init__(self, vector: Vector) -> None:
+        super().__init__("the embedding's follow-up failed")
+        self.vector = vector
+
+
+@dataclass(frozen=True, slots=True)
+class _Raised:
+    exc: Exception
+
+
 @dataclass
 class _Pending:
     text: str
-    future: asyncio.Future[Vector]
+    future: asyncio.Future[Any]
     loop: asyncio.AbstractEventLoop
+    # Run on the worker right after the text's vector (``embed_then``); the future then gets
+    # ``(vector, then(vector))``.
+    then: Callable[[Vector], Any] | None = None
     queued: float = field(default_factory=time.perf_counter)
 
 
@@ -236,6 +260,8 @@ class BatchingEmbedder(ABC):
         self.batches = 0  # forward passes run, for tests and benchmarks
         self.texts = 0
         self.skipped = 0  # texts whose callers had given up before their turn
+        if sys.getswitchinterval() > GIL_SWITCH_S:
+            sys.setswitchinterval(GIL_SWITCH_S)
         self._thread = threading.Thread(
             target=self._work, name=f"embedder-{self.name}", daemon=True
         )
@@ -246,12 +272,27 @@ class BatchingEmbedder(ABC):
         """Synchronous batch encoding: one unit-length float32 row per text."""
 
     async def embed(self, text: str) -> Vector:
+        vector: Vector = await self._submit(text, None)
+        return vector
+
+    async def embed_then(self, text: str, then: Callable[[Vector], _T]) -> tuple[Vector, _T]:
+        """The text's vector and ``then(vector)``, computed on the worker thread right after the
+        vector: CPU work that needs the vector (a vector index search) stays off the event loop,
+        and the loop wakes once for both. ``then`` must be thread-safe and short (it delays the
+        next text); when it raises, this caller alone gets ``ThenFailed`` (carrying the vector,
+        the exception as its cause)."""
+        vector, outcome = await self._submit(text, then)
+        if isinstance(outcome, _Raised):
+            raise ThenFailed(vector) from outcome.exc
+        return vector, outcome
+
+    async def _submit(self, text: str, then: Callable[[Vector], Any] | None) -> Any:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Vector] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         with self._cond:
             if self._closed:
                 raise RuntimeError("the embedder is closed")
-            self._queue.append(_Pending(text, future, loop))
+            self._queue.append(_Pending(text, future, loop, then))
             self._cond.notify()
         return await future
 
@@ -289,7 +330,14 @@ class BatchingEmbedder(ABC):
             self.batches += 1
             self.texts += len(batch)
             for pending, vector in zip(batch, vectors, strict=True):
-                _deliver(pending, _resolve, vector)
+                if pending.then is None:
+                    _deliver(pending, _resolve, vector)
+                    continue
+                try:
+                    outcome = pending.then(vector)
+                except Exception as exc:  # the hook's failure is its caller's, not the batch's
+                    outcome = _Raised(exc)
+                _deliver(pending, _resolve, (vector, outcome))
 
     def _next_batch(self) -> list[_Pending] | None:
         """Up to ``max_batch`` queued texts; ``None`` once closed and drained."""
@@ -355,7 +403,7 @@ _T = TypeVar("_T")
 
 
 def _deliver(
-    pending: _Pending, settle: Callable[[asyncio.Future[Vector], _T], None], value: _T
+    pending: _Pending, settle: Callable[[asyncio.Future[Any], _T], None], value: _T
 ) -> None:
     try:
         pending.loop.call_soon_threadsafe(settle, pending.future, value)
@@ -365,11 +413,11 @@ def _deliver(
         log.debug("embedding dropped: its event loop is closed")
 
 
-def _resolve(future: asyncio.Future[Vector], vector: Vector) -> None:
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
-        future.set_result(vector)
+        future.set_result(value)
 
 
-def _fail(future: asyncio.Future[Vector], exc: Exception) -> None:
+def _fail(future: asyncio.Future[Any], exc: Exception) -> None:
     if not future.done():
         future.set_exception(exc)

@@ -102,10 +102,12 @@ class ScopeIndex:
 class ScopedIndexes:
     """A ``ScopeIndex`` per scope, created on first use.
 
-    Called from one event loop, except ``add_many``, which the start-up load runs in a worker
-    thread (its batch uses several threads). A lookup that finds the loader busy does not wait:
-    it finds nothing (a miss), so the loop never blocks on a bulk add; single adds and removals
-    wait for the current batch at most.
+    Thread-safe: every call takes one lock (usearch may reallocate while adding). The cache
+    searches on the embedder's worker thread (right after the query's vector), adds its own
+    entries on an index thread (``apply``), and the start-up load runs ``add_many`` on a worker
+    thread (its batch uses several threads); the event loop applies other replicas' changes.
+    A lookup during a bulk load does not wait for the batch: it finds nothing (a miss); otherwise
+    it waits for the one add or removal under way (about a millisecond).
     """
 
     def __init__(self, dim: int, *, threads: int | None = None) -> None:
@@ -113,7 +115,8 @@ class ScopedIndexes:
         self.threads = threads or os.cpu_count() or 1  # for bulk loads
         self._scopes: dict[str, ScopeIndex] = {}
         self._owner: dict[int, str] = {}
-        self._lock = threading.Lock()  # the loader thread and the loop may both add
+        self._lock = threading.Lock()
+        self._loading = 0  # bulk loads under way (``add_many``)
 
     def __len__(self) -> int:
         return len(self._owner)
@@ -136,11 +139,24 @@ class ScopedIndexes:
             return
         array = np.asarray(keys, dtype=np.uint64)
         matrix = np.asarray(np.stack(vectors), dtype=np.float32)
-        with self._lock:
-            for key in keys:
-                self._forget_elsewhere(key, scope)
-            self._scope(scope).add_many(array, matrix, self.threads)
-            self._owner.update(dict.fromkeys(keys, scope))
+        self._loading += 1
+        try:
+            with self._lock:
+                for key in keys:
+                    self._forget_elsewhere(key, scope)
+                self._scope(scope).add_many(array, matrix, self.threads)
+                self._owner.update(dict.fromkeys(keys, scope))
+        finally:
+            self._loading -= 1
+
+    def apply(self, adds: list[tuple[str, int, Vector]], removals: list[int]) -> None:
+        """Add ``(scope, key, vector)`` entries, then remove keys, one operation per lock hold
+        (a lookup or the loop waits for one add at most, not the batch). For the cache's own
+        writes, on a thread of its own: each add costs about a millisecond of graph search."""
+        for scope, key, vector in adds:
+            self.add(scope, key, vector)
+        for key in removals:
+            self.remove(key)
 
     def _forget_elsewhere(self, key: int, scope: str) -> None:
         """A key lives in one scope's index only (ids are random: this is belt and braces)."""
@@ -161,8 +177,9 @@ class ScopedIndexes:
                 self._owner = {k: s for k, s in self._owner.items() if s != scope}
 
     def nearest(self, scope: str, vector: Vector, count: int = 1) -> list[tuple[int, float]]:
-        """The ``count`` nearest of ``scope`` (approximate similarities); none while loading."""
-        if not self._lock.acquire(blocking=False):
+        """The ``count`` nearest of ``scope`` (approximate similarities); none during a bulk
+        load."""
+        if not self._lock.acquire(blocking=not self._loading):
             return []
         try:
             index = self._scopes.get(scope)

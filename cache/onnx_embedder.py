@@ -150,7 +150,13 @@ class OnnxEmbedder(BatchingEmbedder):
         return out
 
     def _forward(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        encodings = self._tokenizer.encode_batch(texts)
+        # One text (the int8 embedder's every pass): ``encode`` tokenises on this thread;
+        # ``encode_batch`` hands even one text to the tokenizer's thread pool and waits for it.
+        # Same ids either way (padding pads to the batch's longest: none for one text).
+        if len(texts) == 1:
+            encodings = [self._tokenizer.encode(texts[0])]
+        else:
+            encodings = self._tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": mask}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import numpy.typing as npt
 
@@ -69,9 +71,37 @@ def test_a_lookup_during_a_bulk_load_finds_nothing_instead_of_waiting() -> None:
     vector = unit_rows(1, seed=4)[0]
     indexes = ScopedIndexes(DIM)
     indexes.add("a", 1, vector)
-    with indexes._lock:  # what the loader thread holds while it adds a batch
+    indexes._loading += 1  # what add_many marks, and holds the lock for, while it adds a batch
+    with indexes._lock:
         assert indexes.nearest("a", vector, 1) == []
+    indexes._loading -= 1
     assert indexes.nearest("a", vector, 1)[0][0] == 1
+
+
+def test_a_lookup_waits_for_a_single_add_on_another_thread() -> None:
+    # The cache searches on the embedder's thread while the index thread adds entries one at a
+    # time: a lookup then waits for the add under way (a miss would lose a hit under load).
+    vectors = unit_rows(2, seed=6)
+    indexes = ScopedIndexes(DIM)
+    indexes.add("a", 1, vectors[0])
+    found: list[list[tuple[int, float]]] = []
+    with indexes._lock:  # an add under way
+        searcher = threading.Thread(target=lambda: found.append(indexes.nearest("a", vectors[0])))
+        searcher.start()
+        searcher.join(0.2)
+        assert searcher.is_alive()  # waiting, not answering "nothing"
+    searcher.join(5)
+    assert found[0][0][0] == 1
+
+
+def test_apply_adds_then_removes() -> None:
+    vectors = unit_rows(3, seed=7)
+    indexes = ScopedIndexes(DIM)
+    indexes.add("a", 1, vectors[0])
+    indexes.apply([("a", 2, vectors[1]), ("b", 3, vectors[2])], [1])
+    assert len(indexes) == 2
+    assert indexes.nearest("a", vectors[1], 2) == [(2, indexes.nearest("a", vectors[1])[0][1])]
+    assert indexes.nearest("b", vectors[2])[0][0] == 3
 
 
 class _Named:

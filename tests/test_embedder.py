@@ -4,6 +4,7 @@ micro-batching worker batches, fails and stops as it promises."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from cache.embedder import (
     BatchingEmbedder,
     SentenceEmbedder,
+    ThenFailed,
     TokenWindow,
     bundled_model_path,
     fits_window,
@@ -226,6 +228,33 @@ async def test_embed_and_embed_many_match_encode(onnx: OnnxEmbedder) -> None:
     many = await onnx.embed_many(TEXTS[:3])
     np.testing.assert_allclose(one, expected[0], atol=1e-6)
     np.testing.assert_allclose(many, expected, atol=1e-6)
+
+
+async def test_embed_then_runs_the_follow_up_on_the_worker(onnx: OnnxEmbedder) -> None:
+    threads: list[str] = []
+
+    def follow_up(vector: npt.NDArray[np.float32]) -> float:
+        threads.append(threading.current_thread().name)
+        return float(vector.sum())
+
+    vector, total = await onnx.embed_then(TEXTS[0], follow_up)
+    np.testing.assert_allclose(vector, onnx.encode(TEXTS[:1])[0], atol=1e-6)
+    assert total == pytest.approx(float(vector.sum()))
+    assert threads == [onnx._thread.name]  # not the event loop's
+
+
+async def test_a_failing_follow_up_fails_its_caller_only(onnx: OnnxEmbedder) -> None:
+    def broken(vector: npt.NDArray[np.float32]) -> None:
+        raise LookupError("index fell over")
+
+    failed, fine = await asyncio.gather(
+        onnx.embed_then(TEXTS[0], broken), onnx.embed(TEXTS[1]), return_exceptions=True
+    )
+    assert isinstance(failed, ThenFailed)
+    assert isinstance(failed.__cause__, LookupError)
+    np.testing.assert_allclose(failed.vector, onnx.encode(TEXTS[:1])[0], atol=1e-6)
+    assert isinstance(fine, np.ndarray)
+    assert fine.shape == (384,)
 
 
 async def test_concurrent_embeds_share_forward_passes(patient: OnnxEmbedder) -> None:

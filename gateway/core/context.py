@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from cache.embedder import Embedder, Vector, fits_window_off_loop
+from cache.embedder import (
+    BatchingEmbedder,
+    Embedder,
+    ThenFailed,
+    Vector,
+    fits_window_off_loop,
+)
 
 from .decision import Decision
 
@@ -19,6 +25,8 @@ from providers.base import Completion
 from providers.schema import ChatRequest, content_text
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # Why a stage did not act on the query's similarity: the embedder saw only the turn's beginning.
 QUERY_EXCEEDS_WINDOW = "query_exceeds_window"
@@ -94,6 +102,33 @@ class RequestContext:
             log.exception("embedding failed for request %s; continuing without", self.request_id)
             self.notes["embedding_failed"] = True
         return self._embedding
+
+    async def query_embedding_then(self, then: Callable[[Vector], _T]) -> tuple[Vector, _T] | None:
+        """``query_embedding`` and ``then(vector)``; ``None`` when there is no vector.
+
+        When this call computes the vector on a ``BatchingEmbedder``, ``then`` runs on its
+        worker thread right after it (``embed_then``): the cache's index search leaves the event
+        loop. Otherwise (the vector is known already, another embedder) ``then`` runs here.
+        An exception from ``then`` propagates; the vector is kept either way.
+        """
+        if self._embedded or not isinstance(self.embedder, BatchingEmbedder):
+            vector = await self.query_embedding()
+            return None if vector is None else (vector, then(vector))
+        self._embedded = True
+        text = self.query_text
+        if not text:
+            return None
+        try:
+            vector, found = await self.embedder.embed_then(text, then)
+        except ThenFailed as exc:
+            self._embedding = exc.vector
+            raise exc.__cause__ or exc from None
+        except Exception:  # any embedder failure: answer uncached rather than fail
+            log.exception("embedding failed for request %s; continuing without", self.request_id)
+            self.notes["embedding_failed"] = True
+            return None
+        self._embedding = vector
+        return vector, found
 
 
 class Interceptor(Protocol):

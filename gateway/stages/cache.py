@@ -12,27 +12,28 @@ embedder failing means "miss" plus a log line and a metric: the request is still
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from cache.embedder import Embedder, Vector
-from cache.guard import conflict, remember
+from cache.guard import conflict
 from cache.hits import NEIGHBOURS, EntryState, HitPolicy, ScopeState
 from cache.hot import HotEntries
 from cache.index import ScopedIndexes
 from cache.scope import exact_key
-from cache.store import CacheUnavailable, Entry, Put, Store
+from cache.store import CacheUnavailable, Entry, Store
 from gateway.core.context import RequestContext
 from gateway.policy.cache_config import CacheConfig, CacheSettings, effective
 from gateway.telemetry.metrics import Metrics
 from providers.base import Completion, Usage, new_completion_id
 
-from .cache_learning import Comparison, learn_from_answer
+from .cache_learning import Comparison
 from .cache_quality import unfit_to_store
 from .cache_rules import (
     answer_text,
@@ -41,6 +42,7 @@ from .cache_rules import (
     semantic_skip_reason,
 )
 from .cache_scope import scope_of
+from .cache_writes import StoreWriter, Write
 from .knowledge import knowledge_off
 
 log = logging.getLogger(__name__)
@@ -50,25 +52,11 @@ log = logging.getLogger(__name__)
 # in one Redis transaction; past WRITE_QUEUE waiting, an answer is not stored (counted).
 WRITE_QUEUE = 4096
 WRITE_BATCH = 64
-OWN_MAX = 100_000
 # Hits are counted in memory and sent (LRU order, hit counts) in one pipeline this often.
 HIT_FLUSH_S = 0.05
 
 
-@dataclass(frozen=True, slots=True)
-class _Write:
-    """One answer to store, queued by ``after`` for the writer task."""
-
-    ctx: RequestContext
-    entry_id: int
-    scope: str
-    settings: CacheSettings
-    completion: Completion
-    text: str
-    comparison: Comparison | None
-
-
-class CacheStage:
+class CacheStage(StoreWriter):
     """Interceptor: exact and semantic lookups in the request's isolation scope."""
 
     def __init__(
@@ -102,7 +90,7 @@ class CacheStage:
         self._settings_of: tuple[CacheConfig, dict[str, dict[str, Any]]] | None = None
         # Off the request path: stores queue for one writer task; hits are counted here and
         # flushed in batches (see WRITE_QUEUE, HIT_FLUSH_S).
-        self._writes: asyncio.Queue[_Write] = asyncio.Queue(maxsize=WRITE_QUEUE)
+        self._writes: asyncio.Queue[Write] = asyncio.Queue(maxsize=WRITE_QUEUE)
         self._writer: asyncio.Task[None] | None = None
         self._hits: dict[tuple[int, str], int] = {}
         # Recent exact hits in process (cache/hot.py), and the ids this replica stored whose
@@ -111,6 +99,8 @@ class CacheStage:
         self._reading: dict[str, asyncio.Future[Entry | None]] = {}
         self._own: set[int] = set()
         self._hit_flush: asyncio.Task[None] | None = None
+        # One thread adds this replica's new entries to the indexes (``_store``).
+        self._index_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-index")
 
     # -- the request path -----------------------------------------------------------------
     def settings_for(self, ctx: RequestContext) -> CacheSettings:
@@ -171,21 +161,39 @@ class CacheStage:
             self.hot.clear()
             self.hot.generation = generation
         entry = self.hot.get(key, now)
+        semantic: asyncio.Future[str | tuple[Vector, list[tuple[int, float]]] | None] | None = None
         if entry is None:
-            entry = await self._read_exact(key)
+            # Not in memory: the semantic side (window check, embedding, index search) starts
+            # while Redis answers the exact read, and an exact hit drops it. A miss then waits
+            # for one of the two, not for both in turn.
+            semantic = asyncio.ensure_future(self._semantic(ctx, scope))
+            semantic.add_done_callback(_retrieved)
+            try:
+                entry = await self._read_exact(key)
+            except asyncio.CancelledError:
+                semantic.cancel()
+                raise
+            except Exception:
+                # The request goes on uncached; its vector (the knowledge lookup's too) is
+                # being computed: let it land before the next stage asks for it.
+                await asyncio.gather(semantic, return_exceptions=True)
+                raise
             if entry is not None and entry.scope == scope and self.store.generation == generation:
                 self.hot.put(key, entry, now, entry.created + settings.ttl_s - time.time())
         if entry is not None and entry.scope == scope:
+            if semantic is not None:
+                semantic.cancel()  # an embedding not started yet is skipped (BatchingEmbedder)
             return self._serve(ctx, entry, 1.0, "exact")
-        if skipped := await semantic_skip_reason(ctx):
-            ctx.decision.events.append({"type": "cache_semantic_skipped", "reason": skipped})
+        outcome = await (semantic or self._semantic(ctx, scope))
+        if isinstance(outcome, str):
+            ctx.decision.events.append({"type": "cache_semantic_skipped", "reason": outcome})
             self._count("semantic_skipped")
-            log.debug("no semantic lookup for %s: %s", ctx.request_id, skipped)
+            log.debug("no semantic lookup for %s: %s", ctx.request_id, outcome)
             return None
-        vector = await ctx.query_embedding()
-        if vector is None:
+        if outcome is None:
             return None
-        neighbours = await self._neighbours(scope, vector)
+        vector, found = outcome
+        neighbours = await self._neighbours(scope, vector, found)
         if not neighbours:
             if settings.static_threshold is None:
                 self.policy.record(self._scope_state(scope), None)
@@ -222,6 +230,17 @@ class CacheStage:
                 self._count("verify")
         return None
 
+    async def _semantic(
+        self, ctx: RequestContext, scope: str
+    ) -> str | tuple[Vector, list[tuple[int, float]]] | None:
+        """The query's vector and its index candidates in ``scope``; the reason when the query
+        may not be looked up by similarity; ``None`` without a vector. The index search runs
+        on the embedder's thread right after the vector (``query_embedding_then``)."""
+        if skipped := await semantic_skip_reason(ctx):
+            return skipped
+        search = functools.partial(self.indexes.nearest, scope, count=1 + NEIGHBOURS)
+        return await ctx.query_embedding_then(search)
+
     async def _read_exact(self, key: str) -> Entry | None:
         """The exact key's entry from the store, one read per key at a time: when a popular
         question's copy in memory lapses, its concurrent repeats share one round trip instead of
@@ -237,13 +256,15 @@ class CacheStage:
         if not done.cancelled():
             done.exception()  # retrieved here too: every waiter may have given up
 
-    async def _neighbours(self, scope: str, vector: Vector) -> list[tuple[Entry, float]]:
+    async def _neighbours(
+        self, scope: str, vector: Vector, found: list[tuple[int, float]]
+    ) -> list[tuple[Entry, float]]:
         """The nearest entry and its runners-up, all of this scope, best first.
 
-        The index finds candidates by approximate (int8) similarity; each is re-scored by the
-        exact cosine of its stored float32 vector, which is what hit decisions use.
+        The index found the candidates (``found``) by approximate (int8) similarity; each is
+        re-scored by the exact cosine of its stored float32 vector, which is what hit decisions
+        use.
         """
-        found = self.indexes.nearest(scope, vector, 1 + NEIGHBOURS)
         entries = await self.store.get_many([key for key, _ in found])  # one round trip
         neighbours = []
         for (key, _), entry in zip(found, entries, strict=True):
@@ -325,7 +346,7 @@ class CacheStage:
         entry_id = random.getrandbits(63)
         ctx.decision.events.append({"type": "cache_store", "entry": entry_id, "scope": scope})
         comparison = ctx.notes.get("cache_compare")
-        write = _Write(ctx, entry_id, scope, settings, completion, text, comparison)
+        write = Write(ctx, entry_id, scope, settings, completion, text, comparison)
         self._storing.add(entry_id)  # feedback before the write lands keeps it out (``forget``)
         try:
             self._writes.put_nowait(write)
@@ -353,62 +374,6 @@ class CacheStage:
                     self._storing.discard(write.entry_id)
                     self._forgotten.discard(write.entry_id)
                     self._writes.task_done()
-
-    async def _store(self, batch: list[_Write]) -> None:
-        """Learn from each answer's comparisons, then store the new entries: one round trip for
-        the states learned, one transaction for the entries (what is stored is what one store
-        per request stored)."""
-        states: dict[int, bytes] = {}
-        puts: list[Put] = []
-        for write in batch:
-            if write.entry_id in self._forgotten:  # feedback came first: never stored
-                continue
-            ctx = write.ctx
-            new_state = EntryState.from_bytes(b"")
-            if write.comparison is not None:
-                learned, correct = learn_from_answer(
-                    self.policy,
-                    self._scope_state(write.scope),
-                    ctx,
-                    write.text,
-                    write.comparison,
-                    new_state,
-                )
-                states.update(learned)
-                if write.comparison.verified:
-                    self._count("verified_correct" if correct else "verified_wrong")
-            # No vector for a turn past the embedder's window: an exact-only entry.
-            vector = None if await semantic_skip_reason(ctx) else await ctx.query_embedding()
-            new = Entry(
-                id=write.entry_id,
-                scope=write.scope,
-                team=ctx.team.name,
-                route=ctx.route.name,
-                query=ctx.query_text,
-                answer=write.completion.body,
-                vector=vector,
-                embedder=self.embedder_name,
-                fingerprint=list(ctx.notes.get("knowledge_fingerprint") or ()),
-                state=new_state.to_bytes(),
-            )
-            key = exact_key(write.scope, new.query)
-            puts.append(Put(new, key, write.settings.ttl_s, write.settings.max_entries_per_scope))
-        await self.store.save_states(states)
-        if len(self._own) > OWN_MAX:  # events were missed (an outage): forget the oldest
-            self._own.clear()
-        self._own.update(put.entry.id for put in puts)
-        evicted = await self.store.put_many(puts)
-        for put in puts:
-            self.hot.drop_key(put.exact_key)  # a newer answer to the same question
-            if put.entry.id in self._forgotten:  # flagged while it was being written
-                await self.store.remove(put.entry.id, put.entry.scope)
-                continue
-            if put.entry.vector is not None:
-                self.indexes.add(put.entry.scope, put.entry.id, put.entry.vector)
-                remember(put.entry.query)  # its guard features: read now, not by a lookup
-        for old in evicted:
-            self.indexes.remove(old)
-            self.hot.drop_id(old)
 
     async def feedback(self, entry_id: int, scope: str, similarity: float) -> bool:
         """A client says a cached answer was wrong: the entry stops hitting at that similarity."""
@@ -479,6 +444,7 @@ class CacheStage:
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
+        self._index_thread.shutdown(wait=False)
 
     def _count(self, result: str) -> None:
         self.metrics.child(self.metrics.cache_lookups, result).inc()
@@ -493,3 +459,9 @@ class CacheStage:
         if not self.healthy:
             log.info("cache store is back")
         self.healthy = True
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a dropped semantic lookup's failure as seen (an exact hit no longer needs it)."""
+    if not task.cancelled():
+        task.exception()
