@@ -115,22 +115,23 @@ def run_interleaved(args: Any) -> int:
     three paths, so that the host's noise (other jobs move a run's p50 by milliseconds here)
     falls on every target alike. The verdict is on the median over rounds of each round's
     difference."""
-    from bench import overhead as base  # late: bench.overhead imports this module
+    from bench import overhead_load as load  # late: overhead_servers imports this module
+    from bench import overhead_servers as base
 
     order = ["a", "b", "c", "m", "e", "g", "f"]
     with tempfile.TemporaryDirectory(prefix="gw-bench-ingress-") as tmp:
         procs = base.Procs(Path(tmp))
-        loadgen = base.LoadGen(Path(tmp))
+        loadgen = load.LoadGen(Path(tmp))
         try:
-            print("\n".join(base.machine_context(loadgen)), flush=True)
+            print("\n".join(load.machine_context(loadgen)), flush=True)
             urls = base.start_servers(procs, "".join(order))
-            asyncio.run(base._check(urls))
+            asyncio.run(base.check_targets(urls))
             p50: dict[str, list[float]] = {key: [] for key in order}
             for round_ in range(args.rounds):
                 rotated = order[round_ % len(order) :] + order[: round_ % len(order)]
                 for key in rotated:
                     if round_ == 0:  # connections open, the gateway's pool warm
-                        base.loadgen_warm(loadgen, urls[key], key)
+                        load.loadgen_warm(loadgen, urls[key], key)
                     result = loadgen.run(urls[key], 1, args.slice, key)
                     p50[key].append(result.latency_ms[50])
                 print(

@@ -47,7 +47,8 @@ import redis
 import yaml
 from aiohttp import web
 
-from bench.overhead import (
+from bench.overhead_load import LoadGen, Result, machine_context
+from bench.overhead_servers import (
     ALIAS,
     HOST,
     PATH,
@@ -55,12 +56,9 @@ from bench.overhead import (
     UPSTREAM_MODEL,
     WARMUP_S,
     BenchError,
-    LoadGen,
     Procs,
-    Result,
-    _check,
+    check_targets,
     free_port,
-    machine_context,
     policy_yaml,
     wait_ready,
 )
@@ -159,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
             print("\n".join(machine_context(loadgen)), flush=True)
             where = f"core {cores[0]}, the rest on {cores[1:]}" if pinned else "not pinned"
             print(f"gateways under test: {where}", flush=True)
-            me = [sys.executable, "-m", "bench.overhead"]
+            me = [sys.executable, "-m", "bench.overhead_servers"]
             upstream_port = free_port()
             log = procs.start("upstream", [*me, "_upstream", str(upstream_port)])
             wait_ready("fake upstream", upstream_port, procs.procs[-1][1], log)
@@ -191,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
                             pin(child, set(cores[1:]))
                 if round_ == 1:
                     for url, _ in targets.values():
-                        asyncio.run(_check({"c": url}))
+                        asyncio.run(check_targets({"c": url}))
                     print("correctness: every gateway answers 200 with the fake's content")
                 shift = round_ % len(CONFIGS)
                 order = CONFIGS[shift:] + CONFIGS[:shift]

@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import overhead_cache as cached
-from bench.overhead import (
+from bench.overhead_load import LoadGen
+from bench.overhead_servers import (
     CACHE_TARGETS,
     BenchError,
-    LoadGen,
     Procs,
-    _check,
+    check_targets,
     free_port,
     start_gateway,
     wait_ready,
@@ -46,7 +46,7 @@ def profile(seconds: float, out: Path, top: int, connections: int = 1, target: s
         try:
             port = free_port()
             log = procs.start(
-                "upstream", [sys.executable, "-m", "bench.overhead", "_upstream", str(port)]
+                "upstream", [sys.executable, "-m", "bench.overhead_servers", "_upstream", str(port)]
             )
             wait_ready("fake upstream", port, procs.procs[-1][1], log)
             launcher = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "gateway"]
@@ -62,7 +62,7 @@ def profile(seconds: float, out: Path, top: int, connections: int = 1, target: s
                 )
             else:
                 url = start_gateway(procs, port, launcher)
-            asyncio.run(_check({target: url}))
+            asyncio.run(check_targets({target: url}))
             loadgen.run(url, connections, 1.0, target)  # warm: the model's first passes
             result = loadgen.run(url, connections, seconds, target)
             print(

@@ -1,8 +1,8 @@
 """Soak: a million requests through the pass-through path, the gateway's RSS sampled throughout.
 
-``gateway serve`` runs in its own process in front of a fast loopback fake (``bench.overhead``'s
-upstream, no sleeps); ``wrk`` (or the Python load generator when it is missing) sends
-back-to-back chunks of load, and between chunks the gateway's resident set size is read from
+``gateway serve`` runs in its own process in front of a fast loopback fake (the upstream of
+bench/overhead_servers.py, no sleeps); ``wrk`` (or the Python load generator when it is missing)
+sends back-to-back chunks of load, and between chunks the gateway's resident set size is read from
 ``/proc/<pid>/status``. A leak shows as RSS growing with the request count; the target is RSS at
 the end within 10 % of RSS after warm-up. Run from the repository root (it takes minutes)::
 
@@ -20,14 +20,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench.overhead import (
+from bench.overhead_load import LoadGen, Result, parse_wrk
+from bench.overhead_servers import (
     BenchError,
-    LoadGen,
     Procs,
-    Result,
-    _check,
+    check_targets,
     free_port,
-    parse_wrk,
     start_gateway,
     wait_ready,
 )
@@ -73,12 +71,12 @@ def run(args: argparse.Namespace) -> int:
         procs = Procs(workdir)
         try:
             upstream_port = free_port()
-            me = [sys.executable, "-m", "bench.overhead"]
+            me = [sys.executable, "-m", "bench.overhead_servers"]
             log = procs.start("upstream", [*me, "_upstream", str(upstream_port)])
             wait_ready("fake upstream", upstream_port, procs.procs[-1][1], log)
             url = start_gateway(procs, upstream_port, [sys.executable, "-m", "gateway"])
             gateway_pid = procs.procs[-1][1].pid
-            asyncio.run(_check({"c": url}))
+            asyncio.run(check_targets({"c": url}))
             loadgen = LoadGen(workdir)
             print(f"loadgen: {loadgen.describe()}; {args.connections} connections", flush=True)
             print(f"{'requests':>10} {'rss MiB':>8} {'req/s':>8} {'errors':>7} {'elapsed s':>9}")
