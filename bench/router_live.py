@@ -179,14 +179,16 @@ def ranked_quality(scores: np.ndarray, rows: list[dict[str, Any]], share: float)
 
 
 def train(
-    work: Path, name: str, rows: list[dict[str, Any]], reuse: bool = False
+    work: Path, name: str, rows: list[dict[str, Any]], reuse: bool = False, stack: str = "serving"
 ) -> tuple[Path, float]:
+    """``gateway router train --stack STACK`` on ``rows``: the model file and the seconds it
+    took (0 when ``reuse`` found one from an earlier run)."""
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "train.jsonl").open("w") as out:
         for row in rows:
             out.write(json.dumps(row) + "\n")
-    model = folder / "model.npz"
+    model = folder / f"model-{stack}.npz"
     if reuse and model.exists():
         return model, 0.0
     started = time.perf_counter()
@@ -194,6 +196,7 @@ def train(
         [
             "router", "train", "--train", str(folder / "train.jsonl"), "--out", str(model),
             "--embedder", "torch", "--embedding-cache", str(work / "emb.npz"), "--threads", "1",
+            "--stack", stack,
         ]
     )  # fmt: skip
     if code != 0:
@@ -215,7 +218,7 @@ async def run(args: argparse.Namespace) -> None:
         share = args.share if args.share is not None else SHARES[name]
         # In a thread: the command runs its own event loop to close the embedder it loads.
         model_path, fit_s = await asyncio.to_thread(
-            train, args.work, name, train_rows, args.reuse_model
+            train, args.work, name, train_rows, args.reuse_model, args.stack
         )
         model = TierModel.load(model_path, "all-MiniLM-L6-v2", 384)
         texts = [r["prompt"] for r in test]
@@ -263,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse-model", action="store_true", help="keep a model trained by an earlier run"
     )
     parser.add_argument("--share", type=float, help="the knob (default 0.45 MMLU, 0.55 GSM8K)")
+    parser.add_argument(
+        "--stack", choices=("serving", "full"), default="serving", help="router train's --stack"
+    )
     args = parser.parse_args(argv)
     asyncio.run(run(args))
     return 0
