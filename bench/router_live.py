@@ -1,6 +1,7 @@
 """A trained tier model routing live traffic: RouteLLM's MMLU and GSM8K through the running gateway.
 
     python -m bench.router_live [--only mmlu,gsm8k] [--limit N] [--train-limit N] [--seed 0]
+                                [--reuse-model] [--stack serving|full] [--no-online]
 
 For each dataset, the split of ``bench.router`` (contaminated prompts dropped, a seeded random
 half trains, the other half is held out; the data is read from ../shared/benchmarks and never
@@ -239,7 +240,8 @@ async def run(args: argparse.Namespace) -> None:
             f"p99 {timings[int(0.99 * (len(timings) - 1))]:.2f} ms",
             flush=True,
         )
-        for label, path in (("model + live", model_path), ("online only", None)):
+        runs = (("model + live", model_path), ("online only", None))
+        for label, path in runs if args.online else runs[:1]:
             result = await live_run(test, share, path, embedder)
             ranked = ranked_quality(np.array(scores), test, result["frontier_share"])
             p50, p99 = result["latency"]
@@ -266,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse-model", action="store_true", help="keep a model trained by an earlier run"
     )
     parser.add_argument("--share", type=float, help="the knob (default 0.45 MMLU, 0.55 GSM8K)")
+    parser.add_argument(
+        "--no-online",
+        dest="online",
+        action="store_false",
+        help="skip the run without the model (the online router alone)",
+    )
     parser.add_argument(
         "--stack", choices=("serving", "full"), default="serving", help="router train's --stack"
     )
