@@ -43,6 +43,7 @@ from bench.router import DEFAULT_DATA, _routellm_rows, _split
 from gateway.api.app import create_app
 from gateway.cli.main import main as gateway_main
 from gateway.cli.router import embed_prompts
+from gateway.core.background import single_thread_blas
 from gateway.core.runtime import RUNTIME
 from gateway.policy.model import Policy, hash_key
 from gateway.policy.settings import Settings
@@ -278,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stack", choices=("serving", "full"), default="serving", help="router train's --stack"
     )
     args = parser.parse_args(argv)
+    single_thread_blas()  # as `gateway serve` runs: BLAS threads waiting on busy cores cost ms
     asyncio.run(run(args))
     return 0
 

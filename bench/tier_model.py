@@ -2,6 +2,7 @@
 stacks side by side on RouteLLM's MMLU and GSM8K.
 
     python -m bench.tier_model [--only mmlu,gsm8k] [--stacks full,serving] [--reuse-model]
+                               [--limit N] [--train-limit N]
 
 For each dataset, the split of ``bench.router`` (seed 0; the data is read from
 ../shared/benchmarks and never copied), each stack trained on the whole TRAIN half by
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ import numpy as np
 from bench.router import DEFAULT_DATA, _routellm_rows, _split
 from bench.router_live import SHARES, ranked_quality, train
 from gateway.cli.router import embed_prompts
+from gateway.core.background import single_thread_blas
 from gateway.tiering.deployed import Query, TierModel
 from gateway.tiering.features import feature_matrix
 from gateway.tiering.metrics import apgr
@@ -92,13 +95,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stacks", default="full,serving")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--share", type=float, help="default 0.45 MMLU, 0.55 GSM8K")
+    parser.add_argument("--limit", type=int, help="a seeded random subset of the held-out half")
+    parser.add_argument("--train-limit", type=int, help="a seeded random subset of TRAIN")
     parser.add_argument("--timed", type=int, default=300, help="held-out prompts timed")
     parser.add_argument(
         "--reuse-model", action="store_true", help="keep models trained by an earlier run"
     )
     args = parser.parse_args(argv)
+    single_thread_blas()  # as `gateway serve` runs: BLAS threads waiting on busy cores cost ms
     for name in args.only.split(","):
         train_rows, test = _split(_routellm_rows(args.data, name), args.seed)
+        # The seeded subsets of bench.router_live (so the two share model files).
+        if args.train_limit and args.train_limit < len(train_rows):
+            train_rows = random.Random(args.seed).sample(train_rows, args.train_limit)
+        if args.limit and args.limit < len(test):
+            test = random.Random(args.seed).sample(test, args.limit)
         vectors = embed_prompts([r["prompt"] for r in test], "torch", args.work / "emb.npz")
         share = args.share if args.share is not None else SHARES[name]
         frontier = np.mean([r["quality"]["frontier"] for r in test])
