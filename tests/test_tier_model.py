@@ -280,7 +280,7 @@ async def test_a_route_with_the_model_follows_it_on_held_out_prompts(
     assert model["trained_at"]
     assert 0 < model["share_now"] <= model["share_recent_decisions"] <= 1
     panels = await (await client.get("/dashboard/panels", headers=ADMIN)).text()
-    assert f"tier.npz v1, {len(TRAIN)} prompts, trained {model['trained_at']}" in panels
+    assert f"tier.npz v2, {len(TRAIN)} prompts, trained {model['trained_at']}" in panels
 
     # Without the model the same route starts cold: no prior gain, every prompt cheap.
     cold = await make_gateway(model_policy(fakes, None), embedder=embedder)

@@ -110,12 +110,11 @@ def prototypes(
         )
         counts = np.asarray(members.sum(axis=1)).ravel()
         keep = counts > 0
-        if step == rounds:
-            means = np.asarray(members @ values).ravel()[keep] / counts[keep]
-            return centres[keep], means.astype(np.float64), counts[keep].astype(np.float64)
-        sums = np.asarray(members @ emb)[keep]
-        centres = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
-    raise AssertionError("unreachable")
+        if step < rounds:  # a Lloyd step: each centre to its rows' mean direction
+            sums = np.asarray(members @ emb)[keep]
+            centres = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+    means = np.asarray(members @ values).ravel()[keep] / counts[keep]
+    return centres[keep], means.astype(np.float64), counts[keep].astype(np.float64)
 
 
 @dataclass
