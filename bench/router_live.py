@@ -1,6 +1,7 @@
 """A trained tier model routing live traffic: RouteLLM's MMLU and GSM8K through the running gateway.
 
     python -m bench.router_live [--only mmlu,gsm8k] [--limit N] [--train-limit N] [--seed 0]
+                                [--reuse-model] [--stack serving|full] [--no-online]
 
 For each dataset, the split of ``bench.router`` (contaminated prompts dropped, a seeded random
 half trains, the other half is held out; the data is read from ../shared/benchmarks and never
@@ -42,6 +43,7 @@ from bench.router import DEFAULT_DATA, _routellm_rows, _split
 from gateway.api.app import create_app
 from gateway.cli.main import main as gateway_main
 from gateway.cli.router import embed_prompts
+from gateway.core.background import single_thread_blas
 from gateway.core.runtime import RUNTIME
 from gateway.policy.model import Policy, hash_key
 from gateway.policy.settings import Settings
@@ -179,14 +181,16 @@ def ranked_quality(scores: np.ndarray, rows: list[dict[str, Any]], share: float)
 
 
 def train(
-    work: Path, name: str, rows: list[dict[str, Any]], reuse: bool = False
+    work: Path, name: str, rows: list[dict[str, Any]], reuse: bool = False, stack: str = "serving"
 ) -> tuple[Path, float]:
+    """``gateway router train --stack STACK`` on ``rows``: the model file and the seconds it
+    took (0 when ``reuse`` found one from an earlier run)."""
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "train.jsonl").open("w") as out:
         for row in rows:
             out.write(json.dumps(row) + "\n")
-    model = folder / "model.npz"
+    model = folder / f"model-{stack}.npz"
     if reuse and model.exists():
         return model, 0.0
     started = time.perf_counter()
@@ -194,6 +198,7 @@ def train(
         [
             "router", "train", "--train", str(folder / "train.jsonl"), "--out", str(model),
             "--embedder", "torch", "--embedding-cache", str(work / "emb.npz"), "--threads", "1",
+            "--stack", stack,
         ]
     )  # fmt: skip
     if code != 0:
@@ -215,7 +220,7 @@ async def run(args: argparse.Namespace) -> None:
         share = args.share if args.share is not None else SHARES[name]
         # In a thread: the command runs its own event loop to close the embedder it loads.
         model_path, fit_s = await asyncio.to_thread(
-            train, args.work, name, train_rows, args.reuse_model
+            train, args.work, name, train_rows, args.reuse_model, args.stack
         )
         model = TierModel.load(model_path, "all-MiniLM-L6-v2", 384)
         texts = [r["prompt"] for r in test]
@@ -236,7 +241,8 @@ async def run(args: argparse.Namespace) -> None:
             f"p99 {timings[int(0.99 * (len(timings) - 1))]:.2f} ms",
             flush=True,
         )
-        for label, path in (("model + live", model_path), ("online only", None)):
+        runs = (("model + live", model_path), ("online only", None))
+        for label, path in runs if args.online else runs[:1]:
             result = await live_run(test, share, path, embedder)
             ranked = ranked_quality(np.array(scores), test, result["frontier_share"])
             p50, p99 = result["latency"]
@@ -263,7 +269,17 @@ def main(argv: list[str] | None = None) -> int:
         "--reuse-model", action="store_true", help="keep a model trained by an earlier run"
     )
     parser.add_argument("--share", type=float, help="the knob (default 0.45 MMLU, 0.55 GSM8K)")
+    parser.add_argument(
+        "--no-online",
+        dest="online",
+        action="store_false",
+        help="skip the run without the model (the online router alone)",
+    )
+    parser.add_argument(
+        "--stack", choices=("serving", "full"), default="serving", help="router train's --stack"
+    )
     args = parser.parse_args(argv)
+    single_thread_blas()  # as `gateway serve` runs: BLAS threads waiting on busy cores cost ms
     asyncio.run(run(args))
     return 0
 

@@ -132,9 +132,73 @@ def test_the_file_scores_as_the_fitted_stack(embedder: Any, trained: Any) -> Non
     assert len(stack.fitted) >= 3
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-8)
     info = model.info()
-    assert info["version"] == 1
+    assert info["version"] == 2
     assert info["training_prompts"] == len(TRAIN)
     assert info["embedder"] == {"name": embedder.name, "dim": embedder.dim}
+
+
+def compact_stack(embedder: Any) -> tuple[StackedGain, Prompts]:
+    """Two kNN members over the same 24 prototypes of TRAIN's 120 prompts, and a ridge."""
+    texts = [r["prompt"] for r in TRAIN]
+    x = Prompts.of(texts, embedder.encode(texts))
+    cheap = np.array([r["quality"]["cheap"] for r in TRAIN])
+    frontier = np.array([r["quality"]["frontier"] for r in TRAIN])
+    members: list[Any] = [
+        KnnGain(k=10, max_keys=24),
+        KnnGain(k=60, max_keys=24),
+        RidgeGain(alpha=100.0, use_embedding=False),
+    ]
+    stack = StackedGain([lambda: RidgeGain()], folds=2)
+    # Weights and z statistics as a fit would leave them; the file's job is to keep them.
+    stack._fitted = [(1 / 3, m.fit(x, cheap, frontier), 0.1, 0.5) for m in members]
+    return stack, x
+
+
+def test_knn_prototypes_bound_the_keys_and_are_stored_once(embedder: Any, tmp_path: Path) -> None:
+    stack, x = compact_stack(embedder)
+    knn = stack.fitted[0][1]
+    assert isinstance(knn, KnnGain)
+    assert 0 < len(knn._keys) <= 24
+    assert knn._counts is not None
+    assert knn._counts.sum() == len(TRAIN)  # every prompt stands behind one prototype
+    assert knn._k == max(1, round(10 * len(knn._keys) / len(TRAIN)))  # k scaled down too
+    np.testing.assert_allclose(np.linalg.norm(knn._keys, axis=1), 1.0, rtol=1e-5)
+    # The prototypes keep the neighbourhood: word problems score above small talk.
+    scores = knn.predict(x)
+    problems = np.array([i % 2 == 1 for i in range(len(TRAIN))])
+    assert scores[problems].mean() > scores[~problems].mean() + 0.5
+    path = tmp_path / "compact.npz"
+    save_stack(
+        path,
+        stack,
+        embedder=embedder.name,
+        dim=embedder.dim,
+        training={"prompts": len(TRAIN), "quality": {"cheap": 0.5, "frontier": 0.9}},
+        calibration=(0.0, 0.1),
+    )
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    assert [name for name in arrays if name.startswith("knn-keys.")] == ["knn-keys.0"]
+    model = TierModel.load(path, embedder.name, embedder.dim)
+    texts = [r["prompt"] for r in HELD_OUT]
+    vectors = embedder.encode(texts)
+    expected = stack.predict(Prompts.of(texts, vectors))
+    got = [
+        model.score(t, v, f) for t, v, f in zip(texts, vectors, feature_matrix(texts), strict=True)
+    ]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-8)
+    # A version 1 file (each kNN member its own keys, no prototypes' counts) still loads.
+    meta = json.loads(arrays.pop("meta.json").tobytes())
+    keys = arrays.pop("knn-keys.0")
+    for i, member in enumerate(meta["members"]):
+        if member["kind"] == "knn":
+            arrays[f"s{i}.keys"] = keys
+            del member["keys"]
+            arrays.pop(f"s{i}.counts")
+    old = tmp_path / "v1.npz"
+    meta["version"] = 1
+    np.savez(old, **arrays, **{"meta.json": np.frombuffer(json.dumps(meta).encode(), np.uint8)})
+    assert TierModel.load(old, embedder.name, embedder.dim).info()["version"] == 1
 
 
 def test_train_writes_a_versioned_model_from_a_train_file(
@@ -157,7 +221,8 @@ def test_train_writes_a_versioned_model_from_a_train_file(
     with np.load(out, allow_pickle=False) as data:  # arrays only: nothing to unpickle
         meta = json.loads(data["meta.json"].tobytes())
     assert meta["format"] == "gateway-tier-model"
-    assert meta["version"] == 1
+    assert meta["version"] == 2
+    assert meta["training"]["stack"] == "serving"
     assert meta["embedder"] == {"name": "all-MiniLM-L6-v2", "dim": 384}
     assert meta["training"]["prompts"] == 8
     assert meta["training"]["keys"] == {"cheap": "mini", "frontier": "big"}
@@ -211,11 +276,11 @@ async def test_a_route_with_the_model_follows_it_on_held_out_prompts(
     model = state["routes"]["default"]["model"]
     assert model["path"] == str(path)
     assert model["training_prompts"] == len(TRAIN)
-    assert model["version"] == 1
+    assert model["version"] == 2
     assert model["trained_at"]
     assert 0 < model["share_now"] <= model["share_recent_decisions"] <= 1
     panels = await (await client.get("/dashboard/panels", headers=ADMIN)).text()
-    assert f"tier.npz v1, {len(TRAIN)} prompts, trained {model['trained_at']}" in panels
+    assert f"tier.npz v2, {len(TRAIN)} prompts, trained {model['trained_at']}" in panels
 
     # Without the model the same route starts cold: no prior gain, every prompt cheap.
     cold = await make_gateway(model_policy(fakes, None), embedder=embedder)
@@ -275,7 +340,11 @@ def broken_models(tmp_path: Path, good: Path) -> dict[str, Path]:
     arrays["meta.json"] = np.frombuffer(json.dumps({**meta, "embedder": {
         "name": "all-MiniLM-L6-v2", "dim": 384}}).encode(), dtype=np.uint8)  # fmt: skip
     np.savez(truncated, **arrays)
+    future = tmp_path / "future.npz"
+    arrays["meta.json"] = np.frombuffer(json.dumps({**meta, "version": 3}).encode(), dtype=np.uint8)
+    np.savez(future, **arrays)
     return {
+        "format version 3; this gateway reads versions 1, 2": future,
         "not a readable .npz": garbage,
         "trained on bge-small-en-v1.5 embeddings": foreign,
         "malformed": truncated,

@@ -235,6 +235,29 @@ def test_the_rolling_quantile_is_numpys_over_the_window() -> None:
     assert len(rolling) == 50
 
 
+def test_exploration_with_a_model_is_drawn_near_the_threshold() -> None:
+    """Band exploration: no chance far from the threshold, the route's whole ``exploration``
+    share on average over its recent gains (the band clipped at the ends too)."""
+    from gateway.tiering.memory import RollingQuantile
+    from gateway.tiering.router import EXPLORE_BAND, _band_exploration
+
+    rng = np.random.default_rng(1)
+    rolling, recent = RollingQuantile(500), rng.standard_normal(500)
+    for value in recent:
+        rolling.append(float(value))
+    assert rolling.rank(-100.0) == 0.0
+    assert rolling.rank(100.0) == 1.0
+    assert rolling.rank(rolling.quantile(0.3)) == pytest.approx(0.3, abs=0.01)
+    for share in (0.45, 0.1, 0.9):
+        threshold = 1 - share
+        ranks = np.array([rolling.rank(g) for g in recent])
+        chances = np.array([_band_exploration(rank, threshold, 0.05) for rank in ranks])
+        assert chances.mean() == pytest.approx(0.05, abs=0.001)
+        far = np.abs(ranks - threshold) > EXPLORE_BAND + 0.01
+        assert far.any()
+        assert (chances[far] == 0).all()
+
+
 def test_the_feature_models_sums_follow_the_ring() -> None:
     """After the ring has wrapped and outcomes were graded again, each tier's model is the
     weighted ridge on exactly the outcomes the ring holds (computed here from scratch)."""

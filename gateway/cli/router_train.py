@@ -2,6 +2,7 @@
 
     gateway router train --train TRAIN.jsonl --out MODEL.npz [--cheap KEY --frontier KEY]
                          [--embedding-cache FILE] [--embedder torch|onnx|onnx-int8]
+                         [--stack serving|full] [--knn-keys N]
 
 TRAIN is ``gateway router replay``'s format: ``{"prompt", "quality": {"cheap", "frontier"}}``
 lines (``--cheap/--frontier`` name other keys). MODEL is a versioned ``.npz`` (arrays and one
@@ -9,6 +10,11 @@ JSON document; no pickle: ``gateway.tiering.artifact``) that a route's ``tiering
 MODEL}`` loads. Besides the stack it holds the embedder's name and width, the training set's
 size, file and date, and the linear calibration of the stack's score into a quality gain
 (fitted on the training prompts' out-of-fold scores).
+
+``--stack serving`` (the default) fits the stack a request can afford to score
+(``gateway.tiering.model.serving_models``: kNN over at most ``--knn-keys`` prototypes, word
+n-grams only, two bagged ensembles per boosted model); ``--stack full`` fits ``router replay``'s
+nine models, which rank a little better offline and cost several ms a decision.
 """
 
 from __future__ import annotations
@@ -46,6 +52,20 @@ def add_parsers(actions: Any) -> None:
     train.add_argument(
         "--embedding-cache", type=Path, help="an .npz file keeping prompt embeddings across runs"
     )
+    train.add_argument(
+        "--stack",
+        choices=("serving", "full"),
+        default="serving",
+        help="serving (default): the members cheap to score a request with; full: router "
+        "replay's nine (character n-grams, kNN over every training prompt, 5-tree bags)",
+    )
+    train.add_argument(
+        "--knn-keys",
+        type=int,
+        default=2048,
+        help="with --stack serving, the most kNN keys a request scans: more training prompts "
+        "are summarised by as many prototypes (default 2048; 0: every prompt)",
+    )
     train.add_argument("--folds", type=int, default=5, help="cross-validation folds on TRAIN")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
@@ -76,10 +96,18 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from gateway.tiering.artifact import save_stack
     from gateway.tiering.deployed import TierModel, gateway_embedder
-    from gateway.tiering.model import Prompts, StackedGain, select_gain_model
+    from gateway.tiering.model import (
+        Prompts,
+        StackedGain,
+        base_models,
+        select_gain_model,
+        serving_models,
+    )
 
     from .router import embed_prompts, read_rows
 
+    if args.knn_keys < 0:
+        raise ReplayError("--knn-keys must be 0 (every prompt) or more")
     tiers = (args.cheap, args.frontier)
     rows = read_rows(args.train, tiers, require_quality=True)
     if not rows.prompts:
@@ -91,7 +119,10 @@ def _train(args: argparse.Namespace) -> int:
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     with threadpool_limits(args.threads):
-        stack = select_gain_model(x, cheap, frontier, folds=args.folds, seed=args.seed).model
+        bases = base_models() if args.stack == "full" else serving_models(args.knn_keys or None)
+        stack = select_gain_model(
+            x, cheap, frontier, folds=args.folds, seed=args.seed, bases=bases
+        ).model
     assert isinstance(stack, StackedGain)
     intercept, slope = calibrate(stack.oof_score, frontier - cheap)
     meta = save_stack(
@@ -107,6 +138,7 @@ def _train(args: argparse.Namespace) -> int:
             "features": list(FEATURE_NAMES),
             "folds": args.folds,
             "seed": args.seed,
+            "stack": args.stack,
         },
         calibration=(intercept, slope),
     )

@@ -9,7 +9,10 @@ statistics, and the calibration that turns the stack's score into a quality gain
 
 Each member is stored as the numbers it scores with, not as a scikit-learn object:
 
-- ``knn``: the training prompts' embeddings and gains; ``ridge``: the standardisation and
+- ``knn``: the gains of its keys and, for prototypes, how many prompts each stands for; the
+  keys themselves (training prompts' embeddings, or prototypes of them) once in the file
+  under ``knn-keys.N``, shared by every kNN member that uses them (version 2; version 1 gave
+  each member its own copy, and is still read); ``ridge``: the standardisation and
   coefficients;
 - ``text-odds``: per TF-IDF vectoriser its parameters, its terms (JSON, in column order) and
   idf weights, and each logistic regression's coefficients (or the constant it fell back to);
@@ -34,7 +37,10 @@ import orjson
 from .model import BoostedGain, GainModel, KnnGain, RidgeGain, StackedGain, TextOddsGain
 
 FORMAT = "gateway-tier-model"
-VERSION = 1
+# 2: kNN keys shared between members (``knn-keys.N``) and optionally prototypes with counts.
+# Version 1 files still load (each kNN member's own ``.keys``).
+VERSION = 2
+READABLE = (1, 2)
 META = "meta.json"
 
 
@@ -89,13 +95,29 @@ def _trees(model: Any, key: str, arrays: dict[str, Any], *, proba: bool) -> dict
     return {"baseline": baseline, "depth": depth, "proba": proba}
 
 
+def _shared_keys(keys: Any, arrays: dict[str, Any]) -> str:
+    """The name of ``keys`` among the file's shared kNN key matrices, added if new: the kNN
+    members of a stack fit on the same prompts (or the same prototypes of them), so the file
+    holds them once and a deployed model scans them once a prompt."""
+    keys = np.asarray(keys, dtype=np.float32)
+    names = [name for name in arrays if name.startswith("knn-keys.")]
+    for name in names:
+        if arrays[name].shape == keys.shape and np.array_equal(arrays[name], keys):
+            return name
+    name = f"knn-keys.{len(names)}"
+    arrays[name] = keys
+    return name
+
+
 def _member(model: GainModel, key: str, arrays: dict[str, Any]) -> dict[str, Any]:
     if isinstance(model, KnnGain):
-        arrays[f"{key}.keys"] = np.asarray(model._keys, dtype=np.float32)
         arrays[f"{key}.gain"] = np.asarray(model._gain, dtype=np.float64)
+        if model._counts is not None:
+            arrays[f"{key}.counts"] = np.asarray(model._counts, dtype=np.float64)
         return {
             "kind": "knn",
-            "k": model.k,
+            "keys": _shared_keys(model._keys, arrays),
+            "k": model._k,
             "temperature": model.temperature,
             "prior": model._prior,
         }

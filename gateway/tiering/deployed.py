@@ -26,12 +26,31 @@ import orjson
 
 from gateway.policy.model import Policy, PolicyError
 
-from .artifact import FORMAT, META, VERSION
+from .artifact import FORMAT, META, READABLE, VERSION
 from .features import FEATURE_NAMES
 
 Array = npt.NDArray[np.float64]
 Vector = npt.NDArray[np.float32]
-Scorer = Callable[[str, Vector, Array], float]
+
+
+class Query:
+    """One prompt being scored: its text, embedding and ``prompt_features``, and the
+    similarities to each shared kNN key matrix, computed once for all the members using it."""
+
+    __slots__ = ("_sims", "emb", "feats", "text")
+
+    def __init__(self, text: str, emb: Vector, feats: Array) -> None:
+        self.text, self.emb, self.feats = text, emb, feats
+        self._sims: dict[str, Vector] = {}
+
+    def similarities(self, name: str, keys: Vector) -> Vector:
+        sims = self._sims.get(name)
+        if sims is None:
+            sims = self._sims[name] = keys @ self.emb
+        return sims
+
+
+Scorer = Callable[[Query], float]
 
 
 class TierModelError(PolicyError):
@@ -48,6 +67,9 @@ class _Arrays:
     def __init__(self, data: Mapping[str, Any]) -> None:
         self._data = data
 
+    def get(self, key: str) -> Any:
+        return self._data.get(key)
+
     def __getitem__(self, key: str) -> Any:
         if key not in self._data:
             raise KeyError(f"array {key!r} missing")
@@ -55,7 +77,10 @@ class _Arrays:
 
 
 def _knn(spec: dict[str, Any], a: _Arrays, key: str) -> Scorer:
-    keys, gains = a[f"{key}.keys"], a[f"{key}.gain"]
+    # Version 2 names a shared key matrix; version 1 stored each member's own.
+    name = str(spec.get("keys", f"{key}.keys"))
+    keys, gains = a[name], a[f"{key}.gain"]
+    counts = a.get(f"{key}.counts")
     k, temperature, prior = (
         min(int(spec["k"]), len(keys)),
         float(spec["temperature"]),
@@ -63,14 +88,18 @@ def _knn(spec: dict[str, Any], a: _Arrays, key: str) -> Scorer:
     )
     if keys.ndim != 2 or len(gains) != len(keys):
         raise ValueError(f"{key}: kNN keys and gains do not match")
+    if counts is not None and len(counts) != len(keys):
+        raise ValueError(f"{key}: kNN keys and counts do not match")
 
-    def score(text: str, emb: Vector, feats: Array) -> float:
+    def score(q: Query) -> float:
         if k == 0:
             return float(prior)
-        sims = keys @ emb
+        sims = q.similarities(name, keys)
         top = np.argpartition(-sims, k - 1)[:k]
         near = sims[top].astype(np.float64)
         weights = np.exp((near - near.max()) / temperature)
+        if counts is not None:
+            weights *= counts[top]
         return float(weights @ gains[top] / weights.sum())
 
     return score
@@ -80,8 +109,8 @@ def _ridge(spec: dict[str, Any], a: _Arrays, key: str) -> Scorer:
     mean, scale, coef = a[f"{key}.mean"], a[f"{key}.scale"], a[f"{key}.coef"]
     intercept, use_embedding = float(spec["intercept"]), bool(spec["use_embedding"])
 
-    def score(text: str, emb: Vector, feats: Array) -> float:
-        scaled = (feats - mean) / scale
+    def score(q: Query) -> float:
+        emb, scaled = q.emb, (q.feats - mean) / scale
         value = float(scaled @ coef[-len(scaled) :]) + intercept
         if use_embedding:
             value += float(emb.astype(np.float64) @ coef[: len(emb)]) * math.sqrt(len(emb))
@@ -115,13 +144,13 @@ def _text_odds(spec: dict[str, Any], a: _Arrays, key: str) -> Scorer:
             raise ValueError(f"{key}: coefficients do not match the terms")
         models.append((coef, float(m["intercept"])))
 
-    def score(text: str, emb: Vector, feats: Array) -> float:
+    def score(q: Query) -> float:
         columns: list[int] = []
         values: list[float] = []
         offset = 0
         for analyse, vocabulary, idf, sublinear in analysers:
             counts: dict[int, int] = {}
-            for term in analyse(text):
+            for term in analyse(q.text):
                 column = vocabulary.get(term)
                 if column is not None:
                     counts[column] = counts.get(column, 0) + 1
@@ -194,8 +223,8 @@ def _boosted(spec: dict[str, Any], a: _Arrays, key: str) -> Scorer:
     roots, groups = flat["roots"].astype(np.intp), flat["group"].astype(np.intp)
     bags = max(1, len(spec["members"]))
 
-    def score(text: str, emb: Vector, feats: Array) -> float:
-        design = np.concatenate([feats, ((emb - centre) @ basis).astype(np.float64)])
+    def score(q: Query) -> float:
+        design = np.concatenate([q.feats, ((q.emb - centre) @ basis).astype(np.float64)])
         at = roots
         for _ in range(depth):  # one level a step for all trees; a leaf stays where it is
             x = design[feature[at]]
@@ -252,10 +281,11 @@ class TierModel:
             raise TierModelError(f"tier model {path}: no {META} (not a tier model)") from exc
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise TierModelError(f"tier model {path}: not a {FORMAT} file")
-        if meta.get("version") != VERSION:
+        if meta.get("version") not in READABLE:
             raise TierModelError(
                 f"tier model {path}: format version {meta.get('version')!r}; this gateway "
-                f"reads version {VERSION} (train it again with `gateway router train`)"
+                f"reads versions {', '.join(map(str, READABLE))} and writes {VERSION} (train it "
+                "again with `gateway router train`)"
             )
         try:
             model_embedder = meta["embedder"]
@@ -303,9 +333,9 @@ class TierModel:
     def score(self, text: str, embedding: Vector, features: Array) -> float:
         """The stack's score of one prompt (weighted z-scores; higher: the frontier is more
         worth it)."""
-        total = 0.0
+        query, total = Query(text, embedding, features), 0.0
         for weight, mean, std, scorer in self._members:
-            total += weight * (scorer(text, embedding, features) - mean) / std
+            total += weight * (scorer(query) - mean) / std
         return total
 
     def gain(self, text: str, embedding: Vector, features: Array) -> float:

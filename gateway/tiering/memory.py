@@ -286,6 +286,14 @@ class RollingQuantile:
         self._order.append(value)
         bisect.insort(self._sorted, value)
 
+    def rank(self, value: float) -> float:
+        """The share (0..1) of the values below ``value``, ties counting half."""
+        if not self._sorted:
+            return 0.5
+        low = bisect.bisect_left(self._sorted, value)
+        high = bisect.bisect_right(self._sorted, value)
+        return (low + high) / 2 / len(self._sorted)
+
     def quantile(self, q: float) -> float:
         position = min(max(q, 0.0), 1.0) * (len(self._sorted) - 1)
         low = math.floor(position)

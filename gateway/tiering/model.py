@@ -69,9 +69,16 @@ class GainModel(Protocol):
 
 
 def knn_predict(
-    query: Matrix, keys: Matrix, values: Array, k: int, temperature: float, prior: float
+    query: Matrix,
+    keys: Matrix,
+    values: Array,
+    k: int,
+    temperature: float,
+    prior: float,
+    counts: Array | None = None,
 ) -> Array:
-    """Softmax(similarity / temperature)-weighted mean of the ``k`` nearest ``values``."""
+    """Softmax(similarity / temperature)-weighted mean of the ``k`` nearest ``values``; with
+    ``counts`` (prototypes), each key's weight is also multiplied by the prompts it stands for."""
     if len(keys) == 0:
         return np.full(len(query), prior)
     k = min(k, len(keys))
@@ -79,29 +86,69 @@ def knn_predict(
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
     top_sims = np.take_along_axis(sims, top, axis=1).astype(np.float64)
     weights = np.exp((top_sims - top_sims.max(axis=1, keepdims=True)) / temperature)
+    if counts is not None:
+        weights *= counts[top]
     out: Array = (weights * values[top]).sum(axis=1) / weights.sum(axis=1)
     return out
 
 
+def prototypes(
+    emb: Matrix, values: Array, n: int, *, rounds: int = 4, seed: int = 0
+) -> tuple[Matrix, Array, Array]:
+    """``n`` prototypes of the unit-norm rows ``emb``: spherical k-means (``rounds`` Lloyd steps
+    from a seeded random sample of rows). Returns their unit-norm centres, the mean of
+    ``values`` over each one's rows, and how many rows each stands for (empty ones dropped).
+    Deterministic for the same rows and seed, so two kNN members share one set of keys."""
+    from scipy import sparse  # type: ignore[import-untyped]
+
+    rows = len(emb)
+    centres = emb[np.random.default_rng(seed).choice(rows, n, replace=False)]
+    for step in range(rounds + 1):
+        assign = np.argmax(emb @ centres.T, axis=1)
+        members = sparse.csr_matrix(
+            (np.ones(rows, dtype=np.float32), (assign, np.arange(rows))), shape=(len(centres), rows)
+        )
+        counts = np.asarray(members.sum(axis=1)).ravel()
+        keep = counts > 0
+        if step < rounds:  # a Lloyd step: each centre to its rows' mean direction
+            sums = np.asarray(members @ emb)[keep]
+            centres = (sums / np.linalg.norm(sums, axis=1, keepdims=True)).astype(np.float32)
+    means = np.asarray(members @ values).ravel()[keep] / counts[keep]
+    return centres[keep], means.astype(np.float64), counts[keep].astype(np.float64)
+
+
 @dataclass
 class KnnGain:
+    """The softmax-weighted mean gain of the ``k`` nearest training prompts. With ``max_keys``
+    and more training prompts than that, the keys are ``prototypes`` of them (each weighted by
+    the prompts it stands for, ``k`` scaled down in proportion): what a deployed model scans
+    for every request stays bounded whatever the training set's size."""
+
     k: int = 32
     temperature: float = 0.05
+    max_keys: int | None = None
 
     def __post_init__(self) -> None:
-        self.name = f"knn(k={self.k})"
+        self.name = f"knn(k={self.k}{f', keys<={self.max_keys}' if self.max_keys else ''})"
         self._keys: Matrix = np.zeros((0, 0), dtype=np.float32)
         self._gain: Array = np.zeros(0)
+        self._counts: Array | None = None
+        self._k = self.k
         self._prior = 0.0
 
     def fit(self, x: Prompts, cheap: Array, frontier: Array) -> KnnGain:
         gain = frontier - cheap
-        self._keys, self._gain = x.emb, gain
+        self._keys, self._gain, self._counts, self._k = x.emb, gain, None, self.k
+        if self.max_keys and len(gain) > self.max_keys:
+            self._keys, self._gain, self._counts = prototypes(x.emb, gain, self.max_keys)
+            self._k = max(1, round(self.k * len(self._keys) / len(gain)))
         self._prior = float(gain.mean()) if len(gain) else 0.0
         return self
 
     def predict(self, x: Prompts) -> Array:
-        return knn_predict(x.emb, self._keys, self._gain, self.k, self.temperature, self._prior)
+        return knn_predict(
+            x.emb, self._keys, self._gain, self._k, self.temperature, self._prior, self._counts
+        )
 
 
 @dataclass
@@ -159,7 +206,7 @@ class TextOddsGain:
         self._models: list[Any] = []
 
     def _matrix(self, texts: Sequence[str], fit: bool) -> Any:
-        from scipy import sparse  # type: ignore[import-untyped]
+        from scipy import sparse
 
         if fit:
             return sparse.hstack([v.fit_transform(texts) for v in self._vectorizers]).tocsr()
@@ -411,6 +458,24 @@ def base_models() -> list[Callable[[], GainModel]]:
         lambda: TextOddsGain(c=0.3, chars=True),
         lambda: BoostedGain(),
         lambda: BoostedGain(odds=True),
+    ]
+
+
+def serving_models(max_keys: int | None = 2048) -> list[Callable[[], GainModel]]:
+    """What ``gateway router train`` stacks for a deployed model: ``base_models()`` without
+    what costs a request most to score. The kNN members scan at most ``max_keys`` prototypes
+    (one shared similarity pass), the TF-IDF odds read words only (a prompt's character
+    n-grams took ~1-2 ms to build in Python), and each boosted model bags 2 ensembles, not 5.
+    Measured on MMLU in bench/README.md (``python -m bench.tier_model``)."""
+    return [
+        lambda: KnnGain(k=64, max_keys=max_keys),
+        lambda: KnnGain(k=1024, max_keys=max_keys),
+        lambda: RidgeGain(alpha=3000.0),
+        lambda: RidgeGain(alpha=10000.0),
+        lambda: RidgeGain(alpha=100.0, use_embedding=False),
+        lambda: TextOddsGain(c=0.3),
+        lambda: BoostedGain(members=2),
+        lambda: BoostedGain(odds=True, members=2),
     ]
 
 
