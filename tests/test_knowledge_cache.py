@@ -6,9 +6,12 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from gateway.core.runtime import RUNTIME
 from gateway.policy.model import hash_key
 from gateway.stages.cache import CacheStage
+from gateway.stages.cache_quality import DEGRADED_TTL_S
 from gateway.stages.knowledge import KnowledgeStage
 from retrieval.stores import open_store
 from tests.conftest import Fakes, RedisServer, policy_for
@@ -156,12 +159,13 @@ async def test_knowledge_off_and_on_never_share_a_cached_answer(
     assert "controller" not in str(fakes.openai.requests[-1].body)
 
 
-async def test_answers_made_while_the_knowledge_store_fails_are_not_cached(
+async def test_answers_made_while_the_knowledge_store_fails_are_kept_briefly(
     make_gateway: Any, fakes: Fakes, embedder: Any, tmp_path: Path, redis_server: RedisServer
 ) -> None:
-    # Qdrant down: the request is answered without passages (fail-open), but that answer is not
-    # what a request with the store up gets; cached under the "knowledge on" scope it would be
-    # replayed without the company's context for its whole TTL after the store is back.
+    # Qdrant down: the request is answered without passages (fail-open). That answer is not what
+    # a request with the store up gets: kept for the scope's TTL it would be replayed without the
+    # company's context long after the store is back. It is kept for DEGRADED_TTL_S at most, so
+    # the cache still absorbs repeats during the outage.
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed once the block ends: nothing listens there
@@ -181,16 +185,25 @@ async def test_answers_made_while_the_knowledge_store_fails_are_not_cached(
         await cache.drain()
         return response
 
+    redis = aioredis.Redis.from_url(redis_server.url)
     try:
-        # The failing lookup, then a request inside retry_after_s (the store is left alone).
-        for _ in range(2):
-            fakes.openai.push(Ok(text="answered without the knowledge base"))
-            response = await ask()
-            assert response.headers["x-gateway-cache"] == "miss"
-            assert "x-gateway-knowledge" not in response.headers
+        fakes.openai.push(Ok(text="answered without the knowledge base"))
+        response = await ask()  # the failing lookup
+        assert response.headers["x-gateway-cache"] == "miss"
+        assert "x-gateway-knowledge" not in response.headers
         assert knowledge.errors == 1
-        assert len(fakes.openai.requests) == 2  # neither answer was stored
-        decision = runtime.decisions.recent(1)[0]  # it names why nothing was stored
-        assert {"type": "cache_not_stored", "reason": "knowledge_unavailable"} in decision.events
+        stored = next(
+            e for e in runtime.decisions.recent(1)[0].events if e["type"] == "cache_store"
+        )
+        assert stored["degraded"] == "knowledge_unavailable"
+        assert stored["ttl_s"] == DEGRADED_TTL_S  # not the scope's 86,400 s
+        keys = [k async for k in redis.scan_iter(match=f"*:e:{stored['entry']}")]
+        assert len(keys) == 1
+        assert 0 < await redis.ttl(keys[0]) <= DEGRADED_TTL_S
+        # Inside retry_after_s the store is left alone: the repeat is a hit, no provider call.
+        response = await ask()
+        assert response.headers["x-gateway-cache"] == "hit"
+        assert len(fakes.openai.requests) == 1
     finally:
+        await redis.aclose()
         await knowledge.close()

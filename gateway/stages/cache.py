@@ -34,7 +34,7 @@ from gateway.telemetry.metrics import Metrics
 from providers.base import Completion, Usage, new_completion_id
 
 from .cache_learning import Comparison
-from .cache_quality import unfit_to_store
+from .cache_quality import degraded, ttl_s, unfit_to_store
 from .cache_rules import (
     answer_text,
     bypass_reason,
@@ -344,7 +344,10 @@ class CacheStage(StoreWriter):
         # The entry's id is drawn now so the decision record names it: feedback saying this
         # answer was wrong removes it (``forget``).
         entry_id = random.getrandbits(63)
-        ctx.decision.events.append({"type": "cache_store", "entry": entry_id, "scope": scope})
+        event: dict[str, Any] = {"type": "cache_store", "entry": entry_id, "scope": scope}
+        if why := degraded(ctx):  # kept briefly: see gateway/stages/cache_quality.py
+            event |= {"ttl_s": ttl_s(ctx, settings.ttl_s), "degraded": why}
+        ctx.decision.events.append(event)
         comparison = ctx.notes.get("cache_compare")
         write = Write(ctx, entry_id, scope, settings, completion, text, comparison)
         self._storing.add(entry_id)  # feedback before the write lands keeps it out (``forget``)

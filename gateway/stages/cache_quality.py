@@ -10,9 +10,11 @@ runs, for streamed and non-streamed answers alike: one scorer, so the cache and 
 statistics never disagree on what a bad answer is. Without that record (a caller that skipped
 the monitor) the cheap checks are made here: empty text, the finish reason, JSON parsing.
 
-Nor is an answer made while the knowledge store was failing: it lacks the passages a request
-with the store up would have had (the cache scope says "knowledge on"), and once stored it would
-be replayed, without them, for the entry's whole TTL after the store is back.
+An answer made while the knowledge store was failing lacks the passages a request with the store
+up would have had (the cache scope says "knowledge on"). It is stored, so the cache keeps
+absorbing repeats during the outage (turning the cache off then would add provider load to a
+store outage), but for ``DEGRADED_TTL_S`` at most: after the store is back, a question gets its
+passages again within that long.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ import orjson
 from gateway.core.context import KNOWLEDGE_UNAVAILABLE, RequestContext
 from providers.base import Completion
 
+# The longest an answer made without the knowledge base it should have had is kept (see above).
+DEGRADED_TTL_S = 60.0
+
 # The heuristics' flags that keep an answer out of the cache (all of them, today).
 UNFIT_FLAGS = frozenset({"empty", "stream_error", "invalid_json", "refusal", "truncated"})
 
 
 def unfit_to_store(ctx: RequestContext, completion: Completion, text: str) -> str | None:
     """Why ``completion`` (whose answer text is ``text``) must not be cached, or ``None``."""
-    if ctx.notes.get(KNOWLEDGE_UNAVAILABLE):
-        return KNOWLEDGE_UNAVAILABLE
     if completion.finish_reason != "stop":
         return "truncated" if completion.finish_reason == "length" else "finish_reason"
     if not text.strip():
@@ -48,3 +51,13 @@ def unfit_to_store(ctx: RequestContext, completion: Completion, text: str) -> st
         except orjson.JSONDecodeError:
             return "invalid_json"
     return None
+
+
+def degraded(ctx: RequestContext) -> str | None:
+    """Why ``ctx``'s answer is kept for ``DEGRADED_TTL_S`` at most, or ``None``."""
+    return KNOWLEDGE_UNAVAILABLE if ctx.notes.get(KNOWLEDGE_UNAVAILABLE) else None
+
+
+def ttl_s(ctx: RequestContext, configured_s: float) -> float:
+    """How long ``ctx``'s answer is kept: the scope's TTL, or less when it is ``degraded``."""
+    return min(configured_s, DEGRADED_TTL_S) if degraded(ctx) else configured_s

@@ -23,6 +23,7 @@ from gateway.policy.cache_config import CacheSettings
 from providers.base import Completion
 
 from .cache_learning import Comparison, learn_from_answer
+from .cache_quality import ttl_s
 from .cache_rules import semantic_skip_reason
 
 OWN_MAX = 100_000
@@ -97,7 +98,8 @@ class StoreWriter:
                 state=new_state.to_bytes(),
             )
             key = exact_key(write.scope, new.query)
-            puts.append(Put(new, key, write.settings.ttl_s, write.settings.max_entries_per_scope))
+            ttl = ttl_s(ctx, write.settings.ttl_s)
+            puts.append(Put(new, key, ttl, write.settings.max_entries_per_scope))
         await self.store.save_states(states)
         if len(self._own) > OWN_MAX:  # events were missed (an outage): forget the oldest
             self._own.clear()
