@@ -257,12 +257,18 @@ async def run(args: argparse.Namespace) -> None:
             )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the RouteLLM data and the work files are, which benchmarks, and the split's seed
+    (shared with bench/tier_model.py, which reads the same split)."""
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--work", type=Path, default=Path("/tmp/router_live"))
     parser.add_argument("--only", default="mmlu,gsm8k")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(parser)
     parser.add_argument("--limit", type=int, help="a seeded random subset of the held-out half")
     parser.add_argument("--train-limit", type=int, help="a seeded random subset of TRAIN")
     parser.add_argument(

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.router import DEFAULT_DATA, _routellm_rows, _split
-from bench.router_live import SHARES, ranked_quality, train
+from bench.router import _routellm_rows, _split
+from bench.router_live import SHARES, add_data_arguments, ranked_quality, train
 from gateway.cli.router import embed_prompts
 from gateway.core.background import single_thread_blas
 from gateway.tiering.deployed import Query, TierModel
@@ -89,11 +89,8 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/router_live"))
-    parser.add_argument("--only", default="mmlu,gsm8k")
+    add_data_arguments(parser)
     parser.add_argument("--stacks", default="full,serving")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--share", type=float, help="default 0.45 MMLU, 0.55 GSM8K")
     parser.add_argument("--limit", type=int, help="a seeded random subset of the held-out half")
     parser.add_argument("--train-limit", type=int, help="a seeded random subset of TRAIN")
