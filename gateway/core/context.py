@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -31,7 +31,8 @@ _T = TypeVar("_T")
 # Why a stage did not act on the query's similarity: the embedder saw only the turn's beginning.
 QUERY_EXCEEDS_WINDOW = "query_exceeds_window"
 # A note the knowledge stage sets when its store failed (or is being left alone after a failure):
-# the answer was made without the passages it should have had, so the cache must not keep it.
+# the answer was made without the passages it should have had, so the cache keeps it briefly
+# (gateway/stages/cache_quality.py, DEGRADED_TTL_S).
 KNOWLEDGE_UNAVAILABLE = "knowledge_unavailable"
 
 
@@ -90,17 +91,9 @@ class RequestContext:
         ``None`` without an embedder, for an empty query, or when the embedder fails (the
         failure is logged; the request goes on uncached: fail-open).
         """
-        if self._embedded:
-            return self._embedding
+        if not self._embedded and self.embedder is not None:
+            self._embedding = await self._embed_once(self.embedder.embed)
         self._embedded = True
-        text = self.query_text
-        if self.embedder is None or not text:
-            return None
-        try:
-            self._embedding = await self.embedder.embed(text)
-        except Exception:  # any embedder failure: answer uncached rather than fail
-            log.exception("embedding failed for request %s; continuing without", self.request_id)
-            self.notes["embedding_failed"] = True
         return self._embedding
 
     async def query_embedding_then(self, then: Callable[[Vector], _T]) -> tuple[Vector, _T] | None:
@@ -111,24 +104,35 @@ class RequestContext:
         loop. Otherwise (the vector is known already, another embedder) ``then`` runs here.
         An exception from ``then`` propagates; the vector is kept either way.
         """
-        if self._embedded or not isinstance(self.embedder, BatchingEmbedder):
+        embedder = self.embedder
+        if self._embedded or not isinstance(embedder, BatchingEmbedder):
             vector = await self.query_embedding()
             return None if vector is None else (vector, then(vector))
+        try:
+            found = await self._embed_once(lambda text: embedder.embed_then(text, then))
+        except ThenFailed as exc:
+            self._embedding = exc.vector
+            raise exc.__cause__ or exc from None
+        if found is not None:
+            self._embedding = found[0]
+        return found
+
+    async def _embed_once(self, embed: Callable[[str], Awaitable[_T]]) -> _T | None:
+        """``embed(query_text)``, marking the query embedded; ``None`` for an empty query or
+        when the embedder fails (logged: the request goes on uncached, fail-open). A failure of
+        ``embed_then``'s follow-up (``ThenFailed``) is the caller's to handle."""
         self._embedded = True
         text = self.query_text
         if not text:
             return None
         try:
-            vector, found = await self.embedder.embed_then(text, then)
-        except ThenFailed as exc:
-            self._embedding = exc.vector
-            raise exc.__cause__ or exc from None
+            return await embed(text)
+        except ThenFailed:
+            raise
         except Exception:  # any embedder failure: answer uncached rather than fail
             log.exception("embedding failed for request %s; continuing without", self.request_id)
             self.notes["embedding_failed"] = True
             return None
-        self._embedding = vector
-        return vector, found
 
 
 class Interceptor(Protocol):
