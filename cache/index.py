@@ -121,6 +121,11 @@ class ScopedIndexes:
     def __len__(self) -> int:
         return len(self._owner)
 
+    def keys(self) -> list[int]:
+        """A snapshot of every indexed key, in insertion order."""
+        with self._lock:
+            return list(self._owner)
+
     def _scope(self, scope: str) -> ScopeIndex:
         index = self._scopes.get(scope)
         if index is None:

@@ -63,6 +63,9 @@ class LocalStore:
     async def get_many(self, entry_ids: list[int]) -> list[Entry | None]:
         return [self._live(entry_id) for entry_id in entry_ids]
 
+    async def existing(self, entry_ids: list[int]) -> list[bool]:
+        return [self._live(entry_id) is not None for entry_id in entry_ids]
+
     async def put_many(self, puts: list[Put]) -> list[int]:
         evicted: list[int] = []
         for put in puts:

@@ -77,6 +77,7 @@ class Store(Protocol):
     async def exact(self, key: str) -> Entry | None: ...
     async def get(self, entry_id: int) -> Entry | None: ...
     async def get_many(self, entry_ids: list[int]) -> list[Entry | None]: ...
+    async def existing(self, entry_ids: list[int]) -> list[bool]: ...
     async def put(self, entry: Entry, exact_key: str, ttl_s: float, cap: int) -> list[int]: ...
     async def put_many(self, puts: list[Put]) -> list[int]: ...
     async def touch(self, entry: Entry) -> None: ...
@@ -235,6 +236,15 @@ class RedisStore:
             pipe.hgetall(f"{self.p}:e:{entry_id}")
         found = await self._call(pipe.execute())
         return [_decode(i, raw) if raw else None for i, raw in zip(entry_ids, found, strict=True)]
+
+    async def existing(self, entry_ids: list[int]) -> list[bool]:
+        """Whether each entry is still stored (one round trip, no entry read)."""
+        if not entry_ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id in entry_ids:
+            pipe.exists(f"{self.p}:e:{entry_id}")
+        return [bool(found) for found in await self._call(pipe.execute())]
 
     async def put(self, entry: Entry, exact_key: str, ttl_s: float, cap: int) -> list[int]:
         return await self.put_many([Put(entry, exact_key, ttl_s, cap)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from cache.embedder import Embedder
@@ -24,7 +25,14 @@ from gateway.telemetry.metrics import Metrics
 
 from .cache import CacheStage
 
+log = logging.getLogger(__name__)
+
 LOAD_BATCH = 1024  # entries per multi-threaded index add at start (bounds a lookup's wait)
+# Entries that expire in Redis (their TTL) send no event; a lookup drops one from the index only
+# when it is a candidate worth reading. The sweep checks this many indexed keys this often, in
+# turn, so an index does not keep every expired entry until the process restarts.
+SWEEP_EVERY_S = 60.0
+SWEEP_BATCH = 4096
 
 
 async def load_indexes(stage: CacheStage) -> int:
@@ -101,6 +109,38 @@ async def _apply(stage: CacheStage, op: str, entry_id: int, scope: str) -> None:
         stage.hot.drop_scope(scope)
 
 
+async def sweep_indexes(
+    stage: CacheStage,
+    stop: asyncio.Event,
+    every_s: float = SWEEP_EVERY_S,
+    batch: int = SWEEP_BATCH,
+) -> None:
+    """Remove indexed entries the store no longer holds, ``batch`` keys every ``every_s``."""
+    cursor = 0
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every_s)
+        if stop.is_set():
+            return
+        keys = stage.indexes.keys()
+        if cursor >= len(keys):
+            cursor = 0
+        chunk = keys[cursor : cursor + batch]
+        cursor += batch
+        try:
+            alive = await stage.store.existing(chunk)
+        except CacheUnavailable as exc:
+            stage.unavailable("sweep", exc)
+            continue
+        gone = [key for key, found in zip(chunk, alive, strict=True) if not found]
+        if gone:
+            # Off the loop: a removal waits for an add under way on the index thread.
+            await asyncio.to_thread(stage.indexes.apply, [], gone)
+            for key in gone:
+                stage.hot.drop_id(key)
+            log.debug("cache: %d expired entries left the index", len(gone))
+
+
 async def refresh_config(stage: CacheStage, stop: asyncio.Event, every_s: float = 2.0) -> None:
     """Pick up run-time overrides set by ops on any replica."""
     while not stop.is_set():
@@ -134,6 +174,7 @@ async def running_cache(
     tasks = [
         asyncio.create_task(follow_replicas(stage, stop), name="cache-index-sync"),
         asyncio.create_task(refresh_config(stage, stop), name="cache-config-sync"),
+        asyncio.create_task(sweep_indexes(stage, stop), name="cache-index-sweep"),
     ]
     try:
         yield stage
