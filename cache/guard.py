@@ -42,7 +42,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from cache.guard_ids import identifiers
-from cache.guard_roles import Roles, roles_of, swapped
+from cache.guard_roles import DIRECTION_WORDS, Roles, roles_of, swapped
 from cache.guard_words import (
     AMBIGUOUS_DATE_WORDS,
     CURRENCY,
@@ -74,25 +74,45 @@ _TOKEN = re.compile(
 )
 _QUOTE_OPENERS = frozenset("\"“'`")
 _STOPS = frozenset(".!?;")
-# A plain text: ASCII, starting with a letter, with no digit, quote, sign of an identifier or
-# arrow. Most questions are plain: they have no numbers, identifiers or quotes to read, so their
-# words (and their capitalised words, for the entities) are all the guard needs (see _plain).
-# One translation of the text's bytes finds the characters that rule it out and gives its
-# words; the rest is tested only when the character it is about occurs.
-_BLOCKING = set('0123456789"`$>@#/\\_')
-# Per byte: NUL if it rules the text out, a lower-case letter for a letter, a space otherwise.
-_PLAIN_BYTES = bytes(
-    0 if chr(c) in _BLOCKING else c | 32 if c < 128 and chr(c).isalpha() else 32 for c in range(256)
-)
-_DOT_WORD = re.compile(r"\.\w")  # "example.com", "os.path": a name (cache.guard_ids)
+# A plain text: ASCII, starting with a letter or a digit, with no quote, sign of an identifier
+# or arrow. Most questions are plain: they have no identifiers or quotes to read, so their words
+# (and their capitalised words, for the entities) and their amounts are all the guard needs
+# (see _plain). One translation of the text's bytes finds the characters that rule it out and
+# gives its words; the rest is tested only when the character it is about occurs.
+_BLOCKING = set('"`$>@#/\\_')
+
+
+def _plain_byte(code: int) -> int:
+    """A byte's image in a plain text's translation: NUL if it rules the text out, 1 for a
+    digit (an amount, see _amounts), the lower-case letter for a letter, a space otherwise."""
+    char = chr(code)
+    if char in _BLOCKING:
+        return 0
+    if code >= 128:
+        return 32  # never read: a plain text is ASCII
+    if char.isdigit():
+        return 1
+    return code | 32 if char.isalpha() else 32
+
+
+_PLAIN_BYTES = bytes(_plain_byte(code) for code in range(256))
+_DOT_WORD = re.compile(r"\.\w")  # "example.com", "os.path", "1.5": left to _read
 _OPEN_QUOTE = re.compile(r"(?<!\w)'|'[A-Z]")  # may open a 'quote'; "x'Y": left to _read
-# A word that starts with a capital, but the pronoun "I" ("I", "I'm", "I'd" ...: never a name,
-# and the commonest capital of all), and whether a sentence stop precedes it (group 1).
-_NOT_I = r"(?!I(?:'(?:m|ve|ll|d|s))?(?![A-Za-z']))"
-_CAPITAL = re.compile(r"[A-Z]")
-_CAPITAL_WORD = re.compile(
-    rf"([.!?;][^A-Za-z.!?;]*)?(?<![A-Za-z']){_NOT_I}([A-Z][A-Za-z]*(?:'[A-Za-z]+)?)"
-)
+# Any capital but a bare "I" ("How do I ..."): a text without one has no capitalised word to
+# read (the pronoun is never one). The character class leads, so that the regex engine scans
+# for it in C.
+_CAPITAL = re.compile(r"[A-Z](?:(?<!I)|(?=[A-Za-z']))")
+# A word that starts with a capital (its first letter not inside a word), as _read cuts it.
+_CAPITAL_WORD = re.compile(r"[A-Z](?<![A-Za-z'].)[A-Za-z]*(?:'[A-Za-z]+)?")
+_I_FORMS = frozenset({"I", "I'm", "I've", "I'll", "I'd", "I's"})  # the pronoun, never a name
+# What may stand between a sentence stop and the next sentence's first word: any ASCII
+# character but a letter, a digit (an amount is a token: the word after it is not initial) or
+# a stop.
+_GAP = "".join(c for c in map(chr, range(128)) if not c.isalnum() and c not in ".!?;")
+# An amount of a plain text and the word right after it (its unit, if it is one), as _TOKEN
+# cuts them: nothing but spaces and signs that start no token between the two.
+_AMOUNT = re.compile(r"(\d+(?:[.,]\d+)*)(?:[^A-Za-z\d.!?;]*([A-Za-z]+(?:'[A-Za-z]+)?))?")
+_SEQUENCE = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")  # words and amounts, in order
 _ASCII_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 _WORD_OR_STOP = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?|[.!?;]+")
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?")
@@ -112,6 +132,11 @@ class _Features(NamedTuple):
     # identifiers, numbers, dates, negated, quoted: one equality test tells a pair that agrees
     # on all five (most near neighbours) from one that needs the rule-by-rule comparison.
     key: tuple[object, ...]
+    # The roles' parts, flat, and the set of their tokens: the comparison tells from these
+    # alone whether the roles can differ (see conflicts) before calling swapped.
+    fillers: frozenset[tuple[str, str]]
+    tokens: tuple[str, ...]
+    tokenset: frozenset[str]
 
 
 def _make(
@@ -123,10 +148,31 @@ def _make(
     quoted: frozenset[str],
     ids: frozenset[str],
     roles: Roles,
+    tokenset: frozenset[str],
 ) -> _Features:
     ordered = tuple(sorted(numbers)) if numbers else ()
-    key = (ids, ordered, dates, negated, quoted)
-    return _new(_Features, (ordered, dates, negated, entities, words, quoted, ids, roles, key))
+    if ordered or dates or negated or quoted or ids:
+        key: tuple[object, ...] = (ids, ordered, dates, negated, quoted)
+    else:
+        key = _BARE  # one object: most pairs compare keys by identity
+    fillers, tokens = roles
+    return _new(
+        _Features,
+        (
+            ordered,
+            dates,
+            negated,
+            entities,
+            words,
+            quoted,
+            ids,
+            roles,
+            key,
+            fillers,
+            tokens,
+            tokenset,
+        ),
+    )
 
 
 def _number(text: str, money: str | None) -> str:
@@ -154,9 +200,10 @@ def _features(text: str) -> _Features:
 def _plain(text: str) -> _Features | None:
     """The features of a plain text (see _BLOCKING) from its lower-cased words and its
     capitalised ones, in a few C-level passes; None for any other text (or for the rare plain
-    one it leaves to :func:`_read`). Gives what :func:`_read` gives, faster."""
+    one it leaves to :func:`_read`). Gives what :func:`_read` gives, faster. Digits are read
+    here too (:func:`_amounts`), so "book 2 tickets for 7pm" skips the token loop."""
     first = text[:1]
-    if not text.isascii() or not first.isalpha():
+    if not text.isascii() or not first.isalnum():
         return None
     spaced = text.encode().translate(_PLAIN_BYTES)
     if (
@@ -165,45 +212,111 @@ def _plain(text: str) -> _Features | None:
         or ("'" in text and _OPEN_QUOTE.search(text))
     ):
         return None
+    digits = 1 in spaced
     if "'" in text:  # "Alice's" names Alice; "don't", "isn't" negate
         tokens = [t[:-2] if t.endswith("'s") else t for t in _ASCII_WORD.findall(text.lower())]
-        negated = not NEGATIONS.isdisjoint(tokens) or any(
-            t.endswith("n't") or t.replace("'", "") in NEGATIONS for t in tokens if "'" in t
+        words = frozenset(tokens)
+        negated = not NEGATIONS.isdisjoint(words) or any(
+            t.endswith("n't") or t.replace("'", "") in NEGATIONS for t in words if "'" in t
         )
     else:
-        tokens = spaced.decode().split()
-        negated = not NEGATIONS.isdisjoint(tokens)
-    numbers: list[str] = []
-    dates = _EMPTY if _PLAIN_DATES.isdisjoint(tokens) else _PLAIN_DATES.intersection(tokens)
+        tokens = (spaced.replace(b"\1", b" ") if digits else spaced).decode().split()
+        words = frozenset(tokens)
+        negated = False  # see below: a negation is one of the special words
+    # One set intersection tells most texts (no negation, date, number or direction word) from
+    # the few whose special words need the tests below.
+    special = words & _SPECIAL
+    numbered = False
+    dates = _EMPTY
+    if special:
+        negated = negated or not NEGATIONS.isdisjoint(special)
+        dates = _PLAIN_DATES & special or _EMPTY
+        numbered = not _NUMBER_WORD_SET.isdisjoint(special)
     if first.isupper() and tokens[0] in _MAY_MARCH:
         dates = dates | {tokens[0]}  # "May I ...": a capitalised "may" is read as the month
+    numbers: list[str] = []
+    units: frozenset[int] = _NO_UNITS
+    sequence: list[str] = tokens
+    if digits:
+        if numbered:
+            return None  # "5 hundred", "two 3-packs": left to _read's token loop
+        sequence, units = _amounts(text, numbers)
     entities = _EMPTY
-    numbered = not _NUMBER_WORD_SET.isdisjoint(tokens)
     if _CAPITAL.search(text, 1):
-        capitals = _capitals(text, numbered)
+        capitals = _capitals(text, numbered, units)
         if capitals is None:
             return None
         entities, named_dates = capitals
         dates = dates | named_dates if named_dates else dates
     if numbered:
         _number_words(text.lower(), numbers)
-    words = frozenset(tokens)
-    if numbers or dates or negated or entities:
-        return _make(numbers, dates, negated, entities, words, _EMPTY, _EMPTY, roles_of(tokens))
-    return _new(
-        _Features, ((), _EMPTY, False, _EMPTY, words, _EMPTY, _EMPTY, roles_of(tokens), _BARE)
-    )
+    roles = roles_of(sequence) if special and not DIRECTION_WORDS.isdisjoint(special) else None
+    if roles is None:  # no direction word: no fillers, only the order (cache.guard_roles)
+        roles = _new(Roles, (_NO_FILLERS, tuple(sequence)))
+    ids = identifiers(text) if digits else _EMPTY  # no digit: no identifier sign (_BLOCKING)
+    # Without amounts, the tokens are the words (the same list): their set is the word set.
+    tokenset = frozenset(sequence) if digits else words
+    return _make(numbers, dates, negated, entities, words, _EMPTY, ids, roles, tokenset)
 
 
-def _capitals(text: str, numbered: bool) -> tuple[frozenset[str], frozenset[str]] | None:
+def _amounts(text: str, numbers: list[str]) -> tuple[list[str], frozenset[int]]:
+    """A plain text's amounts (digits, each with the unit or currency word right after it, as
+    :func:`_read` reads them) into ``numbers``; returns the text's words and amounts in order
+    (for the roles) and where each capitalised unit word starts (not an entity: "15 USD")."""
+    normal: dict[str, str] = {}
+    units: set[int] = set()
+    renamed = False  # an amount whose number is not its text ("1,000" is 1000)
+    for match in _AMOUNT.finditer(text):
+        digits, word = match.group(1, 2)
+        number = _plain_number(digits)
+        normal[digits] = number
+        renamed = renamed or number != digits
+        if word is not None:
+            lower = word.lower()
+            if lower.endswith("'s"):
+                lower = lower[:-2]
+            if unit := CURRENCY_WORDS.get(lower):
+                number = f"{unit}:{number}"  # "5 dollars" is "$5"
+            elif unit := UNITS.get(lower):
+                number = f"{number}:{unit}"
+            else:
+                word = None
+            if word is not None and word[0].isupper():
+                units.add(match.start(2))
+        numbers.append(number)
+    sequence = _SEQUENCE.findall(text.lower())
+    if "'" in text:
+        sequence = [t[:-2] if t.endswith("'s") else t for t in sequence]
+    if renamed:  # an amount reads in the sequence as its number, without its unit
+        sequence = [normal.get(t, t) for t in sequence]
+    return sequence, frozenset(units) if units else _NO_UNITS
+
+
+@lru_cache(maxsize=1024)
+def _plain_number(digits: str) -> str:
+    """:func:`_number` of an amount without a currency sign: the few that recur ("1", "2",
+    "10") are formatted once."""
+    return _number(digits, None)
+
+
+def _capitals(
+    text: str, numbered: bool, units: frozenset[int]
+) -> tuple[frozenset[str], frozenset[str]] | None:
     """A plain text's entities (capitalised words not starting a sentence, as :func:`_read`
-    reads them) and capitalised "May" or "March". None, to leave the text to :func:`_read`, for
-    a capital "A" naming something ("Team A", which the roles keep apart from the article) and
-    for a capitalised word in a text with a number word (it may be its unit: "five Dollars")."""
+    reads them) and capitalised "May" or "March"; ``units``: where the unit words of amounts
+    start (skipped). None, to leave the text to :func:`_read`, for a capital "A" naming
+    something ("Team A", which the roles keep apart from the article) and for a capitalised
+    word in a text with a number word (it may be its unit: "five Dollars")."""
     entities: set[str] = set()
     dates: set[str] = set()
     for match in _CAPITAL_WORD.finditer(text, 1):
-        initial, word = match.group(1) is not None, match.group(2)
+        word, start = match.group(), match.start()
+        if word in _I_FORMS and not text.startswith("'", match.end()):
+            continue  # the pronoun: never a name ("I'" before a quote is a word, as in _read)
+        if units and start in units:
+            continue  # "15 USD": the amount's currency, not a name
+        # Sentence-initial: a stop before it, with nothing between but spaces and signs.
+        initial = text[:start].rstrip(_GAP)[-1:] in _STOPS
         if numbered or (word == "A" and not initial):
             return None
         lower = word.lower()
@@ -226,6 +339,10 @@ _MAY_MARCH = AMBIGUOUS_DATE_WORDS & DATE_WORDS
 _NUMBER_WORD_SET = frozenset(NUMBER_WORDS)
 _EMPTY: frozenset[str] = frozenset()
 _BARE = (_EMPTY, (), _EMPTY, False, _EMPTY)  # the key of a text with none of those five
+_NO_UNITS: frozenset[int] = frozenset()
+_NO_FILLERS: frozenset[tuple[str, str]] = frozenset()
+# The words a plain text's features need more than its word set for.
+_SPECIAL = NEGATIONS | _PLAIN_DATES | _NUMBER_WORD_SET | DIRECTION_WORDS
 
 
 def _number_words(lower: str, numbers: list[str]) -> None:
@@ -321,6 +438,7 @@ def _read(text: str) -> _Features:
         frozenset(quoted),
         identifiers(text),
         roles_of(sequence),
+        frozenset(sequence),
     )
 
 
@@ -368,49 +486,7 @@ def conflicts(query: str, cached_query: str, *, first: bool = False) -> list[Con
 
     Pure and symmetric in which kinds it finds; the features of each text are memoised.
     """
-    found: list[Conflict] = []
-    if query == cached_query:
-        return found
-    a, b = _features(query), _features(cached_query)
-    if a.key == b.key:  # the common case: only the roles or the entities may differ
-        ra, rb = a.roles, b.roles
-        if (
-            len(ra.tokens) != len(rb.tokens)  # no permutation (cache.guard_roles)
-            and (ra.fillers == rb.fillers or not ra.fillers or not rb.fillers)  # no swap
-            and a.entities <= b.words
-            and b.entities <= a.words
-        ):
-            return found
-    if a.identifiers != b.identifiers:
-        only_a, only_b = a.identifiers - b.identifiers, b.identifiers - a.identifiers
-        found.append(Conflict("identifiers", f"{_show(only_a)} vs {_show(only_b)}"))
-        if first:
-            return found
-    if role := swapped(a.roles, b.roles):
-        found.append(Conflict("roles", role))
-        if first:
-            return found
-    if a.numbers != b.numbers:  # sorted, so this compares multisets
-        found.append(Conflict("numbers", f"{_show(a.numbers)} vs {_show(b.numbers)}"))
-        if first:
-            return found
-    if a.dates != b.dates:
-        found.append(Conflict("dates", f"{_show(a.dates)} vs {_show(b.dates)}"))
-        if first:
-            return found
-    if a.negated != b.negated:
-        where = "query" if a.negated else "cached query"
-        found.append(Conflict("negation", f"only in the {where}"))
-        if first:
-            return found
-    missing = (a.entities - b.words) | (b.entities - a.words)
-    if missing:
-        found.append(Conflict("entities", f"{_show(frozenset(missing))} in one query only"))
-        if first:
-            return found
-    if a.quoted != b.quoted:
-        found.append(Conflict("quoted", f"{_show(a.quoted)} vs {_show(b.quoted)}"))
-    return found
+    return [_new(Conflict, found) for found in _compare(query, cached_query, first)]
 
 
 def conflict(query: str, cached_query: str) -> str | None:
@@ -419,5 +495,51 @@ def conflict(query: str, cached_query: str) -> str | None:
     The reason names the kind first (see :data:`KINDS`), then what differs, e.g.
     ``"numbers: {100} vs {500}"`` or ``"identifiers: {id:a7x-99213} vs {id:b8k-10442}"``.
     """
-    found = conflicts(query, cached_query, first=True)
-    return str(found[0]) if found else None
+    found = _compare(query, cached_query, True)
+    return f"{found[0][0]}: {found[0][1]}" if found else None  # as str(Conflict)
+
+
+def _compare(query: str, cached_query: str, first: bool) -> list[tuple[str, str]]:
+    """:func:`conflicts` as (kind, detail) pairs: the lookup's :func:`conflict` builds no
+    :class:`Conflict` on the way to its string."""
+    if query == cached_query:
+        return []
+    a, b = _features(query), _features(cached_query)
+    # Whether the roles can differ (cache.guard_roles.swapped), from flat fields: fillers on
+    # both sides that differ, or the same tokens in another order.
+    fa, fb, ta, tb = a.fillers, b.fillers, a.tokens, b.tokens
+    roles = (fa != fb and fa and fb) or (
+        len(ta) == len(tb) and a.tokenset == b.tokenset and ta != tb
+    )
+    if a.key == b.key and not roles and a.entities <= b.words and b.entities <= a.words:
+        return []  # the common case: nothing differs that the rules read
+    found: list[tuple[str, str]] = []
+    if a.identifiers != b.identifiers:
+        only_a, only_b = a.identifiers - b.identifiers, b.identifiers - a.identifiers
+        found.append(("identifiers", f"{_show(only_a)} vs {_show(only_b)}"))
+        if first:
+            return found
+    if roles and (role := swapped(a.roles, b.roles)):
+        found.append(("roles", role))
+        if first:
+            return found
+    if a.numbers != b.numbers:  # sorted, so this compares multisets
+        found.append(("numbers", f"{_show(a.numbers)} vs {_show(b.numbers)}"))
+        if first:
+            return found
+    if a.dates != b.dates:
+        found.append(("dates", f"{_show(a.dates)} vs {_show(b.dates)}"))
+        if first:
+            return found
+    if a.negated != b.negated:
+        found.append(("negation", "only in the query" if a.negated else "only in the cached query"))
+        if first:
+            return found
+    missing = (a.entities - b.words) | (b.entities - a.words)
+    if missing:
+        found.append(("entities", f"{_show(frozenset(missing))} in one query only"))
+        if first:
+            return found
+    if a.quoted != b.quoted:
+        found.append(("quoted", f"{_show(a.quoted)} vs {_show(b.quoted)}"))
+    return found

@@ -55,6 +55,17 @@ _IDENT = re.compile(
     r"""|(?P<token>\w+(?:[-.:+]\w+)*)"""
 )
 _MAYBE = re.compile(r"[\d@#/\\_`]|\.\w")  # what every identifier has somewhere
+# What every identifier has somewhere, digits aside: a sign of a name or path, a dot before a
+# word character, or a digit joined to a letter (directly or by one of -:+). A lone number
+# ("book 2 tickets for 15:30") is read by the numbers rule; a text with only such numbers is
+# not scanned (_token returns nothing for a run of digits without a dot). ASCII texts only:
+# elsewhere str.isdigit and \d disagree ("x²" is a mixed token to _token). The character
+# class leads, so that the regex engine scans for it in C; look-behinds test the letter
+# before a digit.
+_SIGN = re.compile(
+    r"[\d@#/\\`_.](?:(?<=[@#/\\`_])|(?<=\.)(?=\w)"
+    r"|(?<=\d)(?:[-:+]?[^\W\d]|(?<=[^\W\d]\d)|(?<=[^\W\d][-:+]\d)))"
+)
 # A whitespace-separated chunk holding one of _MAYBE's signs: found in one pass of the text.
 _MAYBE_CHUNK = re.compile(r"(?<!\S)\S*?(?:[\d@#/\\_`]|\.\w)\S*")
 _CODE = re.compile(r"`[^`\n]+`")
@@ -139,6 +150,9 @@ def _token(text: str, start: int, source: str) -> tuple[str, str] | None:
     return None
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def identifiers(text: str) -> frozenset[str]:
     """The identifiers in ``text``, each as ``kind:normalised`` (see the module docstring)."""
     found: set[str] = set()
@@ -147,8 +161,8 @@ def identifiers(text: str) -> frozenset[str]:
     # Only chunks with a digit or a sign of a name can hold one: the scan of a plain question is
     # one pass of a simple pattern, and the full one runs on those chunks alone (in place, so
     # look-behinds and version cues still see what precedes them).
-    if _MAYBE.search(text) is None:
-        return frozenset(found)
+    if (_SIGN if text.isascii() else _MAYBE).search(text) is None:
+        return _NONE  # (a code span has a sign: found is empty)
     for chunk in _MAYBE_CHUNK.finditer(text):
         _read(text, chunk.start(), chunk.end(), found)
     return frozenset(found)

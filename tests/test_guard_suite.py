@@ -165,6 +165,72 @@ def test_plain_texts_read_as_the_full_reader_reads_them(text: str) -> None:
         assert fast == guard._read(text)
 
 
+# Texts with amounts the fast reader reads too (cache.guard._amounts): units and currencies after
+# them, capitalised ones ("15 USD" names no entity), an amount between a stop and a capital (no
+# longer sentence-initial), thousands and decimal commas, identifiers beside amounts.
+_AMOUNT_CASES = [
+    "book 2 tickets to Paris for 7pm",
+    "Convert 15 USD to EUR",
+    "convert 15 eur into usd",
+    "Send 5 Dollars to Bob",
+    "5 KM. Bob runs",
+    "Hi. 5 Bob",
+    "Hi. Bob has 5",
+    "transfer 1,000 dollars and 1,5 kg",
+    "the 5's and 10's",
+    "x'5 km",
+    "5, km and 5 - miles",
+    "Where is my order SK4411 right now?",
+    "call me at 10am or 7:00pm in 24 h",
+    "set a 5 minute timer for May 3",
+    "2 hundred pounds",
+    "Team A has 5",
+    "ticket A7X-99213 and INC0012345",
+    "move 100 from savings to checking, not 200",
+    "I' 5 km",
+    "Alice's 3 cats",
+    "can't pay 5 GBP on Monday",
+    "10 to 5 is 5 to 10",
+]
+
+
+@pytest.mark.parametrize("text", _AMOUNT_CASES)
+def test_texts_with_amounts_read_as_the_full_reader_reads_them(text: str) -> None:
+    from cache import guard
+
+    fast = guard._plain(text)
+    if fast is not None:
+        assert fast == guard._read(text)
+
+
+def test_most_texts_with_amounts_take_the_fast_reader() -> None:
+    from cache import guard
+
+    read = [guard._plain(t) is not None for t in _AMOUNT_CASES]
+    # Left to the full reader: a number word beside an amount ("2 hundred": which one a unit
+    # belongs to needs the token loop) and a capital "A" naming something ("Team A", "A7X").
+    left = [t for t, fast in zip(_AMOUNT_CASES, read, strict=True) if not fast]
+    assert left == ["2 hundred pounds", "Team A has 5", "ticket A7X-99213 and INC0012345"]
+
+
+_SIGNS_OF_VERSIONS = ["Python 3.11 vs 3.12", "v2 or 2.3.1", "10-sided 5kg 2nd", "1:2:3 and 4+5"]
+
+
+@pytest.mark.parametrize(
+    "text", [*_AMOUNT_CASES, *_SIGNS_OF_VERSIONS, *sorted({t for p in PAIRS for t in (p.a, p.b)})]
+)
+def test_the_identifier_scan_is_skipped_only_where_it_finds_nothing(text: str) -> None:
+    """An ASCII text without a sign of an identifier (cache.guard_ids._SIGN: a digit joined to a
+    letter, a dot before a word character, @ # / \\ _ `) is not scanned: the scan finds none."""
+    from cache import guard_ids
+
+    if text.isascii() and guard_ids._SIGN.search(text) is None:
+        found: set[str] = set()
+        for chunk in guard_ids._MAYBE_CHUNK.finditer(text):
+            guard_ids._read(text, chunk.start(), chunk.end(), found)
+        assert found == set()
+
+
 def test_most_questions_take_the_fast_reader() -> None:
     from cache import guard
 
