@@ -12,6 +12,7 @@ from collections import Counter
 
 import pytest
 
+from cache import guard_read
 from cache.guard import HARD_KINDS, KINDS, Conflict, conflict, conflicts
 from cache.hits import EntryState, HitPolicy, ScopeState
 from tests.guard_pairs import Pair, load_pairs
@@ -158,16 +159,14 @@ _PLAIN_CASES = [
 
 @pytest.mark.parametrize("text", _PLAIN_CASES + sorted({t for p in PAIRS for t in (p.a, p.b)}))
 def test_plain_texts_read_as_the_full_reader_reads_them(text: str) -> None:
-    from cache import guard
-
-    fast = guard._plain(text)
+    fast = guard_read.plain(text)
     if fast is not None:
-        assert fast == guard._read(text)
+        assert fast == guard_read.read(text)
 
 
-# Texts with amounts the fast reader reads too (cache.guard._amounts): units and currencies after
-# them, capitalised ones ("15 USD" names no entity), an amount between a stop and a capital (no
-# longer sentence-initial), thousands and decimal commas, identifiers beside amounts.
+# Texts with amounts the fast reader reads too (cache.guard_read._amounts): units and currencies
+# after them, capitalised ones ("15 USD" names no entity), an amount between a stop and a capital
+# (no longer sentence-initial), thousands and decimal commas, identifiers beside amounts.
 _AMOUNT_CASES = [
     "book 2 tickets to Paris for 7pm",
     "Convert 15 USD to EUR",
@@ -196,17 +195,13 @@ _AMOUNT_CASES = [
 
 @pytest.mark.parametrize("text", _AMOUNT_CASES)
 def test_texts_with_amounts_read_as_the_full_reader_reads_them(text: str) -> None:
-    from cache import guard
-
-    fast = guard._plain(text)
+    fast = guard_read.plain(text)
     if fast is not None:
-        assert fast == guard._read(text)
+        assert fast == guard_read.read(text)
 
 
 def test_most_texts_with_amounts_take_the_fast_reader() -> None:
-    from cache import guard
-
-    read = [guard._plain(t) is not None for t in _AMOUNT_CASES]
+    read = [guard_read.plain(t) is not None for t in _AMOUNT_CASES]
     # Left to the full reader: a number word beside an amount ("2 hundred": which one a unit
     # belongs to needs the token loop) and a capital "A" naming something ("Team A", "A7X").
     left = [t for t, fast in zip(_AMOUNT_CASES, read, strict=True) if not fast]
@@ -232,9 +227,7 @@ def test_the_identifier_scan_is_skipped_only_where_it_finds_nothing(text: str) -
 
 
 def test_most_questions_take_the_fast_reader() -> None:
-    from cache import guard
-
-    read = [guard._plain(t) is not None for t in _PLAIN_CASES]
+    read = [guard_read.plain(t) is not None for t in _PLAIN_CASES]
     # Left to the full reader: a capital "A" naming something, a number word with a capital in
     # the text ("five Dollars"), a capital right after an apostrophe ("x'Bob", "Rock'n'Roll").
     assert sum(read) == len(read) - 5
