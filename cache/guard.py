@@ -112,10 +112,12 @@ def _compare(query: str, cached_query: str, first: bool) -> list[tuple[str, str]
     if query == cached_query:
         return []
     a, b = _features(query), _features(cached_query)
-    # Whether the roles can differ (cache.guard_roles.swapped), from flat fields: fillers on
-    # both sides that differ, or the same tokens in another order.
+    # Whether the roles can differ (cache.guard_roles.swapped), from flat fields: a role filled
+    # differently on each side (neither side's fillers within the other's) by words that fill
+    # a role on both sides, or the same tokens in another order. Most pairs with direction
+    # words fail the first test, and then swapped is not called at all.
     fa, fb, ta, tb = a.fillers, b.fillers, a.tokens, b.tokens
-    roles = (fa != fb and fa and fb) or (
+    roles = (fa and fb and not (fa <= fb or fb <= fa) and not a.filled.isdisjoint(b.filled)) or (
         len(ta) == len(tb) and a.tokenset == b.tokenset and ta != tb
     )
     if a.key == b.key and not roles and a.entities <= b.words and b.entities <= a.words:

@@ -100,11 +100,13 @@ class Features(NamedTuple):
     # identifiers, numbers, dates, negated, quoted: one equality test tells a pair that agrees
     # on all five (most near neighbours) from one that needs the rule-by-rule comparison.
     key: tuple[object, ...]
-    # The roles' parts, flat, and the set of their tokens: the comparison tells from these
-    # alone whether the roles can differ (cache.guard._compare) before calling swapped.
+    # The roles' parts, flat, the set of their tokens and the words that fill a role: the
+    # comparison tells from these alone whether the roles can differ (cache.guard._compare)
+    # before calling swapped.
     fillers: frozenset[tuple[str, str]]
     tokens: tuple[str, ...]
     tokenset: frozenset[str]
+    filled: frozenset[str]
 
 
 def _make(
@@ -124,8 +126,9 @@ def _make(
     else:
         key = _BARE  # one object: most pairs compare keys by identity
     fillers, tokens = roles
+    filled = frozenset([word for _, word in fillers]) if fillers else _EMPTY
     values = (ordered, dates, negated, entities, words, quoted, ids, roles, key)
-    return _new(Features, (*values, fillers, tokens, tokenset))
+    return _new(Features, (*values, fillers, tokens, tokenset, filled))
 
 
 def _number(text: str, money: str | None) -> str:
@@ -198,10 +201,18 @@ def plain(text: str) -> Features | None:
     roles = roles_of(sequence) if special and not DIRECTION_WORDS.isdisjoint(special) else None
     if roles is None:  # no direction word: no fillers, only the order (cache.guard_roles)
         roles = _new(Roles, (_NO_FILLERS, tuple(sequence)))
-    ids = identifiers(text) if digits else _EMPTY  # no digit: no identifier sign (_BLOCKING)
-    # Without amounts, the tokens are the words (the same list): their set is the word set.
-    tokenset = frozenset(sequence) if digits else words
-    return _make(numbers, dates, negated, entities, words, _EMPTY, ids, roles, tokenset)
+    if digits:
+        tokenset = frozenset(sequence)
+        ids = identifiers(text)
+        return _make(numbers, dates, negated, entities, words, _EMPTY, ids, roles, tokenset)
+    if dates or negated or entities or numbers:
+        return _make(numbers, dates, negated, entities, words, _EMPTY, _EMPTY, roles, words)
+    # The commonest text: nothing but words (its tokens, whose set is the word set), built
+    # directly (no identifier without a digit, see _BLOCKING).
+    fillers, tokens = roles
+    filled = frozenset([word for _, word in fillers]) if fillers else _EMPTY
+    bare = ((), _EMPTY, False, _EMPTY, words, _EMPTY, _EMPTY, roles, _BARE)
+    return _new(Features, (*bare, fillers, tokens, words, filled))
 
 
 def _amounts(text: str, numbers: list[str]) -> tuple[list[str], frozenset[int]]:
