@@ -209,10 +209,10 @@ def plain(text: str) -> Features | None:
         return _make(numbers, dates, negated, entities, words, _EMPTY, _EMPTY, roles, words)
     # The commonest text: nothing but words (its tokens, whose set is the word set), built
     # directly (no identifier without a digit, see _BLOCKING).
-    fillers, tokens = roles
+    fillers, order = roles
     filled = frozenset([word for _, word in fillers]) if fillers else _EMPTY
     bare = ((), _EMPTY, False, _EMPTY, words, _EMPTY, _EMPTY, roles, _BARE)
-    return _new(Features, (*bare, fillers, tokens, words, filled))
+    return _new(Features, (*bare, fillers, order, words, filled))
 
 
 def _amounts(text: str, numbers: list[str]) -> tuple[list[str], frozenset[int]]:
