@@ -15,8 +15,8 @@ pays. Three sets of pairs:
 Per set: p50 of the per-call times (wall clock, ``perf_counter_ns``: the median is robust to the
 waits for a core of a shared machine) and the mean over the set in CPU time (best of
 ``--repeat`` rounds). ``--against CHECKOUT`` loads another checkout's guard (its ``cache``
-package) beside this one and times both, round by round in the same process, for before/after
-figures::
+package) beside this one and times both, round by round in the same process (each first in
+every other round, each slice after a garbage collection), for before/after figures::
 
     python -m bench.guard [--repeat 7] [--against ../main]
 """
@@ -24,6 +24,7 @@ figures::
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import statistics
 import sys
@@ -115,7 +116,10 @@ def cost(
     for r in range(repeat):
         pad = " " * (r + 2)  # a new memo key each round, the same tokens
         queries = [(a + pad, b) for a, b in pairs]
-        for name, module in guards.items():
+        # Each guard first in every other round: the one timed second would otherwise pay for
+        # more of the garbage collections that the first one's allocations bring on.
+        order = list(guards.items()) if r % 2 == 0 else list(reversed(guards.items()))
+        for name, module in order:
             decide, clock, times, cpu = module.conflict, time.perf_counter_ns, samples[name], 0
             # In slices that the smallest memo (4,096 texts) holds, both sides of every pair:
             # the cached sides read first, as when their entries were stored.
@@ -123,6 +127,7 @@ def cost(
                 part = queries[at : at + 1000]
                 for _, b in part:
                     decide(b, b + " ")
+                gc.collect()  # each slice starts from a collected heap, whoever ran before
                 start = time.process_time_ns()
                 for a, b in part:
                     t0 = clock()

@@ -43,7 +43,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from cache.guard_read import Features, plain, read
-from cache.guard_roles import swapped
+from cache.guard_roles import Roles, swapped
 
 __all__ = ["HARD_KINDS", "KINDS", "Conflict", "conflict", "conflicts", "remember"]
 
@@ -106,11 +106,11 @@ def conflict(query: str, cached_query: str) -> str | None:
     return f"{found[0][0]}: {found[0][1]}" if found else None  # as str(Conflict)
 
 
-def _compare(query: str, cached_query: str, first: bool) -> list[tuple[str, str]]:
+def _compare(query: str, cached_query: str, first: bool) -> list[tuple[str, str]] | tuple[()]:
     """:func:`conflicts` as (kind, detail) pairs: the lookup's :func:`conflict` builds no
-    :class:`Conflict` on the way to its string."""
+    :class:`Conflict` on the way to its string, and no list when there is none."""
     if query == cached_query:
-        return []
+        return ()
     a, b = _features(query), _features(cached_query)
     # Whether the roles can differ (cache.guard_roles.swapped), from flat fields: a role filled
     # differently on each side (neither side's fillers within the other's) by words that fill
@@ -121,14 +121,14 @@ def _compare(query: str, cached_query: str, first: bool) -> list[tuple[str, str]
         len(ta) == len(tb) and a.tokenset == b.tokenset and ta != tb
     )
     if a.key == b.key and not roles and a.entities <= b.words and b.entities <= a.words:
-        return []  # the common case: nothing differs that the rules read
+        return ()  # the common case: nothing differs that the rules read
     found: list[tuple[str, str]] = []
     if a.identifiers != b.identifiers:
         only_a, only_b = a.identifiers - b.identifiers, b.identifiers - a.identifiers
         found.append(("identifiers", f"{_show(only_a)} vs {_show(only_b)}"))
         if first:
             return found
-    if roles and (role := swapped(a.roles, b.roles)):
+    if roles and (role := swapped(tuple.__new__(Roles, (fa, ta)), tuple.__new__(Roles, (fb, tb)))):
         found.append(("roles", role))
         if first:
             return found

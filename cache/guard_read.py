@@ -96,13 +96,12 @@ class Features(NamedTuple):
     words: frozenset[str]
     quoted: frozenset[str]
     identifiers: frozenset[str]
-    roles: Roles
     # identifiers, numbers, dates, negated, quoted: one equality test tells a pair that agrees
     # on all five (most near neighbours) from one that needs the rule-by-rule comparison.
     key: tuple[object, ...]
-    # The roles' parts, flat, the set of their tokens and the words that fill a role: the
-    # comparison tells from these alone whether the roles can differ (cache.guard._compare)
-    # before calling swapped.
+    # The roles (cache.guard_roles.Roles) flat, the set of their tokens and the words that fill
+    # a role: the comparison tells from these alone whether the roles can differ
+    # (cache.guard._compare) before calling swapped.
     fillers: frozenset[tuple[str, str]]
     tokens: tuple[str, ...]
     tokenset: frozenset[str]
@@ -127,8 +126,8 @@ def _make(
         key = _BARE  # one object: most pairs compare keys by identity
     fillers, tokens = roles
     filled = frozenset([word for _, word in fillers]) if fillers else _EMPTY
-    values = (ordered, dates, negated, entities, words, quoted, ids, roles, key)
-    return _new(Features, (*values, fillers, tokens, tokenset, filled))
+    values = (ordered, dates, negated, entities, words, quoted, ids, key, fillers, tokens)
+    return _new(Features, (*values, tokenset, filled))
 
 
 def _number(text: str, money: str | None) -> str:
@@ -173,7 +172,7 @@ def plain(text: str) -> Features | None:
         negated = False  # see below: a negation is one of the special words
     # One set intersection tells most texts (no negation, date, number or direction word) from
     # the few whose special words need the tests below.
-    special = words & _SPECIAL
+    special = _EMPTY if _SPECIAL.isdisjoint(words) else words & _SPECIAL
     numbered = False
     dates = _EMPTY
     if special:
@@ -198,8 +197,9 @@ def plain(text: str) -> Features | None:
         dates = dates | named_dates if named_dates else dates
     if numbered:
         _number_words(text.lower(), numbers)
-    roles = roles_of(sequence) if special and not DIRECTION_WORDS.isdisjoint(special) else None
-    if roles is None:  # no direction word: no fillers, only the order (cache.guard_roles)
+    if special and not DIRECTION_WORDS.isdisjoint(special):
+        roles = roles_of(sequence)
+    else:  # no direction word: no fillers, only the order (cache.guard_roles)
         roles = _new(Roles, (_NO_FILLERS, tuple(sequence)))
     if digits:
         tokenset = frozenset(sequence)
@@ -211,8 +211,8 @@ def plain(text: str) -> Features | None:
     # directly (no identifier without a digit, see _BLOCKING).
     fillers, order = roles
     filled = frozenset([word for _, word in fillers]) if fillers else _EMPTY
-    bare = ((), _EMPTY, False, _EMPTY, words, _EMPTY, _EMPTY, roles, _BARE)
-    return _new(Features, (*bare, fillers, order, words, filled))
+    e = _EMPTY
+    return _new(Features, ((), e, False, e, words, e, e, _BARE, fillers, order, words, filled))
 
 
 def _amounts(text: str, numbers: list[str]) -> tuple[list[str], frozenset[int]]:
