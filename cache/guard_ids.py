@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["identifiers"]
+__all__ = ["identifiers", "may_hold_identifiers"]
 
 _IDENT = re.compile(
     r"""(?P<url>\b(?:https?|ftp)://[^\s<>"'`]+|\bwww\.[^\s<>"'`]+)"""
@@ -95,6 +95,9 @@ _VERSION_CUES = _words(
     helm docker nginx openssl linux kernel gcc clang llvm cuda numpy pandas"""
 )
 _HEX = re.compile(r"(?:0[xX])?[0-9a-fA-F-]+")
+# For ASCII tokens: a digit, a letter, a lower-case and an upper-case letter.
+_DIGIT, _LETTER = re.compile(r"\d"), re.compile(r"[A-Za-z]")
+_LOWER, _UPPER = re.compile(r"[a-z]"), re.compile(r"[A-Z]")
 _TRAILING = ".,;:!?)]}'\""
 # Slash pairs that are prose, not paths: "and/or", "km/h", "input/output".
 _PROSE_SLASH = re.compile(r"[^\W\d_]{1,12}/[^\W\d_]{1,12}")
@@ -112,8 +115,13 @@ def _url(text: str) -> str:
 
 def _token(text: str, start: int, source: str) -> tuple[str, str] | None:
     """Classify a word-like token: an id, a version, a dotted or snake_case name, or nothing."""
-    has_digit = any(c.isdigit() for c in text)
-    has_alpha = any(c.isalpha() for c in text)
+    ascii_ = text.isascii()  # then one regex search answers each question below, in C
+    if ascii_:
+        has_digit = _DIGIT.search(text) is not None
+        has_alpha = _LETTER.search(text) is not None
+    else:
+        has_digit = any(c.isdigit() for c in text)
+        has_alpha = any(c.isalpha() for c in text)
     if has_digit and _VERSION.fullmatch(text):
         before = source[max(0, start - 24) : start].split()
         cued = bool(before) and before[-1].lower() in _VERSION_CUES
@@ -128,11 +136,14 @@ def _token(text: str, start: int, source: str) -> tuple[str, str] | None:
             return None
         if _TIME.fullmatch(text) or _COMPOUND.fullmatch(text):
             return None
-        letters = [c for c in text if c.isalpha()]
         bare = text.replace("-", "")  # "W-2" is "W2", "AB12-CD34" is "AB12CD34"
-        if _HEX.fullmatch(text) or all(c.isupper() for c in letters):
-            return ("id", bare.lower())
-        if all(c.islower() for c in letters):
+        if ascii_:
+            upper, lower = _LOWER.search(text) is None, _UPPER.search(text) is None
+        else:
+            letters = [c for c in text if c.isalpha()]
+            upper = all(c.isupper() for c in letters)
+            lower = all(c.islower() for c in letters)
+        if _HEX.fullmatch(text) or upper or lower:
             return ("id", bare.lower())
         return ("id", bare)  # mixed case: may be case-sensitive (base62 codes)
     if not has_alpha:
@@ -153,6 +164,13 @@ def _token(text: str, start: int, source: str) -> tuple[str, str] | None:
 _NONE: frozenset[str] = frozenset()
 
 
+def may_hold_identifiers(text: str) -> bool:
+    """Whether ``text`` has a sign of an identifier (see _SIGN): False means that
+    :func:`identifiers` finds none. One regex search: the guard's reader of plain texts asks it
+    before scanning a text whose only signs may be its amounts."""
+    return (_SIGN if text.isascii() else _MAYBE).search(text) is not None
+
+
 def identifiers(text: str) -> frozenset[str]:
     """The identifiers in ``text``, each as ``kind:normalised`` (see the module docstring)."""
     found: set[str] = set()
@@ -161,7 +179,7 @@ def identifiers(text: str) -> frozenset[str]:
     # Only chunks with a digit or a sign of a name can hold one: the scan of a plain question is
     # one pass of a simple pattern, and the full one runs on those chunks alone (in place, so
     # look-behinds and version cues still see what precedes them).
-    if (_SIGN if text.isascii() else _MAYBE).search(text) is None:
+    if _MAYBE.search(text) is None:
         return _NONE  # (a code span has a sign: found is empty)
     for chunk in _MAYBE_CHUNK.finditer(text):
         _read(text, chunk.start(), chunk.end(), found)

@@ -12,7 +12,7 @@ import re
 from functools import lru_cache
 from typing import NamedTuple
 
-from cache.guard_ids import identifiers
+from cache.guard_ids import identifiers, may_hold_identifiers
 from cache.guard_roles import DIRECTION_WORDS, Roles, roles_of
 from cache.guard_words import (
     AMBIGUOUS_DATE_WORDS,
@@ -203,7 +203,7 @@ def plain(text: str) -> Features | None:
         roles = _new(Roles, (_NO_FILLERS, tuple(sequence)))
     if digits:
         tokenset = frozenset(sequence)
-        ids = identifiers(text)
+        ids = identifiers(text) if may_hold_identifiers(text) else _EMPTY  # "2 tickets": none
         return _make(numbers, dates, negated, entities, words, _EMPTY, ids, roles, tokenset)
     if dates or negated or entities or numbers:
         return _make(numbers, dates, negated, entities, words, _EMPTY, _EMPTY, roles, words)

@@ -219,7 +219,7 @@ def test_the_identifier_scan_is_skipped_only_where_it_finds_nothing(text: str) -
     letter, a dot before a word character, @ # / \\ _ `) is not scanned: the scan finds none."""
     from cache import guard_ids
 
-    if text.isascii() and guard_ids._SIGN.search(text) is None:
+    if not guard_ids.may_hold_identifiers(text):
         found: set[str] = set()
         for chunk in guard_ids._MAYBE_CHUNK.finditer(text):
             guard_ids._read(text, chunk.start(), chunk.end(), found)
