@@ -54,6 +54,8 @@ _IDENT = re.compile(
     r"""|(?P<path>(?:~|\.{1,2})?/[\w.~-][^\s"'`<>,;]*|\w[\w.-]*(?:/[\w.-]+)+/?)"""
     r"""|(?P<token>\w+(?:[-.:+]\w+)*)"""
 )
+_TOKEN_ONLY = re.compile(r"(?P<token>\w+(?:[-.:+]\w+)*)")  # _IDENT's last alternative
+_NOT_TOKEN = re.compile(r"[@#/\\`]|www\.")  # what each of _IDENT's others needs
 _MAYBE = re.compile(r"[\d@#/\\_`]|\.\w")  # what every identifier has somewhere
 # What every identifier has somewhere, digits aside: a sign of a name or path, a dot before a
 # word character, or a digit joined to a letter (directly or by one of -:+). A lone number
@@ -187,7 +189,11 @@ def identifiers(text: str) -> frozenset[str]:
 
 
 def _read(text: str, start: int, end: int, found: set[str]) -> None:
-    for match in _IDENT.finditer(text, start, end):
+    # Every kind but the word-like token needs one of these signs ("://" has a "/"): a chunk
+    # without them ("SK4411", "A7X-99213") is matched by that alternative alone, which spares
+    # the regex engine trying the seven others at each of its characters.
+    pattern = _IDENT if _NOT_TOKEN.search(text, start, end) else _TOKEN_ONLY
+    for match in pattern.finditer(text, start, end):
         kind = match.lastgroup
         value = match.group()
         if kind == "token":

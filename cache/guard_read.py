@@ -70,6 +70,7 @@ _OPEN_QUOTE = re.compile(r"(?<!\w)'|'[A-Z]")  # may open a 'quote'; "x'Y": left 
 _CAPITAL = re.compile(r"[A-Z](?:(?<!I)|(?=[A-Za-z']))")
 # A word that starts with a capital (its first letter not inside a word), as read cuts it.
 _CAPITAL_WORD = re.compile(r"[A-Z](?<![A-Za-z'].)[A-Za-z]*(?:'[A-Za-z]+)?")
+_LONE_A = re.compile(r"A(?<![A-Za-z'].)(?![A-Za-z]|'[A-Za-z])")  # the word "A", as read cuts it
 _I_FORMS = frozenset({"I", "I'm", "I've", "I'll", "I'd", "I's"})  # the pronoun, never a name
 # What may stand between a sentence stop and the next sentence's first word: any ASCII
 # character but a letter, a digit (an amount is a token: the word after it is not initial) or
@@ -159,6 +160,8 @@ def plain(text: str) -> Features | None:
         or ("'" in text and _OPEN_QUOTE.search(text))
     ):
         return None
+    if "A" in text and _names_with_a(text):
+        return None  # "Team A", "A7X", "00:1A": a capital "A" naming something (see _capitals)
     digits = 1 in spaced
     if "'" in text:  # "Alice's" names Alice; "don't", "isn't" negate
         tokens = [t[:-2] if t.endswith("'s") else t for t in _ASCII_WORD.findall(text.lower())]
@@ -253,6 +256,16 @@ def _plain_number(digits: str) -> str:
     """:func:`_number` of an amount without a currency sign: the few that recur ("1", "2",
     "10") are formatted once."""
     return _number(digits, None)
+
+
+def _names_with_a(text: str) -> bool:
+    """Whether a capital "A" stands alone past a sentence's start (a name, which the roles keep
+    apart from the article; :func:`_capitals` would leave the text to :func:`read`), told
+    before the reader's other passes: ids and hex ("A7X-99213", "00:1A:2B") have one often."""
+    for match in _LONE_A.finditer(text, 1):
+        if text[: match.start()].rstrip(_GAP)[-1:] not in _STOPS:
+            return True
+    return False
 
 
 def _capitals(
