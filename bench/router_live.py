@@ -2,6 +2,7 @@
 
     python -m bench.router_live [--only mmlu,gsm8k] [--limit N] [--train-limit N] [--seed 0]
                                 [--reuse-model] [--stack serving|full] [--no-online]
+                                [--in-process SEEDS]
 
 For each dataset, the split of ``bench.router`` (contaminated prompts dropped, a seeded random
 half trains, the other half is held out; the data is read from ../shared/benchmarks and never
@@ -21,7 +22,9 @@ It prints each run's quality as a share of always-frontier's and its frontier sh
 offline model's own ranking at the same frontier share (its scores of the held-out prompts, the
 top share sent to the frontier), and the tier decision's latency with the model loaded
 (``TierRouter.decide`` with the route's memory as the run left it; the embedding not included).
-Embeddings are cached in ``--work``/emb.npz.
+Embeddings are cached in ``--work``/emb.npz. ``--in-process 0-9`` runs the same loop without
+HTTP (``TierRouter.decide``, then the answer's quality learnt) once per seed of exploration's
+draws, and prints each run and the spread over them.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,7 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
-from bench.router import DEFAULT_DATA, _routellm_rows, _split
+from bench.router import DEFAULT_DATA, _routellm_rows, _seeds, _split
 from gateway.api.app import create_app
 from gateway.cli.main import main as gateway_main
 from gateway.cli.router import embed_prompts
@@ -49,6 +54,7 @@ from gateway.policy.model import Policy, hash_key
 from gateway.policy.settings import Settings
 from gateway.tiering.deployed import TierModel
 from gateway.tiering.features import prompt_features
+from gateway.tiering.router import TierRouter
 
 KEY = "bench-live-key"
 SHARES = {"mmlu": 0.45, "gsm8k": 0.55}
@@ -171,6 +177,37 @@ def decision_latency(tiers: Any, rows: list[dict[str, Any]], embedder: Any) -> t
     return statistics.median(timings), timings[int(0.99 * (len(timings) - 1))]
 
 
+def in_process(
+    rows: list[dict[str, Any]],
+    vectors: np.ndarray,
+    share: float,
+    model: TierModel,
+    seed: int,
+) -> dict[str, Any]:
+    """The loop of ``live_run`` without HTTP: ``TierRouter.decide`` for each held-out prompt in
+    turn, then the answering tier's quality learnt, so many seeds (exploration's draws) fit in
+    minutes. The same route config as through the gateway."""
+    route = policy("http://127.0.0.1:9", share, None)
+    router = TierRouter(route, seed=seed, models={"default": model})
+    quality, frontier, codes = [], 0, Counter[str]()
+    for i, (row, vector) in enumerate(zip(rows, vectors, strict=True)):
+        features = np.array(prompt_features(row["prompt"]))
+        decision = router.decide(
+            "default", "general", vector, {"cheap", "frontier"}, features, row["prompt"]
+        )
+        assert decision is not None
+        router.remember(str(i), "default", vector, features)
+        router.served(str(i), decision.tier, (row["quality"][decision.tier], 1.0))
+        quality.append(row["quality"][decision.tier])
+        frontier += decision.tier == "frontier"
+        codes[decision.code] += 1
+    return {
+        "quality": float(np.mean(quality)),
+        "frontier_share": frontier / len(rows),
+        "codes": dict(codes),
+    }
+
+
 def ranked_quality(scores: np.ndarray, rows: list[dict[str, Any]], share: float) -> float:
     """The quality of sending the top ``share`` of prompts by ``scores`` to the frontier."""
     order = np.argsort(-scores, kind="stable")
@@ -241,6 +278,9 @@ async def run(args: argparse.Namespace) -> None:
             f"p99 {timings[int(0.99 * (len(timings) - 1))]:.2f} ms",
             flush=True,
         )
+        if args.in_process:
+            report_in_process(test, vectors, share, model, np.array(scores), args.in_process)
+            continue
         runs = (("model + live", model_path), ("online only", None))
         for label, path in runs if args.online else runs[:1]:
             result = await live_run(test, share, path, embedder)
@@ -255,6 +295,46 @@ async def run(args: argparse.Namespace) -> None:
                 f"{result['seconds']:.0f} s",
                 flush=True,
             )
+
+
+def report_in_process(
+    rows: list[dict[str, Any]],
+    vectors: np.ndarray,
+    share: float,
+    model: TierModel,
+    scores: np.ndarray,
+    seeds: list[int],
+) -> None:
+    """``in_process`` once per seed: each run's quality (share of always-frontier), frontier
+    share and gap to the offline ranking at that share, then their mean ± sd and the lowest."""
+    frontier_q = float(np.mean([r["quality"]["frontier"] for r in rows]))
+    found: dict[str, list[float]] = {"quality": [], "share": [], "gap": []}
+    started = time.process_time()
+    for seed in seeds:
+        result = in_process(rows, vectors, share, model, seed)
+        ranked = ranked_quality(scores, rows, result["frontier_share"])
+        found["quality"].append(result["quality"] / frontier_q)
+        found["share"].append(result["frontier_share"])
+        found["gap"].append((result["quality"] - ranked) / frontier_q)
+        print(
+            f"in-process seed {seed}: {result['quality'] / frontier_q:.2%} of always-frontier, "
+            f"frontier share {result['frontier_share']:.1%}, offline at that share "
+            f"{ranked / frontier_q:.2%}; {result['codes']}",
+            flush=True,
+        )
+    quality, share_, gap = (np.array(found[k]) * 100 for k in ("quality", "share", "gap"))
+
+    def spread(values: np.ndarray) -> float:
+        return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+    print(
+        f"in-process, {len(seeds)} seeds: quality {quality.mean():.2f} % ± {spread(quality):.2f} "
+        f"(lowest {quality.min():.2f} %, {int((quality >= 95).sum())} of {len(seeds)} at 95 % "
+        f"or over), frontier share {share_.mean():.1f} % ± {spread(share_):.1f}, gap to the "
+        f"offline ranking {gap.mean():+.2f} ± {spread(gap):.2f} points; "
+        f"{time.process_time() - started:.0f} s CPU, load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -283,6 +363,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--stack", choices=("serving", "full"), default="serving", help="router train's --stack"
+    )
+    parser.add_argument(
+        "--in-process",
+        type=_seeds,
+        metavar="SEEDS",
+        help="instead of the gateway, the same loop in-process once per seed (0-9, 0,3,5)",
     )
     args = parser.parse_args(argv)
     single_thread_blas()  # as `gateway serve` runs: BLAS threads waiting on busy cores cost ms

@@ -214,8 +214,9 @@ Tier = Literal["cheap", "standard", "frontier"]
 class TieringConfig(_Model):
     """A route's learned choice between its cheap and frontier candidates (gateway.tiering).
 
-    ``max_frontier_share`` is the one knob: the most the frontier tier may take of the route's
-    requests (the ones with the highest predicted gain, and only when the gain is positive).
+    ``max_frontier_share`` is the one knob, a budget: of any ``window`` consecutive requests the
+    frontier tier takes at most that share (the ones with the highest predicted gain, and only
+    when the gain is positive), and the route's threshold moves so that it spends it.
     ``exploration`` sends that share of requests to the other tier so both keep being measured.
     ``model`` names a trained tier model whose predicted gain the route starts from.
     """
@@ -224,7 +225,7 @@ class TieringConfig(_Model):
     exploration: float = Field(default=0.05, ge=0, le=0.5)
     neighbours: int = Field(default=128, ge=1, le=1024)
     memory: int = Field(default=4096, ge=16, le=100_000)  # outcomes kept for the route
-    window: int = Field(default=500, ge=10, le=100_000)  # recent decisions the share is over
+    window: int = Field(default=500, ge=10, le=100_000)  # decisions the frontier budget is over
     # A model trained offline (``gateway router train``): the prior its predicted gain starts
     # from; a relative path is read from the policy file's folder (gateway.tiering.deployed).
     model: str | None = Field(default=None, min_length=1)
