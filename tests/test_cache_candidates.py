@@ -19,7 +19,7 @@ from gateway.stages.cache_sync import sweep_indexes
 from gateway.telemetry.metrics import Metrics
 from tests.conftest import Fakes, policy_for
 from tests.fakes.base import Ok
-from tests.test_cache_store import SHARED_REDIS, ask, settle
+from tests.test_cache_store import SHARED_REDIS, ask, entry, settle
 
 
 async def test_a_lookup_reads_candidates_only_when_one_is_near(
@@ -53,21 +53,6 @@ async def test_a_lookup_reads_candidates_only_when_one_is_near(
     assert reads[0]
 
 
-def _entry(entry_id: int) -> Entry:
-    vector = np.zeros(4, dtype=np.float32)
-    vector[entry_id % 4] = 1.0
-    return Entry(
-        id=entry_id,
-        scope="s",
-        team="t",
-        route="r",
-        query=f"q{entry_id}",
-        answer={"choices": [{"message": {"content": f"answer {entry_id}"}}]},
-        vector=vector,
-        embedder="e",
-    )
-
-
 async def test_the_sweep_drops_expired_entries_from_the_index() -> None:
     """An entry that expires in the store sends no event: the sweep finds it and the index
     lets it go; live entries stay."""
@@ -78,12 +63,10 @@ async def test_the_sweep_drops_expired_entries_from_the_index() -> None:
         SimpleNamespace(name="e", dim=4),  # type: ignore[arg-type]
         Metrics(),
     )
-    await store.put(_entry(1), "x1", ttl_s=60, cap=10)
-    await store.put(_entry(2), "x2", ttl_s=0.05, cap=10)
+    await store.put(entry(1), "x1", ttl_s=60, cap=10)
+    await store.put(entry(2), "x2", ttl_s=0.05, cap=10)
     for entry_id in (1, 2):
-        found = _entry(entry_id)
-        assert found.vector is not None
-        stage.indexes.add("s", entry_id, found.vector)
+        stage.indexes.add("s", entry_id, np.ones(4, dtype=np.float32) / 2)
     await asyncio.sleep(0.1)  # entry 2 expires
     stop = asyncio.Event()
     sweeping = asyncio.ensure_future(sweep_indexes(stage, stop, every_s=0.01, batch=1))
@@ -100,7 +83,7 @@ async def test_the_sweep_drops_expired_entries_from_the_index() -> None:
 async def test_existing_tells_which_entries_redis_still_holds() -> None:
     store = RedisStore(SHARED_REDIS, prefix=f"gw-test-{uuid.uuid4().hex[:8]}")
     try:
-        await store.put(_entry(1), "x1", ttl_s=60, cap=10)
+        await store.put(entry(1), "x1", ttl_s=60, cap=10)
         assert await store.existing([1, 2]) == [True, False]
         assert await store.existing([]) == []
     finally:

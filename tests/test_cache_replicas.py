@@ -18,16 +18,21 @@ from tests.fakes.base import Ok
 from tests.test_cache import PARAPHRASE, QUESTION, SHARED_REDIS, ask, cached_policy, settle
 
 
-async def test_two_replicas_share_entries_and_settings(
-    make_gateway: Any, fakes: Fakes, embedder: Any
-) -> None:
-    settings = {
+def shared_redis() -> dict[str, Any]:
+    """Settings for replicas of one test: the shared Redis under a prefix of their own."""
+    return {
         "redis_url": SHARED_REDIS,
         "redis_prefix": f"gw-test-{uuid.uuid4().hex[:8]}",
         # A loaded host must not skip the lookup these replica tests are about (a skipped one
         # stores the fake's default answer, which the next ask then hits).
         "stage_timeout_s": 30.0,
     }
+
+
+async def test_two_replicas_share_entries_and_settings(
+    make_gateway: Any, fakes: Fakes, embedder: Any
+) -> None:
+    settings = shared_redis()
     first = await make_gateway(cached_policy(fakes), embedder=embedder, **settings)
     second = await make_gateway(cached_policy(fakes), embedder=embedder, **settings)
     await asyncio.sleep(0.3)  # both replicas following the event stream
@@ -78,13 +83,7 @@ class Renamed:
 async def test_vectors_of_another_embedder_are_never_compared(
     make_gateway: Any, fakes: Fakes, embedder: Any
 ) -> None:
-    settings = {
-        "redis_url": SHARED_REDIS,
-        "redis_prefix": f"gw-test-{uuid.uuid4().hex[:8]}",
-        # A loaded host must not skip the lookup these replica tests are about (a skipped one
-        # stores the fake's default answer, which the next ask then hits).
-        "stage_timeout_s": 30.0,
-    }
+    settings = shared_redis()
     writer = await make_gateway(cached_policy(fakes), embedder=embedder, **settings)
     fakes.openai.push(Ok(text="Stored answer."))
     await ask(writer)
@@ -138,26 +137,21 @@ async def test_reingested_chunks_invalidate_answers_built_on_them() -> None:
 
     store = RedisStore(SHARED_REDIS, prefix=f"gw-test-{uuid.uuid4().hex[:8]}")
     try:
-        built_on = Entry(
-            id=1,
-            scope="s",
-            team="t",
-            route="r",
-            query="q1",
-            answer={"choices": []},
-            vector=None,
-            fingerprint=["chunk-a:v1", "chunk-b:v3"],
-        )
-        unrelated = Entry(
-            id=2,
-            scope="s",
-            team="t",
-            route="r",
-            query="q2",
-            answer={"choices": []},
-            vector=None,
-            fingerprint=["chunk-c:v1"],
-        )
+
+        def built(entry_id: int, *chunks: str) -> Entry:
+            return Entry(
+                id=entry_id,
+                scope="s",
+                team="t",
+                route="r",
+                query=f"q{entry_id}",
+                answer={"choices": []},
+                vector=None,
+                fingerprint=list(chunks),
+            )
+
+        built_on = built(1, "chunk-a:v1", "chunk-b:v3")
+        unrelated = built(2, "chunk-c:v1")
         for entry in (built_on, unrelated):
             await store.put(entry, f"x{entry.id}", ttl_s=60, cap=10)
         assert await store.invalidate(chunks=["chunk-b"]) == 1
