@@ -93,7 +93,7 @@ def conflicts(query: str, cached_query: str, *, first: bool = False) -> list[Con
 
     Pure and symmetric in which kinds it finds; the features of each text are memoised.
     """
-    return [tuple.__new__(Conflict, found) for found in _compare(query, cached_query, first)]
+    return [Conflict(*found) for found in _compare(query, cached_query, first)]
 
 
 def conflict(query: str, cached_query: str) -> str | None:
@@ -128,7 +128,7 @@ def _compare(query: str, cached_query: str, first: bool) -> list[tuple[str, str]
         found.append(("identifiers", f"{_show(only_a)} vs {_show(only_b)}"))
         if first:
             return found
-    if roles and (role := swapped(tuple.__new__(Roles, (fa, ta)), tuple.__new__(Roles, (fb, tb)))):
+    if roles and (role := swapped(Roles(fa, ta), Roles(fb, tb))):
         found.append(("roles", role))
         if first:
             return found

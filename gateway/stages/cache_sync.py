@@ -134,10 +134,9 @@ async def sweep_indexes(
             continue
         gone = [key for key, found in zip(chunk, alive, strict=True) if not found]
         if gone:
-            # Off the loop: a removal waits for an add under way on the index thread.
+            # Off the loop: a removal waits for an add under way on the index thread. (The
+            # copies in memory need nothing: they are never kept past their entry's TTL.)
             await asyncio.to_thread(stage.indexes.apply, [], gone)
-            for key in gone:
-                stage.hot.drop_id(key)
             log.debug("cache: %d expired entries left the index", len(gone))
 
 
